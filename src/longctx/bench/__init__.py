@@ -1,0 +1,1 @@
+"""Benchmarks: time and peak memory of ops and mixers (``longctx bench``)."""

@@ -1,0 +1,41 @@
+"""Test-wide fixtures.
+
+``torch.empty`` / ``empty_like`` are wrapped to fill floating tensors with NaN, so an op that
+reads memory it never wrote shows NaN instead of passing by luck (the flash-linear-attention
+habit).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+_empty = torch.empty
+_empty_like = torch.empty_like
+
+
+def _nan_empty(*args, **kwargs):
+    t = _empty(*args, **kwargs)
+    if t.is_floating_point() or t.is_complex():
+        t.fill_(float("nan"))
+    return t
+
+
+def _nan_empty_like(*args, **kwargs):
+    t = _empty_like(*args, **kwargs)
+    if t.is_floating_point() or t.is_complex():
+        t.fill_(float("nan"))
+    return t
+
+
+@pytest.fixture(autouse=True)
+def nan_filled_empty(monkeypatch):
+    monkeypatch.setattr(torch, "empty", _nan_empty)
+    monkeypatch.setattr(torch, "empty_like", _nan_empty_like)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
