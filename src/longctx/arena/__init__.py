@@ -1,0 +1,1 @@
+"""The arena: suites (TOML) -> runs -> results store (SQLite) -> report."""
