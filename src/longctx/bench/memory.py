@@ -4,10 +4,12 @@ CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, min
 allocated before the call.
 
 CPU (documented method): PyTorch has no CPU peak counter, so the call runs under
-``torch.profiler`` with ``profile_memory=True`` and the allocator's event timeline (every tensor
-allocation and free, with its size) is replayed; the peak of live bytes created during the call is
-returned. Tensors that existed before the call are not counted; memory allocated outside PyTorch's
-allocator (e.g. by numpy) is not seen.
+``torch.profiler`` with ``profile_memory=True``, which records every allocation and free of
+PyTorch's CPU allocator as a ``[memory]`` event with a signed byte count. Replaying those events in
+time order gives the live bytes at every moment; the peak is returned. Tensors that existed before
+the call are not counted (their frees are, so the result is the peak *increase*, floored at 0);
+memory allocated outside PyTorch's allocator (e.g. by numpy) is not seen. The profiler slows the
+call down, so this is a separate pass from the timing.
 """
 
 from __future__ import annotations
@@ -32,17 +34,13 @@ def peak_memory_bytes(fn: Callable[[], object], device: str | torch.device = "cp
 
 def _cpu_peak_bytes(fn: Callable[[], object]) -> int:
     from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action, MemoryProfile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                 with_stack=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    timeline = MemoryProfile(prof.profiler.kineto_results).timeline
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
     live = peak = 0
-    for _t, action, _key, size in timeline:
-        if action == Action.CREATE:
-            live += size
-        elif action == Action.DESTROY:
-            live -= size
+    for e in events:
+        live += e.nbytes()  # > 0 allocation, < 0 free
         peak = max(peak, live)
     return int(peak)

@@ -1,0 +1,102 @@
+"""Run a suite: every config of the grid once, results into ``<out>/<suite>/results.sqlite``.
+
+Only finished runs are written (one transaction each), so a suite killed at any point resumes
+where it stopped: finished runs are skipped by their config hash, an interrupted run is redone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from longctx.arena.report import write_report
+from longctx.arena.store import ResultsStore, RunRecord, config_hash
+from longctx.arena.suite import Suite
+from longctx.models import LMConfig, LongCtxLM
+from longctx.tasks.registry import build_task, task_config_class
+from longctx.train import TrainConfig, train
+
+STORE_NAME = "results.sqlite"
+
+
+def host_description() -> str:
+    return f"{platform.node() or 'host'} ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def execute_run(config: dict[str, Any], suite: str, device: str = "cpu", progress: bool = False,
+                threads: int | None = None) -> RunRecord:
+    """Train and evaluate one run of a suite; returns its finished record."""
+    t0 = time.perf_counter()
+    if threads:
+        torch.set_num_threads(threads)
+    task_fields = {f.name for f in dataclasses.fields(task_config_class(config["task"]))}
+    task_opts = {k: v for k, v in config.items() if k in task_fields}
+    data = build_task(config["task"], seed=config["seed"], **task_opts)
+    mixer = config["mixer"]
+    lm_config = LMConfig(
+        vocab_size=data.vocab_size, d_model=config["d_model"], mixer=mixer,
+        mixer_options={mixer: config["mixer_options"]} if config["mixer_options"] else {},
+        **config["model"],
+    )
+    torch.manual_seed(config["seed"])
+    model = LongCtxLM(lm_config).to(device)
+    train_config = TrainConfig(lr=config["lr"], seed=config["seed"], **config["train"])
+    desc = f"{mixer} T={config['seq_len']} lr={config['lr']:g}"
+    result = train(model, data, train_config, progress=progress, desc=desc)
+    metrics = {
+        "accuracy": result.accuracy, "loss": result.loss, "train_loss": result.train_loss,
+        "steps": result.steps, "train_time_s": result.train_time_s,
+        "params": sum(p.numel() for p in model.parameters()), "history": result.history,
+    }
+    return RunRecord(
+        run_id=config_hash(config), suite=suite, config=config, metrics=metrics,
+        wall_time_s=time.perf_counter() - t0,
+        state_size_bytes=model.state_size(1, config["seq_len"]),
+        tokens_per_s=result.tokens_per_s, host=host_description(), torch_version=torch.__version__,
+    )
+
+
+def _worker(args: tuple[dict, str, str, int | None]) -> RunRecord:
+    config, suite, device, threads = args
+    return execute_run(config, suite, device, progress=False, threads=threads)
+
+
+def run_suite(suite: Suite, out_dir: str | Path = "runs", jobs: int = 1, threads: int | None = None,
+              device: str = "cpu", progress: bool = True, report: bool = True) -> Path:
+    """Run every unfinished config of ``suite``; return the suite's directory."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    suite_dir = Path(out_dir) / suite.name
+    with ResultsStore(suite_dir / STORE_NAME) as store:
+        configs = suite.runs()
+        todo = [c for c in configs if not store.has(config_hash(c))]
+        todo.sort(key=lambda c: -c["seq_len"])  # longest first: parallel workers end together
+        done = len(configs) - len(todo)
+        if progress:
+            print(f"suite {suite.name!r}: {len(configs)} runs, {done} already finished, {len(todo)} to run "
+                  f"-> {suite_dir}")
+        bar = tqdm(total=len(todo), desc=f"arena {suite.name}", disable=not progress or not todo,
+                   dynamic_ncols=True)
+        if jobs == 1:
+            for config in todo:
+                store.add(execute_run(config, suite.name, device, progress=progress, threads=threads))
+                bar.update()
+        else:
+            per_job = threads or max(1, (torch.get_num_threads() or 1) // jobs)
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(jobs) as pool:
+                args = [(c, suite.name, device, per_job) for c in todo]
+                for record in pool.imap_unordered(_worker, args):
+                    store.add(record)
+                    bar.update()
+        bar.close()
+    if report:
+        write_report(suite_dir, title=f"longctx arena: {suite.name}")
+    return suite_dir

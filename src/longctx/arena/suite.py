@@ -1,0 +1,252 @@
+"""Suites: a TOML file describing tasks x mixers x d_model x seq_len x lr x seeds.
+
+```toml
+[suite]
+name = "quick"
+tasks = ["mqar"]
+mixers = ["softmax_attention", "gla"]
+d_model = [64]
+seq_len = [64, 256]
+lr = [1e-3, 3e-3]          # a sweep: the report keeps the best per cell; or per mixer:
+                           # lr = { default = [1e-2], gla = [1e-3] }
+seeds = [0]
+
+[model]                    # LMConfig fields (not vocab_size / d_model / mixer)
+n_layers = 2
+
+[train]                    # TrainConfig fields (not lr / seed); per-length tables allowed
+steps = 400
+batch_size = { 64 = 64, 256 = 16 }
+
+[task.mqar]                # task config fields; a table keyed by seq_len gives per-length values
+vocab_size = 128
+num_kv_pairs = { 64 = 8, 256 = 32 }
+
+[mixer.sliding_window_attention]   # mixer config fields (not d_model / n_heads)
+window = 32
+```
+Every key is checked: an unknown or mistyped key is an error naming the file, the section and
+the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from longctx.layers import config_class, names as mixer_names
+from longctx.models import LMConfig
+from longctx.tasks.registry import task_config_class, task_names
+from longctx.train import TrainConfig
+
+GRID_KEYS = ("tasks", "mixers", "d_model", "seq_len", "lr", "seeds")
+SUITE_KEYS = ("name", "description", *GRID_KEYS)
+SECTIONS = ("suite", "model", "train", "task", "mixer")
+# keys a section may not set because the grid (or the suite) sets them
+_MODEL_RESERVED = ("vocab_size", "d_model", "mixer", "mixer_options")
+_TRAIN_RESERVED = ("lr", "seed")
+_TASK_RESERVED = ("seq_len",)
+_MIXER_RESERVED = ("d_model", "n_heads")
+
+
+class SuiteError(ValueError):
+    """A suite file that cannot be used; the message names the file and the key."""
+
+
+@dataclass
+class Suite:
+    name: str
+    path: str
+    description: str
+    grid: dict[str, list]  # GRID_KEYS -> values
+    model: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    task: dict[str, dict[str, Any]] = field(default_factory=dict)
+    mixer: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run's config (a JSON-able dict; its hash is the run id), in grid order."""
+        g = self.grid
+        out = []
+        for task, seq_len, mixer, d_model in itertools.product(
+            g["tasks"], g["seq_len"], g["mixers"], g["d_model"]
+        ):
+            for lr, seed in itertools.product(self.lrs(mixer), g["seeds"]):
+                out.append(self._run(task, seq_len, mixer, d_model, lr, seed))
+        return out
+
+    def lrs(self, mixer: str) -> list[float]:
+        """The learning rates swept for ``mixer``."""
+        lr = self.grid["lr"]
+        return lr.get(mixer, lr["default"]) if isinstance(lr, dict) else lr
+
+    def _run(self, task: str, seq_len: int, mixer: str, d_model: int, lr: float, seed: int) -> dict:
+        task_opts = {k: _at_length(v, seq_len) for k, v in self.task.get(task, {}).items()}
+        return {
+            "task": task, "mixer": mixer, "d_model": d_model, "seq_len": seq_len,
+            "lr": lr, "seed": seed, **task_opts,
+            "model": dict(self.model), "mixer_options": dict(self.mixer.get(mixer, {})),
+            "train": {k: _at_length(v, seq_len) for k, v in self.train.items()},
+        }
+
+
+def _at_length(value: Any, seq_len: int) -> Any:
+    return value[str(seq_len)] if isinstance(value, dict) else value
+
+
+def builtin_suites() -> dict[str, Path]:
+    """Suites that ship inside the package: name -> path."""
+    folder = resources.files("longctx.arena") / "suites"
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
+
+
+def resolve_suite(name_or_path: str) -> Path:
+    """A path to a TOML file, or the name of a built-in suite."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        if not p.is_file():
+            raise SuiteError(f"suite file {p} does not exist")
+        return p
+    suites = builtin_suites()
+    if name_or_path not in suites:
+        from longctx.errors import unknown_name
+
+        raise unknown_name("suite", name_or_path, sorted(suites))
+    return suites[name_or_path]
+
+
+def load_suite(name_or_path: str) -> Suite:
+    path = resolve_suite(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise SuiteError(f"{path}: not valid TOML: {e}") from None
+    return parse_suite(data, str(path))
+
+
+def _unknown(where: str, key: str, known) -> SuiteError:
+    known = sorted(known)
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return SuiteError(f"{where}: unknown key {key!r}{hint}; valid keys: {', '.join(known)}")
+
+
+def _check_keys(where: str, table: Any, valid) -> dict:
+    if not isinstance(table, dict):
+        raise SuiteError(f"{where}: expected a table, got {type(table).__name__}")
+    for key in table:
+        if key not in valid:
+            raise _unknown(where, key, valid)
+    return table
+
+
+def _fields(cls: type, reserved: tuple[str, ...]) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if f.name not in reserved and f.name != "mixer"}
+
+
+def _check_type(where: str, key: str, value: Any, default: Any) -> None:
+    """Values must have the type of the field's default (ints are accepted for floats)."""
+    if default is None or default is dataclasses.MISSING:
+        return
+    ok = isinstance(value, type(default)) and not (isinstance(value, bool) and not isinstance(default, bool))
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if isinstance(default, tuple) and isinstance(value, list):
+        ok = True
+    if not ok:
+        raise SuiteError(f"{where}: {key} must be {type(default).__name__}, got {value!r}")
+
+
+def _check_values(where: str, table: dict, fields: dict[str, dataclasses.Field], lengths=None) -> None:
+    for key, value in table.items():
+        f = fields[key]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if isinstance(value, dict) and lengths is not None:
+            want = {str(n) for n in lengths}
+            if set(value) != want:
+                raise SuiteError(
+                    f"{where}: {key} is a per-length table, so it needs exactly the keys "
+                    f"{sorted(want, key=int)} (the suite's seq_len), got {sorted(value)}"
+                )
+            for v in value.values():
+                _check_type(where, key, v, default)
+        else:
+            _check_type(where, key, value, default)
+
+
+def _grid(path: str, suite: dict) -> dict[str, list]:
+    grid = {}
+    for key in GRID_KEYS:
+        if key not in suite:
+            raise SuiteError(f"{path} [suite]: missing key {key!r} (a list)")
+        values = suite[key]
+        if key == "lr" and isinstance(values, dict):
+            grid[key] = _lr_table(path, values, suite.get("mixers", []))
+            continue
+        if not isinstance(values, list) or not values:
+            raise SuiteError(f"{path} [suite]: {key} must be a non-empty list, got {values!r}")
+        grid[key] = values
+    for key in ("d_model", "seq_len", "seeds"):
+        for v in grid[key]:
+            if isinstance(v, bool) or not isinstance(v, int) or (v <= 0 and key != "seeds") or v < 0:
+                raise SuiteError(f"{path} [suite]: {key} values must be positive integers, got {v!r}")
+    if isinstance(grid["lr"], list):
+        grid["lr"] = _lr_list(path, "lr", grid["lr"])
+    for t in grid["tasks"]:
+        if t not in task_names():
+            raise SuiteError(f"{path} [suite]: unknown task {t!r}; known tasks: {', '.join(task_names())}")
+    for m in grid["mixers"]:
+        if m not in mixer_names():
+            close = difflib.get_close_matches(str(m), mixer_names(), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SuiteError(f"{path} [suite]: unknown mixer {m!r}{hint}; known mixers: {', '.join(mixer_names())}")
+    return grid
+
+
+def _lr_list(path: str, where: str, values: Any) -> list[float]:
+    if not isinstance(values, list) or not values:
+        raise SuiteError(f"{path} [suite]: {where} must be a non-empty list, got {values!r}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise SuiteError(f"{path} [suite]: {where} values must be positive numbers, got {v!r}")
+    return [float(v) for v in values]
+
+
+def _lr_table(path: str, table: dict, mixers: list) -> dict[str, list[float]]:
+    """``lr = { default = [...], <mixer> = [...] }``: per-mixer learning-rate sweeps."""
+    if "default" not in table:
+        raise SuiteError(f"{path} [suite]: lr table needs a 'default' list (used by mixers not named)")
+    for key in table:
+        if key != "default" and key not in mixers:
+            raise _unknown(f"{path} [suite] lr", key, ["default", *mixers])
+    return {key: _lr_list(path, f"lr.{key}", values) for key, values in table.items()}
+
+
+def parse_suite(data: dict, path: str = "<suite>") -> Suite:
+    """Validate a parsed TOML document and build the Suite."""
+    _check_keys(path, data, SECTIONS)
+    suite = _check_keys(f"{path} [suite]", data.get("suite", {}), SUITE_KEYS)
+    grid = _grid(path, suite)
+    model = _check_keys(f"{path} [model]", data.get("model", {}), _fields(LMConfig, _MODEL_RESERVED))
+    _check_values(f"{path} [model]", model, _fields(LMConfig, _MODEL_RESERVED))
+    train = _check_keys(f"{path} [train]", data.get("train", {}), _fields(TrainConfig, _TRAIN_RESERVED))
+    _check_values(f"{path} [train]", train, _fields(TrainConfig, _TRAIN_RESERVED), lengths=grid["seq_len"])
+    tasks = _check_keys(f"{path} [task]", data.get("task", {}), grid["tasks"])
+    for t, opts in tasks.items():
+        fields = _fields(task_config_class(t), _TASK_RESERVED)
+        _check_keys(f"{path} [task.{t}]", opts, fields)
+        _check_values(f"{path} [task.{t}]", opts, fields, lengths=grid["seq_len"])
+    mixers = _check_keys(f"{path} [mixer]", data.get("mixer", {}), grid["mixers"])
+    for m, opts in mixers.items():
+        fields = _fields(config_class(m), _MIXER_RESERVED)
+        _check_keys(f"{path} [mixer.{m}]", opts, fields)
+        _check_values(f"{path} [mixer.{m}]", opts, fields)
+    name = suite.get("name", Path(path).stem)
+    return Suite(name=name, path=path, description=suite.get("description", ""), grid=grid,
+                 model=model, train=train, task=tasks, mixer=mixers)

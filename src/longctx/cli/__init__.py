@@ -1,0 +1,1 @@
+"""Command-line interface: ``longctx arena | report | bench | list``."""

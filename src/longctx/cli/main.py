@@ -1,0 +1,121 @@
+"""``longctx``: thin argument parsing over the package's API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _cmd_arena(args: argparse.Namespace) -> int:
+    from longctx.arena.runner import run_suite
+    from longctx.arena.suite import load_suite
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    suite = load_suite(args.suite)
+    suite_dir = run_suite(suite, out_dir=args.out, jobs=args.jobs, threads=args.threads,
+                          device=args.device, progress=not args.quiet, report=not args.no_report)
+    if not args.no_report:
+        print(f"report: {suite_dir / 'report.html'}  (and report.md)")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from longctx.arena.report import write_report
+
+    paths = write_report(Path(args.store_dir))
+    print(f"report: {paths['html']}  (and {paths['markdown'].name})")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from longctx.arena.suite import builtin_suites, load_suite
+    from longctx.layers import describe, names
+    from longctx.tasks.registry import TASKS
+
+    print("mixers:")
+    for name in names():
+        print(f"  {name:<28} {describe(name)}")
+    print("tasks:")
+    for name, (_cls, _fn, text) in TASKS.items():
+        print(f"  {name:<28} {text}")
+    print("suites:")
+    for name, path in sorted(builtin_suites().items()):
+        s = load_suite(str(path))
+        print(f"  {name:<28} {s.description} ({len(s.runs())} runs)")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from longctx.bench.ops import run_bench
+
+    out = run_bench(
+        ops=args.ops, lengths=args.lengths, device=args.device, dtype=args.dtype,
+        batch=args.batch, heads=args.heads, head_dim=args.head_dim, out_dir=Path(args.out),
+        repeats=args.repeats, memory=not args.no_memory, naive_max_len=args.naive_max_len,
+    )
+    print(f"bench: {out['json']}  (plots: {', '.join(str(p) for p in out['plots'])})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="longctx", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("arena", help="run a suite (default: the quick CPU suite) and write its report")
+    a.add_argument("--suite", default="quick", help="built-in suite name or path to a TOML file")
+    a.add_argument("--out", default="runs", help="runs directory; the store is <out>/<suite>/results.sqlite")
+    a.add_argument("--jobs", type=int, default=2, help="runs in parallel (processes)")
+    a.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
+    a.add_argument("--device", default="cpu", help="cpu or cuda")
+    a.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    a.add_argument("--quiet", action="store_true", help="no progress bars")
+    a.set_defaults(fn=_cmd_arena)
+
+    r = sub.add_parser("report", help="write report.md / report.html from a suite's results store")
+    r.add_argument("store_dir", help="a suite directory, e.g. runs/quick")
+    r.set_defaults(fn=_cmd_report)
+
+    ls = sub.add_parser("list", help="list mixers, tasks and suites")
+    ls.set_defaults(fn=_cmd_list)
+
+    b = sub.add_parser("bench", help="time and peak memory of ops, forward and forward+backward")
+    b.add_argument("--ops", "--mixers", nargs="+", default=None, dest="ops",
+                   help="ops to measure (default: all); e.g. softmax_attention gla")
+    b.add_argument("--lengths", nargs="+", type=int, default=[1024, 4096, 16384])
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--heads", type=int, default=4)
+    b.add_argument("--head-dim", type=int, default=64)
+    b.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
+    b.add_argument("--naive-max-len", type=int, default=8192,
+                   help="skip naive forms above this length (they are O(T^2) in memory or a token loop)")
+    b.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    b.add_argument("--out", default="benchmarks/results/latest", help="output directory")
+    b.set_defaults(fn=_cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from longctx.arena.store import StoreError
+    from longctx.arena.suite import SuiteError
+    from longctx.errors import UnknownNameError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (SuiteError, StoreError, UnknownNameError) as e:
+        print(f"longctx {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nlongctx {args.command}: interrupted; finished runs are saved, rerun to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

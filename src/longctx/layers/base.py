@@ -1,0 +1,144 @@
+"""The layer contract: every mixer maps ``(B, T, d_model) -> (B, T, d_model)`` and carries a State.
+
+``forward(x, state=None)``: without a state it is the training form and returns ``(y, None)``;
+with a state (from ``init_state`` or a previous call) it continues that sequence — a prefill in
+chunks, or decode with ``T == 1`` — and returns ``(y, new_state)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar, Self
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class State:
+    """A mixer's decode state: a small dataclass of tensors (batch first).
+
+    Subclasses declare tensor fields; ``mixer`` names the registry entry that made the state, so
+    a state handed to another mixer is refused with a clear message.
+    """
+
+    mixer: str
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), Tensor)
+        }
+
+    def _replace(self, fn) -> Self:
+        return dataclasses.replace(self, **{k: fn(k, t) for k, t in self.tensors().items()})
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Self:
+        """Move to ``device``; floating tensors are cast to ``dtype`` if given."""
+
+        def move(_name: str, t: Tensor) -> Tensor:
+            return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+
+        return self._replace(move)
+
+    def select(self, index: Tensor | slice | list[int]) -> Self:
+        """Slice by batch: the rows ``index`` of every batched tensor (0-dim counters are kept)."""
+        return self._replace(lambda _n, t: t[index] if t.dim() > 0 else t)
+
+    def detach(self) -> Self:
+        return self._replace(lambda _n, t: t.detach())
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+    @property
+    def batch_size(self) -> int:
+        for t in self.tensors().values():
+            if t.dim() > 0:
+                return t.shape[0]
+        raise ValueError("state has no batched tensor")
+
+    def state_dict(self) -> dict[str, object]:
+        """A dict that ``torch.save`` can write and ``from_state_dict`` reads back."""
+        return {"class": type(self).__name__, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, object]) -> Self:
+        if d.get("class") != cls.__name__:
+            raise ValueError(f"state_dict is a {d.get('class')!r}, expected {cls.__name__!r}")
+        return cls(**{k: v for k, v in d.items() if k != "class"})
+
+
+@dataclass
+class MixerConfig:
+    """Fields every mixer takes. Subclasses add the method's own fields, each with a comment."""
+
+    d_model: int = 128  # model width
+    n_heads: int = 4  # number of (query) heads; must divide d_model
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "n_heads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{type(self).__name__}.{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads != 0:
+            raise ValueError(
+                f"{type(self).__name__}: n_heads={self.n_heads} must divide d_model={self.d_model}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+class Mixer(nn.Module):
+    """Base class of every sequence mixer. Subclasses set ``name`` and ``state_class``."""
+
+    name: ClassVar[str]
+    state_class: ClassVar[type[State]]
+
+    def __init__(self, config: MixerConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State | None]:
+        raise NotImplementedError
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> State:
+        """The empty state a fresh sequence starts from."""
+        raise NotImplementedError
+
+    def state_size(self, batch_size: int, seqlen: int, dtype: torch.dtype = torch.float32) -> int:
+        """Bytes of decode memory after ``seqlen`` tokens (zoology's ``state_size``)."""
+        raise NotImplementedError
+
+    # -- checks shared by every mixer ---------------------------------------------------------
+    def check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.config.d_model:
+            shape = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(
+                f"{self.name}: x must be [B, T, d_model={self.config.d_model}], got {shape}"
+            )
+
+    def check_state(self, state: State, batch_size: int) -> None:
+        if not isinstance(state, self.state_class) or state.mixer != self.name:
+            got = f"{type(state).__name__} from mixer {getattr(state, 'mixer', '?')!r}"
+            raise ValueError(
+                f"{self.name}: state is a {got}; expected a {self.state_class.__name__} made by "
+                f"{self.name}.init_state() or a previous forward of this mixer"
+            )
+        if state.batch_size != batch_size:
+            raise ValueError(
+                f"{self.name}: state has batch size {state.batch_size} but x has {batch_size}; "
+                "use state.select(...) to slice a state by batch"
+            )
+
+    def param_dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+
+def dtype_bytes(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()

@@ -1,0 +1,27 @@
+"""Small pieces shared by several layers."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+
+def split_heads(x: Tensor, n_heads: int) -> Tensor:
+    """``[B, T, n_heads * D] -> [B, T, n_heads, D]``."""
+    B, T, _ = x.shape
+    return x.view(B, T, n_heads, -1)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """``[B, T, H, D] -> [B, T, H * D]``."""
+    B, T = x.shape[:2]
+    return x.reshape(B, T, -1)
+
+
+def check_positive(owner: str, name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{owner}.{name} must be a positive integer, got {value!r}")
+
+
+def check_choice(owner: str, name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{owner}.{name} must be one of {list(choices)}, got {value!r}")

@@ -1,0 +1,95 @@
+"""Gated linear attention layer (Yang et al. 2024, "Gated Linear Attention Transformers", §4.4).
+
+``S_t = diag(alpha_t) S_{t-1} + k_t v_t^T`` with a data-dependent, low-rank forget gate
+``alpha_t = sigmoid(x_t W1 W2 + b)^(1/tau)``, tau = 16 (kept in log space), key dim
+``expand_k * d_model``; output ``(RMSNorm(o) * swish(x W_r)) W_o``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longctx.layers.base import Mixer, MixerConfig, State, dtype_bytes
+from longctx.layers.common import check_positive, merge_heads, split_heads
+from longctx.ops.gla import chunk_gla, gla_step
+
+
+@dataclass
+class GLAConfig(MixerConfig):
+    expand_k: float = 0.5  # key/query width = expand_k * d_model (paper: 0.5)
+    gate_rank: int = 16  # rank of the low-rank gate projection W1 W2 (paper: 16)
+    gate_tau: float = 16.0  # temperature: log alpha = logsigmoid(.) / tau (paper: 16)
+    chunk_size: int = 64  # chunk length of the chunked form
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = type(self).__name__
+        check_positive(name, "gate_rank", self.gate_rank)
+        check_positive(name, "chunk_size", self.chunk_size)
+        if self.gate_tau <= 0:
+            raise ValueError(f"{name}.gate_tau must be > 0, got {self.gate_tau!r}")
+        if self.key_dim <= 0 or self.key_dim % self.n_heads != 0:
+            raise ValueError(
+                f"{name}: expand_k * d_model = {self.expand_k * self.d_model:g} must be a positive "
+                f"multiple of n_heads={self.n_heads}"
+            )
+
+    @property
+    def key_dim(self) -> int:
+        return int(self.expand_k * self.d_model)
+
+
+@dataclass
+class GLAState(State):
+    S: Tensor  # [B, H, Dk, Dv]
+
+
+class GatedLinearAttention(Mixer):
+    name = "gla"
+    state_class = GLAState
+
+    def __init__(self, config: GLAConfig) -> None:
+        super().__init__(config)
+        c = config
+        self.wq = nn.Linear(c.d_model, c.key_dim, bias=False)
+        self.wk = nn.Linear(c.d_model, c.key_dim, bias=False)
+        self.wv = nn.Linear(c.d_model, c.d_model, bias=False)
+        self.gate = nn.Sequential(nn.Linear(c.d_model, c.gate_rank, bias=False),
+                                  nn.Linear(c.gate_rank, c.key_dim, bias=True))
+        self.wr = nn.Linear(c.d_model, c.d_model, bias=False)
+        self.norm = nn.RMSNorm(c.head_dim, eps=1e-5)
+        self.wo = nn.Linear(c.d_model, c.d_model, bias=False)
+
+    def forward(self, x: Tensor, state: GLAState | None = None):
+        self.check_input(x)
+        c = self.config
+        q = split_heads(self.wq(x), c.n_heads)  # [B, T, H, Dk]
+        k = split_heads(self.wk(x), c.n_heads)
+        v = split_heads(self.wv(x), c.n_heads)  # [B, T, H, Dv]
+        g = split_heads(F.logsigmoid(self.gate(x)) / c.gate_tau, c.n_heads)  # log alpha <= 0
+        if state is None:
+            o, S = chunk_gla(q, k, v, g, chunk_size=c.chunk_size)
+        else:
+            self.check_state(state, x.shape[0])
+            if x.shape[1] == 1:
+                o, S = gla_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], state.S)
+                o = o.unsqueeze(1)
+            else:
+                o, S = chunk_gla(q, k, v, g, initial_state=state.S, output_final_state=True,
+                                 chunk_size=c.chunk_size)
+        y = self.wo(merge_heads(self.norm(o)) * F.silu(self.wr(x)))
+        return y, (None if state is None else GLAState(self.name, S))
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> GLAState:
+        c = self.config
+        dtype = dtype or self.param_dtype()
+        dk = c.key_dim // c.n_heads
+        return GLAState(self.name, torch.zeros(batch_size, c.n_heads, dk, c.head_dim, device=device, dtype=dtype))
+
+    def state_size(self, batch_size: int, seqlen: int, dtype: torch.dtype = torch.float32) -> int:
+        c = self.config
+        return batch_size * c.key_dim * c.head_dim * dtype_bytes(dtype)

@@ -1,0 +1,64 @@
+"""One explicit registry: mixer name -> (layer class, config dataclass).
+
+Adding a method = one ops folder, one layer file, one line here, one test file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from longctx.errors import unknown_name
+from longctx.layers.base import Mixer, MixerConfig
+from longctx.layers.gla import GatedLinearAttention, GLAConfig
+from longctx.layers.linear_attention import LinearAttention, LinearAttentionConfig
+from longctx.layers.retention import Retention, RetentionConfig
+from longctx.layers.sliding_window_attention import SlidingWindowAttention, SlidingWindowAttentionConfig
+from longctx.layers.softmax_attention import SoftmaxAttention, SoftmaxAttentionConfig
+
+REGISTRY: dict[str, tuple[type[Mixer], type[MixerConfig], str]] = {
+    "softmax_attention": (SoftmaxAttention, SoftmaxAttentionConfig,
+                          "causal softmax attention, RoPE, GQA; KV-cache decode"),
+    "sliding_window_attention": (SlidingWindowAttention, SlidingWindowAttentionConfig,
+                                 "softmax attention over the last `window` tokens; ring-buffer decode"),
+    "linear_attention": (LinearAttention, LinearAttentionConfig,
+                         "linear attention (Katharopoulos 2020) with elu+1/relu/identity/Based-Taylor maps"),
+    "retention": (Retention, RetentionConfig, "RetNet multi-scale retention, fixed per-head decay"),
+    "gla": (GatedLinearAttention, GLAConfig, "gated linear attention (Yang 2024), data-dependent gate"),
+}
+
+
+def names() -> list[str]:
+    """The registered mixer names, in registry order."""
+    return list(REGISTRY)
+
+
+def describe(name: str) -> str:
+    return REGISTRY[_lookup(name)][2]
+
+
+def _lookup(name: str) -> str:
+    if name in REGISTRY:
+        return name
+    raise unknown_name("mixer", name, REGISTRY)
+
+
+def config_class(name: str) -> type[MixerConfig]:
+    return REGISTRY[_lookup(name)][1]
+
+
+def make_config(name: str, **kwargs) -> MixerConfig:
+    """The mixer's config dataclass from keyword arguments; unknown keys are named in the error."""
+    cls = config_class(name)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(kwargs) - fields)
+    if unknown:
+        raise TypeError(
+            f"mixer {name!r} has no option(s) {unknown}; its options are {sorted(fields)}"
+        )
+    return cls(**kwargs)
+
+
+def build(name: str, **kwargs) -> Mixer:
+    """Build a registered mixer: ``build("gla", d_model=256, n_heads=4)``."""
+    layer_cls = REGISTRY[_lookup(name)][0]
+    return layer_cls(make_config(name, **kwargs))

@@ -1,0 +1,189 @@
+"""``LongCtxLM``: embedding -> N pre-norm blocks -> tied head (the nanoGPT / Llama layout).
+
+Each block is ``x + mixer(RMSNorm(x))`` then ``x + SwiGLU(RMSNorm(x))`` (Shazeer 2020 for SwiGLU).
+``mixer`` may be one name for every layer or a list with one name per layer (hybrids).
+Position information lives in the mixers (RoPE inside the softmax mixers), so the model itself
+only threads each layer's decode state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longctx.layers import Mixer, State, build, config_class
+from longctx.layers.short_conv import ConvState, ShortConv
+
+
+@dataclass
+class LMConfig:
+    vocab_size: int = 256  # tokens
+    d_model: int = 128  # residual width
+    n_layers: int = 2  # blocks
+    n_heads: int = 4  # heads of every mixer
+    mixer: str | list[str] = "softmax_attention"  # one name, or one per layer (hybrid)
+    mixer_options: dict[str, dict] = field(default_factory=dict)  # per mixer name: extra config
+    mlp_ratio: float = 4.0  # SwiGLU hidden = mlp_ratio * d_model * 2/3, rounded to 8 (Llama)
+    norm_eps: float = 1e-5  # RMSNorm epsilon
+    tie_embeddings: bool = True  # output head shares the embedding matrix
+    short_conv: int = 0  # kernel of a causal depthwise conv + residual before each mixer (0 = off)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.mixer, str):
+            self.mixer = [self.mixer] * self.n_layers
+        self.mixer = list(self.mixer)
+        if len(self.mixer) != self.n_layers:
+            raise ValueError(f"LMConfig.mixer lists {len(self.mixer)} mixers but n_layers={self.n_layers}")
+        for name in self.mixer_options:
+            if name not in self.mixer:
+                raise ValueError(f"LMConfig.mixer_options has options for {name!r}, which no layer uses")
+        for name in self.mixer:
+            config_class(name)  # unknown name -> error listing the known ones
+        if self.short_conv == 1 or self.short_conv < 0:
+            raise ValueError(f"LMConfig.short_conv must be 0 (off) or a kernel size >= 2, got {self.short_conv}")
+
+    def mixer_kwargs(self, name: str) -> dict:
+        return {"d_model": self.d_model, "n_heads": self.n_heads, **self.mixer_options.get(name, {})}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d_model: int, mlp_ratio: float) -> None:
+        super().__init__()
+        hidden = int(mlp_ratio * d_model * 2 / 3)
+        hidden = 8 * math.ceil(hidden / 8)
+        self.w_gate = nn.Linear(d_model, hidden, bias=False)
+        self.w_up = nn.Linear(d_model, hidden, bias=False)
+        self.w_down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+@dataclass
+class LMState:
+    """Decode state of a whole LM: one mixer state per layer (+ short-conv buffers if used)."""
+
+    mixers: list[State]
+    convs: list[ConvState | None]
+
+    def to(self, device=None, dtype=None) -> LMState:
+        return LMState([s.to(device, dtype) for s in self.mixers],
+                       [c.to(device, dtype) if c is not None else None for c in self.convs])
+
+    def select(self, index) -> LMState:
+        return LMState([s.select(index) for s in self.mixers],
+                       [c.select(index) if c is not None else None for c in self.convs])
+
+    def nbytes(self) -> int:
+        return sum(s.nbytes() for s in self.mixers) + sum(c.nbytes() for c in self.convs if c is not None)
+
+
+class Block(nn.Module):
+    def __init__(self, mixer: Mixer, config: LMConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.conv = ShortConv(config.d_model, config.short_conv) if config.short_conv else None
+        self.mixer = mixer
+        self.norm2 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.mlp = SwiGLU(config.d_model, config.mlp_ratio)
+
+    def forward(self, x: Tensor, state: State | None, conv_state: ConvState | None):
+        h = self.norm1(x)
+        if self.conv is not None:
+            h, conv_state = self.conv(h, conv_state)
+        h, state = self.mixer(h, state)
+        x = x + h
+        return x + self.mlp(self.norm2(x)), state, conv_state
+
+
+class LongCtxLM(nn.Module):
+    def __init__(self, config: LMConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(
+            Block(build(name, **config.mixer_kwargs(name)), config) for name in config.mixer
+        )
+        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.head.weight = self.embed.weight
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    @property
+    def mixers(self) -> list[Mixer]:
+        return [b.mixer for b in self.blocks]
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> LMState:
+        """The empty decode state of every layer."""
+        device = device or self.embed.weight.device
+        return LMState(
+            [m.init_state(batch_size, device, dtype) for m in self.mixers],
+            [b.conv.init_state(batch_size, device, dtype) if b.conv is not None else None for b in self.blocks],
+        )
+
+    def state_size(self, batch_size: int, seqlen: int, dtype: torch.dtype = torch.float32) -> int:
+        """Bytes of decode state of all layers after ``seqlen`` tokens."""
+        convs = sum(b.conv.state_size(batch_size, dtype) for b in self.blocks if b.conv is not None)
+        return convs + sum(m.state_size(batch_size, seqlen, dtype) for m in self.mixers)
+
+    def forward(self, idx: Tensor, state: LMState | None = None) -> tuple[Tensor, LMState | None]:
+        """``idx [B, T]`` token ids -> ``logits [B, T, vocab]``; with ``state``, continue it."""
+        if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
+            got = f"{idx.dtype} {list(idx.shape)}" if isinstance(idx, Tensor) else type(idx).__name__
+            raise ValueError(f"LongCtxLM: idx must be integer token ids [B, T], got {got}")
+        if state is not None and not isinstance(state, LMState):
+            raise ValueError(f"LongCtxLM: state must be an LMState from init_state(), got {type(state).__name__}")
+        if state is not None and len(state.mixers) != len(self.blocks):
+            raise ValueError(f"LongCtxLM: state has {len(state.mixers)} layers, the model {len(self.blocks)}")
+        x = self.embed(idx)  # [B, T, d_model]
+        mixers, convs = [], []
+        for i, block in enumerate(self.blocks):
+            s = None if state is None else state.mixers[i]
+            c = None if state is None else state.convs[i]
+            x, s, c = block(x, s, c)
+            mixers.append(s)
+            convs.append(c)
+        logits = self.head(self.norm(x))  # [B, T, vocab]
+        return logits, (LMState(mixers, convs) if state is not None else None)
+
+    @torch.no_grad()
+    def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 0.0,
+                 top_k: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """Prefill ``idx [B, T]`` in one forward, then decode token by token from the states.
+
+        ``temperature == 0`` is greedy. Returns ``[B, T + max_new_tokens]``.
+        """
+        state = self.init_state(idx.shape[0])
+        logits, state = self(idx, state)
+        out = [idx]
+        for i in range(max_new_tokens):
+            nxt = _sample(logits[:, -1], temperature, top_k, generator)  # [B, 1]
+            out.append(nxt)
+            if i + 1 < max_new_tokens:
+                logits, state = self(nxt, state)
+        return torch.cat(out, dim=1)
+
+
+def _sample(logits: Tensor, temperature: float, top_k: int | None, generator) -> Tensor:
+    if temperature <= 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)

@@ -1,0 +1,154 @@
+"""AdamW with linear warmup and cosine decay, gradient clipping, held-out accuracy.
+
+Accuracy counts the scored positions (targets != IGNORE_INDEX) whose argmax is the target, as
+zoology does for MQAR.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from longctx.tasks.base import IGNORE_INDEX, Batch, TaskData
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 500  # optimizer steps
+    batch_size: int = 64  # sequences per step
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (not on norms, biases)
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    warmup_frac: float = 0.1  # fraction of steps with linear warmup
+    min_lr_frac: float = 0.1  # cosine decays to min_lr_frac * lr
+    grad_clip: float = 1.0  # max global grad norm (0 = off)
+    eval_every: int = 0  # evaluate every n steps (0 = only at the end)
+    target_accuracy: float | None = None  # stop early once held-out accuracy reaches this
+    eval_batch_size: int = 256  # sequences per evaluation forward
+    seed: int = 0  # model init and data order
+    threads: int | None = None  # torch.set_num_threads (None = leave as is)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {v!r}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
+        if not 0 <= self.warmup_frac < 1:
+            raise ValueError(f"TrainConfig.warmup_frac must be in [0, 1), got {self.warmup_frac!r}")
+
+
+@dataclass
+class TrainResult:
+    accuracy: float  # held-out accuracy at scored positions
+    loss: float  # held-out mean cross-entropy at scored positions
+    train_loss: float  # mean training loss over the last 10% of steps
+    steps: int  # optimizer steps taken (fewer than configured if target_accuracy was reached)
+    train_time_s: float  # wall time of the optimizer steps (evaluation excluded)
+    tokens_per_s: float  # training tokens per second
+    history: list[dict] = field(default_factory=list)  # [{"step", "accuracy", "loss"}]
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to ``cfg.lr``, then cosine decay to ``min_lr_frac * lr`` at ``cfg.steps``."""
+    warmup = int(cfg.warmup_frac * cfg.steps)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, cfg.steps - warmup)
+    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * cos)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Batch, batch_size: int = 256) -> tuple[float, float]:
+    """(accuracy, mean loss) over the scored positions of ``data``."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    loss_sum = 0.0
+    device = next(model.parameters()).device
+    for i in range(0, len(data), batch_size):
+        x = data.inputs[i : i + batch_size].to(device)
+        y = data.targets[i : i + batch_size].to(device)
+        logits, _ = model(x)
+        mask = y != IGNORE_INDEX
+        n = int(mask.sum())
+        correct += int((logits.argmax(-1)[mask] == y[mask]).sum())
+        loss_sum += float(_loss(logits, y)) * n
+        total += n
+    model.train(was_training)
+    if total == 0:
+        raise ValueError("evaluate: the data has no scored positions (all targets are IGNORE_INDEX)")
+    return correct / total, loss_sum / total
+
+
+def train(model: nn.Module, data: TaskData, cfg: TrainConfig, progress: bool = True,
+          desc: str = "train") -> TrainResult:
+    """Train ``model`` on ``data.train`` and evaluate on ``data.test``."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+    n_train = len(data.train)
+    order = torch.randperm(n_train, generator=gen)
+    cursor, train_time, tokens = 0, 0.0, 0
+    losses: list[float] = []
+    history: list[dict] = []
+    model.train()
+    bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    step = 0
+    for step in bar:
+        if cursor + cfg.batch_size > n_train:  # new epoch, new order
+            order, cursor = torch.randperm(n_train, generator=gen), 0
+        idx = order[cursor : cursor + cfg.batch_size]
+        cursor += cfg.batch_size
+        batch = data.train.slice(idx)
+        x, y = batch.inputs.to(device), batch.targets.to(device)
+        t0 = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        logits, _ = model(x)
+        loss = _loss(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        train_time += time.perf_counter() - t0
+        tokens += x.numel()
+        losses.append(loss.detach().item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            acc, ev_loss = evaluate(model, data.test, cfg.eval_batch_size)
+            history.append({"step": step + 1, "accuracy": acc, "loss": ev_loss})
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{acc:.3f}")
+            if cfg.target_accuracy is not None and acc >= cfg.target_accuracy:
+                break
+    bar.close()
+    acc, ev_loss = evaluate(model, data.test, cfg.eval_batch_size)
+    history.append({"step": step + 1, "accuracy": acc, "loss": ev_loss})
+    tail = losses[-max(1, len(losses) // 10):]
+    return TrainResult(
+        accuracy=acc, loss=ev_loss, train_loss=sum(tail) / len(tail), steps=step + 1,
+        train_time_s=train_time, tokens_per_s=tokens / max(train_time, 1e-9), history=history,
+    )
