@@ -36,6 +36,11 @@ def nan_filled_empty(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seed_and_one_thread():
+    """Fixed seed; one torch thread: the tests use tiny tensors, for which several threads only add
+    synchronisation (measured 50-100x slower on a busy 2-core machine)."""
     torch.manual_seed(0)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(n)

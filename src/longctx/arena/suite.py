@@ -35,12 +35,15 @@ import dataclasses
 import difflib
 import itertools
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from longctx.layers import config_class, names as mixer_names
+from longctx.layers import config_class
+from longctx.layers import names as mixer_names
 from longctx.models import LMConfig
 from longctx.tasks.registry import task_config_class, task_names
 from longctx.train import TrainConfig
@@ -146,27 +149,43 @@ def _check_keys(where: str, table: Any, valid) -> dict:
     return table
 
 
-def _fields(cls: type, reserved: tuple[str, ...]) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(cls) if f.name not in reserved and f.name != "mixer"}
+def _fields(cls: type, reserved: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:
+    """name -> (default, resolved type annotation) of the fields a suite may set."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (f.default, hints[f.name]) for f in dataclasses.fields(cls)
+            if f.name not in reserved and f.name != "mixer"}
 
 
-def _check_type(where: str, key: str, value: Any, default: Any) -> None:
-    """Values must have the type of the field's default (ints are accepted for floats)."""
-    if default is None or default is dataclasses.MISSING:
-        return
-    ok = isinstance(value, type(default)) and not (isinstance(value, bool) and not isinstance(default, bool))
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        ok = True
-    if isinstance(default, tuple) and isinstance(value, list):
-        ok = True
-    if not ok:
-        raise SuiteError(f"{where}: {key} must be {type(default).__name__}, got {value!r}")
+def _expected_types(default: Any, hint: Any) -> tuple[type, ...]:
+    """The default's type; for a None default (``float | None``), the annotation's types."""
+    if default is not None and default is not dataclasses.MISSING:
+        return (type(default),)
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    members = [typing.get_origin(t) or t for t in (typing.get_args(hint) if union else (hint,))]
+    return tuple(t for t in members if isinstance(t, type) and t is not type(None))
 
 
-def _check_values(where: str, table: dict, fields: dict[str, dataclasses.Field], lengths=None) -> None:
+def _matches(value: Any, t: type) -> bool:
+    if t is float:  # ints are accepted for floats
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if t is tuple:  # TOML has arrays only
+        return isinstance(value, (list, tuple))
+    return isinstance(value, t)
+
+
+def _check_type(where: str, key: str, value: Any, default: Any, hint: Any = None) -> None:
+    """Values must have the type of the field's default, or of its annotation if that is None."""
+    expected = _expected_types(default, hint)
+    if expected and not any(_matches(value, t) for t in expected):
+        names = " or ".join(t.__name__ for t in expected)
+        raise SuiteError(f"{where}: {key} must be {names}, got {value!r}")
+
+
+def _check_values(where: str, table: dict, fields: dict[str, tuple[Any, Any]], lengths=None) -> None:
     for key, value in table.items():
-        f = fields[key]
-        default = f.default if f.default is not dataclasses.MISSING else None
+        default, hint = fields[key]
         if isinstance(value, dict) and lengths is not None:
             want = {str(n) for n in lengths}
             if set(value) != want:
@@ -175,9 +194,9 @@ def _check_values(where: str, table: dict, fields: dict[str, dataclasses.Field],
                     f"{sorted(want, key=int)} (the suite's seq_len), got {sorted(value)}"
                 )
             for v in value.values():
-                _check_type(where, key, v, default)
+                _check_type(where, key, v, default, hint)
         else:
-            _check_type(where, key, value, default)
+            _check_type(where, key, value, default, hint)
 
 
 def _grid(path: str, suite: dict) -> dict[str, list]:
@@ -198,6 +217,12 @@ def _grid(path: str, suite: dict) -> dict[str, list]:
                 raise SuiteError(f"{path} [suite]: {key} values must be positive integers, got {v!r}")
     if isinstance(grid["lr"], list):
         grid["lr"] = _lr_list(path, "lr", grid["lr"])
+    for key, values in grid.items():
+        for vs in values.values() if isinstance(values, dict) else [values]:
+            repeated = sorted({repr(v) for v in vs if vs.count(v) > 1})
+            if repeated:
+                raise SuiteError(f"{path} [suite]: {key} lists {', '.join(repeated)} more than "
+                                 "once; each value gives one run, list it once")
     for t in grid["tasks"]:
         if t not in task_names():
             raise SuiteError(f"{path} [suite]: unknown task {t!r}; known tasks: {', '.join(task_names())}")

@@ -36,7 +36,12 @@ class State:
         return dataclasses.replace(self, **{k: fn(k, t) for k, t in self.tensors().items()})
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Self:
-        """Move to ``device``; floating tensors are cast to ``dtype`` if given."""
+        """Move to ``device``; floating tensors are cast to ``dtype`` if given.
+
+        Like ``Tensor.to``, a dtype may be passed alone: ``state.to(torch.float32)``.
+        """
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
 
         def move(_name: str, t: Tensor) -> Tensor:
             return t.to(device=device, dtype=dtype if t.is_floating_point() else None)

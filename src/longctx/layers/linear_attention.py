@@ -62,7 +62,7 @@ class LinearAttention(Mixer):
         q = split_heads(self.wq(x), c.n_heads)  # [B, T, H, Dk]
         k = split_heads(self.wk(x), c.n_heads)
         v = split_heads(self.wv(x), c.n_heads)  # [B, T, H, Dv]
-        opts = dict(feature_map=c.feature_map, normalize=c.normalize)
+        opts = {"feature_map": c.feature_map, "normalize": c.normalize}
         if state is None:
             o, _ = chunk_linear_attention(q, k, v, **opts, chunk_size=c.chunk_size)
             return self.wo(merge_heads(o)), None

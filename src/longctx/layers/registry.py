@@ -12,7 +12,10 @@ from longctx.layers.base import Mixer, MixerConfig
 from longctx.layers.gla import GatedLinearAttention, GLAConfig
 from longctx.layers.linear_attention import LinearAttention, LinearAttentionConfig
 from longctx.layers.retention import Retention, RetentionConfig
-from longctx.layers.sliding_window_attention import SlidingWindowAttention, SlidingWindowAttentionConfig
+from longctx.layers.sliding_window_attention import (
+    SlidingWindowAttention,
+    SlidingWindowAttentionConfig,
+)
 from longctx.layers.softmax_attention import SoftmaxAttention, SoftmaxAttentionConfig
 
 REGISTRY: dict[str, tuple[type[Mixer], type[MixerConfig], str]] = {

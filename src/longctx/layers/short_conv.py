@@ -35,7 +35,7 @@ class ShortConv(nn.Module):
 
     def forward(self, x: Tensor, state: ConvState | None = None) -> tuple[Tensor, ConvState | None]:
         """``x [B, T, d]`` -> ``(y [B, T, d], state)``; with a state, continue the sequence."""
-        B, T, d = x.shape
+        B, _T, d = x.shape
         K = self.kernel_size
         past = x.new_zeros(B, K - 1, d) if state is None else state.buf
         if state is not None and (state.buf.shape != (B, K - 1, d)):

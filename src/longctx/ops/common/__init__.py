@@ -15,7 +15,7 @@ __all__ = [
     "check_positive_int",
     "check_qkv",
     "check_state",
-    "default_scale",
     "check_step_qkv",
+    "default_scale",
     "pad_to_multiple",
 ]

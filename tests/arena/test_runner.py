@@ -1,0 +1,245 @@
+"""The arena end to end: tiny suites run in seconds, resume after a kill, never recompute.
+
+Every run uses one torch thread (``threads = 1``): tiny models on a busy 2-core machine are
+otherwise dominated by thread contention.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from longctx.arena import runner
+from longctx.arena.runner import run_suite
+from longctx.arena.store import ResultsStore, StoreError, config_hash
+from longctx.arena.suite import load_suite
+from longctx.cli.main import main
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+MIXERS = ("softmax_attention", "gla")
+
+TINY = """
+[suite]
+name = "{name}"
+tasks = ["mqar"]
+mixers = ["softmax_attention", "gla"]
+d_model = [16]
+seq_len = {seq_len}
+lr = [1e-2]
+seeds = {seeds}
+
+[model]
+n_layers = 1
+n_heads = 2
+
+[train]
+steps = {steps}
+batch_size = 8
+eval_batch_size = 16
+threads = 1
+
+[task.mqar]
+vocab_size = 32
+num_kv_pairs = 2
+num_train = 64
+num_test = 16
+"""
+
+
+def write_suite(tmp_path: Path, name: str = "tiny", seq_len: str = "[16, 32]",
+                seeds: str = "[0]", steps: str = "3") -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(TINY.format(name=name, seq_len=seq_len, seeds=seeds, steps=steps))
+    return path
+
+
+def records(store_path: Path) -> dict:
+    with ResultsStore(store_path) as store:
+        return {r.run_id: r for r in store.rows()}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory):
+    n_threads = torch.get_num_threads()
+    tmp = tmp_path_factory.mktemp("arena")
+    suite = load_suite(str(write_suite(tmp)))
+    t0 = time.perf_counter()
+    suite_dir = run_suite(suite, out_dir=tmp / "runs", jobs=1, threads=1, progress=False)
+    elapsed = time.perf_counter() - t0
+    torch.set_num_threads(n_threads)
+    return suite, suite_dir, elapsed
+
+
+def test_run_suite_stores_every_run(tiny_run) -> None:
+    suite, suite_dir, elapsed = tiny_run
+    assert suite_dir.name == "tiny"
+    rows = records(suite_dir / "results.sqlite")
+    assert len(rows) == 4
+    assert set(rows) == {config_hash(c) for c in suite.runs()}
+    assert {(r.config["mixer"], r.config["seq_len"]) for r in rows.values()} == {
+        (m, t) for m in MIXERS for t in (16, 32)}
+    for r in rows.values():
+        assert r.suite == "tiny"
+        assert 0.0 <= r.metrics["accuracy"] <= 1.0
+        assert r.metrics["steps"] == 3
+        assert r.metrics["params"] > 0
+        assert r.state_size_bytes > 0 and r.tokens_per_s > 0 and r.wall_time_s > 0
+        assert r.torch_version == torch.__version__
+    # softmax attention's KV cache grows with the length; gla's state does not
+    size = {(r.config["mixer"], r.config["seq_len"]): r.state_size_bytes for r in rows.values()}
+    assert size[("softmax_attention", 32)] == 2 * size[("softmax_attention", 16)]
+    assert size[("gla", 32)] == size[("gla", 16)]
+    assert elapsed < 60
+
+
+def test_report_written_and_names_every_mixer(tiny_run) -> None:
+    _, suite_dir, _ = tiny_run
+    for name in ("report.md", "report.html"):
+        text = (suite_dir / name).read_text(encoding="utf-8")
+        for mixer in MIXERS:
+            assert mixer in text, f"{name} does not name {mixer}"
+
+
+def test_rerun_does_not_recompute(tiny_run, monkeypatch) -> None:
+    suite, suite_dir, _ = tiny_run
+    before = records(suite_dir / "results.sqlite")
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a finished run was recomputed")
+
+    monkeypatch.setattr(runner, "execute_run", boom)
+    assert run_suite(suite, out_dir=suite_dir.parent, jobs=1, progress=False,
+                     report=False) == suite_dir
+    after = records(suite_dir / "results.sqlite")
+    assert len(after) == 4
+    assert after == before  # identical records: finished_at, metrics, wall time
+    assert {k: r.finished_at for k, r in after.items()} == {
+        k: r.finished_at for k, r in before.items()}
+
+
+def test_rerun_runs_only_new_configs(tmp_path: Path) -> None:
+    path = write_suite(tmp_path, seq_len="[16]")
+    run_suite(load_suite(str(path)), out_dir=tmp_path, jobs=1, threads=1, progress=False,
+              report=False)
+    first = records(tmp_path / "tiny" / "results.sqlite")
+    assert len(first) == 2
+    # grow the grid: the two finished runs are kept as they are, two new ones are added
+    path = write_suite(tmp_path, seq_len="[16, 32]")
+    run_suite(load_suite(str(path)), out_dir=tmp_path, jobs=1, threads=1, progress=False,
+              report=False)
+    second = records(tmp_path / "tiny" / "results.sqlite")
+    assert len(second) == 4
+    assert all(second[k] == r for k, r in first.items())
+
+
+def _ro_count(store: Path) -> int:
+    """Finished rows, read through a read-only connection (0 while the store is being made)."""
+    if not store.exists():
+        return 0
+    try:
+        con = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+
+
+def test_resume_after_kill(tmp_path: Path, capsys) -> None:
+    # runs go longest first: the 4 runs at T=32 take 2 steps, the 4 at T=16 take 40,
+    # so the kill after >= 2 finished rows lands in a slow run
+    path = write_suite(tmp_path, name="resume", seq_len="[16, 32]", seeds="[0, 1]",
+                       steps="{ 16 = 40, 32 = 2 }")
+    suite = load_suite(str(path))
+    ids = {config_hash(c) for c in suite.runs()}
+    assert len(ids) == 8
+    out = tmp_path / "runs"
+    store = out / "resume" / "results.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "longctx.cli.main", "arena", "--suite", str(path), "--out",
+           str(out), "--jobs", "1", "--threads", "1", "--quiet", "--no-report"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while _ro_count(store) < 2:
+            assert proc.poll() is None, f"arena exited early: {proc.communicate()}"
+            assert time.monotonic() < deadline, "no 2 finished runs within 120 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    killed = {k: r.finished_at for k, r in records(store).items()}
+    killed_records = records(store)
+    assert 2 <= len(killed) < 8, f"{len(killed)} runs finished before the kill"
+    assert set(killed) <= ids
+
+    # resume to completion
+    assert main(["arena", "--suite", str(path), "--out", str(out), "--jobs", "1",
+                 "--threads", "1", "--quiet", "--no-report"]) == 0
+    final = records(store)
+    assert set(final) == ids and len(final) == 8  # every run exactly once
+    with sqlite3.connect(store) as con:
+        n_rows, n_ids = con.execute("SELECT COUNT(*), COUNT(DISTINCT run_id) FROM runs").fetchone()
+    assert n_rows == n_ids == 8
+    for run_id, finished_at in killed.items():
+        assert final[run_id].finished_at == finished_at, f"{run_id} was recomputed"
+        assert final[run_id] == killed_records[run_id]
+
+    # the report, from the store alone
+    capsys.readouterr()
+    assert main(["report", str(out / "resume")]) == 0
+    assert "report" in capsys.readouterr().out
+    for name in ("report.md", "report.html"):
+        text = (out / "resume" / name).read_text(encoding="utf-8")
+        assert all(m in text for m in MIXERS), name
+
+
+def test_two_jobs(tmp_path: Path) -> None:
+    suite = load_suite(str(write_suite(tmp_path, name="par", seq_len="[16]", seeds="[0, 1]")))
+    suite_dir = run_suite(suite, out_dir=tmp_path, jobs=2, threads=1, progress=False,
+                          report=False)
+    rows = records(suite_dir / "results.sqlite")
+    assert set(rows) == {config_hash(c) for c in suite.runs()} and len(rows) == 4
+    assert not (suite_dir / "report.md").exists()
+
+
+def test_jobs_below_one_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="jobs"):
+        run_suite(load_suite(str(write_suite(tmp_path))), out_dir=tmp_path, jobs=0,
+                  progress=False)
+
+
+def test_garbage_store_is_refused_and_left_untouched(tmp_path: Path, capsys) -> None:
+    path = write_suite(tmp_path)
+    store = tmp_path / "runs" / "tiny" / "results.sqlite"
+    store.parent.mkdir(parents=True)
+    garbage = b"this is not a database\x00\xff\x10" * 50
+    store.write_bytes(garbage)
+    with pytest.raises(StoreError) as info:
+        run_suite(load_suite(str(path)), out_dir=tmp_path / "runs", jobs=1, threads=1,
+                  progress=False)
+    assert str(store) in str(info.value)
+    assert store.read_bytes() == garbage
+    # through the command line: exit status 2 and a message naming the file
+    rc = main(["arena", "--suite", str(path), "--out", str(tmp_path / "runs"), "--jobs", "1",
+               "--threads", "1", "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert str(store) in err and "not a" in err
+    assert store.read_bytes() == garbage
+    assert sorted(p.name for p in store.parent.iterdir()) == ["results.sqlite"]
