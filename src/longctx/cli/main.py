@@ -103,12 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from longctx.arena.store import StoreError
     from longctx.arena.suite import SuiteError
+    from longctx.bench.ops import BenchError
     from longctx.errors import UnknownNameError
 
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (SuiteError, StoreError, UnknownNameError) as e:
+    except (SuiteError, StoreError, UnknownNameError, BenchError) as e:
         print(f"longctx {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

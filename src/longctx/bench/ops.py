@@ -1,0 +1,408 @@
+"""Time and peak memory of every op's forms, forward and forward+backward (``longctx bench``).
+
+``run_bench(...)`` measures, for each op and each length T, the op's forms: ``chunk`` (the
+training form), ``naive`` (the reference; skipped above ``naive_max_len``) and, for softmax
+attention, ``sdpa``. Per (op, form, T) it records the median forward time (under ``no_grad``) and
+forward+backward time (the gradient of ``(o * cotangent).sum()`` w.r.t. q, k, v [, g]) over
+``repeats`` runs after one warm-up, the peak memory of each (``longctx.bench.memory``) and tokens/s.
+
+An op is only reported when it is correct (the flash-linear-attention rule: no speed without a
+passing test): before timing it, its module must import and its chunk (and sdpa) form must match
+the naive form in float64 on CPU at T=67 — output and every input gradient, relative error
+<= ``CHECK_TOL``. Otherwise it is recorded as ``import_error`` / ``check_failed`` and not timed.
+
+The results JSON is rewritten atomically after every measurement, so an interrupted bench keeps
+what it measured. Layout of ``bench.json``::
+
+    {"meta": {"date", "device", "device_name", "torch", "threads", "dtype", "B", "H", "D",
+              "lengths", "repeats", "naive_max_len", "timing", "memory", "loadavg_start",
+              "loadavg_end", "complete"},
+     "ops": {op: {"status": "ok" | "import_error" | "check_failed" | "pending",
+                  "error": str | None, "check_rel_err": float | None,
+                  "check_detail": {check: rel_err}, "params": {...},
+                  "results": [{"form", "T", "chunk_size", "fwd_ms", "fwdbwd_ms",
+                               "fwd_peak_bytes", "fwdbwd_peak_bytes", "tokens_per_s",
+                               "fwdbwd_tokens_per_s"}],
+                  "skipped": [{"form", "T", "reason"}]}}}
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import inspect
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from longctx.bench.memory import peak_memory_bytes
+from longctx.errors import unknown_name
+
+OPS = ("softmax_attention", "sliding_window_attention", "linear_attention", "retention", "gla")
+FORMS = {op: ("chunk", "naive") for op in OPS} | {"softmax_attention": ("chunk", "sdpa", "naive")}
+WINDOW = 512                      # sliding-window attention's window in the bench
+NAIVE_GLA_MAX_LEN = 4096          # naive GLA is a Python loop over time: capped further
+CHECK_B, CHECK_T, CHECK_H, CHECK_D = 1, 67, 2, 16
+CHECK_TOL = 1e-8
+CHECK_SMALL = {"chunk_size": 16, "window": 24}  # second check: several chunks, window < T
+JSON_NAME = "bench.json"
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+           "float16": torch.float16}
+_MEMORY_TEXT = {"cpu": "torch.profiler allocation events; see longctx/bench/memory.py",
+                "cuda": "torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus "
+                        "memory allocated before the call; see longctx/bench/memory.py"}
+
+Fn = Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]  # (q, k, v, g) -> o
+
+
+class BenchError(ValueError):
+    """Invalid bench arguments (lengths, sizes, device, dtype)."""
+
+
+def softmax_chunk_size(T: int) -> int:
+    """The chunked softmax form's block size in the bench: 128 up to T=4096, then 256."""
+    return 128 if T <= 4096 else 256
+
+
+def _default_chunk_size(fn: Callable) -> int:
+    param = inspect.signature(fn).parameters.get("chunk_size")
+    if param is None or not isinstance(param.default, int):
+        raise TypeError(f"{getattr(fn, '__name__', fn)} has no integer chunk_size default")
+    return param.default
+
+
+def _load_op_module(name: str) -> ModuleType:
+    """Import ``longctx.ops.<name>`` (a seam for the tests to make an import fail)."""
+    return importlib.import_module(f"longctx.ops.{name}")
+
+
+def _forms(name: str, mod: ModuleType, T: int, *, window: int = WINDOW,
+           chunk_size: int | None = None) -> tuple[dict[str, Fn], int]:
+    """The op's forms as ``(q, k, v, g) -> o`` and the chunk size its chunk form uses.
+
+    ``chunk_size=None``: the op's default (softmax attention: ``softmax_chunk_size(T)``)."""
+    if name == "softmax_attention":
+        cs = chunk_size or softmax_chunk_size(T)
+        return {
+            "chunk": lambda q, k, v, g: mod.chunk_softmax_attention(q, k, v, chunk_size=cs)[0],
+            "sdpa": lambda q, k, v, g: mod.sdpa_softmax_attention(q, k, v)[0],
+            "naive": lambda q, k, v, g: mod.naive_softmax_attention(q, k, v)[0],
+        }, cs
+    if name == "sliding_window_attention":
+        cs = chunk_size or _default_chunk_size(mod.chunk_sliding_window_attention)
+        return {
+            "chunk": lambda q, k, v, g: mod.chunk_sliding_window_attention(
+                q, k, v, window, chunk_size=cs)[0],
+            "naive": lambda q, k, v, g: mod.naive_sliding_window_attention(q, k, v, window)[0],
+        }, cs
+    if name == "linear_attention":
+        cs = chunk_size or _default_chunk_size(mod.chunk_linear_attention)
+        kw = {"feature_map": "elu+1", "normalize": True}
+        return {
+            "chunk": lambda q, k, v, g: mod.chunk_linear_attention(q, k, v, chunk_size=cs, **kw)[0],
+            "naive": lambda q, k, v, g: mod.naive_linear_attention(q, k, v, **kw)[0],
+        }, cs
+    if name == "retention":
+        cs = chunk_size or _default_chunk_size(mod.chunk_retention)
+        return {
+            "chunk": lambda q, k, v, g: mod.chunk_retention(q, k, v, chunk_size=cs)[0],
+            "naive": lambda q, k, v, g: mod.naive_retention(q, k, v)[0],
+        }, cs
+    if name == "gla":
+        cs = chunk_size or _default_chunk_size(mod.chunk_gla)
+        return {
+            "chunk": lambda q, k, v, g: mod.chunk_gla(q, k, v, g, chunk_size=cs)[0],
+            "naive": lambda q, k, v, g: mod.naive_gla(q, k, v, g)[0],
+        }, cs
+    raise unknown_name("op", name, OPS)
+
+
+def _params(name: str, mod: ModuleType) -> dict[str, Any]:
+    """What the bench fixes for ``name`` (recorded in the JSON)."""
+    if name == "softmax_attention":
+        return {"chunk_size": {"T<=4096": softmax_chunk_size(4096),
+                               "T>4096": softmax_chunk_size(4097)}}
+    _, cs = _forms(name, mod, 1)
+    extra = {"sliding_window_attention": {"window": WINDOW},
+             "linear_attention": {"feature_map": "elu+1", "normalize": True},
+             "retention": {"log_decay": "RetNet default"},
+             "gla": {"gate": "logsigmoid(randn)/16 [B, T, H, D]",
+                     "naive_max_len": NAIVE_GLA_MAX_LEN}}
+    return {"chunk_size": cs, **extra.get(name, {})}
+
+
+def _inputs(name: str, B: int, T: int, H: int, D: int, dtype: torch.dtype, device: torch.device,
+            seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
+    """Random q, k, v ``[B, T, H, D]``, the GLA gate (else None) and the cotangent of o, as leaves
+    requiring grad (the cotangent does not)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=gen, dtype=torch.float32)
+
+    q, k, v = rand(B, T, H, D), rand(B, T, H, D), rand(B, T, H, D)
+    g = F.logsigmoid(rand(B, T, H, D)) / 16 if name == "gla" else None
+    cot = rand(B, T, H, D)
+    leaves = [t.to(device=device, dtype=dtype).requires_grad_() for t in (q, k, v)]
+    g = None if g is None else g.to(device=device, dtype=dtype).requires_grad_()
+    return leaves[0], leaves[1], leaves[2], g, cot.to(device=device, dtype=dtype)
+
+
+def _fwdbwd(fn: Fn, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None,
+            cot: Tensor) -> tuple[Tensor, ...]:
+    """Output and gradients of ``(o * cot).sum()`` w.r.t. q, k, v [, g]."""
+    o = fn(q, k, v, g)
+    wrt = (q, k, v) if g is None else (q, k, v, g)
+    return (o.detach(), *torch.autograd.grad((o * cot).sum(), wrt))
+
+
+def _rel_err(ref: Tensor, out: Tensor) -> float:
+    ref, out = ref.detach().double(), out.detach().double()
+    if ref.shape != out.shape:
+        return float("inf")
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def check_op(name: str, mod: ModuleType) -> dict[str, float]:
+    """Relative errors (output and every gradient, the worst of them) of the op's fast forms
+    against its naive form: float64, CPU, B=1, T=67, H=2, D=16, with the bench's settings and with
+    ``CHECK_SMALL`` (several chunks and a tail; a window shorter than T)."""
+    q, k, v, g, cot = _inputs(name, CHECK_B, CHECK_T, CHECK_H, CHECK_D, torch.float64,
+                              torch.device("cpu"), seed=1234)
+    errs: dict[str, float] = {}
+    for label, kw in (("", {}), ("[small]", CHECK_SMALL)):
+        fns, _ = _forms(name, mod, CHECK_T, **kw)
+        ref = _fwdbwd(fns["naive"], q, k, v, g, cot)
+        for form, fn in fns.items():
+            if form == "naive" or (label and form == "sdpa"):
+                continue
+            out = _fwdbwd(fn, q, k, v, g, cot)
+            errs[form + label] = max(_rel_err(r, o) for r, o in zip(ref, out))
+    return errs
+
+
+def _time_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Median wall time of ``fn()`` in ms over ``repeats`` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _measure(fn: Fn, name: str, B: int, T: int, H: int, D: int, dtype: torch.dtype,
+             device: torch.device, repeats: int, memory: bool) -> dict[str, Any]:
+    q, k, v, g, cot = _inputs(name, B, T, H, D, dtype, device, seed=T)
+
+    def fwd() -> None:
+        with torch.no_grad():
+            fn(q, k, v, g)
+
+    def fwdbwd() -> None:
+        _fwdbwd(fn, q, k, v, g, cot)
+
+    row: dict[str, Any] = {"fwd_ms": _time_ms(fwd, repeats, device),
+                           "fwdbwd_ms": _time_ms(fwdbwd, repeats, device)}
+    row["fwd_peak_bytes"] = peak_memory_bytes(fwd, device) if memory else None
+    row["fwdbwd_peak_bytes"] = peak_memory_bytes(fwdbwd, device) if memory else None
+    row["tokens_per_s"] = B * T / (row["fwd_ms"] / 1e3)
+    row["fwdbwd_tokens_per_s"] = B * T / (row["fwdbwd_ms"] / 1e3)
+    return row
+
+
+def _skip_reason(name: str, form: str, T: int, naive_max_len: int) -> str | None:
+    if form != "naive":
+        return None
+    if T > naive_max_len:
+        return (f"naive form is O(T^2) in memory or a token loop; T={T} > naive_max_len="
+                f"{naive_max_len}")
+    if name == "gla" and T > NAIVE_GLA_MAX_LEN:
+        return (f"naive GLA is a Python loop over time; capped at T <= {NAIVE_GLA_MAX_LEN} "
+                f"(T={T})")
+    return None
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _loadavg() -> list[float] | None:
+    """1/5/15-minute load averages (None where the OS has none): a busy machine skews timings."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def _write_json(data: dict, path: Path) -> None:
+    """Write atomically: a temporary file in the same folder, then ``os.replace``."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _positive(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise BenchError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _validate(ops: Sequence[str] | None, lengths: Sequence[int], device: str | torch.device,
+              dtype: str | torch.dtype, batch: int, heads: int, head_dim: int, repeats: int,
+              naive_max_len: int) -> tuple[list[str], list[int], torch.device, torch.dtype]:
+    if isinstance(ops, str):
+        ops = [ops]
+    names = list(OPS) if not ops else list(dict.fromkeys(ops))
+    for name in names:
+        if name not in OPS:
+            raise unknown_name("op", name, OPS)
+    if not lengths:
+        raise BenchError("lengths must not be empty")
+    lengths = [_positive("every length", T) for T in lengths]
+    for what, value in (("batch", batch), ("heads", heads), ("head_dim", head_dim),
+                        ("repeats", repeats)):
+        _positive(what, value)
+    if isinstance(naive_max_len, bool) or not isinstance(naive_max_len, int) or naive_max_len < 0:
+        raise BenchError(f"naive_max_len must be an integer >= 0, got {naive_max_len!r}")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise BenchError(f"unknown device {device!r}: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError(f"--device {device} but torch.cuda.is_available() is False")
+    if isinstance(dtype, torch.dtype):
+        dt = dtype
+    elif dtype in _DTYPES:
+        dt = _DTYPES[dtype]
+    else:
+        raise BenchError(f"unknown dtype {dtype!r}; known: {', '.join(_DTYPES)}")
+    return names, sorted(dict.fromkeys(lengths)), dev, dt
+
+
+def run_bench(ops: Sequence[str] | None, lengths: Sequence[int], device: str | torch.device,
+              dtype: str | torch.dtype, batch: int, heads: int, head_dim: int, out_dir: Path,
+              repeats: int = 3, memory: bool = True, naive_max_len: int = 8192,
+              progress: bool = True) -> dict[str, Any]:
+    """Benchmark ``ops`` (None: all of ``OPS``) at ``lengths``; write ``bench.json``, ``bench.md``
+    and the plots into ``out_dir``. Returns ``{"json": Path, "markdown": Path, "plots": [Path]}``.
+    """
+    from tqdm.auto import tqdm
+
+    from longctx.bench.plots import write_markdown, write_plots
+
+    names, lengths, dev, dt = _validate(ops, lengths, device, dtype, batch, heads, head_dim,
+                                        repeats, naive_max_len)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / JSON_NAME
+    timing = ("torch.cuda.Event" if dev.type == "cuda" else "time.perf_counter") + (
+        f"; median of {repeats} after 1 warm-up; fwd under torch.no_grad; fwd+bwd = autograd.grad"
+        " of (o * fixed random cotangent).sum() w.r.t. q, k, v [, g]")
+    data: dict[str, Any] = {
+        "meta": {
+            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "device": str(dev), "device_name": _device_name(dev), "torch": torch.__version__,
+            "python": platform.python_version(), "threads": torch.get_num_threads(),
+            "dtype": str(dt).removeprefix("torch."), "B": batch, "H": heads, "D": head_dim,
+            "lengths": lengths, "repeats": repeats, "naive_max_len": naive_max_len,
+            "timing": timing,
+            "memory": _MEMORY_TEXT.get(dev.type, "see longctx/bench/memory.py") if memory
+            else "not measured",
+            "loadavg_start": _loadavg(), "loadavg_end": None,  # others' load skews timings
+            "complete": False,
+        },
+        "ops": {name: {"status": "pending", "error": None, "check_rel_err": None,
+                       "check_detail": {}, "params": {}, "results": [], "skipped": []}
+                for name in names},
+    }
+    _write_json(data, json_path)
+
+    # the gate: import and check every op first, so refusals are known before any timing
+    modules: dict[str, ModuleType] = {}
+    for name in names:
+        entry = data["ops"][name]
+        try:
+            mod = _load_op_module(name)
+        except Exception as e:  # noqa: BLE001 - any failure to import means: do not report
+            entry.update(status="import_error", error=f"{type(e).__name__}: {e}")
+            print(f"bench: refusing to report {name}: import failed: {entry['error']}")
+            continue
+        try:
+            detail = check_op(name, mod)
+        except Exception as e:  # noqa: BLE001 - an op that raises on the check is not reported
+            entry.update(status="check_failed", error=f"check raised {type(e).__name__}: {e}")
+            print(f"bench: refusing to report {name}: correctness check failed: {entry['error']}")
+            continue
+        worst = max(detail.values())
+        entry.update(check_detail=detail, check_rel_err=worst, params=_params(name, mod))
+        if not worst <= CHECK_TOL:  # also catches NaN
+            bad = ", ".join(f"{f} {e:.2e}" for f, e in detail.items() if not e <= CHECK_TOL)
+            entry.update(status="check_failed",
+                         error=f"fast form != naive (float64, T={CHECK_T}): relative error "
+                               f"{bad} > {CHECK_TOL:.0e}")
+            print(f"bench: refusing to report {name}: correctness check failed: {entry['error']}")
+            continue
+        entry["status"] = "ok"
+        modules[name] = mod
+    _write_json(data, json_path)
+
+    jobs = [(name, T, form) for name in modules for T in lengths for form in FORMS[name]]
+    bar = tqdm(jobs, desc="bench", unit="case", disable=not progress, dynamic_ncols=True)
+    for name, T, form in bar:
+        bar.set_postfix_str(f"{name} {form} T={T}")
+        entry = data["ops"][name]
+        reason = _skip_reason(name, form, T, naive_max_len)
+        if reason is None:
+            fns, cs = _forms(name, modules[name], T)
+            try:
+                row = _measure(fns[form], name, batch, T, heads, head_dim, dt, dev, repeats,
+                               memory)
+            except (torch.OutOfMemoryError, MemoryError) as e:
+                reason = f"out of memory: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+            else:
+                entry["results"].append({"form": form, "T": T,
+                                         "chunk_size": cs if form == "chunk" else None, **row})
+        if reason is not None:
+            entry["skipped"].append({"form": form, "T": T, "reason": reason})
+        _write_json(data, json_path)
+    bar.close()
+
+    data["meta"].update(complete=True, loadavg_end=_loadavg())
+    _write_json(data, json_path)
+    md = write_markdown(data, out_dir / "bench.md")
+    plots = write_plots(data, out_dir)
+    return {"json": json_path, "markdown": md, "plots": plots}
+
+
+__all__ = ["FORMS", "OPS", "BenchError", "check_op", "run_bench", "softmax_chunk_size"]
