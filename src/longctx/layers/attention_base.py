@@ -1,0 +1,53 @@
+"""What the softmax-attention family shares: GQA head counts, q/k/v/o projections and RoPE."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from longctx.layers.base import Mixer, MixerConfig
+from longctx.layers.common import check_positive, split_heads
+from longctx.position import RotaryEmbedding
+
+
+@dataclass
+class AttentionConfig(MixerConfig):
+    n_kv_heads: int | None = None  # key/value heads for GQA (Ainslie et al. 2023); None = n_heads
+    rope_base: float = 10000.0  # RoPE base theta
+    chunk_size: int = 64  # block size of the chunked (blocked) form
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = type(self).__name__
+        check_positive(name, "chunk_size", self.chunk_size)
+        if self.n_kv_heads is not None:
+            check_positive(name, "n_kv_heads", self.n_kv_heads)
+            if self.n_heads % self.n_kv_heads != 0:
+                raise ValueError(f"{name}: n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+
+class AttentionMixer(Mixer):
+    """Projections ``x -> q [B, T, H, D], k, v [B, T, Hk, D]`` with RoPE, and ``o -> y``."""
+
+    def __init__(self, config: AttentionConfig) -> None:
+        super().__init__(config)
+        c = config
+        self.wq = nn.Linear(c.d_model, c.n_heads * c.head_dim, bias=False)
+        self.wk = nn.Linear(c.d_model, c.kv_heads * c.head_dim, bias=False)
+        self.wv = nn.Linear(c.d_model, c.kv_heads * c.head_dim, bias=False)
+        self.wo = nn.Linear(c.n_heads * c.head_dim, c.d_model, bias=False)
+        self.rope = RotaryEmbedding(c.head_dim, c.rope_base)
+
+    def project(self, x: Tensor, offset: int) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k rotated for absolute positions ``offset .. offset + T - 1``, and v."""
+        c = self.config
+        q = split_heads(self.wq(x), c.n_heads)  # [B, T, H, D]
+        k = split_heads(self.wk(x), c.kv_heads)  # [B, T, Hk, D]
+        v = split_heads(self.wv(x), c.kv_heads)
+        q, k = self.rope(q, k, offset)
+        return q, k, v
