@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,8 +123,22 @@ class ResultsStore:
             self._validate()
         else:
             self._create()
-        self._execute("PRAGMA journal_mode = WAL")
+        self._enable_wal()
         self._execute("PRAGMA synchronous = NORMAL")
+
+    def _enable_wal(self) -> None:
+        """Switch to WAL once. The switch needs an exclusive lock and SQLite may answer it with
+        "database is locked" without waiting on the busy handler, so a busy switch is retried."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while self._execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            try:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise StoreError(f"{self.path}: cannot switch to WAL mode ({e})") from e
+                if time.monotonic() > deadline:
+                    raise StoreError(f"{self.path}: {e} (while switching to WAL mode)") from e
+                time.sleep(0.05)
 
     def _tables(self) -> set[str]:
         rows = self._execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
@@ -154,7 +169,6 @@ class ResultsStore:
 
     def _create(self) -> None:
         """Create the schema; another process may be doing the same, hence the re-check."""
-        self._execute("PRAGMA journal_mode = WAL")
         self._execute("BEGIN IMMEDIATE")
         try:
             if self._tables():
