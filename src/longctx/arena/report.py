@@ -242,7 +242,7 @@ def _header(rows: list[RunRecord]) -> dict[str, str]:
     """The facts above the table: runs, total wall time, hosts, torch versions, suites."""
     finished = sorted(r.finished_at for r in rows)
     return {"Runs": f"{len(rows):,}",
-            "Total wall time": human_duration(sum(r.wall_time_s for r in rows)),
+            "Compute time (sum over runs)": human_duration(sum(r.wall_time_s for r in rows)),
             "Host": ", ".join(sorted({r.host or "?" for r in rows})),
             "torch": ", ".join(sorted({r.torch_version or "?" for r in rows})),
             "Suite": ", ".join(sorted({r.suite for r in rows})),
@@ -586,7 +586,7 @@ def _html(title: str, header: dict[str, str], notes: list[str], cells: list[Cell
     esc = html.escape
     subtitle = f"Suite {header['Suite']} · finished {header['Finished']}"
     stats = "".join(f'<div class="stat"><span>{esc(k)}</span><b>{esc(header[k])}</b></div>'
-                    for k in ("Runs", "Total wall time", "Host", "torch"))
+                    for k in ("Runs", "Compute time (sum over runs)", "Host", "torch"))
     items = "".join(f"<p>{esc(n)}</p>" for n in notes) or "<p>No accuracy recorded.</p>"
     figures = "".join(
         f'<div class="card"><h2>{esc(label)}</h2><figure><img alt="{esc(label)}" '

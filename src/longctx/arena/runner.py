@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import platform
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,7 @@ def run_suite(suite: Suite, out_dir: str | Path = "runs", jobs: int = 1, threads
                 bar.update()
         else:
             per_job = threads or max(1, (torch.get_num_threads() or 1) // jobs)
+            tqdm.set_lock(threading.RLock())  # the bar lives in this process: no semaphore to leak
             ctx = mp.get_context("spawn")
             with ctx.Pool(jobs) as pool:
                 args = [(c, suite.name, device, per_job) for c in todo]
