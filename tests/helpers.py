@@ -56,3 +56,11 @@ def random_like_outputs(outputs: Sequence[Tensor], seed: int = 1234) -> list[Ten
 
 def loss_from(outputs: Sequence[Tensor], cotangents: Sequence[Tensor]) -> Tensor:
     return sum((o * c).sum() for o, c in zip(outputs, cotangents))
+
+
+def random_qkv(b: int, T: int, h: int, dk: int, dv: int, dtype: torch.dtype = torch.float64):
+    """Random ``q, k [b, T, h, dk]`` and ``v [b, T, h, dv]`` (never zeros)."""
+    q = torch.randn(b, T, h, dk, dtype=dtype)
+    k = torch.randn(b, T, h, dk, dtype=dtype)
+    v = torch.randn(b, T, h, dv, dtype=dtype)
+    return q, k, v

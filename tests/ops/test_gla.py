@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from longctx.ops.gla import chunk_gla, gla_step, naive_gla, recurrent_gla
 from longctx.ops.gla.chunk import _sub_chunk_size
 from longctx.ops.retention import naive_retention
-from tests.helpers import assert_close, grads_of, loss_from, random_like_outputs
+from tests.helpers import assert_close, grads_of, loss_from, random_like_outputs, random_qkv
 
 F64 = torch.float64
 B, H, DK, DV = 2, 3, 8, 5
@@ -21,9 +21,7 @@ GATES = {"gla": 1 / 16, "harsh": 1.0, "extreme": 5.0}
 
 
 def make_inputs(T, gate="gla", dtype=F64, b=B, h=H, dk=DK, dv=DV):
-    q = torch.randn(b, T, h, dk, dtype=dtype)
-    k = torch.randn(b, T, h, dk, dtype=dtype)
-    v = torch.randn(b, T, h, dv, dtype=dtype)
+    q, k, v = random_qkv(b, T, h, dk, dv, dtype)
     g = F.logsigmoid(torch.randn(b, T, h, dk, dtype=F64)) * GATES[gate]
     return q, k, v, g.to(dtype)
 

@@ -23,6 +23,7 @@ from tests.helpers import (
     grads_of,
     loss_from,
     random_like_outputs,
+    random_qkv,
 )
 
 F64 = torch.float64
@@ -37,10 +38,7 @@ def forms(chunk_size):
 
 
 def make_qkv(T, dtype=F64, b=B, h=H, dk=DK, dv=DV):
-    q = torch.randn(b, T, h, dk, dtype=dtype)
-    k = torch.randn(b, T, h, dk, dtype=dtype)
-    v = torch.randn(b, T, h, dv, dtype=dtype)
-    return q, k, v
+    return random_qkv(b, T, h, dk, dv, dtype)
 
 
 def make_state(feature_map, dtype=F64, b=B, h=H, dk=DK, dv=DV):

@@ -13,7 +13,7 @@ from longctx.ops.retention import (
     retention_step,
     retnet_log_decay,
 )
-from tests.helpers import assert_close, grads_of, loss_from, random_like_outputs
+from tests.helpers import assert_close, grads_of, loss_from, random_like_outputs, random_qkv
 
 F64 = torch.float64
 B, H, DK, DV = 2, 3, 8, 5
@@ -22,10 +22,7 @@ DECAYS = ["retnet", "random", "zero"]
 
 
 def make_qkv(T, dtype=F64, b=B, h=H, dk=DK, dv=DV):
-    q = torch.randn(b, T, h, dk, dtype=dtype)
-    k = torch.randn(b, T, h, dk, dtype=dtype)
-    v = torch.randn(b, T, h, dv, dtype=dtype)
-    return q, k, v
+    return random_qkv(b, T, h, dk, dv, dtype)
 
 
 def make_decay(kind, h=H, dtype=F64):
