@@ -126,3 +126,24 @@ def test_empty_or_missing_store(tmp_path: Path) -> None:
     ResultsStore(tmp_path / "results.sqlite").close()
     with pytest.raises(StoreError, match="no finished runs in"):
         write_report(tmp_path)
+
+
+
+def test_cells_of_equal_state_size_are_dodged_apart() -> None:
+    """Two mixers with the same decode-state size must not hide each other in the state plot."""
+    from longctx.arena.report import _dodged_sizes, summarize
+
+    def row(mixer: str, state: int) -> RunRecord:
+        config = {"task": "mqar", "mixer": mixer, "d_model": 64, "seq_len": 32, "lr": 1e-3,
+                  "seed": 0}
+        return RunRecord(run_id=config_hash(config), suite="s", config=config,
+                         metrics={"accuracy": 0.99, "loss": 0.1}, wall_time_s=1.0,
+                         state_size_bytes=state, tokens_per_s=1.0)
+
+    cells = summarize([row("softmax_attention", 1024), row("sliding_window_attention", 1024),
+                       row("gla", 4096)])
+    dodged = _dodged_sizes(cells)
+    x = {c.mixer: dodged[id(c)] for c in cells}
+    assert x["softmax_attention"] != x["sliding_window_attention"]
+    assert all(abs(x[m] / 1024 - 1) < 0.1 for m in ("softmax_attention", "sliding_window_attention"))
+    assert x["gla"] == 4096  # alone at its size: not moved

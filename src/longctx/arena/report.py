@@ -432,6 +432,19 @@ def _plot_acc_vs_seqlen(cells: list[Cell], colours: dict, path: Path) -> None:
     _save(fig, path)
 
 
+def _dodged_sizes(cells: list[Cell], step: float = 0.06) -> dict[int, float]:
+    """x positions on the log state-size axis: cells with the same state size are spread by
+    ``2^(+-step)`` factors so none hides another (the exact sizes are in the table)."""
+    groups: dict[int, list[Cell]] = defaultdict(list)
+    for c in cells:
+        groups[c.state_bytes].append(c)
+    x = {}
+    for size, group in groups.items():
+        for i, c in enumerate(sorted(group, key=lambda c: (c.mixer, c.seq_len))):
+            x[id(c)] = size * 2 ** ((i - (len(group) - 1) / 2) * step)
+    return x
+
+
 def _plot_acc_vs_state(cells: list[Cell], colours: dict, path: Path) -> None:
     tasks = sorted({c.task for c in cells})
     lengths = sorted({c.seq_len for c in cells})
@@ -440,8 +453,9 @@ def _plot_acc_vs_state(cells: list[Cell], colours: dict, path: Path) -> None:
     for ax, task in zip(axes, tasks):
         tc = [c for c in cells if c.task == task and c.state_bytes > 0
               and not math.isnan(c.acc_mean)]
+        x = _dodged_sizes(tc)
         for c in tc:
-            ax.scatter(c.state_bytes, c.acc_mean, s=60, marker=marker[c.seq_len],
+            ax.scatter(x[id(c)], c.acc_mean, s=60, marker=marker[c.seq_len],
                        color=colours[c.mixer], edgecolor="white", linewidth=0.8, zorder=3)
         for key in {(c.mixer, c.seq_len) for c in tc}:       # a width sweep: join its points
             pts = sorted((c for c in tc if (c.mixer, c.seq_len) == key),
