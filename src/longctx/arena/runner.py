@@ -100,5 +100,5 @@ def run_suite(suite: Suite, out_dir: str | Path = "runs", jobs: int = 1, threads
                     bar.update()
         bar.close()
     if report:
-        write_report(suite_dir, title=f"longctx arena: {suite.name}")
+        write_report(suite_dir)
     return suite_dir
