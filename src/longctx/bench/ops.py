@@ -47,6 +47,7 @@ from torch import Tensor
 
 from longctx.bench.memory import peak_memory_bytes
 from longctx.errors import unknown_name
+from longctx.ops.common import check_positive_int
 
 OPS = ("softmax_attention", "sliding_window_attention", "linear_attention", "retention", "gla")
 FORMS = {op: ("chunk", "naive") for op in OPS} | {"softmax_attention": ("chunk", "sdpa", "naive")}
@@ -271,9 +272,10 @@ def _write_json(data: dict, path: Path) -> None:
 
 
 def _positive(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise BenchError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    try:
+        return check_positive_int(name, value)
+    except ValueError as e:
+        raise BenchError(str(e)) from None
 
 
 def _validate(ops: Sequence[str] | None, lengths: Sequence[int], device: str | torch.device,

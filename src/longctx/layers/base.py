@@ -14,6 +14,8 @@ from typing import ClassVar, Self
 import torch
 from torch import Tensor, nn
 
+from longctx.ops.common import check_positive_int
+
 
 @dataclass
 class State:
@@ -85,9 +87,7 @@ class MixerConfig:
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_heads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{type(self).__name__}.{name} must be a positive integer, got {value!r}")
+            check_positive_int(f"{type(self).__name__}.{name}", getattr(self, name))
         if self.d_model % self.n_heads != 0:
             raise ValueError(
                 f"{type(self).__name__}: n_heads={self.n_heads} must divide d_model={self.d_model}"

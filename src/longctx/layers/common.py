@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from longctx.ops.common import check_positive_int
+
 
 def split_heads(x: Tensor, n_heads: int) -> Tensor:
     """``[B, T, n_heads * D] -> [B, T, n_heads, D]``."""
@@ -18,8 +20,7 @@ def merge_heads(x: Tensor) -> Tensor:
 
 
 def check_positive(owner: str, name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{owner}.{name} must be a positive integer, got {value!r}")
+    check_positive_int(f"{owner}.{name}", value)
 
 
 def check_choice(owner: str, name: str, value: object, choices: tuple[str, ...]) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from longctx.ops.common import check_positive_int
 from longctx.tasks.base import IGNORE_INDEX, Batch, TaskData
 
 
@@ -30,9 +31,7 @@ class MQARConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "seq_len", "num_kv_pairs", "num_train", "num_test"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"MQARConfig.{name} must be a positive integer, got {v!r}")
+            check_positive_int(f"MQARConfig.{name}", getattr(self, name))
         if self.seq_len < 4 * self.num_kv_pairs:
             raise ValueError(
                 f"MQARConfig: seq_len={self.seq_len} is too short for num_kv_pairs={self.num_kv_pairs} "

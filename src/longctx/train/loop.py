@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from longctx.ops.common import check_positive_int
 from longctx.tasks.base import IGNORE_INDEX, Batch, TaskData
 
 
@@ -36,9 +37,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {v!r}")
+            check_positive_int(f"TrainConfig.{name}", getattr(self, name))
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
         if not 0 <= self.warmup_frac < 1:
