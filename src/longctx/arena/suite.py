@@ -133,11 +133,11 @@ def load_suite(name_or_path: str) -> Suite:
     return parse_suite(data, str(path))
 
 
-def _unknown(where: str, key: str, known) -> SuiteError:
+def _unknown(where: str, key: str, known, kind: str = "key") -> SuiteError:
     known = sorted(known)
-    close = difflib.get_close_matches(key, known, n=1)
+    close = difflib.get_close_matches(str(key), known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return SuiteError(f"{where}: unknown key {key!r}{hint}; valid keys: {', '.join(known)}")
+    return SuiteError(f"{where}: unknown {kind} {key!r}{hint}; valid {kind}s: {', '.join(known)}")
 
 
 def _check_keys(where: str, table: Any, valid) -> dict:
@@ -225,12 +225,10 @@ def _grid(path: str, suite: dict) -> dict[str, list]:
                                  "once; each value gives one run, list it once")
     for t in grid["tasks"]:
         if t not in task_names():
-            raise SuiteError(f"{path} [suite]: unknown task {t!r}; known tasks: {', '.join(task_names())}")
+            raise _unknown(f"{path} [suite]", t, task_names(), kind="task")
     for m in grid["mixers"]:
         if m not in mixer_names():
-            close = difflib.get_close_matches(str(m), mixer_names(), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise SuiteError(f"{path} [suite]: unknown mixer {m!r}{hint}; known mixers: {', '.join(mixer_names())}")
+            raise _unknown(f"{path} [suite]", m, mixer_names(), kind="mixer")
     return grid
 
 
