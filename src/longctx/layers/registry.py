@@ -5,9 +5,7 @@ Adding a method = one ops folder, one layer file, one line here, one test file.
 
 from __future__ import annotations
 
-import dataclasses
-
-from longctx.errors import unknown_name
+from longctx.errors import check_options, unknown_name
 from longctx.layers.base import Mixer, MixerConfig
 from longctx.layers.gla import GatedLinearAttention, GLAConfig
 from longctx.layers.linear_attention import LinearAttention, LinearAttentionConfig
@@ -52,12 +50,7 @@ def config_class(name: str) -> type[MixerConfig]:
 def make_config(name: str, **kwargs) -> MixerConfig:
     """The mixer's config dataclass from keyword arguments; unknown keys are named in the error."""
     cls = config_class(name)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(kwargs) - fields)
-    if unknown:
-        raise TypeError(
-            f"mixer {name!r} has no option(s) {unknown}; its options are {sorted(fields)}"
-        )
+    check_options("mixer", name, cls, kwargs)
     return cls(**kwargs)
 
 

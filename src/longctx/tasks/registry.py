@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
-from longctx.errors import unknown_name
+from longctx.errors import check_options, unknown_name
 from longctx.tasks.base import TaskData
 from longctx.tasks.mqar import MQARConfig, make_mqar
 
@@ -27,8 +26,5 @@ def task_config_class(name: str) -> type:
 def build_task(name: str, seed: int = 0, **options) -> TaskData:
     """Generate task ``name`` deterministically for ``seed``; unknown options are named."""
     cls = task_config_class(name)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        raise TypeError(f"task {name!r} has no option(s) {unknown}; its options are {sorted(fields)}")
+    check_options("task", name, cls, options)
     return TASKS[name][1](cls(**options), seed=seed)
