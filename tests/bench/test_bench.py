@@ -5,6 +5,7 @@ Tiny sizes (B=1, H=2, D=16, T in {64, 128}, one repeat) so the whole file runs i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -73,7 +74,8 @@ def test_results_json_and_files(tmp_path):
 
 
 def test_no_memory_pass_and_naive_gla_cap(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench_ops, "NAIVE_GLA_MAX_LEN", 64)
+    monkeypatch.setitem(bench_ops.SPECS, "gla", dataclasses.replace(bench_ops.SPECS["gla"],
+                                                                     naive_max_len=64))
     out, data = _bench(tmp_path, ops=["gla"], memory=False)
     assert data["meta"]["memory"] == "not measured"
     assert all(r["fwd_peak_bytes"] is None for r in data["ops"]["gla"]["results"])

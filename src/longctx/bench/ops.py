@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib
-import inspect
 import json
 import os
 import platform
@@ -42,17 +41,15 @@ from types import ModuleType
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from longctx.bench.memory import peak_memory_bytes
+from longctx.bench.specs import SPECS, WINDOW, Form, Inputs, softmax_chunk_size
 from longctx.errors import unknown_name
 from longctx.ops.common import check_positive_int
 
-OPS = ("softmax_attention", "sliding_window_attention", "linear_attention", "retention", "gla")
-FORMS = {op: ("chunk", "naive") for op in OPS} | {"softmax_attention": ("chunk", "sdpa", "naive")}
-WINDOW = 512                      # sliding-window attention's window in the bench
-NAIVE_GLA_MAX_LEN = 4096          # naive GLA is a Python loop over time: capped further
+OPS = tuple(SPECS)
+FORMS = {name: spec.forms for name, spec in SPECS.items()}
 CHECK_B, CHECK_T, CHECK_H, CHECK_D = 1, 67, 2, 16
 CHECK_TOL = 1e-8
 CHECK_SMALL = {"chunk_size": 16, "window": 24}  # second check: several chunks, window < T
@@ -63,108 +60,65 @@ _MEMORY_TEXT = {"cpu": "torch.profiler allocation events; see longctx/bench/memo
                 "cuda": "torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus "
                         "memory allocated before the call; see longctx/bench/memory.py"}
 
-Fn = Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]  # (q, k, v, g) -> o
-
 
 class BenchError(ValueError):
     """Invalid bench arguments (lengths, sizes, device, dtype)."""
 
 
-def softmax_chunk_size(T: int) -> int:
-    """The chunked softmax form's block size in the bench: 128 up to T=4096, then 256."""
-    return 128 if T <= 4096 else 256
-
-
-def _default_chunk_size(fn: Callable) -> int:
-    param = inspect.signature(fn).parameters.get("chunk_size")
-    if param is None or not isinstance(param.default, int):
-        raise TypeError(f"{getattr(fn, '__name__', fn)} has no integer chunk_size default")
-    return param.default
-
-
 def _load_op_module(name: str) -> ModuleType:
-    """Import ``longctx.ops.<name>`` (a seam for the tests to make an import fail)."""
-    return importlib.import_module(f"longctx.ops.{name}")
+    """Import the op's module ``longctx.ops.<module>`` (a seam for the tests to make an import
+    fail)."""
+    return importlib.import_module(f"longctx.ops.{SPECS[name].module}")
 
 
 def _forms(name: str, mod: ModuleType, T: int, *, window: int = WINDOW,
-           chunk_size: int | None = None) -> tuple[dict[str, Fn], int]:
-    """The op's forms as ``(q, k, v, g) -> o`` and the chunk size its chunk form uses.
+           chunk_size: int | None = None) -> tuple[dict[str, Form], int]:
+    """The op's forms as ``inputs -> o`` and the chunk size its chunk form uses.
 
-    ``chunk_size=None``: the op's default (softmax attention: ``softmax_chunk_size(T)``)."""
-    if name == "softmax_attention":
-        cs = chunk_size or softmax_chunk_size(T)
-        return {
-            "chunk": lambda q, k, v, g: mod.chunk_softmax_attention(q, k, v, chunk_size=cs)[0],
-            "sdpa": lambda q, k, v, g: mod.sdpa_softmax_attention(q, k, v)[0],
-            "naive": lambda q, k, v, g: mod.naive_softmax_attention(q, k, v)[0],
-        }, cs
-    if name == "sliding_window_attention":
-        cs = chunk_size or _default_chunk_size(mod.chunk_sliding_window_attention)
-        return {
-            "chunk": lambda q, k, v, g: mod.chunk_sliding_window_attention(
-                q, k, v, window, chunk_size=cs)[0],
-            "naive": lambda q, k, v, g: mod.naive_sliding_window_attention(q, k, v, window)[0],
-        }, cs
-    if name == "linear_attention":
-        cs = chunk_size or _default_chunk_size(mod.chunk_linear_attention)
-        kw = {"feature_map": "elu+1", "normalize": True}
-        return {
-            "chunk": lambda q, k, v, g: mod.chunk_linear_attention(q, k, v, chunk_size=cs, **kw)[0],
-            "naive": lambda q, k, v, g: mod.naive_linear_attention(q, k, v, **kw)[0],
-        }, cs
-    if name == "retention":
-        cs = chunk_size or _default_chunk_size(mod.chunk_retention)
-        return {
-            "chunk": lambda q, k, v, g: mod.chunk_retention(q, k, v, chunk_size=cs)[0],
-            "naive": lambda q, k, v, g: mod.naive_retention(q, k, v)[0],
-        }, cs
-    if name == "gla":
-        cs = chunk_size or _default_chunk_size(mod.chunk_gla)
-        return {
-            "chunk": lambda q, k, v, g: mod.chunk_gla(q, k, v, g, chunk_size=cs)[0],
-            "naive": lambda q, k, v, g: mod.naive_gla(q, k, v, g)[0],
-        }, cs
-    raise unknown_name("op", name, OPS)
+    ``chunk_size=None``: the bench's choice for ``T`` (softmax attention: ``softmax_chunk_size``)."""
+    if name not in SPECS:
+        raise unknown_name("op", name, OPS)
+    spec = SPECS[name]
+    cs = chunk_size or spec.chunk_size(T)
+    return spec.calls(mod, T, cs, window), cs
 
 
-def _params(name: str, mod: ModuleType) -> dict[str, Any]:
+def _params(name: str) -> dict[str, Any]:
     """What the bench fixes for ``name`` (recorded in the JSON)."""
-    if name == "softmax_attention":
-        return {"chunk_size": {"T<=4096": softmax_chunk_size(4096),
-                               "T>4096": softmax_chunk_size(4097)}}
-    _, cs = _forms(name, mod, 1)
-    extra = {"sliding_window_attention": {"window": WINDOW},
-             "linear_attention": {"feature_map": "elu+1", "normalize": True},
-             "retention": {"log_decay": "RetNet default"},
-             "gla": {"gate": "logsigmoid(randn)/16 [B, T, H, D]",
-                     "naive_max_len": NAIVE_GLA_MAX_LEN}}
-    return {"chunk_size": cs, **extra.get(name, {})}
+    spec = SPECS[name]
+    cs: Any = spec.chunk_size(1)
+    if spec.chunk_size(4096) != spec.chunk_size(4097):
+        cs = {"T<=4096": spec.chunk_size(4096), "T>4096": spec.chunk_size(4097)}
+    extra = {"naive_max_len": spec.naive_max_len} if spec.naive_max_len else {}
+    return {"chunk_size": cs, **spec.params, **extra}
 
 
 def _inputs(name: str, B: int, T: int, H: int, D: int, dtype: torch.dtype, device: torch.device,
-            seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
-    """Random q, k, v ``[B, T, H, D]``, the GLA gate (else None) and the cotangent of o, as leaves
-    requiring grad (the cotangent does not)."""
+            seed: int) -> Inputs:
+    """The op's random inputs at ``(B, T, H, D)``, as leaves requiring grad (made in float32 on
+    the CPU from ``seed``, then cast and moved, so every dtype and device sees the same values)."""
     gen = torch.Generator().manual_seed(seed)
 
     def rand(*shape: int) -> Tensor:
         return torch.randn(*shape, generator=gen, dtype=torch.float32)
 
-    q, k, v = rand(B, T, H, D), rand(B, T, H, D), rand(B, T, H, D)
-    g = F.logsigmoid(rand(B, T, H, D)) / 16 if name == "gla" else None
-    cot = rand(B, T, H, D)
-    leaves = [t.to(device=device, dtype=dtype).requires_grad_() for t in (q, k, v)]
-    g = None if g is None else g.to(device=device, dtype=dtype).requires_grad_()
-    return leaves[0], leaves[1], leaves[2], g, cot.to(device=device, dtype=dtype)
+    made = SPECS[name].inputs(rand, B, T, H, D)
+    return {k: t.to(device=device, dtype=dtype).requires_grad_() for k, t in made.items()}
 
 
-def _fwdbwd(fn: Fn, q: Tensor, k: Tensor, v: Tensor, g: Tensor | None,
-            cot: Tensor) -> tuple[Tensor, ...]:
-    """Output and gradients of ``(o * cot).sum()`` w.r.t. q, k, v [, g]."""
-    o = fn(q, k, v, g)
-    wrt = (q, k, v) if g is None else (q, k, v, g)
-    return (o.detach(), *torch.autograd.grad((o * cot).sum(), wrt))
+def _cotangent(o: Tensor, seed: int) -> Tensor:
+    """A fixed random cotangent shaped like ``o`` (so the backward is not the all-ones direction)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    return torch.randn(o.shape, generator=gen, dtype=torch.float32).to(o.device, o.dtype)
+
+
+def _fwdbwd(fn: Form, inputs: Inputs, cot: Tensor | None = None,
+            seed: int = 0) -> tuple[Tensor, ...]:
+    """Output and gradients of ``(o * cot).sum()`` w.r.t. every input (in the inputs' order).
+    ``cot=None``: a fixed random one from ``seed``."""
+    o = fn(inputs)
+    cot = _cotangent(o, seed) if cot is None else cot
+    return (o.detach(), *torch.autograd.grad((o * cot).sum(), list(inputs.values())))
 
 
 def _rel_err(ref: Tensor, out: Tensor) -> float:
@@ -178,16 +132,16 @@ def check_op(name: str, mod: ModuleType) -> dict[str, float]:
     """Relative errors (output and every gradient, the worst of them) of the op's fast forms
     against its naive form: float64, CPU, B=1, T=67, H=2, D=16, with the bench's settings and with
     ``CHECK_SMALL`` (several chunks and a tail; a window shorter than T)."""
-    q, k, v, g, cot = _inputs(name, CHECK_B, CHECK_T, CHECK_H, CHECK_D, torch.float64,
-                              torch.device("cpu"), seed=1234)
+    inputs = _inputs(name, CHECK_B, CHECK_T, CHECK_H, CHECK_D, torch.float64,
+                     torch.device("cpu"), seed=1234)
     errs: dict[str, float] = {}
     for label, kw in (("", {}), ("[small]", CHECK_SMALL)):
         fns, _ = _forms(name, mod, CHECK_T, **kw)
-        ref = _fwdbwd(fns["naive"], q, k, v, g, cot)
+        ref = _fwdbwd(fns["naive"], inputs, seed=1234)
         for form, fn in fns.items():
             if form == "naive" or (label and form == "sdpa"):
                 continue
-            out = _fwdbwd(fn, q, k, v, g, cot)
+            out = _fwdbwd(fn, inputs, seed=1234)
             errs[form + label] = max(_rel_err(r, o) for r, o in zip(ref, out))
     return errs
 
@@ -212,16 +166,18 @@ def _time_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> fl
     return statistics.median(times)
 
 
-def _measure(fn: Fn, name: str, B: int, T: int, H: int, D: int, dtype: torch.dtype,
+def _measure(fn: Form, name: str, B: int, T: int, H: int, D: int, dtype: torch.dtype,
              device: torch.device, repeats: int, memory: bool) -> dict[str, Any]:
-    q, k, v, g, cot = _inputs(name, B, T, H, D, dtype, device, seed=T)
+    inputs = _inputs(name, B, T, H, D, dtype, device, seed=T)
+    with torch.no_grad():
+        cot = _cotangent(fn(inputs), seed=T)
 
     def fwd() -> None:
         with torch.no_grad():
-            fn(q, k, v, g)
+            fn(inputs)
 
     def fwdbwd() -> None:
-        _fwdbwd(fn, q, k, v, g, cot)
+        _fwdbwd(fn, inputs, cot)
 
     row: dict[str, Any] = {"fwd_ms": _time_ms(fwd, repeats, device),
                            "fwdbwd_ms": _time_ms(fwdbwd, repeats, device)}
@@ -238,9 +194,9 @@ def _skip_reason(name: str, form: str, T: int, naive_max_len: int) -> str | None
     if T > naive_max_len:
         return (f"naive form is O(T^2) in memory or a token loop; T={T} > naive_max_len="
                 f"{naive_max_len}")
-    if name == "gla" and T > NAIVE_GLA_MAX_LEN:
-        return (f"naive GLA is a Python loop over time; capped at T <= {NAIVE_GLA_MAX_LEN} "
-                f"(T={T})")
+    cap = SPECS[name].naive_max_len
+    if cap is not None and T > cap:
+        return f"naive {name} is a Python loop over time; capped at T <= {cap} (T={T})"
     return None
 
 
@@ -328,7 +284,7 @@ def run_bench(ops: Sequence[str] | None, lengths: Sequence[int], device: str | t
     json_path = out_dir / JSON_NAME
     timing = ("torch.cuda.Event" if dev.type == "cuda" else "time.perf_counter") + (
         f"; median of {repeats} after 1 warm-up; fwd under torch.no_grad; fwd+bwd = autograd.grad"
-        " of (o * fixed random cotangent).sum() w.r.t. q, k, v [, g]")
+        " of (o * fixed random cotangent).sum() w.r.t. every input")
     data: dict[str, Any] = {
         "meta": {
             "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -365,7 +321,7 @@ def run_bench(ops: Sequence[str] | None, lengths: Sequence[int], device: str | t
             print(f"bench: refusing to report {name}: correctness check failed: {entry['error']}")
             continue
         worst = max(detail.values())
-        entry.update(check_detail=detail, check_rel_err=worst, params=_params(name, mod))
+        entry.update(check_detail=detail, check_rel_err=worst, params=_params(name))
         if not worst <= CHECK_TOL:  # also catches NaN
             bad = ", ".join(f"{f} {e:.2e}" for f, e in detail.items() if not e <= CHECK_TOL)
             entry.update(status="check_failed",

@@ -52,8 +52,8 @@ def _plot(data: dict[str, Any], key: str, ylabel: str, title: str, scale: float,
           path: Path) -> Path:
     series = _series(data, key)
     ops = list(dict.fromkeys(op for op, _ in series))
-    cmap = matplotlib.colormaps["tab10"]
-    colour = {op: cmap(i % 10) for i, op in enumerate(ops)}
+    cmap = matplotlib.colormaps["tab10" if len(ops) <= 10 else "tab20"]
+    colour = {op: cmap(i % cmap.N) for i, op in enumerate(ops)}
     with matplotlib.rc_context(_RC):
         fig = Figure(figsize=(8.5, 5.0), layout="constrained")
         FigureCanvasAgg(fig)
