@@ -18,7 +18,9 @@ from tests.helpers import assert_close
 
 D_MODEL, N_HEADS, B, T = 32, 2, 3, 11
 WINDOW, CHUNK = 4, 4
-CONSTANT_SIZE = ("linear_attention", "retention", "gla", "sliding_window_attention")
+CONSTANT_SIZE = ("linear_attention", "retention", "gla", "sliding_window_attention",
+                 "deltanet", "gated_deltanet", "mamba2", "mamba",
+                 "aug_linear_attention", "grouped_linear_attention")
 RTOL = 1e-9
 
 OPTIONS = {
@@ -27,6 +29,16 @@ OPTIONS = {
     "linear_attention": {"chunk_size": CHUNK},
     "retention": {"chunk_size": CHUNK},
     "gla": {"chunk_size": CHUNK},
+    "mamba": {"chunk_size": CHUNK, "d_state": 8},
+    "mamba2": {"chunk_size": CHUNK, "d_state": 8, "n_groups": 2},
+    "deltanet": {"chunk_size": CHUNK},
+    "gated_deltanet": {"chunk_size": CHUNK},
+    "aug_linear_attention": {"chunk_size": CHUNK, "conv_size": 3},
+    "grouped_linear_attention": {"group_size": 4},
+    "log_linear_attention": {"chunk_size": CHUNK},
+    "log_linear_gla": {"chunk_size": CHUNK},
+    "log_linear_mamba2": {"chunk_size": CHUNK, "d_state": 8, "n_groups": 2},
+    "log_linear_gated_deltanet": {"chunk_size": CHUNK},
 }
 # softmax attention twice: the fused-sdpa and the chunked backends take different code paths
 VARIANTS = [(n, {}) for n in names()] + [("softmax_attention", {"backend": "chunk"})]
@@ -67,14 +79,22 @@ def test_forward_shape_and_no_state(mixer) -> None:
     assert y.abs().max() > 0
 
 
-def test_forward_is_causal(mixer) -> None:
+@pytest.mark.parametrize("with_state", [False, True])
+def test_forward_is_causal(mixer, with_state: bool) -> None:
+    """No leakage of future tokens: perturbing any position p (each in turn, the last included)
+    leaves every earlier output bit-for-bit unchanged, and changes the output at p."""
     x = inputs()
-    y, _ = mixer(x)
-    x2 = x.clone()
-    x2[:, 6] += 1.0
-    y2, _ = mixer(x2)
-    assert torch.equal(y[:, :6], y2[:, :6]) or (y[:, :6] - y2[:, :6]).abs().max() < 1e-12
-    assert (y[:, 6:] - y2[:, 6:]).abs().max() > 1e-6
+
+    def run(x_: torch.Tensor) -> torch.Tensor:
+        return mixer(x_, mixer.init_state(B) if with_state else None)[0]
+
+    y = run(x)
+    for p in range(1, T):
+        x2 = x.clone()
+        x2[:, p] += 1.0
+        y2 = run(x2)
+        assert torch.equal(y[:, :p], y2[:, :p]), f"perturbing position {p} changed earlier outputs"
+        assert (y[:, p] - y2[:, p]).abs().max() > 1e-6, f"output {p} ignores its own input"
 
 
 def test_state_from_init_matches_stateless(mixer) -> None:
@@ -208,6 +228,14 @@ def test_state_size(mixer, seqlen: int) -> None:
         if seqlen >= WINDOW:  # the ring buffer is full
             assert size == float_bytes  # its k/v buffers
             assert mixer.state_size(B, seqlen + 50) == size  # constant in T
+    elif mixer.name.startswith("log_linear_"):  # O(log T): bit_length(T) Fenwick level states
+        x = inputs(t=seqlen).float()
+        _, st = copy.deepcopy(mixer).float()(x, mixer.init_state(B, dtype=torch.float32))
+        assert size == sum(t.numel() * t.element_size() for t in st.tensors().values()
+                           if t.is_floating_point())
+        one_level = mixer.state_size(B, 2 * seqlen) - size  # bit_length(2T) = bit_length(T) + 1
+        assert one_level > 0 and mixer.state_size(B, 4 * seqlen) - size == 2 * one_level
+        assert mixer.state_size(B, 2 ** seqlen.bit_length() - 1) == size
     else:
         assert mixer.name in CONSTANT_SIZE
         assert size == float_bytes

@@ -8,13 +8,16 @@ import torch
 from longctx.errors import UnknownNameError
 from longctx.layers import Mixer, MixerConfig, build, config_class, describe, make_config, names
 
-EXPECTED = {"softmax_attention", "sliding_window_attention", "linear_attention", "retention", "gla"}
+EXPECTED = {"softmax_attention", "sliding_window_attention", "linear_attention", "retention", "gla",
+            "deltanet", "gated_deltanet", "mamba", "mamba2", "aug_linear_attention",
+            "grouped_linear_attention", "log_linear_attention", "log_linear_gla",
+            "log_linear_mamba2", "log_linear_gated_deltanet"}
 
 
-def test_names_lists_the_five_mixers() -> None:
+def test_names_lists_every_mixer_once() -> None:
     got = names()
     assert set(got) == EXPECTED
-    assert len(got) == len(set(got)) == 5
+    assert len(got) == len(set(got)) == len(EXPECTED)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -64,13 +64,27 @@ class GatedLinearAttention(Mixer):
         self.norm = nn.RMSNorm(c.head_dim, eps=1e-5)
         self.wo = nn.Linear(c.d_model, c.d_model, bias=False)
 
+    # -- the steps of forward (a subclass, e.g. log-linear GLA, reuses them) ---------------------
+    def _inputs(self, x: Tensor, state: State | None) -> tuple[dict[str, Tensor], None]:
+        """x [B, T, d_model] -> ({"q", "k": [B, T, H, Dk], "v": [B, T, H, Dv], "g": [B, T, H, Dk]
+        log alpha <= 0} as ``chunk_gla`` takes them, None: no conv buffer)."""
+        c = self.config
+        return {
+            "q": split_heads(self.wq(x), c.n_heads),  # [B, T, H, Dk]
+            "k": split_heads(self.wk(x), c.n_heads),
+            "v": split_heads(self.wv(x), c.n_heads),  # [B, T, H, Dv]
+            "g": split_heads(F.logsigmoid(self.gate(x)) / c.gate_tau, c.n_heads),  # log alpha
+        }, None
+
+    def _output(self, o: Tensor, x: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        """o [B, T, H, Dv] -> y [B, T, d_model]: (RMSNorm(o) * swish(x W_r)) W_o (§4.4)."""
+        return self.wo(merge_heads(self.norm(o)) * F.silu(self.wr(x)))
+
     def forward(self, x: Tensor, state: GLAState | None = None):
         self.check_input(x)
         c = self.config
-        q = split_heads(self.wq(x), c.n_heads)  # [B, T, H, Dk]
-        k = split_heads(self.wk(x), c.n_heads)
-        v = split_heads(self.wv(x), c.n_heads)  # [B, T, H, Dv]
-        g = split_heads(F.logsigmoid(self.gate(x)) / c.gate_tau, c.n_heads)  # log alpha <= 0
+        inputs, _ = self._inputs(x, state)
+        q, k, v, g = inputs["q"], inputs["k"], inputs["v"], inputs["g"]
         if state is None:
             o, S = chunk_gla(q, k, v, g, chunk_size=c.chunk_size)
         else:
@@ -81,8 +95,7 @@ class GatedLinearAttention(Mixer):
             else:
                 o, S = chunk_gla(q, k, v, g, initial_state=state.S, output_final_state=True,
                                  chunk_size=c.chunk_size)
-        y = self.wo(merge_heads(self.norm(o)) * F.silu(self.wr(x)))
-        return y, (None if state is None else GLAState(self.name, S))
+        return self._output(o, x, inputs), (None if state is None else GLAState(self.name, S))
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> GLAState:
         c = self.config

@@ -56,16 +56,30 @@ class LinearAttention(Mixer):
         self.wv = nn.Linear(c.d_model, c.d_model, bias=False)
         self.wo = nn.Linear(c.d_model, c.d_model, bias=False)
 
+    # -- the steps of forward (a subclass, e.g. log-linear attention, reuses them) ---------------
+    def _inputs(self, x: Tensor, state: State | None) -> tuple[dict[str, Tensor], None]:
+        """x [B, T, d_model] -> ({"q", "k": [B, T, H, Dk], "v": [B, T, H, Dv]} before the feature
+        map, None: no conv buffer)."""
+        c = self.config
+        return {
+            "q": split_heads(self.wq(x), c.n_heads),  # [B, T, H, Dk]
+            "k": split_heads(self.wk(x), c.n_heads),
+            "v": split_heads(self.wv(x), c.n_heads),  # [B, T, H, Dv]
+        }, None
+
+    def _output(self, o: Tensor, x: Tensor, inputs: dict[str, Tensor]) -> Tensor:
+        """o [B, T, H, Dv] -> y [B, T, d_model]."""
+        return self.wo(merge_heads(o))
+
     def forward(self, x: Tensor, state: LinearAttentionState | None = None):
         self.check_input(x)
         c = self.config
-        q = split_heads(self.wq(x), c.n_heads)  # [B, T, H, Dk]
-        k = split_heads(self.wk(x), c.n_heads)
-        v = split_heads(self.wv(x), c.n_heads)  # [B, T, H, Dv]
+        inputs, _ = self._inputs(x, state)
+        q, k, v = inputs["q"], inputs["k"], inputs["v"]
         opts = {"feature_map": c.feature_map, "normalize": c.normalize}
         if state is None:
             o, _ = chunk_linear_attention(q, k, v, **opts, chunk_size=c.chunk_size)
-            return self.wo(merge_heads(o)), None
+            return self._output(o, x, inputs), None
         self.check_state(state, x.shape[0])
         if x.shape[1] == 1:
             o, new = linear_attention_step(q[:, 0], k[:, 0], v[:, 0], (state.S, state.z), **opts)
@@ -73,7 +87,7 @@ class LinearAttention(Mixer):
         else:
             o, new = chunk_linear_attention(q, k, v, **opts, initial_state=(state.S, state.z),
                                             output_final_state=True, chunk_size=c.chunk_size)
-        return self.wo(merge_heads(o)), LinearAttentionState(self.name, *new)
+        return self._output(o, x, inputs), LinearAttentionState(self.name, *new)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> LinearAttentionState:
         c = self.config

@@ -7,8 +7,28 @@ from __future__ import annotations
 
 from longctx.errors import check_options, unknown_name
 from longctx.layers.base import Mixer, MixerConfig
+from longctx.layers.deltanet import DeltaNet, DeltaNetConfig
+from longctx.layers.gated_deltanet import GatedDeltaNet, GatedDeltaNetConfig
 from longctx.layers.gla import GatedLinearAttention, GLAConfig
 from longctx.layers.linear_attention import LinearAttention, LinearAttentionConfig
+from longctx.layers.linearized import (
+    AugmentedLinearAttention,
+    AugmentedLinearAttentionConfig,
+    GroupedLinearAttention,
+    GroupedLinearAttentionConfig,
+)
+from longctx.layers.log_linear import (
+    LogLinearAttention,
+    LogLinearAttentionConfig,
+    LogLinearGatedDeltaNet,
+    LogLinearGatedDeltaNetConfig,
+    LogLinearGLA,
+    LogLinearGLAConfig,
+    LogLinearMamba2,
+    LogLinearMamba2Config,
+)
+from longctx.layers.mamba import Mamba, MambaConfig
+from longctx.layers.mamba2 import Mamba2, Mamba2Config
 from longctx.layers.retention import Retention, RetentionConfig
 from longctx.layers.sliding_window_attention import (
     SlidingWindowAttention,
@@ -25,6 +45,24 @@ REGISTRY: dict[str, tuple[type[Mixer], type[MixerConfig], str]] = {
                          "linear attention (Katharopoulos 2020) with elu+1/relu/identity/Based-Taylor maps"),
     "retention": (Retention, RetentionConfig, "RetNet multi-scale retention, fixed per-head decay"),
     "gla": (GatedLinearAttention, GLAConfig, "gated linear attention (Yang 2024), data-dependent gate"),
+    "deltanet": (DeltaNet, DeltaNetConfig,
+                 "DeltaNet: delta-rule linear attention (Schlag 2021; chunked, Yang 2024)"),
+    "gated_deltanet": (GatedDeltaNet, GatedDeltaNetConfig,
+                       "Gated DeltaNet (Yang, Kautz, Hatamizadeh 2025): delta rule + Mamba-2 decay"),
+    "mamba": (Mamba, MambaConfig, "Mamba-1 selective scan S6 (Gu & Dao 2023): per-channel dt, conv + SiLU gate"),
+    "mamba2": (Mamba2, Mamba2Config, "Mamba-2 SSD (Dao & Gu 2024): scalar-decay selective SSM, chunked"),
+    "aug_linear_attention": (AugmentedLinearAttention, AugmentedLinearAttentionConfig,
+                             "linear attention + causal masked DWConv on V (You 2024, ICML)"),
+    "grouped_linear_attention": (GroupedLinearAttention, GroupedLinearAttentionConfig,
+                                 "per-group KV cumsum + local relu^2 attention (You 2024; FLASH)"),
+    "log_linear_attention": (LogLinearAttention, LogLinearAttentionConfig,
+                             "log-linear (Guo 2025) unnormalised linear attention: O(log T) Fenwick states"),
+    "log_linear_gla": (LogLinearGLA, LogLinearGLAConfig,
+                       "log-linear (Guo 2025) GLA: O(log T) Fenwick level states, softplus level weights"),
+    "log_linear_mamba2": (LogLinearMamba2, LogLinearMamba2Config,
+                          "log-linear Mamba-2 (Guo 2025, §4.1): SSD with O(log T) Fenwick states"),
+    "log_linear_gated_deltanet": (LogLinearGatedDeltaNet, LogLinearGatedDeltaNetConfig,
+                                  "log-linear Gated DeltaNet (Guo 2025, §4.2): O(log T) Fenwick states"),
 }
 
 
