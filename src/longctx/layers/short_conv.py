@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longctx.layers.base import State, dtype_bytes
+from longctx.layers.tree import unfolded_causal_conv
 
 
 @dataclass
@@ -44,6 +45,19 @@ class ShortConv(nn.Module):
         y = F.conv1d(xp.transpose(1, 2), self.weight, groups=d).transpose(1, 2)  # [B, T, d]
         new = None if state is None else ConvState(self.name, xp[:, -(K - 1):])
         return x + y, new
+
+    def forward_states(self, x: Tensor, state: ConvState) -> tuple[Tensor, list[ConvState]]:
+        """``forward`` with a state, plus the state after each position (views of one buffer)."""
+        y, _ = self(x, state)
+        xp = torch.cat([state.buf, x], dim=1)  # [B, K - 1 + T, d]
+        K = self.kernel_size
+        return y, [ConvState(self.name, xp[:, t + 1:t + K]) for t in range(x.shape[1])]
+
+    def forward_tree(self, x: Tensor, parents: Tensor, state: ConvState | None = None) -> Tensor:
+        """Tree nodes ``x [B, N, d]`` -> ``[B, N, d]``: each node's window runs over its own
+        ancestors, not over the flattened tree (the unfolded conv, You et al. 2024, §4.2)."""
+        past = None if state is None else state.buf
+        return x + unfolded_causal_conv(x, self.weight, parents, past)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> ConvState:
         dtype = dtype or self.weight.dtype

@@ -10,11 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from longctx.layers.attention_base import AttentionConfig, AttentionMixer
 from longctx.layers.base import State, dtype_bytes
 from longctx.layers.common import check_choice, merge_heads
+from longctx.layers.tree import check_parents, tree_attention_mask, tree_depths
+from longctx.ops.common.checks import default_scale
 from longctx.ops.softmax_attention import (
     chunk_softmax_attention,
     sdpa_softmax_attention,
@@ -57,6 +60,43 @@ class SoftmaxAttention(AttentionMixer):
         else:
             o, (k_all, v_all) = self._attend(q, k, v, cache, True)
         return self.wo(merge_heads(o)), KVState(self.name, k_all, v_all)
+
+    def forward_states(self, x: Tensor, state: KVState) -> tuple[Tensor, list[KVState]]:
+        """``forward`` with a state, plus the cache after each position (views, no copies)."""
+        y, new = self(x, state)
+        S = state.k.shape[1]
+        return y, [KVState(self.name, new.k[:, :S + t + 1], new.v[:, :S + t + 1])
+                   for t in range(x.shape[1])]
+
+    def forward_tree(self, x: Tensor, parents: Tensor, state: KVState) -> Tensor:
+        """Tree nodes ``x [B, N, d]`` after the cached tokens -> ``[B, N, d]``; ``state`` unchanged.
+
+        Node i attends to the whole cache and to its ancestors and itself (tree attention mask);
+        its RoPE position is ``S + depth(i)``, the position it has in its own chain (You et al.
+        2024, §4.2; SpecInfer, Miao et al. 2024, §4).
+        """
+        self.check_input(x)
+        self.check_state(state, x.shape[0])
+        N = check_parents(parents)
+        if N != x.shape[1]:
+            raise ValueError(f"{self.name}.forward_tree: parents has {N} nodes, x has {x.shape[1]}")
+        if N == 0:
+            return torch.zeros_like(x)
+        S = state.k.shape[1]
+        # RoPE offset per node so that node i (index i) gets position S + depth(i)
+        offset = S + tree_depths(parents) - torch.arange(N, device=parents.device)
+        q, k, v = self.project(x, offset)  # [B, N, H, D], [B, N, Hk, D] x 2
+        k_all = torch.cat([state.k, k], dim=1)  # [B, S + N, Hk, D]
+        v_all = torch.cat([state.v, v], dim=1)
+        past = torch.ones(N, S, dtype=torch.bool, device=x.device)
+        mask = torch.cat([past, tree_attention_mask(parents).to(x.device)], dim=1)  # [N, S + N]
+        group = self.config.n_heads // self.config.kv_heads
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k_all.transpose(1, 2).repeat_interleave(group, dim=1),
+            v_all.transpose(1, 2).repeat_interleave(group, dim=1), attn_mask=mask,
+            scale=default_scale(None, q.shape[-1]),
+        )  # [B, H, N, D]
+        return self.wo(merge_heads(o.transpose(1, 2)))
 
     def _attend(self, q, k, v, cache, output_final_state):
         if self.config.backend == "sdpa":

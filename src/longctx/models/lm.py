@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from longctx.layers import Mixer, State, build, config_class
 from longctx.layers.short_conv import ConvState, ShortConv
+from longctx.layers.tree import check_parents, tree_depths
 
 
 @dataclass
@@ -102,6 +103,66 @@ class Block(nn.Module):
         x = x + h
         return x + self.mlp(self.norm2(x)), state, conv_state
 
+    def forward_states(self, x: Tensor, state: State, conv_state: ConvState | None):
+        """As ``forward`` with a state, but returns the states after each of the T positions."""
+        h = self.norm1(x)
+        conv_states: list[ConvState | None] = [None] * x.shape[1]
+        if self.conv is not None:
+            h, conv_states = self.conv.forward_states(h, conv_state)
+        h, states = _mixer_states(self.mixer, h, state)
+        x = x + h
+        return x + self.mlp(self.norm2(x)), states, conv_states
+
+    def forward_tree(self, x: Tensor, parents: Tensor, state: State, conv_state: ConvState | None):
+        """``x [B, N, d]`` tree nodes -> ``[B, N, d]``; every node sees the state + its ancestors."""
+        h = self.norm1(x)
+        if self.conv is not None:
+            h = self.conv.forward_tree(h, parents, conv_state)
+        if hasattr(self.mixer, "forward_tree"):
+            h = self.mixer.forward_tree(h, parents, state)
+        else:
+            h = _tree_by_depth(self.mixer, h, parents, state)
+        x = x + h
+        return x + self.mlp(self.norm2(x))
+
+
+def _mixer_states(mixer: Mixer, h: Tensor, state: State) -> tuple[Tensor, list[State]]:
+    """The mixer's output and its state after each position: natively where the mixer has
+    ``forward_states`` (a KV cache is sliced), else exactly by T decode steps of one token."""
+    if hasattr(mixer, "forward_states"):
+        return mixer.forward_states(h, state)
+    ys, states = [], []
+    for t in range(h.shape[1]):
+        y, state = mixer(h[:, t:t + 1], state)
+        ys.append(y)
+        states.append(state)
+    return (torch.cat(ys, dim=1) if ys else h.clone()), states
+
+
+def _tree_by_depth(mixer: Mixer, h: Tensor, parents: Tensor, state: State) -> Tensor:
+    """Exact tree pass for any mixer: depth by depth, each node continues its parent's state.
+
+    The nodes of one depth run as one batch of ``B * n_d`` single-token decode steps; a node's
+    state is its parent's (``State.select``), so siblings never see each other. A loop over the
+    tree depth, not over the tokens.
+    """
+    B, N, d = h.shape
+    depth = tree_depths(parents)  # [N]
+    local = torch.zeros(N, dtype=torch.int64, device=h.device)  # index of a node in its depth
+    y = h.new_zeros(B, N, d)
+    rows = torch.arange(B, device=h.device)[:, None]  # [B, 1]
+    n_prev = 1
+    for level in range(int(depth.max()) + 1 if N else 0):
+        nodes = (depth == level).nonzero().squeeze(1)  # [n]
+        n = nodes.numel()
+        src = torch.zeros(n, dtype=torch.int64, device=h.device) if level == 0 else local[parents[nodes]]
+        s = state.select((rows * n_prev + src[None, :]).reshape(-1))  # batch (b, node) -> B * n
+        y_d, state = mixer(h[:, nodes].reshape(B * n, 1, d), s)
+        y[:, nodes] = y_d.reshape(B, n, d)
+        local[nodes] = torch.arange(n, device=h.device)
+        n_prev = n
+    return y
+
 
 class LongCtxLM(nn.Module):
     def __init__(self, config: LMConfig) -> None:
@@ -143,13 +204,7 @@ class LongCtxLM(nn.Module):
 
     def forward(self, idx: Tensor, state: LMState | None = None) -> tuple[Tensor, LMState | None]:
         """``idx [B, T]`` token ids -> ``logits [B, T, vocab]``; with ``state``, continue it."""
-        if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
-            got = f"{idx.dtype} {list(idx.shape)}" if isinstance(idx, Tensor) else type(idx).__name__
-            raise ValueError(f"LongCtxLM: idx must be integer token ids [B, T], got {got}")
-        if state is not None and not isinstance(state, LMState):
-            raise ValueError(f"LongCtxLM: state must be an LMState from init_state(), got {type(state).__name__}")
-        if state is not None and len(state.mixers) != len(self.blocks):
-            raise ValueError(f"LongCtxLM: state has {len(state.mixers)} layers, the model {len(self.blocks)}")
+        self._check(idx, state)
         x = self.embed(idx)  # [B, T, d_model]
         mixers, convs = [], []
         for i, block in enumerate(self.blocks):
@@ -160,6 +215,52 @@ class LongCtxLM(nn.Module):
             convs.append(c)
         logits = self.head(self.norm(x))  # [B, T, vocab]
         return logits, (LMState(mixers, convs) if state is not None else None)
+
+    def forward_states(self, idx: Tensor, state: LMState) -> tuple[Tensor, list[LMState]]:
+        """``idx [B, T]`` continuing ``state`` -> ``(logits [B, T, vocab], states)``.
+
+        ``states[t]`` is the decode state after ``idx[:, :t + 1]``: a speculative decoder keeps
+        the one of the last accepted token instead of re-running the accepted prefix. KV caches
+        and conv buffers are sliced (views); mixers without ``forward_states`` take T decode steps.
+        """
+        self._check(idx, state, required=True)
+        x = self.embed(idx)  # [B, T, d_model]
+        per_layer = []
+        for i, block in enumerate(self.blocks):
+            x, s, c = block.forward_states(x, state.mixers[i], state.convs[i])
+            per_layer.append((s, c))
+        states = [LMState([s[t] for s, _ in per_layer], [c[t] for _, c in per_layer])
+                  for t in range(idx.shape[1])]
+        return self.head(self.norm(x)), states
+
+    def forward_tree(self, idx: Tensor, parents: Tensor, state: LMState) -> Tensor:
+        """Verify a token tree in one call: ``idx [B, N]`` node tokens, ``parents [N]`` int64
+        (``parents[i] < i``; -1 = child of the last token in ``state``) -> ``logits [B, N, vocab]``.
+
+        Node i's logits are those the chain ``state + ancestors(i) + i`` would give. ``state`` is
+        not changed. Mixers with ``forward_tree`` do it natively (tree attention mask, unfolded
+        conv; You et al. 2024, §4.2), others depth by depth from their parent's state.
+        """
+        self._check(idx, state, required=True)
+        if check_parents(parents) != idx.shape[1]:
+            raise ValueError(f"LongCtxLM.forward_tree: parents has {parents.shape[0]} nodes, idx "
+                             f"{idx.shape[1]}")
+        parents = parents.to(idx.device)
+        x = self.embed(idx)  # [B, N, d_model]
+        for i, block in enumerate(self.blocks):
+            x = block.forward_tree(x, parents, state.mixers[i], state.convs[i])
+        return self.head(self.norm(x))  # [B, N, vocab]
+
+    def _check(self, idx: Tensor, state: LMState | None, required: bool = False) -> None:
+        if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
+            got = f"{idx.dtype} {list(idx.shape)}" if isinstance(idx, Tensor) else type(idx).__name__
+            raise ValueError(f"LongCtxLM: idx must be integer token ids [B, T], got {got}")
+        if state is None and required:
+            raise ValueError("LongCtxLM: a state is required (model.init_state(batch_size))")
+        if state is not None and not isinstance(state, LMState):
+            raise ValueError(f"LongCtxLM: state must be an LMState from init_state(), got {type(state).__name__}")
+        if state is not None and len(state.mixers) != len(self.blocks):
+            raise ValueError(f"LongCtxLM: state has {len(state.mixers)} layers, the model {len(self.blocks)}")
 
     @torch.no_grad()
     def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 0.0,
