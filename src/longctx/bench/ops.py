@@ -194,9 +194,10 @@ def _skip_reason(name: str, form: str, T: int, naive_max_len: int) -> str | None
     if T > naive_max_len:
         return (f"naive form is O(T^2) in memory or a token loop; T={T} > naive_max_len="
                 f"{naive_max_len}")
-    cap = SPECS[name].naive_max_len
-    if cap is not None and T > cap:
-        return f"naive {name} is a Python loop over time; capped at T <= {cap} (T={T})"
+    spec = SPECS[name]
+    if spec.naive_max_len is not None and T > spec.naive_max_len:
+        return (f"naive {name} is {spec.naive_cap_reason}; capped at T <= {spec.naive_max_len} "
+                f"(T={T})")
     return None
 
 

@@ -18,6 +18,7 @@ from torch import Tensor
 
 WINDOW = 512                      # sliding-window attention's window in the bench
 TOKEN_LOOP_MAX_LEN = 4096         # naive forms that are a Python loop over time are capped here
+PAIRWISE_GATE_MAX_LEN = 1024     # naive forms with O(T^2 Dk) memory (at T = 4096 they OOM 23 GB)
 MAMBA_STATE = 16                  # Mamba-1 d_state (the paper's default)
 
 Inputs = dict[str, Tensor]
@@ -39,7 +40,8 @@ class OpSpec:
     calls: Callable[[ModuleType, int, int, int], dict[str, Form]]  # (mod, T, chunk, window)
     chunk_size: Callable[[int], int] = lambda T: 64  # the chunk form's chunk size at T
     params: dict[str, Any] = field(default_factory=dict)  # recorded in the JSON
-    naive_max_len: int | None = None              # a tighter cap on the naive form (token loop)
+    naive_max_len: int | None = None              # a tighter cap on the naive form ...
+    naive_cap_reason: str = "a Python loop over time"  # ... and why
 
 
 def _qkv(rand: Rand, B: int, T: int, H: int, D: int) -> Inputs:
@@ -158,7 +160,9 @@ SPECS: dict[str, OpSpec] = {s.name: s for s in [
     OpSpec("log_linear_gla", "log_linear", ("chunk", "naive"), _with_lambda(_gla_inputs),
            lambda m, T, cs, w: _three(m, "log_linear_attention", cs),
            params={"base": "gla", "gate": "logsigmoid(randn)/16 [B, T, H, D]",
-                   "lambda_levels": "softplus(randn)"}),
+                   "lambda_levels": "softplus(randn)"},
+           naive_max_len=PAIRWISE_GATE_MAX_LEN,
+           naive_cap_reason="the [T, T, Dk] per-dimension decay matrix of the definition"),
     OpSpec("log_linear_mamba2", "log_linear", ("chunk", "naive"), _with_lambda(_ssd_inputs),
            lambda m, T, cs, w: _three(m, "log_linear_mamba2", cs),
            params={"base": "mamba2 (same inputs)", "lambda_levels": "softplus(randn)"}),
@@ -166,5 +170,7 @@ SPECS: dict[str, OpSpec] = {s.name: s for s in [
            _with_lambda(_gdn_inputs),
            lambda m, T, cs, w: _three(m, "log_linear_gated_deltanet", cs),
            params={"base": "gated_deltanet (same inputs)", "lambda_levels": "softplus(randn)"},
-           naive_max_len=TOKEN_LOOP_MAX_LEN),
+           naive_max_len=PAIRWISE_GATE_MAX_LEN,
+           naive_cap_reason="a loop over time carrying [T, Dk] rows for every source token "
+                            "(T = 4096 kept ~16 GB for the backward)"),
 ]}

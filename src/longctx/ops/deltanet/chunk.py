@@ -23,6 +23,20 @@ from longctx.ops.deltanet.checks import check_beta, prepare_qk
 from longctx.ops.deltanet.recurrent import recurrent_delta_rule
 
 
+def ut_solve(k: Tensor, beta: Tensor, decay: Tensor, rhs: Tensor) -> Tensor:
+    """The UT transform applied to ``rhs`` (DeltaNet §3.3; GDN §3.3):
+    ``(I + StrictTril(diag(beta) (K K^T ⊙ decay)))^{-1} diag(beta) rhs``, by one triangular solve.
+
+    k: [..., C, Dk]; beta: [..., C]; decay: [..., C, C] (or broadcastable, 1 where ungated);
+    rhs: [..., C, X]. Returns [..., C, X].
+    """
+    C = k.shape[-2]
+    A = torch.tril(beta.unsqueeze(-1) * (k @ k.transpose(-1, -2)) * decay, diagonal=-1)
+    eye = torch.eye(C, dtype=k.dtype, device=k.device)
+    return torch.linalg.solve_triangular(A + eye, beta.unsqueeze(-1) * rhs, upper=False,
+                                         unitriangular=True)
+
+
 def chunk_delta_core(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None, S0: Tensor, C: int
 ) -> tuple[Tensor, Tensor]:
@@ -55,11 +69,8 @@ def chunk_delta_core(
         k_last = kc * (G[..., -1:] - G).exp().unsqueeze(-1)  # K ⊙ exp(G_{C-1} - G)
         chunk_decay = G[..., -1].exp()[..., None, None]  # [B, H, N, 1, 1]
 
-    # UT transform (DeltaNet §3.3; GDN §3.3): (I + StrictTril(diag(beta) K K^T ⊙ decay))^{-1} diag(beta)
-    A = torch.tril(bc.unsqueeze(-1) * (kc @ kc.transpose(-1, -2)) * decay, diagonal=-1)
-    eye = torch.eye(C, dtype=q.dtype, device=q.device)
-    rhs = bc.unsqueeze(-1) * torch.cat([vc, k_dec], dim=-1)  # diag(beta) [V, exp(G) ⊙ K]
-    UW = torch.linalg.solve_triangular(A + eye, rhs, upper=False, unitriangular=True)
+    # [U, W] = UT transform of [V, exp(G) ⊙ K]
+    UW = ut_solve(kc, bc, decay, torch.cat([vc, k_dec], dim=-1))
     U, W = UW.split([Dv, Dk], dim=-1)  # [B, H, N, C, Dv], [B, H, N, C, Dk]
 
     S = S0

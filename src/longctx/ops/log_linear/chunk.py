@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from longctx.ops.deltanet.chunk import ut_solve
 from longctx.ops.gla.chunk import _intra_chunk_scores, _sub_chunk_size
 from longctx.ops.log_linear.fenwick import (
     FenwickState,
@@ -84,9 +85,7 @@ def _delta_pieces(q: Tensor, k: Tensor, g: Tensor, beta: Tensor):
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     D = torch.where(causal, G[..., :, None] - G[..., None, :], float("-inf")).exp()
     eye = torch.eye(C, dtype=q.dtype, device=q.device)
-    A = torch.tril(beta[..., None] * (k @ k.transpose(-1, -2)) * D, diagonal=-1)
-    rhs = beta[..., None] * torch.cat([eye.expand(*q.shape[:3], C, C), k * G[..., None].exp()], -1)
-    sol = torch.linalg.solve_triangular(A + eye, rhs, upper=False, unitriangular=True)
+    sol = ut_solve(k, beta, D, torch.cat([eye.expand(*q.shape[:3], C, C), k * G[..., None].exp()], -1))
     Tb, Wk = sol.split([C, q.shape[-1]], dim=-1)  # [.., C, C], [.., C, Dk]
     QK = (q @ k.transpose(-1, -2)) * D
     k_end = k * (G[..., -1:] - G)[..., None].exp()
