@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 TORCH   := torch==2.13.0
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup arena test test-all lint bench clean
+.PHONY: setup arena test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,11 +20,11 @@ setup: $(STAMP)
 arena: $(STAMP)
 	$(BIN)/longctx arena
 
-test: $(STAMP)
-	$(BIN)/python -m pytest
-
-test-all: $(STAMP)
+test: $(STAMP)  # everything a CPU can run: the fast set and the `slow` checks (~1.5 min)
 	$(BIN)/python -m pytest -m 'not gpu'
+
+test-fast: $(STAMP)  # the default pytest selection (no `slow`, no `gpu`)
+	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
