@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from longctx.layers.base import Mixer, MixerConfig, State, dtype_bytes
 from longctx.layers.common import check_positive, merge_heads, split_heads
-from longctx.layers.linear_attention import LinearAttentionConfig
+from longctx.layers.linear_attention import LinearAttention, LinearAttentionConfig
 from longctx.layers.tree import check_parents, tree_attention_mask, unfolded_causal_conv
 from longctx.ops.common import default_scale
 from longctx.ops.grouped_linear_attention import (
@@ -63,8 +63,10 @@ class AugmentedLinearAttentionState(State):
     buf: Tensor  # [B, K - 1, d_model] the last K - 1 values (merged heads), oldest first
 
 
-class AugmentedLinearAttention(Mixer):
-    """Linear attention + causal (masked) depthwise conv on V. ``x [B, T, d] -> y [B, T, d]``."""
+class AugmentedLinearAttention(LinearAttention):
+    """Linear attention + causal (masked) depthwise conv on V. ``x [B, T, d] -> y [B, T, d]``.
+
+    The projections ``wq, wk, wv, wo`` and ``_inputs`` are linear attention's (inherited)."""
 
     name = "aug_linear_attention"
     state_class = AugmentedLinearAttentionState
@@ -72,10 +74,6 @@ class AugmentedLinearAttention(Mixer):
     def __init__(self, config: AugmentedLinearAttentionConfig) -> None:
         super().__init__(config)
         c = config
-        self.wq = nn.Linear(c.d_model, c.n_heads * c.qk_dim, bias=False)
-        self.wk = nn.Linear(c.d_model, c.n_heads * c.qk_dim, bias=False)
-        self.wv = nn.Linear(c.d_model, c.d_model, bias=False)
-        self.wo = nn.Linear(c.d_model, c.d_model, bias=False)
         # F.conv1d depthwise layout [d, 1, K]; tap K-1 multiplies the current token. Zero init (as
         # the authors do): the layer starts as plain linear attention.
         self.conv_weight = nn.Parameter(torch.zeros(c.d_model, 1, c.conv_size))
@@ -84,9 +82,9 @@ class AugmentedLinearAttention(Mixer):
         return {"feature_map": self.config.feature_map, "normalize": self.config.normalize, "eps": EPS}
 
     def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``x [B, T, d]`` -> q, k ``[B, T, H, Dk]``, v ``[B, T, H, Dv]``."""
-        H = self.config.n_heads
-        return split_heads(self.wq(x), H), split_heads(self.wk(x), H), split_heads(self.wv(x), H)
+        """``x [B, T, d]`` -> q, k ``[B, T, H, Dk]``, v ``[B, T, H, Dv]`` (linear attention's)."""
+        inputs, _ = self._inputs(x, None)
+        return inputs["q"], inputs["k"], inputs["v"]
 
     def _conv(self, v: Tensor, past: Tensor) -> tuple[Tensor, Tensor]:
         """Causal depthwise conv: ``v [B, T, d]``, ``past [B, K-1, d]`` -> (y [B, T, d], new past)."""

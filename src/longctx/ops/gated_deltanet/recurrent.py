@@ -13,18 +13,16 @@ from longctx.ops.common.checks import (
     default_scale,
 )
 from longctx.ops.deltanet.checks import check_beta, prepare_qk
+from longctx.ops.deltanet.recurrent import _step as _delta_step
 
 
 def _step(
     q_t: Tensor, k_t: Tensor, v_t: Tensor, g_t: Tensor, beta_t: Tensor, S: Tensor, scale: float
 ) -> tuple[Tensor, Tensor]:
     """Unchecked step: q_t, k_t [B, H, Dk], v_t [B, H, Dv], g_t, beta_t [B, H], S [B, H, Dk, Dv]."""
-    S = g_t.exp()[..., None, None] * S  # alpha_t S_{t-1}
-    # §3.1: S_t = alpha_t S_{t-1} + k_t beta_t (v_t - alpha_t S_{t-1}^T k_t)^T
-    delta = beta_t.unsqueeze(-1) * (v_t - (k_t.unsqueeze(-2) @ S).squeeze(-2))  # [B, H, Dv]
-    S = S + k_t.unsqueeze(-1) * delta.unsqueeze(-2)
-    o = ((q_t * scale).unsqueeze(-2) @ S).squeeze(-2)  # o_t = q_t^T S_t, [B, H, Dv]
-    return o, S
+    # §3.1: S_t = alpha_t S_{t-1} + k_t beta_t (v_t - alpha_t S_{t-1}^T k_t)^T, i.e. the delta
+    # rule's step applied to the decayed state alpha_t S_{t-1}
+    return _delta_step(q_t, k_t, v_t, beta_t, g_t.exp()[..., None, None] * S, scale)
 
 
 def gated_delta_rule_step(
