@@ -13,7 +13,7 @@ import io
 import pytest
 import torch
 
-from longctx.layers import State, build, names
+from longctx.layers import State, build, config_class, names
 from tests.helpers import assert_close
 
 D_MODEL, N_HEADS, B, T = 32, 2, 3, 11
@@ -40,8 +40,10 @@ OPTIONS = {
     "log_linear_mamba2": {"chunk_size": CHUNK, "d_state": 8, "n_groups": 2},
     "log_linear_gated_deltanet": {"chunk_size": CHUNK},
 }
+# the mixers with a decode form (causal by default); bidirectional ones: test_bidirectional.py
+CAUSAL = [n for n in names() if config_class(n).causal]
 # softmax attention twice: the fused-sdpa and the chunked backends take different code paths
-VARIANTS = [(n, {}) for n in names()] + [("softmax_attention", {"backend": "chunk"})]
+VARIANTS = [(n, {}) for n in CAUSAL] + [("softmax_attention", {"backend": "chunk"})]
 IDS = [n + ("-" + "-".join(f"{k}={v}" for k, v in o.items()) if o else "") for n, o in VARIANTS]
 
 
@@ -189,7 +191,7 @@ def test_state_to_dtype_keyword(mixer) -> None:
 
 def test_state_to_dtype_positional() -> None:
     """``state.to(torch.float32)`` — the torch.Tensor.to habit — casts the state."""
-    for name in names():
+    for name in CAUSAL:
         m = make(name)
         _, state = m(inputs()[:, :6], m.init_state(B))
         s32 = state.to(torch.float32)

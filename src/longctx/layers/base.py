@@ -84,10 +84,24 @@ class MixerConfig:
 
     d_model: int = 128  # model width
     n_heads: int = 4  # number of (query) heads; must divide d_model
+    causal: bool = True  # False: bidirectional (classification); only where the method has that form
+
+    # the values of ``causal`` the method is defined for: (True,) causal only, (False,)
+    # bidirectional only (Linformer, Nystromformer), (True, False) both
+    causal_modes: ClassVar[tuple[bool, ...]] = (True,)
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_heads"):
             check_positive_int(f"{type(self).__name__}.{name}", getattr(self, name))
+        if not isinstance(self.causal, bool):
+            raise ValueError(f"{type(self).__name__}.causal must be true or false, got {self.causal!r}")
+        if self.causal not in self.causal_modes:
+            form = "causal" if self.causal else "bidirectional"
+            only = "bidirectional" if self.causal else "causal"
+            raise ValueError(
+                f"{type(self).__name__}: causal={self.causal} is not supported: this method has no "
+                f"{form} form (it is defined {only} only); use causal={not self.causal}"
+            )
         if self.d_model % self.n_heads != 0:
             raise ValueError(
                 f"{type(self).__name__}: n_heads={self.n_heads} must divide d_model={self.d_model}"
@@ -128,7 +142,16 @@ class Mixer(nn.Module):
                 f"{self.name}: x must be [B, T, d_model={self.config.d_model}], got {shape}"
             )
 
+    def check_causal_for_state(self) -> None:
+        """A state continues a sequence left to right: bidirectional mixers have no decode form."""
+        if not self.config.causal:
+            raise ValueError(
+                f"{self.name}: this mixer is configured bidirectional (causal=False), so it has no "
+                "decode state; call forward(x) on whole sequences, or build it with causal=True"
+            )
+
     def check_state(self, state: State, batch_size: int) -> None:
+        self.check_causal_for_state()
         if not isinstance(state, self.state_class) or state.mixer != self.name:
             got = f"{type(state).__name__} from mixer {getattr(state, 'mixer', '?')!r}"
             raise ValueError(
