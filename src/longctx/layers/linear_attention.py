@@ -7,6 +7,7 @@ the fixed-size ``(S, z)`` whatever the sequence length.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,8 @@ class LinearAttentionConfig(MixerConfig):
     normalize: bool = True  # divide by phi(q)^T z (Katharopoulos et al. eq. 5)
     feature_dim: int | None = None  # q/k head dim before phi; None = d_model / n_heads (Based: 16)
     chunk_size: int = 64  # chunk length of the chunked training form
+
+    causal_modes: ClassVar[tuple[bool, ...]] = (True, False)  # False: eq. 4 with no mask
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -78,7 +81,7 @@ class LinearAttention(Mixer):
         q, k, v = inputs["q"], inputs["k"], inputs["v"]
         opts = {"feature_map": c.feature_map, "normalize": c.normalize}
         if state is None:
-            o, _ = chunk_linear_attention(q, k, v, **opts, chunk_size=c.chunk_size)
+            o, _ = chunk_linear_attention(q, k, v, **opts, chunk_size=c.chunk_size, causal=c.causal)
             return self._output(o, x, inputs), None
         self.check_state(state, x.shape[0])
         if x.shape[1] == 1:
@@ -90,6 +93,7 @@ class LinearAttention(Mixer):
         return self._output(o, x, inputs), LinearAttentionState(self.name, *new)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> LinearAttentionState:
+        self.check_causal_for_state()
         c = self.config
         dtype = dtype or self.param_dtype()
         F = feature_dim(c.feature_map, c.qk_dim)

@@ -23,6 +23,7 @@ Two mixers:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,8 @@ EPS = 1e-6  # added to the linear-attention normaliser, the same in every path
 class AugmentedLinearAttentionConfig(LinearAttentionConfig):
     # inherits feature_map ("elu+1"), normalize (True), feature_dim, chunk_size from linear attention
     conv_size: int = 32  # causal taps K of the masked DWConv on V (paper: 63 taps, future 31 masked)
+
+    causal_modes: ClassVar[tuple[bool, ...]] = (True,)  # the masked DWConv is the causal form
 
     def __post_init__(self) -> None:
         super().__post_init__()

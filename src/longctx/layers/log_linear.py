@@ -56,6 +56,8 @@ class LogLinearAttentionConfig(LinearAttentionConfig):
     normalize: bool = False  # must stay False: log-linear attention is the unnormalised form
     max_levels: int = MAX_LEVELS  # L of lambda_levels: sequences up to 2^(L-1) tokens
 
+    causal_modes: ClassVar[tuple[bool, ...]] = (True,)  # the Fenwick partition is causal
+
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_log_linear(self)

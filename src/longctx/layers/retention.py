@@ -8,6 +8,7 @@ heads are group-normalised and gated by ``swish(X W_G)`` (RetNet eq. 8).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,8 @@ from longctx.position import RotaryEmbedding
 class RetentionConfig(MixerConfig):
     rope_base: float = 10000.0  # base of the rotation Theta applied to q and k
     chunk_size: int = 64  # chunk length of the chunkwise retention form
+
+    causal_modes: ClassVar[tuple[bool, ...]] = (True, False)  # False: decay gamma^|n-m|
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -62,7 +65,7 @@ class Retention(Mixer):
         offset = 0 if state is None else int(state.n_seen)
         q, k = self.rope(q, k, offset)
         if state is None:
-            o, S = chunk_retention(q, k, v, chunk_size=c.chunk_size)
+            o, S = chunk_retention(q, k, v, chunk_size=c.chunk_size, causal=c.causal)
         elif T == 1:
             o, S = retention_step(q[:, 0], k[:, 0], v[:, 0], state.S)
             o = o.unsqueeze(1)
@@ -76,6 +79,7 @@ class Retention(Mixer):
         return y, RetentionState(self.name, S, state.n_seen + T)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> RetentionState:
+        self.check_causal_for_state()
         c = self.config
         dtype = dtype or self.param_dtype()
         S = torch.zeros(batch_size, c.n_heads, c.head_dim, c.head_dim, device=device, dtype=dtype)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from longctx.layers import Mixer, State, build, config_class
 from longctx.layers.short_conv import ConvState, ShortConv
@@ -32,6 +33,7 @@ class LMConfig:
     norm_eps: float = 1e-5  # RMSNorm epsilon
     tie_embeddings: bool = True  # output head shares the embedding matrix
     short_conv: int = 0  # kernel of a causal depthwise conv + residual before each mixer (0 = off)
+    ff_chunk_size: int = 0  # > 0: the MLP runs over sequence chunks of this size (O(chunk) memory)
 
     def __post_init__(self) -> None:
         if isinstance(self.mixer, str):
@@ -44,6 +46,8 @@ class LMConfig:
                 raise ValueError(f"LMConfig.mixer_options has options for {name!r}, which no layer uses")
         for name in self.mixer:
             config_class(name)  # unknown name -> error listing the known ones
+        if not isinstance(self.ff_chunk_size, int) or self.ff_chunk_size < 0:
+            raise ValueError(f"LMConfig.ff_chunk_size must be 0 (off) or a positive int, got {self.ff_chunk_size!r}")
         if self.short_conv == 1 or self.short_conv < 0:
             raise ValueError(f"LMConfig.short_conv must be 0 (off) or a kernel size >= 2, got {self.short_conv}")
 
@@ -86,6 +90,23 @@ class LMState:
         return sum(s.nbytes() for s in self.mixers) + sum(c.nbytes() for c in self.convs if c is not None)
 
 
+def chunked_feed_forward(fn, x: Tensor, chunk_size: int) -> Tensor:
+    """``fn`` applied position-wise to ``x [B, T, d]`` in sequence chunks of ``chunk_size``.
+
+    A position-wise function commutes with slicing the sequence, so the result equals ``fn(x)``;
+    only one chunk's hidden activations ``[B, chunk, hidden]`` exist at a time (Kitaev et al. 2020,
+    Reformer §3 "Chunking"). With autograd on, each chunk is checkpointed, so the backward keeps
+    just the chunk inputs and recomputes the hidden layer one chunk at a time: activation memory
+    O(chunk * hidden) instead of O(T * hidden), for one extra forward of the MLP.
+    """
+    if chunk_size <= 0 or x.shape[1] <= chunk_size:
+        return fn(x)
+    grad = torch.is_grad_enabled()
+    outs = [checkpoint(fn, xc, use_reentrant=False) if grad else fn(xc)
+            for xc in x.split(chunk_size, dim=1)]
+    return torch.cat(outs, dim=1)
+
+
 class Block(nn.Module):
     def __init__(self, mixer: Mixer, config: LMConfig) -> None:
         super().__init__()
@@ -94,6 +115,14 @@ class Block(nn.Module):
         self.mixer = mixer
         self.norm2 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.mlp = SwiGLU(config.d_model, config.mlp_ratio)
+        self.ff_chunk_size = config.ff_chunk_size
+
+    def feed_forward(self, x: Tensor) -> Tensor:
+        """``x + MLP(RMSNorm(x))``, in sequence chunks when ``ff_chunk_size > 0``."""
+        return x + chunked_feed_forward(self._norm_mlp, x, self.ff_chunk_size)
+
+    def _norm_mlp(self, x: Tensor) -> Tensor:
+        return self.mlp(self.norm2(x))
 
     def forward(self, x: Tensor, state: State | None, conv_state: ConvState | None):
         h = self.norm1(x)
@@ -101,7 +130,7 @@ class Block(nn.Module):
             h, conv_state = self.conv(h, conv_state)
         h, state = self.mixer(h, state)
         x = x + h
-        return x + self.mlp(self.norm2(x)), state, conv_state
+        return self.feed_forward(x), state, conv_state
 
     def forward_states(self, x: Tensor, state: State, conv_state: ConvState | None):
         """As ``forward`` with a state, but returns the states after each of the T positions."""
@@ -111,7 +140,7 @@ class Block(nn.Module):
             h, conv_states = self.conv.forward_states(h, conv_state)
         h, states = _mixer_states(self.mixer, h, state)
         x = x + h
-        return x + self.mlp(self.norm2(x)), states, conv_states
+        return self.feed_forward(x), states, conv_states
 
     def forward_tree(self, x: Tensor, parents: Tensor, state: State, conv_state: ConvState | None):
         """``x [B, N, d]`` tree nodes -> ``[B, N, d]``; every node sees the state + its ancestors."""
@@ -123,7 +152,7 @@ class Block(nn.Module):
         else:
             h = _tree_by_depth(self.mixer, h, parents, state)
         x = x + h
-        return x + self.mlp(self.norm2(x))
+        return self.feed_forward(x)
 
 
 def _mixer_states(mixer: Mixer, h: Tensor, state: State) -> tuple[Tensor, list[State]]:
@@ -172,6 +201,13 @@ class LongCtxLM(nn.Module):
         self.blocks = nn.ModuleList(
             Block(build(name, **config.mixer_kwargs(name)), config) for name in config.mixer
         )
+        for name, m in zip(config.mixer, self.mixers):
+            if not m.config.causal:
+                raise ValueError(
+                    f"LongCtxLM is a causal language model, but mixer {name!r} is configured "
+                    "bidirectional (causal=False): next-token prediction would see the token it "
+                    "predicts; use a causal mixer (or causal=True where the method has one)"
+                )
         self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:

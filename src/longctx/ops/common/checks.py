@@ -108,12 +108,24 @@ def check_state(op: str, name: str, state: Tensor, expected: tuple[int, ...]) ->
         )
 
 
+def check_bidirectional(op: str, causal: bool, initial_state: object, output_final_state: bool) -> None:
+    """``causal=False`` has no state: a bidirectional output at t depends on tokens after t."""
+    if not isinstance(causal, bool):
+        raise ValueError(f"{op}: causal must be True or False, got {causal!r}")
+    if not causal and (initial_state is not None or output_final_state):
+        raise ValueError(
+            f"{op}: causal=False (bidirectional) has no recurrent state: pass initial_state=None "
+            "and output_final_state=False (a state only continues a causal sequence)"
+        )
+
+
 def default_scale(scale: float | None, head_dim: int) -> float:
     """``scale`` if given, else ``head_dim ** -0.5`` (Vaswani et al. 2017)."""
     return head_dim**-0.5 if scale is None else float(scale)
 
 
 __all__ = [
+    "check_bidirectional",
     "check_chunk_size",
     "check_gate",
     "check_positive_int",

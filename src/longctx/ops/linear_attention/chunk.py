@@ -13,7 +13,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from longctx.ops.common.checks import check_chunk_size, check_qkv, default_scale
+from longctx.ops.common.checks import (
+    check_bidirectional,
+    check_chunk_size,
+    check_qkv,
+    default_scale,
+)
 from longctx.ops.common.chunking import pad_to_multiple
 from longctx.ops.linear_attention.feature_maps import (
     apply_feature_map,
@@ -44,8 +49,9 @@ def chunk_linear_attention(
     initial_state: tuple[Tensor, Tensor] | None = None,
     output_final_state: bool = False,
     chunk_size: int = 64,
+    causal: bool = True,
 ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-    """Chunkwise causal linear attention.
+    """Chunkwise causal linear attention; ``causal=False`` is the bidirectional form (no state).
 
     q, k: [B, T, H, Dk]; v: [B, T, H, Dv]; initial_state: (S [B, H, F, Dv], z [B, H, F]) with
     F = feature_dim(feature_map, Dk). Returns o [B, T, H, Dv] and the final (S, z) or None.
@@ -54,6 +60,9 @@ def chunk_linear_attention(
     B, T, H, _, Dk, Dv = check_qkv(op, q, k, v)
     C = check_chunk_size(chunk_size)
     check_feature_map(op, feature_map)
+    check_bidirectional(op, causal, initial_state, output_final_state)
+    if not causal:
+        return _bidirectional(q, k, v, feature_map, normalize, default_scale(scale, Dk), eps), None
     Fd = feature_dim(feature_map, Dk)
     if initial_state is not None:
         check_la_state(op, "initial_state", initial_state, (B, H, Fd, Dv))
@@ -103,3 +112,18 @@ def chunk_linear_attention(
 
     o = num.reshape(B, H, N * C, Dv)[:, :, :T].transpose(1, 2).to(q.dtype).contiguous()
     return o, ((S_final, z_final) if output_final_state else None)
+
+
+def _bidirectional(q: Tensor, k: Tensor, v: Tensor, feature_map: str, normalize: bool,
+                   scale: float, eps: float) -> Tensor:
+    """Katharopoulos et al. 2020, eq. 5 without the causal mask: every query reads the whole
+    sequence's ``S = sum_j phi(k_j) v_j^T`` (and ``z = sum_j phi(k_j)``). O(T F Dv), no T x T."""
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    qf = apply_feature_map(q.to(dtype).transpose(1, 2) * scale, feature_map)  # [B, H, T, F]
+    kf = apply_feature_map(k.to(dtype).transpose(1, 2), feature_map)  # [B, H, T, F]
+    vt = v.to(dtype).transpose(1, 2)  # [B, H, T, Dv]
+    num = qf @ (kf.transpose(-1, -2) @ vt)  # [B, H, T, Dv]
+    if normalize:
+        den = qf @ kf.sum(2).unsqueeze(-1)  # phi(q_i)^T z, [B, H, T, 1]
+        num = num / (den + eps)
+    return num.transpose(1, 2).to(q.dtype).contiguous()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from longctx.ops.common.checks import check_qkv, default_scale
+from longctx.ops.common.checks import check_bidirectional, check_qkv, default_scale
 from longctx.ops.linear_attention.feature_maps import (
     apply_feature_map,
     check_feature_map,
@@ -30,14 +30,16 @@ def naive_linear_attention(
     eps: float = 1e-6,
     initial_state: tuple[Tensor, Tensor] | None = None,
     output_final_state: bool = False,
+    causal: bool = True,
 ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-    """Causal linear attention by its definition.
+    """Linear attention by its definition; ``causal=False`` sums over every j (no state).
 
     q, k: [B, T, H, Dk]; v: [B, T, H, Dv]; initial_state: (S [B, H, F, Dv], z [B, H, F]) with
     F = feature_dim(feature_map, Dk). Returns o [B, T, H, Dv] and the final (S, z) or None.
     """
     op = "naive_linear_attention"
     B, T, H, _, Dk, Dv = check_qkv(op, q, k, v)
+    check_bidirectional(op, causal, initial_state, output_final_state)
     check_feature_map(op, feature_map)
     Fd = feature_dim(feature_map, Dk)
     if initial_state is not None:
@@ -54,9 +56,12 @@ def naive_linear_attention(
     else:
         S0, z0 = initial_state[0].to(dtype), initial_state[1].to(dtype)
 
-    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    # Katharopoulos et al. 2020, §3.3: sim(q_i, k_j) = phi(q_i)^T phi(k_j) for j <= i
-    A = (qf @ kf.transpose(-1, -2)).masked_fill(~causal, 0.0)  # [B, H, T, T]
+    seen = torch.ones(T, T, dtype=torch.bool, device=q.device)
+    if causal:
+        seen = seen.tril()
+    # Katharopoulos et al. 2020, §3.3: sim(q_i, k_j) = phi(q_i)^T phi(k_j) for j <= i (every j
+    # when bidirectional, their eq. 4 before the causal masking of §3.3)
+    A = (qf @ kf.transpose(-1, -2)).masked_fill(~seen, 0.0)  # [B, H, T, T]
     num = A @ vt + qf @ S0  # [B, H, T, Dv]
     if normalize:
         den = A.sum(-1) + (qf @ z0.unsqueeze(-1)).squeeze(-1)  # phi(q_i)^T z_i, [B, H, T]

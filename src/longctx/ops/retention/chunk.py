@@ -13,7 +13,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from longctx.ops.common.checks import check_chunk_size, check_qkv, check_state, default_scale
+from longctx.ops.common.checks import (
+    check_bidirectional,
+    check_chunk_size,
+    check_qkv,
+    check_state,
+    default_scale,
+)
 from longctx.ops.common.chunking import pad_to_multiple
 from longctx.ops.retention.decay import resolve_log_decay
 from longctx.ops.retention.recurrent import recurrent_retention
@@ -29,15 +35,26 @@ def chunk_retention(
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 64,
+    causal: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Chunkwise retention.
 
     q, k: [B, T, H, Dk]; v: [B, T, H, Dv]; log_decay: [H] (log gamma <= 0, default RetNet's);
     initial_state: S [B, H, Dk, Dv]. Returns o [B, T, H, Dv] and the final S or None.
+    ``causal=False``: the symmetric decay gamma^|n-m| (see ``naive_retention``), computed as a
+    left-to-right pass plus a right-to-left pass minus the diagonal both of them count.
     """
     op = "chunk_retention"
     B, T, H, _, Dk, Dv = check_qkv(op, q, k, v)
     C = check_chunk_size(chunk_size)
+    check_bidirectional(op, causal, initial_state, output_final_state)
+    if not causal:
+        kw = {"log_decay": log_decay, "scale": scale, "chunk_size": C}
+        forward, _ = chunk_retention(q, k, v, **kw)
+        backward, _ = chunk_retention(q.flip(1), k.flip(1), v.flip(1), **kw)
+        s = default_scale(scale, Dk)
+        diag = (q * k).sum(-1, keepdim=True) * s * v  # gamma^0 (q_n . k_n) v_n, counted twice
+        return forward + backward.flip(1) - diag.to(forward.dtype), None
     dtype = torch.promote_types(q.dtype, torch.float32)  # half inputs are computed in float32
     b = resolve_log_decay(op, log_decay, H, q, dtype)  # [H]
     if initial_state is not None:

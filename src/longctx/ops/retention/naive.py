@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from longctx.ops.common.checks import check_qkv, check_state, default_scale
+from longctx.ops.common.checks import check_bidirectional, check_qkv, check_state, default_scale
 from longctx.ops.retention.decay import resolve_log_decay
 
 
@@ -23,14 +23,19 @@ def naive_retention(
     scale: float | None = None,
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
+    causal: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Retention by its parallel definition.
 
     q, k: [B, T, H, Dk]; v: [B, T, H, Dv]; log_decay: [H] (log gamma <= 0, default RetNet's);
     initial_state: S [B, H, Dk, Dv]. Returns o [B, T, H, Dv] and the final S or None.
+    ``causal=False``: the bidirectional parallel form with the symmetric decay
+    ``D_nm = gamma^|n-m|`` (the two-sided decay of vision retention, e.g. Fan et al. 2024, RMT);
+    no state.
     """
     op = "naive_retention"
     B, T, H, _, Dk, Dv = check_qkv(op, q, k, v)
+    check_bidirectional(op, causal, initial_state, output_final_state)
     dtype = torch.promote_types(q.dtype, torch.float32)  # half inputs are computed in float32
     b = resolve_log_decay(op, log_decay, H, q, dtype)  # [H]
     if initial_state is not None:
@@ -42,7 +47,10 @@ def naive_retention(
     n = torch.arange(T, device=q.device, dtype=dtype)
     dist = n[:, None] - n[None, :]  # n - m, [T, T]
     # eq. 5: D_nm = gamma^(n-m) for n >= m else 0 (masked before exp: never exp of a positive)
-    expo = torch.where(dist >= 0, dist * b[:, None, None], float("-inf"))  # [H, T, T]
+    if causal:
+        expo = torch.where(dist >= 0, dist * b[:, None, None], float("-inf"))  # [H, T, T]
+    else:  # D_nm = gamma^|n-m|
+        expo = dist.abs() * b[:, None, None]
     D = expo.exp()
     o = ((qt @ kt.transpose(-1, -2)) * D) @ vt  # eq. 5: (Q K^T ⊙ D) V, [B, H, T, Dv]
     if initial_state is not None:
