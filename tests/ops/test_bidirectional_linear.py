@@ -92,5 +92,5 @@ def test_bidirectional_has_no_state(fn) -> None:
     q, k, v = random_qkv(B, 5, H, DK, DV, F64)
     with pytest.raises(ValueError, match="causal=False .* no recurrent state"):
         fn(q, k, v, causal=False, output_final_state=True)
-    with pytest.raises(ValueError, match="causal must be True or False"):
+    with pytest.raises(TypeError, match="causal must be True or False"):
         fn(q, k, v, causal="no")

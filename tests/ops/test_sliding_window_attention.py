@@ -1,5 +1,6 @@
-"""Causal sliding-window attention: chunk and recurrent (ring buffer) forms against the naive
-band-mask definition, in float64, with carried ring-buffer states, GQA and Dv != D."""
+"""Sliding-window attention: chunk and recurrent (ring buffer) forms against the naive band-mask
+definition, in float64, with carried ring-buffer states, GQA and Dv != D; ALiBi and the
+bidirectional (causal=False, |i - j| < w) form."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from longctx.ops.sliding_window_attention import (
     sliding_window_attention_step,
 )
 from longctx.ops.softmax_attention import naive_softmax_attention
+from longctx.position import alibi_slopes
 from tests.helpers import (
     assert_close,
     assert_states_close,
@@ -323,3 +325,205 @@ def test_errors():
         sliding_window_attention_step(q[:, 0], k[:, 0], v[:, 0], None, window=0)
     with pytest.raises(ValueError, match="ring buffer of 5 slots but window=6"):
         sliding_window_attention_step(q[:, 0], k[:, 0], v[:, 0], good, window=6)
+
+
+# ---------------------------------------------------------------- 6. ALiBi and bidirectional
+
+MODES = [(True, True), (False, False), (True, False)]  # (ALiBi, causal)
+MODE_IDS = ["alibi", "bidir", "alibi-bidir"]
+
+
+def slopes_for(H, use, dtype=F64):
+    return alibi_slopes(H, dtype) if use else None
+
+
+def test_alibi_naive_matches_hand_written_bias():
+    """Per-query loop: causal keys t - w < j <= t with bias -slope_h * (i - j) at absolute
+    positions (a ring state of n_seen tokens first); bidirectional keys |t - j| < w, -|t - j|."""
+    w, T, H, n = 4, 11, 2, 6
+    q, k, v = make_inputs(1, T, H, 1, 5, 3)
+    m = alibi_slopes(H, F64)
+    _, ring = naive_sliding_window_attention(*make_inputs(1, n, H, 1, 5, 3, seed=3), window=w,
+                                             output_final_state=True)
+    o, _ = naive_sliding_window_attention(q, k, v, window=w, initial_state=ring, alibi_slopes=m)
+    o_bi, _ = naive_sliding_window_attention(q, k, v, window=w, alibi_slopes=m, causal=False)
+    prefix = make_inputs(1, n, H, 1, 5, 3, seed=3)
+    keys, vals = torch.cat([prefix[1], k], 1), torch.cat([prefix[2], v], 1)  # positions 0..n+T-1
+    for t in range(T):
+        i = n + t
+        js = range(i - w + 1, i + 1)
+        for h in range(H):
+            bias = torch.tensor([-m[h] * (i - j) for j in js], dtype=F64)
+            p = torch.softmax(keys[0, list(js), 0] @ q[0, t, h] * 5**-0.5 + bias, dim=0)
+            torch.testing.assert_close(o[0, t, h], p @ vals[0, list(js), 0], rtol=1e-12,
+                                       atol=1e-12)
+            js_bi = [j for j in range(T) if abs(t - j) < w]
+            bias = torch.tensor([-m[h] * abs(t - j) for j in js_bi], dtype=F64)
+            p = torch.softmax(k[0, js_bi, 0] @ q[0, t, h] * 5**-0.5 + bias, dim=0)
+            torch.testing.assert_close(o_bi[0, t, h], p @ v[0, js_bi, 0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("alibi,causal", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("window", [1, 5, 16, 200])
+@pytest.mark.parametrize("shape", SHAPES[1:], ids=_ids)
+def test_modes_chunk_matches_naive(shape, window, alibi, causal):
+    B, _, H, Hk, D, Dv = shape
+    q, k, v = make_inputs(*shape)
+    for n_seen in ([None, 3, 50] if causal else [None]):
+        state = None if n_seen is None else make_state(B, window, Hk, D, Dv, n_seen)
+        kw = {"window": window, "initial_state": state, "output_final_state": causal,
+              "alibi_slopes": slopes_for(H, alibi), "causal": causal}
+        o_ref, s_ref = naive_sliding_window_attention(q, k, v, **kw)
+        o, s = chunk16(q, k, v, **kw)
+        assert_close(o_ref, o, RTOL)
+        assert_states_close(s_ref, s, RTOL)
+
+
+@pytest.mark.parametrize("alibi,causal", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("window", [1, 5, 16])
+def test_modes_chunk_grads_match_naive(window, alibi, causal):
+    B, T, H, Hk, D, Dv = 2, 37, 4, 2, 8, 6
+    q, k, v = make_inputs(B, T, H, Hk, D, Dv, requires_grad=True)
+    inputs = [q, k, v]
+    state = None
+    if causal:
+        state = make_state(B, window, Hk, D, Dv, 3, requires_grad=True)
+        inputs += list(state[:2])
+    kw = {"window": window, "initial_state": state, "alibi_slopes": slopes_for(H, alibi),
+          "causal": causal}
+    o_ref, _ = naive_sliding_window_attention(q, k, v, **kw)
+    cot = random_like_outputs([o_ref])
+    g_ref = grads_of(loss_from([o_ref], cot), inputs)
+    o, _ = chunk16(q, k, v, **kw)
+    for name, r, x in zip(["dq", "dk", "dv", "dk_buf", "dv_buf"], g_ref,
+                          grads_of(loss_from([o], cot), inputs)):
+        if r.abs().max() == 0:  # w = 1 causal: o = v does not depend on q
+            assert x.abs().max() <= 1e-12, name
+        else:
+            assert_close(r, x, RTOL, name)
+
+
+@pytest.mark.parametrize("window", [3, 6, 20])
+@pytest.mark.parametrize(
+    "fn",
+    [chunk16, recurrent_sliding_window_attention, naive_sliding_window_attention],
+    ids=["chunk", "recurrent", "naive"],
+)
+def test_alibi_split_carries_state(fn, window):
+    q, k, v = make_inputs(2, 45, 4, 2, 8, 12)
+    state = make_state(2, window, 2, 8, 12, n_seen=2)
+    m = alibi_slopes(4, F64)
+    o_ref, s_ref = naive_sliding_window_attention(
+        q, k, v, window=window, initial_state=state, output_final_state=True, alibi_slopes=m
+    )
+    outs = []
+    for a, b in itertools.pairwise([0, 5, 10, 40, 45]):
+        o, state = fn(q[:, a:b], k[:, a:b], v[:, a:b], window=window, initial_state=state,
+                      output_final_state=True, alibi_slopes=m)
+        outs.append(o)
+    assert_close(o_ref, torch.cat(outs, 1), RTOL)
+    assert_states_close(s_ref, state, RTOL)
+
+
+@pytest.mark.parametrize("n_seen", [None, 3, 50])
+def test_alibi_step_matches_naive(n_seen):
+    """Decode into the ring with ALiBi: slot s holds distance (n_seen - s) % w from the query."""
+    q, k, v = make_inputs(2, 21, 6, 2, 8, 6)
+    m = alibi_slopes(6, F64)  # 6 heads: not a power of two
+    state = None if n_seen is None else make_state(2, 6, 2, 8, 6, n_seen)
+    o_ref, s_ref = naive_sliding_window_attention(q, k, v, window=6, initial_state=state,
+                                                  output_final_state=True, alibi_slopes=m)
+    outs = []
+    for t in range(q.shape[1]):
+        o_t, state = sliding_window_attention_step(q[:, t], k[:, t], v[:, t], state, window=6,
+                                                   alibi_slopes=m)
+        outs.append(o_t)
+    assert_close(o_ref, torch.stack(outs, 1), RTOL)
+    assert_states_close(s_ref, state, RTOL)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_alibi_gqa_slopes_are_per_query_head(causal):
+    q, k, v = make_inputs(1, 23, 6, 2, 8, 4)
+    m = alibi_slopes(6, F64)
+    k_rep, v_rep = k.repeat_interleave(3, dim=2), v.repeat_interleave(3, dim=2)
+    o_ref, _ = naive_sliding_window_attention(q, k_rep, v_rep, window=5, alibi_slopes=m,
+                                              causal=causal)
+    fns = [naive_sliding_window_attention, chunk16]
+    fns += [recurrent_sliding_window_attention] if causal else []
+    for fn in fns:
+        kw = {"causal": causal} if fn is not recurrent_sliding_window_attention else {}
+        o, _ = fn(q, k, v, window=5, alibi_slopes=m, **kw)
+        assert_close(o_ref, o, RTOL)
+
+
+@pytest.mark.parametrize("alibi", [False, True])
+def test_wide_window_modes_equal_softmax_attention(alibi):
+    """w >= n_seen + T: ALiBi with a ring of 7 tokens == softmax attention with those 7 tokens as
+    a KV cache (same absolute positions); bidirectional == bidirectional softmax attention."""
+    q, k, v = make_inputs(2, 40, 4, 2, 8, 6)
+    m = slopes_for(4, alibi)
+    prefix = make_inputs(2, 7, 4, 2, 8, 6, seed=5)
+    _, ring = naive_sliding_window_attention(*prefix, window=64, output_final_state=True)
+    o, _ = chunk16(q, k, v, window=64, initial_state=ring, alibi_slopes=m)
+    o_ref, _ = naive_softmax_attention(q, k, v, initial_state=(prefix[1], prefix[2]),
+                                       alibi_slopes=m)
+    assert_close(o_ref, o, RTOL)
+    o, _ = chunk16(q, k, v, window=40, alibi_slopes=m, causal=False)
+    o_ref, _ = naive_softmax_attention(q, k, v, alibi_slopes=m, causal=False)
+    assert_close(o_ref, o, RTOL)
+
+
+@pytest.mark.parametrize("dtype,tol", LOW_PRECISION, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("alibi,causal", MODES, ids=MODE_IDS)
+def test_modes_low_precision(alibi, causal, dtype, tol):
+    shape = (2, 70, 4, 2, 16, 8)
+    q, k, v = make_inputs(*shape)
+    o_ref, _ = naive_sliding_window_attention(q, k, v, window=12, causal=causal,
+                                              alibi_slopes=slopes_for(4, alibi))
+    low = make_inputs(*shape, dtype=dtype)
+    for fn in (naive_sliding_window_attention, chunk16):
+        o, _ = fn(*low, window=12, causal=causal, alibi_slopes=slopes_for(4, alibi, dtype))
+        assert o.dtype == dtype
+        assert_close(o_ref, o, tol)
+
+
+def test_bidirectional_long_sequence_subquadratic():
+    """causal=False reads w - 1 keys on each side of a block: fwd+bwd memory stays O(T * (w +
+    chunk)) (here far below one T x T matrix)."""
+    T = 8192
+    q, k, v = make_inputs(1, T, 1, 1, 16, 16, dtype=torch.float32, requires_grad=True)
+    m = alibi_slopes(1, torch.float32)
+
+    def fwd_bwd():
+        o, _ = chunk_sliding_window_attention(q, k, v, window=64, chunk_size=128,
+                                              alibi_slopes=m, causal=False)
+        o.backward(torch.ones_like(o))
+
+    peak = peak_memory_bytes(fwd_bwd)
+    assert peak < T * T * 4 / 8, f"peak {peak / 2**20:.1f} MiB"
+    assert torch.isfinite(q.grad).all()
+
+
+def test_alibi_and_causal_errors():
+    q, k, v = make_inputs(1, 8, 4, 2, 8, 6)
+    good = make_state(1, 5, 2, 8, 6, n_seen=2)
+    m = alibi_slopes(4, F64)
+    for fn in (naive_sliding_window_attention, chunk_sliding_window_attention,
+               recurrent_sliding_window_attention):
+        with pytest.raises(ValueError, match=r"alibi_slopes must have shape \[H=4\]"):
+            fn(q, k, v, window=5, alibi_slopes=m[:2])
+        with pytest.raises(ValueError, match="alibi_slopes must be a floating-point tensor"):
+            fn(q, k, v, window=5, alibi_slopes=torch.ones(4, dtype=torch.int64))
+        with pytest.raises(TypeError, match="alibi_slopes must be a torch.Tensor"):
+            fn(q, k, v, window=5, alibi_slopes=0.5)
+    for fn in (naive_sliding_window_attention, chunk_sliding_window_attention):
+        with pytest.raises(ValueError, match=r"causal=False \(bidirectional attention\) has no"):
+            fn(q, k, v, window=5, initial_state=good, causal=False)
+        with pytest.raises(ValueError, match=r"causal=False \(bidirectional attention\) has no"):
+            fn(q, k, v, window=5, output_final_state=True, causal=False)
+        with pytest.raises(TypeError, match="causal must be True or False"):
+            fn(q, k, v, window=5, causal="no")
+    with pytest.raises(ValueError, match=r"alibi_slopes must have shape \[H=4\]"):
+        sliding_window_attention_step(q[:, 0], k[:, 0], v[:, 0], None, window=5,
+                                      alibi_slopes=m[None])

@@ -9,7 +9,8 @@ from torch import Tensor, nn
 
 from longctx.layers.base import Mixer, MixerConfig
 from longctx.layers.common import check_choice, check_positive, split_heads
-from longctx.position import RotaryEmbedding
+from longctx.position import RotaryEmbedding, check_rope_scaling
+from longctx.position.alibi import alibi_slopes
 
 
 @dataclass
@@ -33,6 +34,11 @@ class AttentionConfig(MixerConfig):
         if self.rope_scaling is not None and self.position != "rope":
             raise ValueError(f"{name}: rope_scaling is set but position={self.position!r}; "
                              "it applies to position='rope' only")
+        if self.rope_scaling is not None:
+            try:
+                self.rope_scaling = check_rope_scaling(self.rope_scaling)
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from None
         if self.n_kv_heads is not None:
             check_positive(name, "n_kv_heads", self.n_kv_heads)
             if self.n_heads % self.n_kv_heads != 0:
@@ -53,7 +59,10 @@ class AttentionMixer(Mixer):
         self.wk = nn.Linear(c.d_model, c.kv_heads * c.head_dim, bias=False)
         self.wv = nn.Linear(c.d_model, c.kv_heads * c.head_dim, bias=False)
         self.wo = nn.Linear(c.n_heads * c.head_dim, c.d_model, bias=False)
-        self.rope = RotaryEmbedding(c.head_dim, c.rope_base) if c.position == "rope" else None
+        # ALiBi (Press et al. 2022): fixed per-head slopes [H], given to the attention op; not saved
+        slopes = alibi_slopes(c.n_heads) if c.position == "alibi" else None
+        self.register_buffer("alibi_slopes", slopes, persistent=False)
+        self.rope = RotaryEmbedding(c.head_dim, c.rope_base, c.rope_scaling) if c.position == "rope" else None
 
     def project(self, x: Tensor, offset: int | Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q, k rotated for absolute positions ``offset .. offset + T - 1`` (RoPE), and v."""

@@ -94,7 +94,9 @@ class MixerConfig:
         for name in ("d_model", "n_heads"):
             check_positive_int(f"{type(self).__name__}.{name}", getattr(self, name))
         if not isinstance(self.causal, bool):
-            raise ValueError(f"{type(self).__name__}.causal must be true or false, got {self.causal!r}")
+            # ValueError like every other config error (suites and CLIs catch ValueError)
+            raise ValueError(  # noqa: TRY004
+                f"{type(self).__name__}.causal must be true or false, got {self.causal!r}")
         if self.causal not in self.causal_modes:
             form = "causal" if self.causal else "bidirectional"
             only = "bidirectional" if self.causal else "causal"

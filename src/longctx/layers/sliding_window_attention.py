@@ -1,12 +1,16 @@
-"""Sliding-window causal attention (Beltagy et al. 2020; Mistral, Jiang et al. 2023).
+"""Sliding-window attention (Beltagy et al. 2020; Mistral, Jiang et al. 2023).
 
 Each token attends to the last ``window`` tokens, itself included. Decoding keeps a ring buffer
-of ``window`` keys/values, so decode memory is constant in the sequence length.
+of ``window`` keys/values, so decode memory is constant in the sequence length. With
+``causal=False`` (bidirectional, no decode state) a token attends to the tokens within distance
+``window - 1`` on both sides (Longformer's symmetric window). Position: RoPE, ALiBi (Press et al.
+2022, a per-head distance bias inside the op) or none.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -22,7 +26,10 @@ from longctx.ops.sliding_window_attention import (
 
 @dataclass
 class SlidingWindowAttentionConfig(AttentionConfig):
-    window: int = 64  # keys each query sees: positions t - window < j <= t
+    window: int = 64  # keys each query sees: t - window < j <= t (causal=False: |t - j| < window)
+
+    causal_modes: ClassVar[tuple[bool, ...]] = (True, False)  # False: bidirectional, no decode
+    position_modes: ClassVar[tuple[str, ...]] = ("rope", "alibi", "none")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -49,17 +56,20 @@ class SlidingWindowAttention(AttentionMixer):
         q, k, v = self.project(x, offset)  # [B, T, H, D], [B, T, Hk, D] x 2
         ring = None if state is None else (state.k, state.v, state.n_seen)
         if state is not None and x.shape[1] == 1:
-            o, new = sliding_window_attention_step(q[:, 0], k[:, 0], v[:, 0], ring, window=c.window)
+            o, new = sliding_window_attention_step(q[:, 0], k[:, 0], v[:, 0], ring, window=c.window,
+                                                   alibi_slopes=self.alibi_slopes)
             o = o.unsqueeze(1)
         else:
             o, new = chunk_sliding_window_attention(
                 q, k, v, window=c.window, initial_state=ring,
                 output_final_state=state is not None, chunk_size=c.chunk_size,
+                alibi_slopes=self.alibi_slopes, causal=c.causal,
             )
         y = self.wo(merge_heads(o))
         return y, (None if state is None else WindowState(self.name, *new))
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> WindowState:
+        self.check_causal_for_state()
         c = self.config
         dtype = dtype or self.param_dtype()
         buf = torch.zeros(batch_size, c.window, c.kv_heads, c.head_dim, device=device, dtype=dtype)

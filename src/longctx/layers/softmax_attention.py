@@ -1,13 +1,15 @@
-"""Causal softmax attention with RoPE and GQA (Vaswani et al. 2017; Ainslie et al. 2023 for GQA).
+"""Softmax attention with RoPE or ALiBi and GQA (Vaswani et al. 2017; Ainslie et al. 2023 for GQA).
 
 Training uses torch's fused ``scaled_dot_product_attention`` (``backend="sdpa"``) or the
 memory-efficient blocked form (``backend="chunk"``, Rabe & Staats 2021); decoding appends to a KV
-cache. RoPE (Su et al. 2021) is applied to q and k at their absolute positions.
+cache. RoPE (Su et al. 2021) is applied to q and k at their absolute positions; ALiBi (Press et
+al. 2022) is a per-head distance bias inside the op. ``causal=False`` is bidirectional (no state).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +25,15 @@ from longctx.ops.softmax_attention import (
     sdpa_softmax_attention,
     softmax_attention_step,
 )
+from longctx.ops.softmax_attention.bias import alibi_bias
 
 
 @dataclass
 class SoftmaxAttentionConfig(AttentionConfig):
     backend: str = "sdpa"  # "sdpa" (torch fused kernel) or "chunk" (memory-efficient, no T x T)
+
+    causal_modes: ClassVar[tuple[bool, ...]] = (True, False)  # False: bidirectional, no decode
+    position_modes: ClassVar[tuple[str, ...]] = ("rope", "alibi", "none")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -55,7 +61,8 @@ class SoftmaxAttention(AttentionMixer):
         q, k, v = self.project(x, past)
         cache = (state.k, state.v) if past > 0 else None
         if x.shape[1] == 1:
-            o, (k_all, v_all) = softmax_attention_step(q[:, 0], k[:, 0], v[:, 0], cache)
+            o, (k_all, v_all) = softmax_attention_step(q[:, 0], k[:, 0], v[:, 0], cache,
+                                                       alibi_slopes=self.alibi_slopes)
             o = o.unsqueeze(1)
         else:
             o, (k_all, v_all) = self._attend(q, k, v, cache, True)
@@ -72,8 +79,8 @@ class SoftmaxAttention(AttentionMixer):
         """Tree nodes ``x [B, N, d]`` after the cached tokens -> ``[B, N, d]``; ``state`` unchanged.
 
         Node i attends to the whole cache and to its ancestors and itself (tree attention mask);
-        its RoPE position is ``S + depth(i)``, the position it has in its own chain (You et al.
-        2024, §4.2; SpecInfer, Miao et al. 2024, §4).
+        its position (RoPE rotation, ALiBi distance) is ``S + depth(i)``, the position it has in
+        its own chain (You et al. 2024, §4.2; SpecInfer, Miao et al. 2024, §4).
         """
         self.check_input(x)
         self.check_state(state, x.shape[0])
@@ -83,13 +90,18 @@ class SoftmaxAttention(AttentionMixer):
         if N == 0:
             return torch.zeros_like(x)
         S = state.k.shape[1]
+        pos = S + tree_depths(parents).to(x.device)  # [N]: node i sits at position S + depth(i)
         # RoPE offset per node so that node i (index i) gets position S + depth(i)
-        offset = S + tree_depths(parents) - torch.arange(N, device=parents.device)
+        offset = pos - torch.arange(N, device=x.device)
         q, k, v = self.project(x, offset)  # [B, N, H, D], [B, N, Hk, D] x 2
         k_all = torch.cat([state.k, k], dim=1)  # [B, S + N, Hk, D]
         v_all = torch.cat([state.v, v], dim=1)
         past = torch.ones(N, S, dtype=torch.bool, device=x.device)
         mask = torch.cat([past, tree_attention_mask(parents).to(x.device)], dim=1)  # [N, S + N]
+        if self.alibi_slopes is not None:  # float mask [H, N, S + N]: bias from the positions
+            k_pos = torch.cat([torch.arange(S, device=x.device), pos])  # [S + N]
+            bias = alibi_bias(self.alibi_slopes, pos[:, None] - k_pos[None, :], q.dtype)
+            mask = bias.masked_fill(~mask, float("-inf"))
         group = self.config.n_heads // self.config.kv_heads
         o = F.scaled_dot_product_attention(
             q.transpose(1, 2), k_all.transpose(1, 2).repeat_interleave(group, dim=1),
@@ -99,12 +111,15 @@ class SoftmaxAttention(AttentionMixer):
         return self.wo(merge_heads(o.transpose(1, 2)))
 
     def _attend(self, q, k, v, cache, output_final_state):
-        if self.config.backend == "sdpa":
-            return sdpa_softmax_attention(q, k, v, initial_state=cache, output_final_state=output_final_state)
-        return chunk_softmax_attention(q, k, v, initial_state=cache, output_final_state=output_final_state,
-                                       chunk_size=self.config.chunk_size)
+        c = self.config
+        kw = {"initial_state": cache, "output_final_state": output_final_state,
+              "alibi_slopes": self.alibi_slopes, "causal": c.causal}
+        if c.backend == "sdpa":
+            return sdpa_softmax_attention(q, k, v, **kw)
+        return chunk_softmax_attention(q, k, v, chunk_size=c.chunk_size, **kw)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> KVState:
+        self.check_causal_for_state()
         c = self.config
         dtype = dtype or self.param_dtype()
         empty = torch.zeros(batch_size, 0, c.kv_heads, c.head_dim, device=device, dtype=dtype)

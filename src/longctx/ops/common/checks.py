@@ -111,7 +111,7 @@ def check_state(op: str, name: str, state: Tensor, expected: tuple[int, ...]) ->
 def check_bidirectional(op: str, causal: bool, initial_state: object, output_final_state: bool) -> None:
     """``causal=False`` has no state: a bidirectional output at t depends on tokens after t."""
     if not isinstance(causal, bool):
-        raise ValueError(f"{op}: causal must be True or False, got {causal!r}")
+        raise TypeError(f"{op}: causal must be True or False, got {causal!r}")
     if not causal and (initial_state is not None or output_final_state):
         raise ValueError(
             f"{op}: causal=False (bidirectional) has no recurrent state: pass initial_state=None "

@@ -1,5 +1,6 @@
-"""Causal sliding-window attention (Longformer / Mistral style local attention): naive band-mask
-reference, chunked form with O(T * (w + chunk)) memory, and ring-buffer decode.
+"""Sliding-window attention (Longformer / Mistral style local attention): naive band-mask
+reference, chunked form with O(T * (w + chunk)) memory, and ring-buffer decode; optional ALiBi
+bias and a bidirectional form (``causal=False``: keys with |i - j| < w, no state).
 
 State: ``(k_buf [B, w, Hk, D], v_buf [B, w, Hk, Dv], n_seen int64 [])``; position p in slot p % w.
 """

@@ -1,5 +1,6 @@
-"""Causal softmax attention (Vaswani et al. 2017): naive reference, memory-efficient chunked form
-(Rabe & Staats 2021 / FlashAttention-2 backward), SDPA fast path and KV-cache decode.
+"""Softmax attention (Vaswani et al. 2017): naive reference, memory-efficient chunked form
+(Rabe & Staats 2021 / FlashAttention-2 backward), SDPA fast path and KV-cache decode; optional
+ALiBi bias (Press et al. 2022) and a bidirectional form (``causal=False``, no state).
 
 State: a KV cache ``(k_cache [B, S, Hk, D], v_cache [B, S, Hk, Dv])``.
 """
