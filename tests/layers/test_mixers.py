@@ -20,7 +20,8 @@ D_MODEL, N_HEADS, B, T = 32, 2, 3, 11
 WINDOW, CHUNK = 4, 4
 CONSTANT_SIZE = ("linear_attention", "retention", "gla", "sliding_window_attention",
                  "deltanet", "gated_deltanet", "mamba2", "mamba",
-                 "aug_linear_attention", "grouped_linear_attention")
+                 "aug_linear_attention", "grouped_linear_attention",
+                 "dilated_attention", "longformer_attention")
 RTOL = 1e-9
 
 OPTIONS = {
@@ -39,6 +40,11 @@ OPTIONS = {
     "log_linear_gla": {"chunk_size": CHUNK},
     "log_linear_mamba2": {"chunk_size": CHUNK, "d_state": 8, "n_groups": 2},
     "log_linear_gated_deltanet": {"chunk_size": CHUNK},
+    "multi_token_attention": {"chunk_size": CHUNK, "query_kernel": 3, "key_kernel": 3,
+                              "head_kernel": 2},
+    "landmark_attention": {"block_size": 4, "chunk_size": CHUNK},
+    "dilated_attention": {"segment_lengths": (4, 8), "dilation_rates": (1, 2)},
+    "longformer_attention": {"window": WINDOW, "global_positions": (0, 5), "chunk_size": CHUNK},
 }
 # the mixers with a decode form (causal by default); bidirectional ones: test_bidirectional.py
 CAUSAL = [n for n in names() if config_class(n).causal]
@@ -69,7 +75,7 @@ def mixer(request) -> torch.nn.Module:
 
 
 def test_every_registered_mixer_is_covered() -> None:
-    assert set(OPTIONS) == set(names())
+    assert set(OPTIONS) == set(CAUSAL)  # bidirectional-only mixers: test_bidirectional.py
 
 
 def test_forward_shape_and_no_state(mixer) -> None:
@@ -238,10 +244,15 @@ def test_state_size(mixer, seqlen: int) -> None:
         one_level = mixer.state_size(B, 2 * seqlen) - size  # bit_length(2T) = bit_length(T) + 1
         assert one_level > 0 and mixer.state_size(B, 4 * seqlen) - size == 2 * one_level
         assert mixer.state_size(B, 2 ** seqlen.bit_length() - 1) == size
-    else:
-        assert mixer.name in CONSTANT_SIZE
+    elif mixer.name in CONSTANT_SIZE:
         assert size == float_bytes
         assert mixer.state_size(B, seqlen + 50) == size  # constant in T
+    else:  # a state that grows (KV caches plus method extras): state_size == what it holds
+        x = inputs(t=seqlen).float()
+        _, st = copy.deepcopy(mixer).float()(x, mixer.init_state(B, dtype=torch.float32))
+        assert size == sum(t.numel() * t.element_size() for t in st.tensors().values()
+                           if t.is_floating_point())
+        assert mixer.state_size(B, 4 * seqlen) > size
 
 
 @pytest.mark.parametrize("name", CONSTANT_SIZE)

@@ -11,7 +11,9 @@ from longctx.layers import Mixer, MixerConfig, build, config_class, describe, ma
 EXPECTED = {"softmax_attention", "sliding_window_attention", "linear_attention", "retention", "gla",
             "deltanet", "gated_deltanet", "mamba", "mamba2", "aug_linear_attention",
             "grouped_linear_attention", "log_linear_attention", "log_linear_gla",
-            "log_linear_mamba2", "log_linear_gated_deltanet"}
+            "log_linear_mamba2", "log_linear_gated_deltanet", "landmark_attention",
+            "dilated_attention", "longformer_attention", "linformer", "nystromformer",
+            "multi_token_attention"}
 
 
 def test_names_lists_every_mixer_once() -> None:

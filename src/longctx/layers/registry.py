@@ -8,8 +8,10 @@ from __future__ import annotations
 from longctx.errors import check_options, unknown_name
 from longctx.layers.base import Mixer, MixerConfig
 from longctx.layers.deltanet import DeltaNet, DeltaNetConfig
+from longctx.layers.dilated_attention import DilatedAttention, DilatedAttentionConfig
 from longctx.layers.gated_deltanet import GatedDeltaNet, GatedDeltaNetConfig
 from longctx.layers.gla import GatedLinearAttention, GLAConfig
+from longctx.layers.landmark_attention import LandmarkAttention, LandmarkAttentionConfig
 from longctx.layers.linear_attention import LinearAttention, LinearAttentionConfig
 from longctx.layers.linearized import (
     AugmentedLinearAttention,
@@ -17,6 +19,7 @@ from longctx.layers.linearized import (
     GroupedLinearAttention,
     GroupedLinearAttentionConfig,
 )
+from longctx.layers.linformer import Linformer, LinformerConfig
 from longctx.layers.log_linear import (
     LogLinearAttention,
     LogLinearAttentionConfig,
@@ -27,8 +30,11 @@ from longctx.layers.log_linear import (
     LogLinearMamba2,
     LogLinearMamba2Config,
 )
+from longctx.layers.longformer_attention import LongformerAttention, LongformerAttentionConfig
 from longctx.layers.mamba import Mamba, MambaConfig
 from longctx.layers.mamba2 import Mamba2, Mamba2Config
+from longctx.layers.multi_token_attention import MultiTokenAttention, MultiTokenAttentionConfig
+from longctx.layers.nystromformer import Nystromformer, NystromformerConfig
 from longctx.layers.retention import Retention, RetentionConfig
 from longctx.layers.sliding_window_attention import (
     SlidingWindowAttention,
@@ -38,9 +44,24 @@ from longctx.layers.softmax_attention import SoftmaxAttention, SoftmaxAttentionC
 
 REGISTRY: dict[str, tuple[type[Mixer], type[MixerConfig], str]] = {
     "softmax_attention": (SoftmaxAttention, SoftmaxAttentionConfig,
-                          "causal softmax attention, RoPE, GQA; KV-cache decode"),
+                          "softmax attention, RoPE (+ scalings) / ALiBi, GQA, bidirectional option; KV-cache decode"),
     "sliding_window_attention": (SlidingWindowAttention, SlidingWindowAttentionConfig,
                                  "softmax attention over the last `window` tokens; ring-buffer decode"),
+    "landmark_attention": (LandmarkAttention, LandmarkAttentionConfig,
+                           ("landmark attention (Mohtashami & Jaggi 2023): grouped softmax over "
+                            "blocks; top-k block retrieval decode")),
+    "dilated_attention": (DilatedAttention, DilatedAttentionConfig,
+                          ("LongNet dilated attention (Ding 2023): segments x dilations mixed by "
+                           "softmax denominators; ring-buffer decode")),
+    "longformer_attention": (LongformerAttention, LongformerAttentionConfig,
+                             ("Longformer (Beltagy 2020): sliding window + global positions with "
+                              "separate Q_g/K_g/V_g; bounded decode")),
+    "multi_token_attention": (MultiTokenAttention, MultiTokenAttentionConfig,
+                              "Multi-Token Attention (Golovneva 2025): key-query conv + head mixing"),
+    "linformer": (Linformer, LinformerConfig,
+                  "bidirectional only: Linformer (Wang 2020), keys/values projected to k rows by E, F"),
+    "nystromformer": (Nystromformer, NystromformerConfig,
+                      "bidirectional only: Nystromformer (Xiong 2021), landmarks + iterative pinv"),
     "linear_attention": (LinearAttention, LinearAttentionConfig,
                          "linear attention (Katharopoulos 2020) with elu+1/relu/identity/Based-Taylor maps"),
     "retention": (Retention, RetentionConfig, "RetNet multi-scale retention, fixed per-head decay"),
