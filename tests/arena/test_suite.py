@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from longctx.arena.store import config_hash
-from longctx.arena.suite import SuiteError, builtin_suites, load_suite, parse_suite
+from longctx.arena.suite import SuiteError, builtin_suites, load_suite, mixer_base, parse_suite
 from longctx.errors import UnknownNameError
 from longctx.layers import make_config, names
 from longctx.models import LMConfig
@@ -64,6 +64,7 @@ def test_quick_suite_loads() -> None:
     assert len(set(s.grid["mixers"])) >= 5
     assert set(s.grid["mixers"]) <= set(names())
     assert len(s.grid["seq_len"]) >= 2
+    assert all("extrapolation" not in r for r in s.runs())  # no [extrapolation]: ids unchanged
     assert "mqar" in s.grid["tasks"]
     assert len(s.runs()) >= 10
 
@@ -80,10 +81,11 @@ def test_every_builtin_run_makes_valid_configs(suite_name: str) -> None:
         mq = MQARConfig(**task_opts)
         assert mq.seq_len == run["seq_len"]
         TrainConfig(lr=run["lr"], seed=run["seed"], **run["train"])
-        LMConfig(vocab_size=mq.vocab_size, d_model=run["d_model"], mixer=run["mixer"],
-                 mixer_options={run["mixer"]: run["mixer_options"]} if run["mixer_options"] else {},
+        mixer = mixer_base(run["mixer"])
+        LMConfig(vocab_size=mq.vocab_size, d_model=run["d_model"], mixer=mixer,
+                 mixer_options={mixer: run["mixer_options"]} if run["mixer_options"] else {},
                  **run["model"])
-        make_config(run["mixer"], d_model=run["d_model"],
+        make_config(mixer, d_model=run["d_model"],
                     n_heads=run["model"].get("n_heads", 4), **run["mixer_options"])
 
 

@@ -32,6 +32,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, NullLocator, PercentFormatter
 
 import longctx
+from longctx.arena import report_extrapolation
 from longctx.arena.store import ResultsStore, RunRecord, StoreError
 
 STORE_NAME = "results.sqlite"
@@ -100,11 +101,14 @@ def write_report(store_dir: str | Path, title: str | None = None) -> dict[str, P
         _plot_acc_vs_seqlen(cells, colours, out["acc_vs_seqlen"])
         _plot_acc_vs_state(cells, colours, out["acc_vs_state_size"])
         _plot_throughput(cells, colours, out["throughput"])
+        extra = report_extrapolation.write_section(rows, store_dir)
+    if extra is not None:
+        out[report_extrapolation.PLOT] = extra.png
     header, notes = _header(rows), findings(cells)
     out["markdown"] = store_dir / "report.md"
-    out["markdown"].write_text(_markdown(title, header, notes, cells), encoding="utf-8")
+    out["markdown"].write_text(_markdown(title, header, notes, cells, extra), encoding="utf-8")
     out["html"] = store_dir / "report.html"
-    out["html"].write_text(_html(title, header, notes, cells, out), encoding="utf-8")
+    out["html"].write_text(_html(title, header, notes, cells, out, extra), encoding="utf-8")
     return out
 
 
@@ -508,7 +512,8 @@ def _plot_throughput(cells: list[Cell], colours: dict, path: Path) -> None:
 
 # -- documents ---------------------------------------------------------------------------------
 
-def _markdown(title: str, header: dict[str, str], notes: list[str], cells: list[Cell]) -> str:
+def _markdown(title: str, header: dict[str, str], notes: list[str], cells: list[Cell],
+              extra: report_extrapolation.Section | None = None) -> str:
     head, body = _table(cells)
 
     def row(values: list[str]) -> str:
@@ -524,6 +529,12 @@ def _markdown(title: str, header: dict[str, str], notes: list[str], cells: list[
     lines += ["## Results", "", legend, "",
               row(head), row(align), *map(row, body), "", "## Plots", ""]
     lines += [f"![{label}]({name}.png)\n" for name, label in PLOTS.items()]
+    if extra is not None:
+        lines += [f"## {report_extrapolation.TITLE}", ""]
+        lines += [line for note in extra.notes for line in (note, "")]
+        lines += [row(extra.head), row(["---"] * 3 + ["---:"] * (len(extra.head) - 3)),
+                  *map(row, extra.body), "",
+                  f"![{report_extrapolation.TITLE}]({report_extrapolation.PLOT}.png)", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -595,8 +606,24 @@ def _html_table(cells: list[Cell]) -> str:
            f'<tbody>{"".join(trs)}</tbody></table></div>'
 
 
+def _html_extra(extra: report_extrapolation.Section | None) -> str:
+    if extra is None:
+        return ""
+    esc = html.escape
+    ths = "".join(f'<th class="num">{esc(h)}</th>' if i >= 3 else f"<th>{esc(h)}</th>"
+                  for i, h in enumerate(extra.head))
+    trs = "".join("<tr>" + "".join(f'<td class="num">{esc(v)}</td>' if i >= 3 else f"<td>{esc(v)}</td>"
+                                   for i, v in enumerate(r)) + "</tr>" for r in extra.body)
+    notes = "".join(f"<p>{esc(n)}</p>" for n in extra.notes)
+    title = esc(report_extrapolation.TITLE)
+    return (f'<div class="card"><h2>{title}</h2>{notes}<figure><img alt="{title}" '
+            f'src="{_data_uri(extra.png)}"><figcaption>{report_extrapolation.PLOT}.png'
+            f'</figcaption></figure><div class="scroll"><table><thead><tr>{ths}</tr></thead>'
+            f"<tbody>{trs}</tbody></table></div></div>")
+
+
 def _html(title: str, header: dict[str, str], notes: list[str], cells: list[Cell],
-          paths: dict[str, Path]) -> str:
+          paths: dict[str, Path], extra: report_extrapolation.Section | None = None) -> str:
     esc = html.escape
     subtitle = f"Suite {header['Suite']} · finished {header['Finished']}"
     stats = "".join(f'<div class="stat"><span>{esc(k)}</span><b>{esc(header[k])}</b></div>'
@@ -618,6 +645,7 @@ def _html(title: str, header: dict[str, str], notes: list[str], cells: list[Cell
 <p>Accuracy: best learning rate, mean ± std over seeds (bar: accuracy; green ≥ {PASS:.0%}).
 State: decode-state memory of one sequence. Wall / run: mean wall time of one run.</p>
 {_html_table(cells)}</div>
+{_html_extra(extra)}
 <footer>Written by longctx {esc(longctx.__version__)} from {STORE_NAME} alone.</footer>
 </main></body></html>
 """

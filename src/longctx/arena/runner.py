@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from longctx.arena.extrapolation import ExtrapolationConfig, evaluate_lengths
 from longctx.arena.report import write_report
 from longctx.arena.store import ResultsStore, RunRecord, config_hash
-from longctx.arena.suite import Suite
+from longctx.arena.suite import Suite, mixer_base
 from longctx.models import LMConfig, LongCtxLM
 from longctx.tasks.registry import build_task, task_config_class
 from longctx.train import TrainConfig, train
@@ -40,7 +41,7 @@ def execute_run(config: dict[str, Any], suite: str, device: str = "cpu", progres
     task_fields = {f.name for f in dataclasses.fields(task_config_class(config["task"]))}
     task_opts = {k: v for k, v in config.items() if k in task_fields}
     data = build_task(config["task"], seed=config["seed"], **task_opts)
-    mixer = config["mixer"]
+    mixer = mixer_base(config["mixer"])  # "softmax_attention@alibi" -> "softmax_attention"
     lm_config = LMConfig(
         vocab_size=data.vocab_size, d_model=config["d_model"], mixer=mixer,
         mixer_options={mixer: config["mixer_options"]} if config["mixer_options"] else {},
@@ -49,13 +50,21 @@ def execute_run(config: dict[str, Any], suite: str, device: str = "cpu", progres
     torch.manual_seed(config["seed"])
     model = LongCtxLM(lm_config).to(device)
     train_config = TrainConfig(lr=config["lr"], seed=config["seed"], **config["train"])
-    desc = f"{mixer} T={config['seq_len']} lr={config['lr']:g}"
+    desc = f"{config['mixer']} T={config['seq_len']} lr={config['lr']:g}"
     result = train(model, data, train_config, progress=progress, desc=desc)
     metrics = {
         "accuracy": result.accuracy, "loss": result.loss, "train_loss": result.train_loss,
         "steps": result.steps, "train_time_s": result.train_time_s,
         "params": sum(p.numel() for p in model.parameters()), "history": result.history,
     }
+    if "extrapolation" in config:
+        def make_data(seq_len: int, num_train: int, num_test: int):
+            opts = {**task_opts, "seq_len": seq_len, "num_train": num_train, "num_test": num_test}
+            return build_task(config["task"], seed=config["seed"], **opts)
+
+        metrics["length_eval"] = evaluate_lengths(
+            model, make_data, ExtrapolationConfig(**config["extrapolation"]), config["seq_len"],
+            lr=config["lr"], seed=config["seed"], progress=progress)
     return RunRecord(
         run_id=config_hash(config), suite=suite, config=config, metrics=metrics,
         wall_time_s=time.perf_counter() - t0,

@@ -24,6 +24,14 @@ num_kv_pairs = { 64 = 8, 256 = 32 }
 
 [mixer.sliding_window_attention]   # mixer config fields (not d_model / n_heads)
 window = 32
+
+[mixer."softmax_attention@alibi"]  # a named variant: mixers = [..., "softmax_attention@alibi"]
+position = "alibi"
+
+[extrapolation]            # optional: after training, evaluate at longer lengths (see
+lengths = [1, 2, 4, 8]     # arena/extrapolation.py): multiples of seq_len, under each RoPE
+scalings = ["none", "linear", "yarn"]   # scaling, without and (finetune_steps > 0) with
+finetune_steps = 100                    # a short fine-tune at the longer length
 ```
 Every key is checked: an unknown or mistyped key is an error naming the file, the section and
 the closest valid key.
@@ -50,7 +58,7 @@ from longctx.train import TrainConfig
 
 GRID_KEYS = ("tasks", "mixers", "d_model", "seq_len", "lr", "seeds")
 SUITE_KEYS = ("name", "description", *GRID_KEYS)
-SECTIONS = ("suite", "model", "train", "task", "mixer")
+SECTIONS = ("suite", "model", "train", "task", "mixer", "extrapolation")
 # keys a section may not set because the grid (or the suite) sets them
 _MODEL_RESERVED = ("vocab_size", "d_model", "mixer", "mixer_options")
 _TRAIN_RESERVED = ("lr", "seed")
@@ -72,6 +80,7 @@ class Suite:
     train: dict[str, Any] = field(default_factory=dict)
     task: dict[str, dict[str, Any]] = field(default_factory=dict)
     mixer: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extrapolation: dict[str, Any] | None = None  # the [extrapolation] section, if any
 
     def runs(self) -> list[dict[str, Any]]:
         """Every run's config (a JSON-able dict; its hash is the run id), in grid order."""
@@ -91,12 +100,20 @@ class Suite:
 
     def _run(self, task: str, seq_len: int, mixer: str, d_model: int, lr: float, seed: int) -> dict:
         task_opts = {k: _at_length(v, seq_len) for k, v in self.task.get(task, {}).items()}
-        return {
+        run = {
             "task": task, "mixer": mixer, "d_model": d_model, "seq_len": seq_len,
             "lr": lr, "seed": seed, **task_opts,
             "model": dict(self.model), "mixer_options": dict(self.mixer.get(mixer, {})),
             "train": {k: _at_length(v, seq_len) for k, v in self.train.items()},
         }
+        if self.extrapolation is not None:  # only then: other suites' run ids stay as they were
+            run["extrapolation"] = dict(self.extrapolation)
+        return run
+
+
+def mixer_base(name: str) -> str:
+    """The registered mixer of a suite's mixer entry: ``"softmax_attention@alibi"`` -> its base."""
+    return name.split("@", 1)[0]
 
 
 def _at_length(value: Any, seq_len: int) -> Any:
@@ -227,8 +244,10 @@ def _grid(path: str, suite: dict) -> dict[str, list]:
         if t not in task_names():
             raise _unknown(f"{path} [suite]", t, task_names(), kind="task")
     for m in grid["mixers"]:
-        if m not in mixer_names():
-            raise _unknown(f"{path} [suite]", m, mixer_names(), kind="mixer")
+        if mixer_base(m) not in mixer_names():
+            raise _unknown(f"{path} [suite]", mixer_base(m), mixer_names(), kind="mixer")
+        if "@" in m and not m.split("@", 1)[1]:
+            raise SuiteError(f"{path} [suite]: mixer {m!r} has an empty variant name after '@'")
     return grid
 
 
@@ -267,9 +286,25 @@ def parse_suite(data: dict, path: str = "<suite>") -> Suite:
         _check_values(f"{path} [task.{t}]", opts, fields, lengths=grid["seq_len"])
     mixers = _check_keys(f"{path} [mixer]", data.get("mixer", {}), grid["mixers"])
     for m, opts in mixers.items():
-        fields = _fields(config_class(m), _MIXER_RESERVED)
+        fields = _fields(config_class(mixer_base(m)), _MIXER_RESERVED)
         _check_keys(f"{path} [mixer.{m}]", opts, fields)
         _check_values(f"{path} [mixer.{m}]", opts, fields)
+    extrapolation = None
+    if "extrapolation" in data:
+        extrapolation = _extrapolation(f"{path} [extrapolation]", data["extrapolation"])
     name = suite.get("name", Path(path).stem)
     return Suite(name=name, path=path, description=suite.get("description", ""), grid=grid,
-                 model=model, train=train, task=tasks, mixer=mixers)
+                 model=model, train=train, task=tasks, mixer=mixers, extrapolation=extrapolation)
+
+
+def _extrapolation(where: str, table: Any) -> dict[str, Any]:
+    from longctx.arena.extrapolation import ExtrapolationConfig
+
+    fields = _fields(ExtrapolationConfig, ())
+    _check_keys(where, table, fields)
+    _check_values(where, table, fields)
+    try:
+        ExtrapolationConfig(**table)
+    except ValueError as e:
+        raise SuiteError(f"{where}: {e}") from None
+    return dict(table)

@@ -16,10 +16,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from longctx.position import alibi_slopes
+
 WINDOW = 512                      # sliding-window attention's window in the bench
 TOKEN_LOOP_MAX_LEN = 4096         # naive forms that are a Python loop over time are capped here
 PAIRWISE_GATE_MAX_LEN = 1024     # naive forms with O(T^2 Dk) memory (at T = 4096 they OOM 23 GB)
 MAMBA_STATE = 16                  # Mamba-1 d_state (the paper's default)
+LANDMARK_BLOCK = 64               # landmark attention's block size (the paper's l_block)
+MTA_KERNELS = (6, 11, 2)          # Multi-Token Attention's c_q, c_k, c_h (the paper's sizes)
+MTA_NAIVE_MAX_LEN = 2048          # naive MTA keeps c_q * c_k shifted [B, H, T, T] logits
+LINFORMER_K = 256                 # Linformer's projected length k (the paper's ablation value)
+NYSTROM_LANDMARKS = 64            # Nystromformer's m (paper: 32 or 64)
+NYSTROM_PINV_ITERS = 6            # the paper's iterations of the iterative pseudo-inverse
+DILATED_W0 = 512                  # dilated attention: the first segment length (rate 1)
 
 Inputs = dict[str, Tensor]
 Form = Callable[[Inputs], Tensor]  # inputs -> o
@@ -95,6 +104,60 @@ def _la_inputs(rand: Rand, B: int, T: int, H: int, D: int) -> Inputs:
 
 def _gla_inputs(rand: Rand, B: int, T: int, H: int, D: int) -> Inputs:
     return {**_qkv(rand, B, T, H, D), "g": _gla_gate(rand, B, T, H, D)}
+
+
+def _slopes(i: Inputs) -> Tensor:
+    """ALiBi slopes [H] for the op's q (Press et al. 2022), on q's device (not an input: inputs
+    get gradients, and the chunked form refuses slopes that require grad)."""
+    return alibi_slopes(i["q"].shape[2], torch.float32).to(i["q"].device)
+
+
+def _landmark_inputs(rand: Rand, B: int, T: int, H: int, D: int) -> Inputs:
+    """q, k, v and one landmark key per complete block of LANDMARK_BLOCK tokens."""
+    return {**_qkv(rand, B, T, H, D), "k_landmark": rand(B, T // LANDMARK_BLOCK, H, D)}
+
+
+def _mta_inputs(rand: Rand, B: int, T: int, H: int, D: int) -> Inputs:
+    """q, k, v and the two MTA kernels: identity + 0.1 * randn, so the layer is attention-like.
+    ``kq_kernel [H, c_q, c_k]``; ``head_kernel [H // c_h, c_h, c_h]`` (c_h = 1 for odd H)."""
+    c_q, c_k, c_h = MTA_KERNELS
+    c_h = c_h if H % c_h == 0 else 1
+    kq = 0.1 * rand(H, c_q, c_k)
+    kq[:, 0, c_k // 2] += 1.0  # theta_{0, 0}: the identity tap
+    head = 0.1 * rand(H // c_h, c_h, c_h) + torch.eye(c_h)
+    return {**_qkv(rand, B, T, H, D), "kq_kernel": kq, "head_kernel": head}
+
+
+def _linformer_inputs(rand: Rand, B: int, T: int, H: int, D: int) -> Inputs:
+    """q, k, v and E, F [k, T] (max_len = the bench T; one pair shared by all heads), entries
+    N(0, 1/T) so that the rows of E K have the size of a key."""
+    return {**_qkv(rand, B, T, H, D),
+            "E": rand(LINFORMER_K, T) * T**-0.5, "F": rand(LINFORMER_K, T) * T**-0.5}
+
+
+def dilated_pattern(T: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """LongNet-style geometric pattern scaled to T: w = 512, 1024, ... (<= max(T, 512)),
+    r = 1, 2, 4, ...; w / r = 512 for every pair, the longest segment covers T (T a power of 2)."""
+    ws = [DILATED_W0]
+    while ws[-1] * 2 <= T:
+        ws.append(ws[-1] * 2)
+    return tuple(ws), tuple(2**i for i in range(len(ws)))
+
+
+def _dilated_kw(T: int) -> dict[str, tuple[int, ...]]:
+    ws, rs = dilated_pattern(T)
+    return {"segment_lengths": ws, "dilation_rates": rs}
+
+
+def longformer_globals(T: int) -> tuple[int, ...]:
+    """8 global positions spread over the sequence (position 0 first, as a [CLS] token)."""
+    return tuple(range(0, T, max(T // 8, 1)))[:8]
+
+
+def _longformer_inputs(rand: Rand, B: int, T: int, H: int, D: int) -> Inputs:
+    """q, k, v and the global projections q_g, k_g, v_g (Longformer §3.1)."""
+    return {**_qkv(rand, B, T, H, D),
+            "q_g": rand(B, T, H, D), "k_g": rand(B, T, H, D), "v_g": rand(B, T, H, D)}
 
 
 def _three(mod: ModuleType, stem: str, cs: int, **kw: Any) -> dict[str, Form]:
@@ -173,4 +236,73 @@ SPECS: dict[str, OpSpec] = {s.name: s for s in [
            naive_max_len=PAIRWISE_GATE_MAX_LEN,
            naive_cap_reason="a loop over time carrying [T, Dk] rows for every source token "
                             "(T = 4096 kept ~16 GB for the backward)"),
+    # the softmax family for long contexts (issue 4)
+    OpSpec("softmax_attention_alibi", "softmax_attention", ("chunk", "sdpa", "naive"), _la_inputs,
+           lambda m, T, cs, w: {
+               "chunk": lambda i: m.chunk_softmax_attention(**i, chunk_size=cs,
+                                                            alibi_slopes=_slopes(i))[0],
+               "sdpa": lambda i: m.sdpa_softmax_attention(**i, alibi_slopes=_slopes(i))[0],
+               "naive": lambda i: m.naive_softmax_attention(**i, alibi_slopes=_slopes(i))[0]},
+           chunk_size=softmax_chunk_size, params={"position": "alibi", "causal": True}),
+    OpSpec("softmax_attention_bidir", "softmax_attention", ("chunk", "sdpa", "naive"), _la_inputs,
+           lambda m, T, cs, w: {
+               "chunk": lambda i: m.chunk_softmax_attention(**i, chunk_size=cs, causal=False)[0],
+               "sdpa": lambda i: m.sdpa_softmax_attention(**i, causal=False)[0],
+               "naive": lambda i: m.naive_softmax_attention(**i, causal=False)[0]},
+           chunk_size=softmax_chunk_size, params={"causal": False}),
+    OpSpec("sliding_window_attention_alibi_bidir", "sliding_window_attention", ("chunk", "naive"),
+           _la_inputs,
+           lambda m, T, cs, w: {
+               "chunk": lambda i: m.chunk_sliding_window_attention(
+                   **i, window=w, chunk_size=cs, alibi_slopes=_slopes(i), causal=False)[0],
+               "naive": lambda i: m.naive_sliding_window_attention(
+                   **i, window=w, alibi_slopes=_slopes(i), causal=False)[0]},
+           params={"window": WINDOW, "position": "alibi", "causal": False}),
+    OpSpec("landmark_attention", "landmark_attention", ("chunk", "naive"), _landmark_inputs,
+           lambda m, T, cs, w: {
+               "chunk": lambda i: m.chunk_landmark_attention(**i, block_size=LANDMARK_BLOCK,
+                                                             chunk_size=cs)[0],
+               "naive": lambda i: m.naive_landmark_attention(**i, block_size=LANDMARK_BLOCK)[0]},
+           chunk_size=softmax_chunk_size,
+           params={"block_size": LANDMARK_BLOCK, "k_landmark": "randn [B, T // block, H, D]"},
+           naive_max_len=8192,
+           naive_cap_reason="about six [B, H, T, T] float matrices (scores, two softmaxes, "
+                            "weights) kept for the backward"),
+    OpSpec("dilated_attention", "dilated_attention", ("chunk", "naive"), _la_inputs,
+           lambda m, T, cs, w: {  # the segments are the blocks: no chunk_size
+               "chunk": lambda i: m.chunk_dilated_attention(**i, **_dilated_kw(T))[0],
+               "naive": lambda i: m.naive_dilated_attention(**i, **_dilated_kw(T))[0]},
+           params={"segment_lengths": "512 * 2^i <= max(T, 512)", "dilation_rates": "2^i",
+                   "causal": True},
+           naive_max_len=4096,  # H100, B=1, H=8, D=64: naive fwd+bwd peaked at 38.5 GiB at T=8192
+           naive_cap_reason="one masked T x (W + T) score matrix per (w, r) pattern"),
+    OpSpec("longformer_attention", "longformer_attention", ("chunk", "naive"), _longformer_inputs,
+           lambda m, T, cs, w: {
+               "chunk": lambda i: m.chunk_longformer_attention(
+                   **i, window=w, global_positions=longformer_globals(T), chunk_size=cs)[0],
+               "naive": lambda i: m.naive_longformer_attention(
+                   **i, window=w, global_positions=longformer_globals(T))[0]},
+           params={"window": WINDOW, "global_positions": "range(0, T, T // 8)[:8]",
+                   "causal": True}),
+    OpSpec("linformer_attention", "linformer_attention", ("chunk", "naive"), _linformer_inputs,
+           lambda m, T, cs, w: _three(m, "linformer_attention", cs),
+           chunk_size=lambda T: 1024,
+           params={"k": LINFORMER_K, "E, F": "[k, T] N(0, 1/T), shared by all heads",
+                   "bidirectional": True}),
+    OpSpec("nystromformer", "nystromformer", ("chunk", "naive"), _la_inputs,
+           lambda m, T, cs, w: _three(m, "nystrom_attention", cs,
+                                      num_landmarks=NYSTROM_LANDMARKS,
+                                      pinv_iterations=NYSTROM_PINV_ITERS),
+           chunk_size=lambda T: 1024,
+           params={"num_landmarks": NYSTROM_LANDMARKS, "pinv_iterations": NYSTROM_PINV_ITERS,
+                   "naive": "forms the [T, T] approximation explicitly", "bidirectional": True}),
+    OpSpec("multi_token_attention", "multi_token_attention", ("chunk", "naive"), _mta_inputs,
+           lambda m, T, cs, w: _three(m, "multi_token_attention", cs),
+           chunk_size=softmax_chunk_size,
+           params={"c_q": MTA_KERNELS[0], "c_k": MTA_KERNELS[1], "c_h": MTA_KERNELS[2],
+                   "kernels": "identity + 0.1 randn", "causal": True,
+                   "chunk": "query blocks under torch.utils.checkpoint"},
+           naive_max_len=MTA_NAIVE_MAX_LEN,
+           naive_cap_reason="the full-matrix definition, saving c_q * c_k = 66 shifted "
+                            "[B, H, T, T] logit matrices for the backward"),
 ]}

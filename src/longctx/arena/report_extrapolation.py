@@ -1,0 +1,152 @@
+"""The report's length-extrapolation section: accuracy vs evaluation length, per RoPE scaling.
+
+Drawn from the ``length_eval`` records that ``arena/extrapolation.py`` adds to a run's metrics.
+A *line* is one (mixer, scaling); panels split zero-shot from fine-tuned evaluation. Runs that
+differ only in seed are averaged; over learning rates the run with the best in-length accuracy
+is kept (as in the main table).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from longctx.arena.store import RunRecord
+
+PLOT = "length_extrapolation"
+TITLE = "Accuracy vs evaluation length (trained at T)"
+# one colour per scaling; non-RoPE variants (ALiBi, NoPE) draw in grey shades with markers
+_SCALING_COLOURS = {"none": "#e03131", "linear": "#1971c2", "ntk": "#2f9e44",
+                    "dynamic": "#f08c00", "yarn": "#7048e8", "llama3": "#0c8599"}
+_OTHER = ("#495057", "#868e96", "#343a40", "#adb5bd")
+
+
+@dataclass
+class Line:
+    mixer: str
+    scaling: str
+    finetuned: bool
+    trained_len: int
+    points: dict[int, float]  # evaluation length -> accuracy (mean over seeds)
+
+    @property
+    def label(self) -> str:
+        return self.mixer if self.scaling == "none" else f"{self.mixer} + {self.scaling}"
+
+
+@dataclass
+class Section:
+    png: Path
+    head: list[str]
+    body: list[list[str]]
+    notes: list[str]
+
+
+def _best_runs(rows: list[RunRecord]) -> list[list[RunRecord]]:
+    """Group runs by config without lr / seed; keep the lr whose mean in-length accuracy is best."""
+    groups: dict[tuple, dict[float, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        key = tuple(sorted((k, repr(v)) for k, v in r.config.items() if k not in ("lr", "seed")))
+        groups[key][r.config["lr"]].append(r)
+    out = []
+    for by_lr in groups.values():
+        out.append(max(by_lr.values(),
+                       key=lambda rs: statistics.fmean(r.metrics.get("accuracy", 0.0) for r in rs)))
+    return out
+
+
+def lines(rows: list[RunRecord]) -> list[Line]:
+    """Every (task-agnostic) line of the plot, from the runs that have ``length_eval``."""
+    rows = [r for r in rows if r.metrics.get("length_eval")]
+    result = []
+    for runs in _best_runs(rows):
+        acc: dict[tuple[str, bool, int], list[float]] = defaultdict(list)
+        for r in runs:
+            for e in r.metrics["length_eval"]:
+                acc[(e["scaling"], e["finetuned"], e["length"])].append(e["accuracy"])
+        cfg = runs[0].config
+        by_line: dict[tuple[str, bool], dict[int, float]] = defaultdict(dict)
+        for (scaling, tuned, length), values in acc.items():
+            by_line[(scaling, tuned)][length] = statistics.fmean(values)
+        base = by_line.get(("none", False), {})
+        for (scaling, tuned), pts in by_line.items():
+            if tuned or scaling != "none":  # start every line at the trained length's point
+                pts = {**{n: a for n, a in base.items() if n == cfg["seq_len"]}, **pts}
+            result.append(Line(cfg["mixer"], scaling, tuned, cfg["seq_len"], pts))
+    return sorted(result, key=lambda ln: (ln.mixer, ln.finetuned, ln.scaling != "none", ln.scaling))
+
+
+def write_section(rows: list[RunRecord], store_dir: Path) -> Section | None:
+    """The plot and table, or None if no run evaluated other lengths."""
+    lns = lines(rows)
+    if not lns:
+        return None
+    png = store_dir / f"{PLOT}.png"
+    _plot(lns, png)
+    lengths = sorted({n for ln in lns for n in ln.points})
+    head = ["Mixer", "Scaling", "Fine-tuned"] + [f"{n:,}" for n in lengths]
+    body = [[ln.mixer, ln.scaling, "yes" if ln.finetuned else "no"]
+            + [f"{100 * ln.points[n]:.1f}%" if n in ln.points else "—" for n in lengths]
+            for ln in lns]
+    return Section(png, head, body, _notes(lns))
+
+
+def _plot(lns: list[Line], path: Path) -> None:
+    tuned = [False, True] if any(ln.finetuned for ln in lns) else [False]
+    fig = Figure(figsize=(6.4 * len(tuned) + 2.6, 4.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(tuned), squeeze=False)[0]
+    others = sorted({ln.mixer for ln in lns if ln.scaling == "none"})
+    multi = len({ln.mixer for ln in lns}) > 1
+    handles: dict[str, object] = {}
+    for ax, ft in zip(axes, tuned):
+        for ln in (x for x in lns if x.finetuned == ft):
+            xs = sorted(ln.points)
+            if ln.scaling == "none":
+                colour, style = _OTHER[others.index(ln.mixer) % len(_OTHER)], "--"
+            else:
+                colour, style = _SCALING_COLOURS.get(ln.scaling, "#000000"), "-"
+            label = ln.label if multi else ln.scaling
+            (h,) = ax.plot(xs, [ln.points[x] for x in xs], style, marker="o", color=colour,
+                           lw=1.8, ms=4.5, label=label)
+            handles.setdefault(label, h)
+        trained = sorted({ln.trained_len for ln in lns})
+        for t in trained:
+            ax.axvline(t, color="#999999", lw=0.8, ls=":")
+        all_x = sorted({x for ln in lns for x in ln.points})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(all_x, [f"{x:,}" for x in all_x])
+        ax.minorticks_off()
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("evaluation length (dotted: trained length)")
+        ax.set_ylabel("accuracy")
+        ax.set_title("with a short fine-tune at each length" if ft else "zero-shot")
+    fig.legend(list(handles.values()), list(handles), loc="outside right upper",
+               title="mixer + RoPE scaling" if multi else "RoPE scaling")
+    fig.suptitle(TITLE, fontweight="bold", fontsize=13)
+    fig.savefig(path, dpi=150, metadata={"Software": None})
+
+
+def _notes(lns: list[Line]) -> list[str]:
+    """One sentence per zero-shot line: how far it holds (>= half its in-length accuracy)."""
+    notes = []
+    for ln in lns:
+        t = ln.trained_len
+        if t not in ln.points or ln.points[t] <= 0:
+            continue
+        base = ln.points[t]
+        longest = max(ln.points)
+        held = [n for n in sorted(ln.points) if ln.points[n] >= 0.5 * base]
+        reach = max(held) if held else t
+        kind = "fine-tuned" if ln.finetuned else "zero-shot"
+        notes.append(
+            f"{ln.label} ({kind}): {100 * base:.1f}% at the trained length {t:,}, "
+            f"{100 * ln.points[longest]:.1f}% at {longest:,}; holds at least half of its "
+            f"in-length accuracy up to {reach:,} ({reach / t:g}x)."
+        )
+    return notes
