@@ -16,14 +16,15 @@ _empty_like = torch.empty_like
 
 def _nan_empty(*args, **kwargs):
     t = _empty(*args, **kwargs)
-    if t.is_floating_point() or t.is_complex():
+    # a leaf that requires grad cannot be filled in place (torch.utils.checkpoint makes one)
+    if (t.is_floating_point() or t.is_complex()) and not t.requires_grad:
         t.fill_(float("nan"))
     return t
 
 
 def _nan_empty_like(*args, **kwargs):
     t = _empty_like(*args, **kwargs)
-    if t.is_floating_point() or t.is_complex():
+    if (t.is_floating_point() or t.is_complex()) and not t.requires_grad:
         t.fill_(float("nan"))
     return t
 

@@ -24,6 +24,7 @@ TITLE = "Accuracy vs evaluation length (trained at T)"
 _SCALING_COLOURS = {"none": "#e03131", "linear": "#1971c2", "ntk": "#2f9e44",
                     "dynamic": "#f08c00", "yarn": "#7048e8", "llama3": "#0c8599"}
 _OTHER = ("#495057", "#868e96", "#343a40", "#adb5bd")
+_ORDER = ("none", "linear", "ntk", "dynamic", "yarn", "llama3")  # marker per scaling
 
 
 @dataclass
@@ -98,42 +99,45 @@ def write_section(rows: list[RunRecord], store_dir: Path) -> Section | None:
 
 def _plot(lns: list[Line], path: Path) -> None:
     tuned = [False, True] if any(ln.finetuned for ln in lns) else [False]
-    fig = Figure(figsize=(6.4 * len(tuned) + 2.6, 4.4), layout="constrained")
+    fig = Figure(figsize=(6.4 * len(tuned) + 2.8, 4.4), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(tuned), squeeze=False)[0]
-    others = sorted({ln.mixer for ln in lns if ln.scaling == "none"})
-    multi = len({ln.mixer for ln in lns}) > 1
+    rope = {ln.mixer for ln in lns if ln.scaling != "none"}  # mixers evaluated under scalings
+    others = sorted({ln.mixer for ln in lns} - rope)
     handles: dict[str, object] = {}
+    lowest = min(a for ln in lns for a in ln.points.values())
     for ax, ft in zip(axes, tuned):
-        for ln in (x for x in lns if x.finetuned == ft):
+        for i, ln in enumerate(x for x in lns if x.finetuned == ft):
             xs = sorted(ln.points)
-            if ln.scaling == "none":
-                colour, style = _OTHER[others.index(ln.mixer) % len(_OTHER)], "--"
-            else:
+            if ln.mixer in rope:  # unscaled RoPE in red, each scaling in its colour
                 colour, style = _SCALING_COLOURS.get(ln.scaling, "#000000"), "-"
-            label = ln.label if multi else ln.scaling
-            (h,) = ax.plot(xs, [ln.points[x] for x in xs], style, marker="o", color=colour,
-                           lw=1.8, ms=4.5, label=label)
+                label = f"{ln.mixer} (RoPE, {'unscaled' if ln.scaling == 'none' else ln.scaling})"
+            else:  # ALiBi / NoPE / non-attention variants: grey, dashed
+                colour, style = _OTHER[others.index(ln.mixer) % len(_OTHER)], "--"
+                label = ln.mixer
+            marker = "os^Dv*P"[(_ORDER.index(ln.scaling) if ln.scaling in _ORDER else i) % 7]
+            (h,) = ax.plot(xs, [ln.points[x] for x in xs], style, marker=marker, color=colour,
+                           lw=1.8, ms=5, label=label, alpha=0.9)
             handles.setdefault(label, h)
-        trained = sorted({ln.trained_len for ln in lns})
-        for t in trained:
+        for t in sorted({ln.trained_len for ln in lns}):
             ax.axvline(t, color="#999999", lw=0.8, ls=":")
         all_x = sorted({x for ln in lns for x in ln.points})
         ax.set_xscale("log", base=2)
         ax.set_xticks(all_x, [f"{x:,}" for x in all_x])
         ax.minorticks_off()
-        ax.set_ylim(-0.03, 1.03)
+        ax.set_ylim(max(0.0, int(lowest * 10) / 10 - 0.05), 1.01)
         ax.set_xlabel("evaluation length (dotted: trained length)")
         ax.set_ylabel("accuracy")
         ax.set_title("with a short fine-tune at each length" if ft else "zero-shot")
     fig.legend(list(handles.values()), list(handles), loc="outside right upper",
-               title="mixer + RoPE scaling" if multi else "RoPE scaling")
+               title="mixer (position encoding)")
     fig.suptitle(TITLE, fontweight="bold", fontsize=13)
     fig.savefig(path, dpi=150, metadata={"Software": None})
 
 
 def _notes(lns: list[Line]) -> list[str]:
-    """One sentence per zero-shot line: how far it holds (>= half its in-length accuracy)."""
+    """One sentence per line: its accuracy at the longest length, and how far it keeps 90% of
+    its in-length accuracy."""
     notes = []
     for ln in lns:
         t = ln.trained_len
@@ -141,12 +145,15 @@ def _notes(lns: list[Line]) -> list[str]:
             continue
         base = ln.points[t]
         longest = max(ln.points)
-        held = [n for n in sorted(ln.points) if ln.points[n] >= 0.5 * base]
-        reach = max(held) if held else t
+        reach = t
+        for n in sorted(ln.points):  # the longest length up to which every point holds
+            if n >= t and ln.points[n] < 0.9 * base:
+                break
+            reach = max(reach, n)
         kind = "fine-tuned" if ln.finetuned else "zero-shot"
         notes.append(
             f"{ln.label} ({kind}): {100 * base:.1f}% at the trained length {t:,}, "
-            f"{100 * ln.points[longest]:.1f}% at {longest:,}; holds at least half of its "
-            f"in-length accuracy up to {reach:,} ({reach / t:g}x)."
+            f"{100 * ln.points[longest]:.1f}% at {longest:,}; keeps 90% of it up to "
+            f"{reach:,} ({reach / t:g}x)."
         )
     return notes
