@@ -90,7 +90,7 @@ def test_last_position_equals_causal(op: str) -> None:
                                 naive_retention, chunk_retention])
 def test_bidirectional_has_no_state(fn) -> None:
     q, k, v = random_qkv(B, 5, H, DK, DV, F64)
-    with pytest.raises(ValueError, match="causal=False .* no recurrent state"):
+    with pytest.raises(ValueError, match="causal=False .* has no decode state"):
         fn(q, k, v, causal=False, output_final_state=True)
     with pytest.raises(TypeError, match="causal must be True or False"):
         fn(q, k, v, causal="no")

@@ -518,9 +518,9 @@ def test_alibi_and_causal_errors():
         with pytest.raises(TypeError, match="alibi_slopes must be a torch.Tensor"):
             fn(q, k, v, window=5, alibi_slopes=0.5)
     for fn in (naive_sliding_window_attention, chunk_sliding_window_attention):
-        with pytest.raises(ValueError, match=r"causal=False \(bidirectional attention\) has no"):
+        with pytest.raises(ValueError, match=r"causal=False \(bidirectional\) has no"):
             fn(q, k, v, window=5, initial_state=good, causal=False)
-        with pytest.raises(ValueError, match=r"causal=False \(bidirectional attention\) has no"):
+        with pytest.raises(ValueError, match=r"causal=False \(bidirectional\) has no"):
             fn(q, k, v, window=5, output_final_state=True, causal=False)
         with pytest.raises(TypeError, match="causal must be True or False"):
             fn(q, k, v, window=5, causal="no")

@@ -504,9 +504,9 @@ def test_alibi_and_causal_errors():
         with pytest.raises(TypeError, match="alibi_slopes must be a torch.Tensor"):
             fn(q, k, v, alibi_slopes=[0.5, 0.25, 0.125, 0.0625])
     for fn in (naive_softmax_attention, chunk_softmax_attention, sdpa_softmax_attention):
-        with pytest.raises(ValueError, match=r"causal=False \(bidirectional attention\) has no"):
+        with pytest.raises(ValueError, match=r"causal=False \(bidirectional\) has no"):
             fn(q, k, v, initial_state=cache, causal=False)
-        with pytest.raises(ValueError, match=r"causal=False \(bidirectional attention\) has no"):
+        with pytest.raises(ValueError, match=r"causal=False \(bidirectional\) has no"):
             fn(q, k, v, output_final_state=True, causal=False)
         with pytest.raises(TypeError, match="causal must be True or False"):
             fn(q, k, v, causal=1)

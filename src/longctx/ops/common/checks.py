@@ -108,15 +108,19 @@ def check_state(op: str, name: str, state: Tensor, expected: tuple[int, ...]) ->
         )
 
 
-def check_bidirectional(op: str, causal: bool, initial_state: object, output_final_state: bool) -> None:
-    """``causal=False`` has no state: a bidirectional output at t depends on tokens after t."""
+def check_bidirectional(op: str, causal: object, initial_state: object,
+                        output_final_state: bool) -> bool:
+    """``causal`` must be a bool; the bidirectional form (``False``) takes and returns no state:
+    an output at t depends on tokens after t, so a sequence cannot be continued piece by piece."""
     if not isinstance(causal, bool):
         raise TypeError(f"{op}: causal must be True or False, got {causal!r}")
     if not causal and (initial_state is not None or output_final_state):
         raise ValueError(
-            f"{op}: causal=False (bidirectional) has no recurrent state: pass initial_state=None "
-            "and output_final_state=False (a state only continues a causal sequence)"
+            f"{op}: causal=False (bidirectional) has no decode state: a query sees keys after it, "
+            "so a sequence cannot be continued piece by piece; pass initial_state=None and "
+            "output_final_state=False, or use causal=True"
         )
+    return causal
 
 
 def default_scale(scale: float | None, head_dim: int) -> float:

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from longctx.ops.common.checks import check_chunk_size, check_positive_int, check_qkv, default_scale
+from longctx.ops.common.chunking import gqa_from_rows, gqa_to_rows
 from longctx.ops.landmark_attention.state import (
     LandmarkCache,
     cache_length,
@@ -154,18 +155,6 @@ class _LandmarkAttention(torch.autograd.Function):
                 None, None, None, None, None, None)
 
 
-def _to_rows(x: Tensor, Hk: int, group: int) -> Tensor:
-    """``[B, T, H, D] -> [B, Hk, T*G, D]``: a group's query heads become extra rows."""
-    B, T, _, D = x.shape
-    return x.reshape(B, T, Hk, group, D).permute(0, 2, 1, 3, 4).reshape(B, Hk, T * group, D)
-
-
-def _from_rows(x: Tensor, T: int, group: int) -> Tensor:
-    """``[B, Hk, T*G, Dv] -> [B, T, H, Dv]``."""
-    B, Hk, _, Dv = x.shape
-    return x.reshape(B, Hk, T, group, Dv).permute(0, 2, 1, 3, 4).reshape(B, T, Hk * group, Dv)
-
-
 def chunk_landmark_attention(
     q: Tensor,
     k: Tensor,
@@ -202,11 +191,11 @@ def chunk_landmark_attention(
     kl_pad = F.pad(kl_all, (0, 0, 0, 0, 0, n_blk - N)).transpose(1, 2)  # [B, Hk, Lp/bs, D]
     group = H // Hk
     o = _LandmarkAttention.apply(
-        _to_rows(q, Hk, group), k_pad, v_pad, kl_pad, group, S, scale, bs, chunk_size,
+        gqa_to_rows(q, Hk, group), k_pad, v_pad, kl_pad, group, S, scale, bs, chunk_size,
         max(1, chunk_size // bs),
     )
     final = split_cache(k_all, v_all, kl_all, bs) if output_final_state else None
-    return _from_rows(o, T, group), final
+    return gqa_from_rows(o, T, group), final
 
 
 __all__ = ["chunk_landmark_attention"]

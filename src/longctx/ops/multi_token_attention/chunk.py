@@ -11,12 +11,16 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from longctx.ops.common.checks import check_chunk_size, check_qkv, default_scale
+from longctx.ops.common.checks import (
+    check_bidirectional,
+    check_chunk_size,
+    check_qkv,
+    default_scale,
+)
 from longctx.ops.multi_token_attention.kernels import attend_block, check_kernels
 from longctx.ops.multi_token_attention.state import (
     MTAState,
     check_mta_state,
-    check_no_state_if_bidirectional,
     empty_state,
     past_queries,
 )
@@ -43,7 +47,7 @@ def chunk_multi_token_attention(
     op = "chunk_multi_token_attention"
     B, T, H, Hk, D, Dv = check_qkv(op, q, k, v, allow_gqa=True)
     c_q, _, _ = check_kernels(op, kq_kernel, head_kernel, H, q)
-    causal = check_no_state_if_bidirectional(op, causal, initial_state, output_final_state)
+    causal = check_bidirectional(op, causal, initial_state, output_final_state)
     chunk_size = check_chunk_size(chunk_size)
     scale = default_scale(scale, D)
     state = check_mta_state(op, initial_state, B, H, Hk, D, Dv, c_q, q)

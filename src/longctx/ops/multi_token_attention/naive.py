@@ -9,12 +9,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from longctx.ops.common.checks import check_qkv, default_scale
+from longctx.ops.common.checks import check_bidirectional, check_qkv, default_scale
 from longctx.ops.multi_token_attention.kernels import check_kernels
 from longctx.ops.multi_token_attention.state import (
     MTAState,
     check_mta_state,
-    check_no_state_if_bidirectional,
     empty_state,
     past_queries,
 )
@@ -53,7 +52,7 @@ def naive_multi_token_attention(
     op = "naive_multi_token_attention"
     B, T, H, Hk, D, Dv = check_qkv(op, q, k, v, allow_gqa=True)
     c_q, c_k, _ = check_kernels(op, kq_kernel, head_kernel, H, q)
-    causal = check_no_state_if_bidirectional(op, causal, initial_state, output_final_state)
+    causal = check_bidirectional(op, causal, initial_state, output_final_state)
     scale = default_scale(scale, D)
     state = check_mta_state(op, initial_state, B, H, Hk, D, Dv, c_q, q)
     if state is None:

@@ -63,16 +63,3 @@ def past_queries(q_cache: Tensor, S: int) -> Tensor:
     n = q_cache.shape[1]
     valid = torch.arange(n, device=q_cache.device) >= n - S  # position S - n + r >= 0
     return torch.where(valid[None, :, None, None], q_cache, 0.0)
-
-
-def check_no_state_if_bidirectional(op: str, causal: object, initial_state: object,
-                                    output_final_state: bool) -> bool:
-    """``causal`` must be a bool; a bidirectional call has no state to take or return."""
-    if not isinstance(causal, bool):
-        raise TypeError(f"{op}: causal must be True or False, got {causal!r}")
-    if not causal and (initial_state is not None or output_final_state):
-        raise ValueError(
-            f"{op}: causal=False (bidirectional) has no decode state: pass initial_state=None "
-            "and output_final_state=False"
-        )
-    return causal

@@ -9,7 +9,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from longctx.ops.common.checks import check_positive_int, check_qkv, default_scale
+from longctx.ops.common.checks import (
+    check_bidirectional,
+    check_positive_int,
+    check_qkv,
+    default_scale,
+)
 from longctx.ops.sliding_window_attention.state import (
     RingState,
     check_ring_state,
@@ -17,7 +22,7 @@ from longctx.ops.sliding_window_attention.state import (
     past_to_ring,
     ring_to_past,
 )
-from longctx.ops.softmax_attention.bias import alibi_bias, check_alibi_slopes, check_causal
+from longctx.ops.softmax_attention.bias import alibi_bias, check_alibi_slopes
 
 
 def naive_sliding_window_attention(
@@ -46,7 +51,7 @@ def naive_sliding_window_attention(
     op = "naive_sliding_window_attention"
     B, T, H, Hk, D, Dv = check_qkv(op, q, k, v, allow_gqa=True)
     w = check_positive_int("window", window)
-    check_causal(op, causal, initial_state, output_final_state)
+    check_bidirectional(op, causal, initial_state, output_final_state)
     slopes = check_alibi_slopes(op, alibi_slopes, H, q)
     scale = default_scale(scale, D)
     state = check_ring_state(op, initial_state, B, w, Hk, D, Dv, q)

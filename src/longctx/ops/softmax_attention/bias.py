@@ -36,19 +36,6 @@ def check_alibi_slopes(op: str, slopes: object, H: int, like: Tensor) -> Tensor 
     return slopes
 
 
-def check_causal(op: str, causal: object, initial_state: object, output_final_state: bool) -> bool:
-    """``causal`` must be a bool; the bidirectional form (``False``) takes and returns no state."""
-    if not isinstance(causal, bool):
-        raise TypeError(f"{op}: causal must be True or False, got {causal!r}")
-    if not causal and (initial_state is not None or output_final_state):
-        raise ValueError(
-            f"{op}: causal=False (bidirectional attention) has no decode state: a query sees keys "
-            "after it, so a sequence cannot be continued piece by piece; pass initial_state=None "
-            "and output_final_state=False, or use causal=True"
-        )
-    return causal
-
-
 def alibi_bias(slopes: Tensor, distance: Tensor, dtype: torch.dtype) -> Tensor:
     """``-slopes[h] * |distance|``: ``slopes [H]``, ``distance [...]`` (query minus key position)
     -> ``[H, ...]`` in ``dtype``."""
@@ -56,4 +43,4 @@ def alibi_bias(slopes: Tensor, distance: Tensor, dtype: torch.dtype) -> Tensor:
     return -m * distance.abs().to(dtype)
 
 
-__all__ = ["alibi_bias", "check_alibi_slopes", "check_causal"]
+__all__ = ["alibi_bias", "check_alibi_slopes"]

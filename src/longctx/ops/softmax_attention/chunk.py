@@ -17,8 +17,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from longctx.ops.common.checks import check_chunk_size, check_qkv, default_scale
-from longctx.ops.softmax_attention.bias import alibi_bias, check_alibi_slopes, check_causal
+from longctx.ops.common.checks import (
+    check_bidirectional,
+    check_chunk_size,
+    check_qkv,
+    default_scale,
+)
+from longctx.ops.common.chunking import gqa_from_rows, gqa_to_rows
+from longctx.ops.softmax_attention.bias import alibi_bias, check_alibi_slopes
 from longctx.ops.softmax_attention.state import KVCache, check_kv_cache
 
 
@@ -148,18 +154,6 @@ class _MemoryEfficientAttention(torch.autograd.Function):
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None
 
 
-def _to_rows(x: Tensor, Hk: int, group: int) -> Tensor:
-    """``[B, T, H, D] -> [B, Hk, T*G, D]``: a group's query heads become extra rows."""
-    B, T, _, D = x.shape
-    return x.reshape(B, T, Hk, group, D).permute(0, 2, 1, 3, 4).reshape(B, Hk, T * group, D)
-
-
-def _from_rows(x: Tensor, T: int, group: int) -> Tensor:
-    """``[B, Hk, T*G, Dv] -> [B, T, H, Dv]``."""
-    B, Hk, _, Dv = x.shape
-    return x.reshape(B, Hk, T, group, Dv).permute(0, 2, 1, 3, 4).reshape(B, T, Hk * group, Dv)
-
-
 def chunk_softmax_attention(
     q: Tensor,
     k: Tensor,
@@ -186,7 +180,7 @@ def chunk_softmax_attention(
     op = "chunk_softmax_attention"
     B, T, H, Hk, D, Dv = check_qkv(op, q, k, v, allow_gqa=True)
     chunk_size = check_chunk_size(chunk_size)
-    check_causal(op, causal, initial_state, output_final_state)
+    check_bidirectional(op, causal, initial_state, output_final_state)
     slopes = check_alibi_slopes(op, alibi_slopes, H, q)
     if slopes is not None and slopes.requires_grad and torch.is_grad_enabled():
         raise ValueError(
@@ -203,10 +197,10 @@ def chunk_softmax_attention(
     if slopes is not None:  # [Hk, G]: query head h = hk * G + g, in the accumulation dtype
         slopes = slopes.detach().to(_acc_dtype(q.dtype)).reshape(Hk, group)
     o = _MemoryEfficientAttention.apply(
-        _to_rows(q, Hk, group), k.transpose(1, 2), v.transpose(1, 2), group, offset, scale,
+        gqa_to_rows(q, Hk, group), k.transpose(1, 2), v.transpose(1, 2), group, offset, scale,
         chunk_size, slopes, causal,
     )
-    return _from_rows(o, T, group), ((k, v) if output_final_state else None)
+    return gqa_from_rows(o, T, group), ((k, v) if output_final_state else None)
 
 
 def sdpa_softmax_attention(
@@ -228,7 +222,7 @@ def sdpa_softmax_attention(
     """
     op = "sdpa_softmax_attention"
     B, T, H, Hk, D, Dv = check_qkv(op, q, k, v, allow_gqa=True)
-    check_causal(op, causal, initial_state, output_final_state)
+    check_bidirectional(op, causal, initial_state, output_final_state)
     slopes = check_alibi_slopes(op, alibi_slopes, H, q)
     scale = default_scale(scale, D)
     cache = check_kv_cache(op, initial_state, B, Hk, D, Dv, q)

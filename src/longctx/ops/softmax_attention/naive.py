@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from longctx.ops.common.checks import check_qkv, default_scale
-from longctx.ops.softmax_attention.bias import alibi_bias, check_alibi_slopes, check_causal
+from longctx.ops.common.checks import check_bidirectional, check_qkv, default_scale
+from longctx.ops.softmax_attention.bias import alibi_bias, check_alibi_slopes
 from longctx.ops.softmax_attention.state import KVCache, check_kv_cache
 
 
@@ -38,7 +38,7 @@ def naive_softmax_attention(
     """
     op = "naive_softmax_attention"
     B, T, H, Hk, D, Dv = check_qkv(op, q, k, v, allow_gqa=True)
-    check_causal(op, causal, initial_state, output_final_state)
+    check_bidirectional(op, causal, initial_state, output_final_state)
     slopes = check_alibi_slopes(op, alibi_slopes, H, q)
     scale = default_scale(scale, D)
     cache = check_kv_cache(op, initial_state, B, Hk, D, Dv, q)
