@@ -338,7 +338,7 @@ def test_errors():
         with pytest.raises(ValueError, match=r"global_positions \[8, 12\] are out of range for a "
                                              r"sequence of length T=8"):
             fn(*x, 5, (0, 8, 12), causal=False)
-        with pytest.raises(ValueError, match="bidirectional form \\(causal=False\\) has no decode"):
+        with pytest.raises(ValueError, match="causal=False \\(bidirectional\\) has no decode"):
             fn(*x, 5, (0, 3), causal=False, initial_state=good)
     with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
         chunk_longformer_attention(*x, 5, (0,), chunk_size=0)

@@ -89,6 +89,8 @@ class MixerConfig:
     # the values of ``causal`` the method is defined for: (True,) causal only, (False,)
     # bidirectional only (Linformer, Nystromformer), (True, False) both
     causal_modes: ClassVar[tuple[bool, ...]] = (True,)
+    # why a method lacks the other form, named in the errors (e.g. Linformer's E K sums over T)
+    one_form_reason: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_heads"):
@@ -100,9 +102,10 @@ class MixerConfig:
         if self.causal not in self.causal_modes:
             form = "causal" if self.causal else "bidirectional"
             only = "bidirectional" if self.causal else "causal"
+            why = f": {self.one_form_reason}" if self.one_form_reason else ""
             raise ValueError(
                 f"{type(self).__name__}: causal={self.causal} is not supported: this method has no "
-                f"{form} form (it is defined {only} only); use causal={not self.causal}"
+                f"{form} form (it is defined {only} only){why}; use causal={not self.causal}"
             )
         if self.d_model % self.n_heads != 0:
             raise ValueError(
@@ -146,11 +149,17 @@ class Mixer(nn.Module):
 
     def check_causal_for_state(self) -> None:
         """A state continues a sequence left to right: bidirectional mixers have no decode form."""
-        if not self.config.causal:
-            raise ValueError(
-                f"{self.name}: this mixer is configured bidirectional (causal=False), so it has no "
-                "decode state; call forward(x) on whole sequences, or build it with causal=True"
-            )
+        c = self.config
+        if c.causal:
+            return
+        if True not in c.causal_modes:
+            raise ValueError(f"{self.name}: this mixer is bidirectional only (causal=False) and has "
+                             f"no decode state: {c.one_form_reason or 'it has no causal form'}; "
+                             "call forward(x) on whole sequences")
+        raise ValueError(
+            f"{self.name}: this mixer is configured bidirectional (causal=False), so it has no "
+            "decode state; call forward(x) on whole sequences, or build it with causal=True"
+        )
 
     def check_state(self, state: State, batch_size: int) -> None:
         self.check_causal_for_state()

@@ -33,11 +33,9 @@ class LinformerConfig(AttentionConfig):
     sharing: str = "headwise"
 
     causal_modes: ClassVar[tuple[bool, ...]] = (False,)
+    one_form_reason: ClassVar[str] = WHY_NO_DECODE
 
     def __post_init__(self) -> None:
-        if self.causal is True:
-            raise ValueError(f"{type(self).__name__}: causal=True is not supported: "
-                             f"{WHY_NO_DECODE}; use causal=False")
         super().__post_init__()
         name = type(self).__name__
         check_positive(name, "max_len", self.max_len)
@@ -74,10 +72,6 @@ class Linformer(AttentionMixer):
         F = E if self.F is None else self.F.to(q.dtype)
         o, _ = chunk_linformer_attention(q, k, v, E, F, chunk_size=c.chunk_size)
         return self.wo(merge_heads(o)), None
-
-    def check_causal_for_state(self) -> NoReturn:
-        raise ValueError(f"{self.name}: this mixer is bidirectional only (causal=False) and has no "
-                         f"decode state: {WHY_NO_DECODE}; call forward(x) on whole sequences")
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> NoReturn:
         self.check_causal_for_state()

@@ -33,11 +33,9 @@ class NystromformerConfig(AttentionConfig):
     conv_kernel: int = 33  # odd length of the depthwise conv skip on V along T; 0 = off
 
     causal_modes: ClassVar[tuple[bool, ...]] = (False,)
+    one_form_reason: ClassVar[str] = WHY_NO_DECODE
 
     def __post_init__(self) -> None:
-        if self.causal is True:
-            raise ValueError(f"{type(self).__name__}: causal=True is not supported: "
-                             f"{WHY_NO_DECODE}; use causal=False")
         super().__post_init__()
         name = type(self).__name__
         check_positive(name, "num_landmarks", self.num_landmarks)
@@ -91,10 +89,6 @@ class Nystromformer(AttentionMixer):
         w = self.conv_weight.repeat_interleave(D, dim=0)[:, None, :]  # [H * D, 1, K]
         out = F.conv1d(chans, w.to(v.dtype), padding=K // 2, groups=H * D)  # [B, H * D, T]
         return out.reshape(B, H, D, T).permute(0, 3, 1, 2)
-
-    def check_causal_for_state(self) -> NoReturn:
-        raise ValueError(f"{self.name}: this mixer is bidirectional only (causal=False) and has no "
-                         f"decode state: {WHY_NO_DECODE}; call forward(x) on whole sequences")
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> NoReturn:
         self.check_causal_for_state()

@@ -11,10 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from longctx.ops.common.checks import check_qkv, default_scale
+from longctx.ops.common.checks import check_bidirectional, check_qkv, default_scale
 from longctx.ops.dilated_attention.common import (
     RingState,
-    check_causal_state,
     check_ring,
     check_segments,
     empty_ring,
@@ -88,7 +87,7 @@ def chunk_dilated_attention(
     op = "chunk_dilated_attention"
     B, T, H, Hk, D, Dv = check_qkv(op, q, k, v, allow_gqa=True)
     pairs = check_segments(segment_lengths, dilation_rates)
-    causal = check_causal_state(op, causal, initial_state, output_final_state)
+    causal = check_bidirectional(op, causal, initial_state, output_final_state)
     scale = default_scale(scale, D)
     W = max(w for w, _ in pairs)
     state = check_ring(op, initial_state, B, W, Hk, D, Dv, q)

@@ -41,18 +41,6 @@ def check_segments(segment_lengths: object, dilation_rates: object) -> tuple[tup
     return tuple(pairs)
 
 
-def check_causal_state(op: str, causal: object, initial_state: object, output_final_state: bool) -> bool:
-    """``causal`` must be a bool; the bidirectional form has no state to carry."""
-    if not isinstance(causal, bool):
-        raise ValueError(f"{op}: causal must be True or False, got {causal!r}")  # noqa: TRY004
-    if not causal and (initial_state is not None or output_final_state):
-        raise ValueError(
-            f"{op}: the bidirectional form (causal=False) has no decode state; pass "
-            "initial_state=None and output_final_state=False, or use causal=True"
-        )
-    return causal
-
-
 def empty_ring(B: int, W: int, Hk: int, D: int, Dv: int, like: Tensor) -> RingState:
     """The state before any token: zero buffers of ``W = max(segment_lengths)`` slots, n_seen 0."""
     return (

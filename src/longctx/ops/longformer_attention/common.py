@@ -21,7 +21,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from longctx.ops.common.checks import check_positive_int, check_qkv, check_state
+from longctx.ops.common.checks import (
+    check_bidirectional,
+    check_positive_int,
+    check_qkv,
+    check_state,
+)
 
 LongformerState = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 _FIELDS = ("k_buf", "v_buf", "gk", "gv", "pk", "pv")
@@ -73,13 +78,7 @@ def check_inputs(op: str, q, k, v, q_g, k_g, v_g, window, causal, initial_state,
                 f"got {list(t.shape)} {t.dtype} vs {list(ref.shape)} {ref.dtype}"
             )
     w = check_positive_int("window", window)
-    if not isinstance(causal, bool):
-        raise ValueError(f"{op}: causal must be True or False, got {causal!r}")  # noqa: TRY004
-    if not causal and (initial_state is not None or output_final_state):
-        raise ValueError(
-            f"{op}: the bidirectional form (causal=False) has no decode state; pass "
-            "initial_state=None and output_final_state=False, or use causal=True"
-        )
+    check_bidirectional(op, causal, initial_state, output_final_state)
     return B, T, H, Hk, D, Dv, w
 
 
