@@ -79,6 +79,20 @@ class State:
 
 
 @dataclass
+class CacheState(State):
+    """A state that runs the attention itself over a mixer's projections.
+
+    The cache policies (``longctx.cache``: window, StreamingLLM sinks) decide which keys a
+    softmax-attention layer keeps and where they sit; the layer hands such a state its input
+    (``mixer.forward(x, state)`` calls ``state.attend(mixer, x)``), so layers need not know the
+    policies.
+    """
+
+    def attend(self, mixer: Mixer, x: Tensor) -> tuple[Tensor, CacheState]:
+        raise NotImplementedError
+
+
+@dataclass
 class MixerConfig:
     """Fields every mixer takes. Subclasses add the method's own fields, each with a comment."""
 

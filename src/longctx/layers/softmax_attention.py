@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from longctx.layers.attention_base import AttentionConfig, AttentionMixer
-from longctx.layers.base import State, dtype_bytes
+from longctx.layers.base import CacheState, State, dtype_bytes
 from longctx.layers.common import check_choice, merge_heads
 from longctx.layers.tree import check_parents, tree_attention_mask, tree_depths
 from longctx.ops.common.checks import default_scale
@@ -56,6 +56,8 @@ class SoftmaxAttention(AttentionMixer):
             q, k, v = self.project(x, 0)  # [B, T, H, D], [B, T, Hk, D] x 2
             o, _ = self._attend(q, k, v, None, False)
             return self.wo(merge_heads(o)), None
+        if isinstance(state, CacheState):  # a cache policy (longctx.cache) runs the attention
+            return state.attend(self, x)
         self.check_state(state, x.shape[0])
         past = state.k.shape[1]
         q, k, v = self.project(x, past)
@@ -70,6 +72,9 @@ class SoftmaxAttention(AttentionMixer):
 
     def forward_states(self, x: Tensor, state: KVState) -> tuple[Tensor, list[KVState]]:
         """``forward`` with a state, plus the cache after each position (views, no copies)."""
+        if isinstance(state, CacheState):
+            raise ValueError(f"{self.name}: per-position states (speculative decoding) need the "
+                             "plain KV cache; a cache policy's buffers are updated in place")
         y, new = self(x, state)
         S = state.k.shape[1]
         return y, [KVState(self.name, new.k[:, :S + t + 1], new.v[:, :S + t + 1])

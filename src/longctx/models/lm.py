@@ -16,7 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from longctx.cache.attention import PolicyKVState
+from longctx.cache.policy import CachePolicy
 from longctx.layers import Mixer, State, build, config_class
+from longctx.layers.softmax_attention import SoftmaxAttention
 from longctx.layers.short_conv import ConvState, ShortConv
 from longctx.layers.tree import check_parents, tree_depths
 
@@ -225,11 +228,26 @@ class LongCtxLM(nn.Module):
     def mixers(self) -> list[Mixer]:
         return [b.mixer for b in self.blocks]
 
-    def init_state(self, batch_size: int, device=None, dtype=None) -> LMState:
-        """The empty decode state of every layer."""
+    def init_state(self, batch_size: int, device=None, dtype=None,
+                   cache: CachePolicy | None = None) -> LMState:
+        """The empty decode state of every layer.
+
+        ``cache``: a policy (``longctx.cache``: ``window(w)``, ``sinks(n_sink, w)``, ``full()``)
+        for the softmax-attention layers; other layers keep their own state (already bounded
+        for recurrent and sliding-window mixers). Policy buffers are updated in place.
+        """
         device = device or self.embed.weight.device
+        if cache is not None and not any(isinstance(m, SoftmaxAttention) for m in self.mixers):
+            raise ValueError(f"cache policy {cache.describe()}: the model has no softmax_attention "
+                             f"layer to apply it to (mixers: {sorted(set(self.config.mixer))})")
+
+        def layer_state(m: Mixer) -> State:
+            if cache is not None and isinstance(m, SoftmaxAttention):
+                return PolicyKVState.empty(m, batch_size, cache, device, dtype)
+            return m.init_state(batch_size, device, dtype)
+
         return LMState(
-            [m.init_state(batch_size, device, dtype) for m in self.mixers],
+            [layer_state(m) for m in self.mixers],
             [b.conv.init_state(batch_size, device, dtype) if b.conv is not None else None for b in self.blocks],
         )
 
@@ -300,12 +318,14 @@ class LongCtxLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 0.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+                 top_k: int | None = None, generator: torch.Generator | None = None,
+                 cache: CachePolicy | None = None) -> Tensor:
         """Prefill ``idx [B, T]`` in one forward, then decode token by token from the states.
 
-        ``temperature == 0`` is greedy. Returns ``[B, T + max_new_tokens]``.
+        ``temperature == 0`` is greedy. ``cache``: a KV-cache policy for the softmax-attention
+        layers (see ``init_state``). Returns ``[B, T + max_new_tokens]``.
         """
-        state = self.init_state(idx.shape[0])
+        state = self.init_state(idx.shape[0], cache=cache)
         logits, state = self(idx, state)
         out = [idx]
         for i in range(max_new_tokens):
