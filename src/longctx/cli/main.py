@@ -61,6 +61,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# commands whose ValueErrors are messages about the user's input (paths, models, options)
+USER_INPUT_COMMANDS = ("generate", "stream-ppl", "stream-bench", "train-lm")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="longctx", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -97,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     b.add_argument("--out", default="benchmarks/results/latest", help="output directory")
     b.set_defaults(fn=_cmd_bench)
+
+    from longctx.cli import stream
+
+    stream.add_parsers(sub)
     return p
 
 
@@ -107,11 +115,20 @@ def main(argv: list[str] | None = None) -> int:
     from longctx.errors import UnknownNameError
 
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None) and args.command not in ("arena",):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.fn(args)
     except (SuiteError, StoreError, UnknownNameError, BenchError) as e:
         print(f"longctx {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except (ValueError, FileNotFoundError) as e:  # bad input named by our checks
+        if args.command in USER_INPUT_COMMANDS:
+            print(f"longctx {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print(f"\nlongctx {args.command}: interrupted; finished runs are saved, rerun to resume",
               file=sys.stderr)
