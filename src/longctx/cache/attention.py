@@ -27,7 +27,7 @@ def check_policy_supported(mixer: Mixer, policy: CachePolicy) -> None:
     from longctx.layers.softmax_attention import SoftmaxAttention  # the one mixer they apply to
 
     if not isinstance(mixer, SoftmaxAttention):
-        raise ValueError(f"cache policy {policy.describe()}: applies to softmax_attention layers, "
+        raise ValueError(f"cache policy {policy.describe()}: applies to softmax_attention layers, "  # noqa: TRY004
                          f"not {getattr(mixer, 'name', type(mixer).__name__)}")
     c = mixer.config
     if not c.causal:

@@ -102,9 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="benchmarks/results/latest", help="output directory")
     b.set_defaults(fn=_cmd_bench)
 
-    from longctx.cli import stream
+    from longctx.cli import stream, train_lm
 
     stream.add_parsers(sub)
+    train_lm.add_parser(sub)
     return p
 
 

@@ -73,7 +73,7 @@ class SoftmaxAttention(AttentionMixer):
     def forward_states(self, x: Tensor, state: KVState) -> tuple[Tensor, list[KVState]]:
         """``forward`` with a state, plus the cache after each position (views, no copies)."""
         if isinstance(state, CacheState):
-            raise ValueError(f"{self.name}: per-position states (speculative decoding) need the "
+            raise ValueError(f"{self.name}: per-position states (speculative decoding) need the "  # noqa: TRY004
                              "plain KV cache; a cache policy's buffers are updated in place")
         y, new = self(x, state)
         S = state.k.shape[1]
