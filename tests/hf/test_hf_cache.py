@@ -9,9 +9,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from longctx.cache import full, sinks, window  # noqa: E402
-from longctx.hf import PolicyCache, load, prefill  # noqa: E402
-from tests.helpers import assert_close  # noqa: E402
+from longctx.cache import full, sinks, window
+from longctx.hf import PolicyCache, load, prefill
+from tests.helpers import assert_close
 
 V = 64
 

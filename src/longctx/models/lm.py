@@ -19,8 +19,8 @@ from torch.utils.checkpoint import checkpoint
 from longctx.cache.attention import PolicyKVState
 from longctx.cache.policy import CachePolicy
 from longctx.layers import Mixer, State, build, config_class
-from longctx.layers.softmax_attention import SoftmaxAttention
 from longctx.layers.short_conv import ConvState, ShortConv
+from longctx.layers.softmax_attention import SoftmaxAttention
 from longctx.layers.tree import check_parents, tree_depths
 
 
