@@ -12,6 +12,7 @@ from longctx.cache import (
     PolicyKVState,
     check_fits_training,
     full,
+    landmark,
     make_policy,
     sinks,
     window,
@@ -185,3 +186,36 @@ def test_mixer_level_state_round_trip() -> None:
     _, st = m(x, st)
     assert st.select([1]).batch_size == 1 and st.to(torch.float32).k.dtype == torch.float32
     assert st.held() == 4 and int(st.n_seen) == 6
+
+
+def test_landmark_policy_sets_the_retrieval_of_landmark_layers() -> None:
+    def landmark_lm(top_k=None) -> LongCtxLM:
+        torch.manual_seed(0)
+        opts = {"landmark_attention": {"block_size": 4, "top_k": top_k}}
+        return LongCtxLM(LMConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=4,
+                                  mixer="landmark_attention", mixer_options=opts)).double().eval()
+
+    ids = tokens(2, 40)
+    prompt, rest = ids[:, :30], ids[:, 30:]
+
+    def decode(model, cache):
+        logits, state = model(prompt, model.init_state(2, cache=cache))
+        outs = [logits[:, -1]]
+        for t in range(rest.shape[1]):
+            logits, state = model(rest[:, t:t + 1], state)
+            outs.append(logits[:, -1])
+        return torch.stack(outs, 1), state
+
+    got, state = decode(landmark_lm(), landmark(1))
+    ref, _ = decode(landmark_lm(top_k=1), None)
+    every, _ = decode(landmark_lm(), None)
+    assert state.mixers[0].top_k == 1
+    assert_close(ref, got, rtol=1e-12)
+    assert (got - every).abs().max() > 1e-6  # retrieving 1 block is not attending to all 7
+    with pytest.raises(ValueError, match="no landmark_attention layer"):
+        lm().init_state(1, cache=landmark(2))
+    with pytest.raises(ValueError, match="top_k must be a positive int"):
+        landmark(0)
+    with pytest.raises(ValueError, match="needs the number of retrieved blocks"):
+        make_policy("landmark")
+    assert make_policy("landmark", top_k=3) == landmark(3)

@@ -140,3 +140,10 @@ def test_cache_is_made_for_one_batch_size(llama_dir) -> None:
     model(ids(2, 3), past_key_values=cache, use_cache=True)
     with pytest.raises(ValueError, match="a cache is made for one batch size"):
         model(ids(3, 1), past_key_values=cache, use_cache=True)
+
+
+def test_landmark_policy_is_refused_for_transformers_models(llama_dir) -> None:
+    from longctx.cache import landmark
+
+    with pytest.raises(ValueError, match="needs a model trained with landmark tokens"):
+        load(llama_dir, cache=landmark(4))

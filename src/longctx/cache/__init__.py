@@ -9,12 +9,14 @@ from longctx.cache.kv import PolicyBuffers
 from longctx.cache.policy import (
     POLICIES,
     CachePolicy,
+    LandmarkPolicy,
     check_fits_training,
     full,
+    landmark,
     make_policy,
     sinks,
     window,
 )
 
-__all__ = ["POLICIES", "CachePolicy", "PolicyBuffers", "PolicyKVState", "check_fits_training",
-           "full", "make_policy", "sinks", "window"]
+__all__ = ["POLICIES", "CachePolicy", "LandmarkPolicy", "PolicyBuffers", "PolicyKVState",
+           "check_fits_training", "full", "landmark", "make_policy", "sinks", "window"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-POLICIES = ("full", "window", "sinks")
+POLICIES = ("full", "window", "sinks", "landmark")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,35 @@ class CachePolicy:
         return {"policy": self.name, "n_sink": self.n_sink, "window": self.window}
 
 
+@dataclass(frozen=True)
+class LandmarkPolicy:
+    """Landmark retrieval (Mohtashami & Jaggi 2023, §3.2): a ``landmark_attention`` layer keeps
+    every block and each decode step attends to the ``top_k`` blocks whose landmark keys score
+    highest (per head), plus the open block. Memory grows with the stream; compute per token is
+    O(top_k * block + T / block). Only for models trained with landmarks (the landmark mixer)."""
+
+    top_k: int  # blocks retrieved per head at each decode step
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 1:
+            raise ValueError(f"LandmarkPolicy.top_k must be a positive int, got {self.top_k!r}")
+
+    name = "landmark"
+    n_sink = 0
+    window = None
+    capacity = None
+
+    def describe(self) -> str:
+        return f"landmark(top_k={self.top_k})"
+
+    def to_dict(self) -> dict:
+        return {"policy": "landmark", "top_k": self.top_k}
+
+
+def landmark(top_k: int) -> LandmarkPolicy:
+    return LandmarkPolicy(top_k)
+
+
 def full() -> CachePolicy:
     return CachePolicy()
 
@@ -68,10 +97,16 @@ def sinks(n_sink: int, w: int) -> CachePolicy:
     return CachePolicy(n_sink, w)
 
 
-def make_policy(name: str, n_sink: int = 4, window: int | None = None) -> CachePolicy:
-    """A policy from its name (the CLI's ``--cache``): ``full``, ``window`` or ``sinks``."""
+def make_policy(name: str, n_sink: int = 4, window: int | None = None,
+                top_k: int | None = None) -> CachePolicy | LandmarkPolicy:
+    """A policy from its name (the CLI's ``--cache``): ``full``, ``window``, ``sinks`` or
+    ``landmark`` (with ``top_k``)."""
     if name == "full":
         return CachePolicy()
+    if name == "landmark":
+        if top_k is None:
+            raise ValueError("cache policy 'landmark' needs the number of retrieved blocks (--top-k)")
+        return LandmarkPolicy(top_k)
     if name not in POLICIES:
         raise ValueError(f"unknown cache policy {name!r}; choose one of {', '.join(POLICIES)}")
     if window is None:

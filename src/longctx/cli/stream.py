@@ -55,7 +55,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         prompt = args.prompt
     window, policy = args.window, None
     streamer = open_streamer(args.model, None, _rope(args), args.device)
-    if args.cache != "full":
+    if args.cache == "landmark":
+        policy = make_policy("landmark", top_k=args.landmark_top_k)
+    elif args.cache != "full":
         window = window or max(1, (streamer.trained_len or 1024) - args.sinks)
         policy = make_policy(args.cache, args.sinks, window)
         from longctx.cache.policy import check_fits_training
@@ -83,6 +85,7 @@ def _eval_config(args: argparse.Namespace):
     return StreamEvalConfig(model=str(args.model), methods=list(args.cache), n_sink=args.sinks,
                             window=args.window, tokens=args.tokens, chunk=args.chunk,
                             bucket=args.bucket, full_max_tokens=args.full_max_tokens,
+                            landmark_top_k=args.landmark_top_k,
                             rope_scaling=_rope(args), device=args.device)
 
 
@@ -129,6 +132,8 @@ def _text_args(p: argparse.ArgumentParser) -> None:
                    choices=[*POLICIES, "recompute"], help="methods to compare")
     p.add_argument("--full-max-tokens", type=int, default=None, help="dense attention only up to here")
     p.add_argument("--chunk", type=int, default=1, help="tokens per feed for cache policies")
+    p.add_argument("--landmark-top-k", type=int, default=None,
+                   help="--cache landmark: blocks retrieved per head (landmark_attention models)")
     p.add_argument("--bucket", type=int, default=64, help="positions per point of the curve")
     p.add_argument("--out", default="runs/stream", help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -143,7 +148,9 @@ def add_parsers(sub) -> None:
     g.add_argument("--max-new-tokens", type=int, default=200)
     g.add_argument("--cache", choices=POLICIES, default="sinks")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    g.add_argument("--landmark-top-k", type=int, default=None,
+                   help="--cache landmark: blocks retrieved per head (landmark_attention models)")
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(fn=_cmd_generate)
 

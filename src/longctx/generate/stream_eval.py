@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from longctx.cache.policy import CachePolicy
+from longctx.cache.policy import CachePolicy, LandmarkPolicy
 from longctx.generate.streaming import (
     Streamer,
     decode_latency,
@@ -31,7 +31,7 @@ from longctx.generate.streaming import (
     stream_nll,
 )
 
-METHODS = ("full", "window", "sinks", "recompute")
+METHODS = ("full", "window", "sinks", "landmark", "recompute")
 
 
 @dataclass
@@ -45,19 +45,24 @@ class StreamEvalConfig:
     bucket: int = 64  # positions per point of the loss-vs-position curve
     full_max_tokens: int | None = None  # dense attention only up to here (None: whole stream)
     rope_scaling: dict | None = None  # RoPE scaling for every method
+    landmark_top_k: int | None = None  # ``landmark``: blocks retrieved per head
     device: str = "cpu"
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise ValueError(f"stream methods must be among {', '.join(METHODS)}; got {self.methods}")
+        if "landmark" in self.methods and not self.landmark_top_k:
+            raise ValueError("stream method 'landmark' needs --landmark-top-k")
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def policy_of(method: str, n_sink: int, window: int) -> CachePolicy | None:
-    return {"full": None, "window": CachePolicy(0, window), "sinks": CachePolicy(n_sink, window),
+def policy_of(method: str, cfg: StreamEvalConfig, window: int) -> CachePolicy | LandmarkPolicy | None:
+    if method == "landmark":
+        return LandmarkPolicy(cfg.landmark_top_k)
+    return {"full": None, "window": CachePolicy(0, window), "sinks": CachePolicy(cfg.n_sink, window),
             "recompute": None}[method]
 
 
@@ -108,7 +113,7 @@ def run_stream_ppl(cfg: StreamEvalConfig, ids: list[int], out_dir: Path, text: s
                                 prefix=streamer.bos, progress=progress)
             nll = res.nll
         else:
-            streamer.policy = policy_of(method, cfg.n_sink, window)
+            streamer.policy = policy_of(method, cfg, window)
             n = len(stream) if method != "full" or not cfg.full_max_tokens else cfg.full_max_tokens
             chunk = 512 if method == "full" else cfg.chunk
             res = stream_nll(streamer, stream[:n], chunk=chunk, progress=progress, desc=method)
@@ -185,7 +190,7 @@ def run_stream_bench(cfg: StreamEvalConfig, ids: list[int], out_dir: Path, every
             positions = list(range(every, len(stream) + 1, every))
             rows[method] = recompute_latency(streamer.forward, stream, cfg.n_sink + window, positions)
         else:
-            streamer.policy = policy_of(method, cfg.n_sink, window)
+            streamer.policy = policy_of(method, cfg, window)
             n = len(stream) if method != "full" or not cfg.full_max_tokens else cfg.full_max_tokens
             rows[method] = decode_latency(streamer, stream[:n], every=every, progress=progress)
     data = {**_meta(cfg, streamer, window, ""), "device": cfg.device, "rows": rows}

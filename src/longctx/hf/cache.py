@@ -85,6 +85,9 @@ class PolicyCache(Cache):
     """A transformers ``Cache`` with one ``PolicyLayer`` per decoder layer."""
 
     def __init__(self, model, policy: CachePolicy) -> None:
+        from longctx.hf.load import check_hf_policy
+
+        check_hf_policy(policy)
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         rotary = find_rotary(model)
         inv_freq = rotary.inv_freq.detach() if rotary is not None else None

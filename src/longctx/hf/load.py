@@ -33,9 +33,18 @@ class HFModel:
         policy = policy or self.policy
         return None if policy is None else PolicyCache(self.model, policy)
 
+    def __post_init__(self) -> None:
+        check_hf_policy(self.policy)
+
     @property
     def trained_len(self) -> int | None:
         return trained_length(self.model.config)
+
+
+def check_hf_policy(policy) -> None:
+    if policy is not None and not isinstance(policy, CachePolicy):
+        raise ValueError(f"cache policy {policy.describe()} needs a model trained with landmark "
+                         "tokens (a longctx landmark_attention checkpoint), not a transformers model")
 
 
 def check_local_model_dir(path: str | Path) -> Path:
@@ -90,6 +99,7 @@ def load(path: str | Path, rope_scaling: dict | None = None, cache: CachePolicy 
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    check_hf_policy(cache)
     p = check_local_model_dir(path)
     try:
         config = AutoConfig.from_pretrained(p, local_files_only=True)

@@ -56,6 +56,7 @@ class LandmarkState(State):
     k_tail: Tensor  # [B, r, Hk, D] the open block's r < block_size keys
     v_tail: Tensor  # [B, r, Hk, D]
     x_sum: Tensor  # [B, d_model] sum of the open block's inputs (for landmark="mean")
+    top_k: int | None = None  # decode retrieval for this stream (None: the config's top_k)
 
     def cache(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         return self.k_blocks, self.v_blocks, self.k_landmark, self.k_tail, self.v_tail
@@ -91,13 +92,14 @@ class LandmarkAttention(AttentionMixer):
         if T == 1:
             o, new, self.last_selected = landmark_attention_step(
                 q[:, 0], k[:, 0], v[:, 0], k_lm[:, 0] if k_lm.shape[1] else None, cache,
-                c.block_size, top_k=c.top_k, return_selected=True,
+                c.block_size, top_k=c.top_k if state.top_k is None else state.top_k,
+                return_selected=True,
             )
             o = o.unsqueeze(1)
         else:
             o, new = chunk_landmark_attention(q, k, v, k_lm, c.block_size, initial_state=cache,
                                               output_final_state=True, chunk_size=c.chunk_size)
-        return self.wo(merge_heads(o)), LandmarkState(self.name, *new, x_sum)
+        return self.wo(merge_heads(o)), LandmarkState(self.name, *new, x_sum, state.top_k)
 
     def _landmark_keys(self, x: Tensor, x_sum: Tensor, S: int) -> tuple[Tensor, Tensor]:
         """Landmark keys of the blocks that ``x`` (positions S .. S+T-1) completes, and the new

@@ -8,6 +8,7 @@ only threads each layer's decode state.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -17,8 +18,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from longctx.cache.attention import PolicyKVState
-from longctx.cache.policy import CachePolicy
+from longctx.cache.policy import CachePolicy, LandmarkPolicy
 from longctx.layers import Mixer, State, build, config_class
+from longctx.layers.landmark_attention import LandmarkAttention
 from longctx.layers.short_conv import ConvState, ShortConv
 from longctx.layers.softmax_attention import SoftmaxAttention
 from longctx.layers.tree import check_parents, tree_depths
@@ -229,20 +231,24 @@ class LongCtxLM(nn.Module):
         return [b.mixer for b in self.blocks]
 
     def init_state(self, batch_size: int, device=None, dtype=None,
-                   cache: CachePolicy | None = None) -> LMState:
+                   cache: CachePolicy | LandmarkPolicy | None = None) -> LMState:
         """The empty decode state of every layer.
 
         ``cache``: a policy (``longctx.cache``: ``window(w)``, ``sinks(n_sink, w)``, ``full()``)
-        for the softmax-attention layers; other layers keep their own state (already bounded
-        for recurrent and sliding-window mixers). Policy buffers are updated in place.
+        for the softmax-attention layers, or ``landmark(top_k)`` for the landmark-attention
+        layers; other layers keep their own state (already bounded for recurrent and
+        sliding-window mixers). Policy buffers are updated in place.
         """
         device = device or self.embed.weight.device
-        if cache is not None and not any(isinstance(m, SoftmaxAttention) for m in self.mixers):
-            raise ValueError(f"cache policy {cache.describe()}: the model has no softmax_attention "
+        target = LandmarkAttention if isinstance(cache, LandmarkPolicy) else SoftmaxAttention
+        if cache is not None and not any(isinstance(m, target) for m in self.mixers):
+            raise ValueError(f"cache policy {cache.describe()}: the model has no {target.name} "
                              f"layer to apply it to (mixers: {sorted(set(self.config.mixer))})")
 
         def layer_state(m: Mixer) -> State:
-            if cache is not None and isinstance(m, SoftmaxAttention):
+            if isinstance(cache, LandmarkPolicy) and isinstance(m, LandmarkAttention):
+                return dataclasses.replace(m.init_state(batch_size, device, dtype), top_k=cache.top_k)
+            if isinstance(cache, CachePolicy) and isinstance(m, SoftmaxAttention):
                 return PolicyKVState.empty(m, batch_size, cache, device, dtype)
             return m.init_state(batch_size, device, dtype)
 
