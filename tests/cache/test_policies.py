@@ -219,3 +219,15 @@ def test_landmark_policy_sets_the_retrieval_of_landmark_layers() -> None:
     with pytest.raises(ValueError, match="needs the number of retrieved blocks"):
         make_policy("landmark")
     assert make_policy("landmark", top_k=3) == landmark(3)
+
+
+def test_full_cache_with_max_len_is_preallocated_and_refuses_a_longer_prompt() -> None:
+    model = lm()
+    state = model.init_state(1, cache=full(max_len=16))
+    assert state.mixers[0].k.shape[1] == 0
+    _, state = model(tokens(1, 10), state)
+    assert state.mixers[0].k.shape[1] == 16
+    with pytest.raises(ValueError, match=r"10 tokens held \+ 7 new > max_len=16; a full cache does not evict"):
+        model(tokens(1, 7), state)
+    with pytest.raises(ValueError, match="only for a full cache"):
+        CachePolicy(0, 8, max_len=16)

@@ -60,6 +60,8 @@ def test_stream_ppl_writes_results_and_resumes(model_dir, tmp_path, capsys) -> N
     assert data["methods"]["sinks"]["max_cache_bytes"] < data["methods"]["full"]["max_cache_bytes"]
     assert (out / "stream_ppl.png").stat().st_size > 0
     assert (out / "stream_ppl.csv").read_text().count("\n") == 1 + 4 * 79
+    report = (out / "report.md").read_text()
+    assert "| sinks |" in report and "![loss vs position](stream_ppl.png)" in report
     stamp = (out / "stream_ppl.json").stat().st_mtime_ns
     assert main(args) == 0  # everything is done: nothing recomputed, the file is not rewritten
     assert (out / "stream_ppl.json").stat().st_mtime_ns == stamp

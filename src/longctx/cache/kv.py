@@ -105,6 +105,10 @@ class PolicyBuffers:
         """
         self._check(k, v)
         T, p, d = k.shape[self.seq_dim], self.policy, self.seq_dim
+        if p.max_len is not None and self.n_seen + T > p.max_len:
+            raise ValueError(
+                f"{p.describe()} cache: {self.n_seen} tokens held + {T} new > max_len={p.max_len}; "
+                "a full cache does not evict: give a larger max_len, or stream with window/sinks")
         free = room(p, self.n_seen)
         if free is not None and T > free and T > 1:
             raise ValueError(
@@ -112,8 +116,8 @@ class PolicyBuffers:
                 f"would evict tokens in the middle of the forward ({free} fit); feed the rest one "
                 "token at a time (longctx.hf.prefill and the longctx models do this)")
         if self.keys is None or (free is None and self.n_seen + T > self.keys.shape[d]):
-            size = p.capacity or max(2 * (self.keys.shape[d] if self.keys is not None else 0),
-                                     self.n_seen + T, 64)  # full: grow by doubling
+            size = p.capacity or p.max_len or max(
+                2 * (self.keys.shape[d] if self.keys is not None else 0), self.n_seen + T, 64)  # full: doubling
             self.allocate(k, v, size)
         t0 = self.n_seen
         if free is None or T <= free:  # no eviction: slots t0 .. t0+T-1 in stream order

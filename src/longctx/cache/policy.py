@@ -1,6 +1,6 @@
 """Cache policies: which past keys/values a softmax-attention layer keeps while it decodes.
 
-- ``full``: every past token (the cache grows with the stream).
+- ``full``: every past token (the cache grows with the stream, or is pre-allocated to ``max_len``).
 - ``window(w)``: the last ``w`` tokens (StreamingLLM's "window attention" baseline).
 - ``sinks(n_sink, w)``: the first ``n_sink`` tokens (the attention sinks) plus the last ``w``
   (StreamingLLM, Xiao et al. 2024, §3.2). Positions are assigned inside the cache: the kept
@@ -24,10 +24,15 @@ class CachePolicy:
 
     n_sink: int = 0  # attention-sink tokens kept from the start of the stream
     window: int | None = None  # recent tokens kept; None = no eviction (full cache)
+    max_len: int | None = None  # full cache only: pre-allocate this many tokens, never more
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_sink, int) or isinstance(self.n_sink, bool) or self.n_sink < 0:
             raise ValueError(f"CachePolicy.n_sink must be an int >= 0, got {self.n_sink!r}")
+        if self.max_len is not None and (self.window is not None or not isinstance(self.max_len, int)
+                                         or isinstance(self.max_len, bool) or self.max_len < 1):
+            raise ValueError(f"CachePolicy.max_len must be a positive int, and only for a full cache "
+                             f"(window=None); got max_len={self.max_len!r}, window={self.window!r}")
         if self.window is None:
             if self.n_sink:
                 raise ValueError("CachePolicy: n_sink > 0 needs a window (sinks + the last `window` "
@@ -49,11 +54,11 @@ class CachePolicy:
 
     def describe(self) -> str:
         if self.window is None:
-            return "full"
+            return "full" if self.max_len is None else f"full(max_len={self.max_len})"
         return f"sinks({self.n_sink}, {self.window})" if self.n_sink else f"window({self.window})"
 
     def to_dict(self) -> dict:
-        return {"policy": self.name, "n_sink": self.n_sink, "window": self.window}
+        return {"policy": self.name, "n_sink": self.n_sink, "window": self.window, "max_len": self.max_len}
 
 
 @dataclass(frozen=True)
@@ -85,8 +90,10 @@ def landmark(top_k: int) -> LandmarkPolicy:
     return LandmarkPolicy(top_k)
 
 
-def full() -> CachePolicy:
-    return CachePolicy()
+def full(max_len: int | None = None) -> CachePolicy:
+    """Keep every token: grows by doubling, or pre-allocated to ``max_len`` tokens (a longer
+    stream is refused: a full cache does not evict)."""
+    return CachePolicy(max_len=max_len)
 
 
 def window(w: int) -> CachePolicy:
