@@ -234,10 +234,10 @@ def write_stream_report(out_dir: Path) -> Path:
         d = json.loads(ppl_path.read_text(encoding="utf-8"))
         cfg = d["config"]
         trained = d.get("trained_len") or 0
-        lines += [f"Model `{Path(cfg['model']).name}` (trained length {trained or '?'}), text "
-                  f"`{d['text']}`, cache = {cfg['n_sink']} sinks + {d['window']} window.", "",
-                  "| method | mean loss (nats/token) | loss within the trained length | loss past it | "
-                  "eval ms/token | max cache |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [(f"Model `{Path(cfg['model']).name}` (trained length {trained or '?'}), text "
+                   f"`{d['text']}`, cache = {cfg['n_sink']} sinks + {d['window']} window."), "",
+                  ("| method | mean loss (nats/token) | loss within the trained length | loss past it | "
+                   "eval ms/token | max cache |"), "|---|---:|---:|---:|---:|---:|"]
         for method, r in d["methods"].items():
             nll = r["nll"]
             inside = sum(nll[:trained]) / max(1, len(nll[:trained])) if trained else float("nan")
@@ -245,13 +245,13 @@ def write_stream_report(out_dir: Path) -> Path:
             mem = f"{r['max_cache_bytes'] / 2**20:.2f} MiB" if r.get("max_cache_bytes") else "-"
             lines.append(f"| {method} | {r['mean_nll']:.4f} | {inside:.4f} | {past:.4f} | "
                          f"{r['ms_per_token']:.2f} | {mem} |")
-        lines += ["", "eval ms/token: wall time of this evaluation per token (full runs in chunks of "
-                  "512, recompute in batches of 32 windows; `stream-bench` measures decode latency).",
+        lines += ["", ("eval ms/token: wall time of this evaluation per token (full runs in chunks of "
+                       "512, recompute in batches of 32 windows; `stream-bench` measures decode latency)."),
                   "", "![loss vs position](stream_ppl.png)", ""]
     if bench_path.exists():
         d = json.loads(bench_path.read_text(encoding="utf-8"))
-        lines += [f"Decode latency on `{d.get('device_name') or d.get('device')}` "
-                  f"({d['threads']} threads, torch {d['torch']}):", "",
+        lines += [(f"Decode latency on `{d.get('device_name') or d.get('device')}` "
+                   f"({d['threads']} threads, torch {d['torch']}):"), "",
                   "| method | position | ms/token | cache |", "|---|---:|---:|---:|"]
         for method, rows in d["rows"].items():
             for r in rows[:1] + rows[-1:] if len(rows) > 1 else rows:

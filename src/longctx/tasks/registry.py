@@ -6,10 +6,19 @@ from collections.abc import Callable
 
 from longctx.errors import check_options, unknown_name
 from longctx.tasks.base import TaskData
+from longctx.tasks.listops import ListOpsConfig, make_listops
 from longctx.tasks.mqar import MQARConfig, make_mqar
+from longctx.tasks.niah import NIAHConfig, make_niah
+from longctx.tasks.passkey import PasskeyConfig, make_passkey
 
 TASKS: dict[str, tuple[type, Callable[..., TaskData], str]] = {
     "mqar": (MQARConfig, make_mqar, "multi-query associative recall (zoology): recall values of keys"),
+    "passkey": (PasskeyConfig, make_passkey,
+                "passkey retrieval (Mohtashami & Jaggi 2023): a 5-digit key hidden in filler, bytes"),
+    "niah": (NIAHConfig, make_niah,
+             "needle in a haystack (single / multi-key / multi-value) in corpus text or random tokens"),
+    "listops": (ListOpsConfig, make_listops,
+                "ListOps (LRA settings): nested MIN/MAX/MED/SM over digits, 10-way answer"),
 }
 
 
