@@ -92,5 +92,11 @@ def test_cli_train_generate_stream(tmp_path, capsys) -> None:
     data = json.loads((out / "stream_ppl.json").read_text())
     assert data["trained_len"] == 32 and data["text"] == "shakespeare:test"
     assert all(r["tokens"] == 119 for r in data["methods"].values())
+    assert main(["ppl-length", "--model", str(ck), "--multiples", "0.5", "1", "2", "--rope-types", "none",
+                 "yarn", "--max-windows", "2", "--out", str(tmp_path / "pl"), "--quiet"]) == 0
+    pl = json.loads((tmp_path / "pl" / "ppl_length.json").read_text())
+    assert [r["length"] for r in pl["results"]["yarn"]] == [16, 32, 64] and pl["trained_len"] == 32
+    assert all(r["loss"] > 0 for rows in pl["results"].values() for r in rows)
+    capsys.readouterr()
     assert main(["train-lm", "--out", str(ck), "--corpus", "nope"]) == 2
     assert "unknown corpus 'nope'" in capsys.readouterr().err

@@ -62,7 +62,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 # commands whose ValueErrors are messages about the user's input (paths, models, options)
-USER_INPUT_COMMANDS = ("generate", "stream-ppl", "stream-bench", "train-lm")
+USER_INPUT_COMMANDS = ("generate", "stream-ppl", "stream-bench", "train-lm", "ppl-length")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -123,6 +123,39 @@ def _cmd_stream_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ppl_length(args: argparse.Namespace) -> int:
+    import json
+
+    from longctx.generate.stream_eval import perplexity_vs_length, plot_ppl_length
+    from longctx.generate.streaming import open_streamer
+
+    text, source = _text(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results, trained = {}, None
+    for rope in args.rope_types:
+        factor = max(args.multiples)
+        scaling = None if rope == "none" else {"rope_type": rope, "factor": float(factor)}
+        if rope == "llama3":
+            scaling.update(low_freq_factor=1.0, high_freq_factor=4.0)
+        streamer = open_streamer(args.model, None, scaling, args.device)
+        trained = streamer.trained_len
+        if not trained:
+            raise ValueError(f"{args.model}: its trained length is unknown (not a train-lm checkpoint?)")
+        lengths = sorted({max(2, int(m * trained)) for m in args.multiples})
+        results[rope] = perplexity_vs_length(streamer, streamer.encode(text), lengths,
+                                             args.max_windows, progress=not args.quiet)
+        for r in results[rope]:
+            if r["loss"] is not None:
+                print(f"{rope:<8} length {r['length']:>6}: loss {r['loss']:.4f} ({r['windows']} windows)")
+    data = {"model": str(args.model), "text": source, "trained_len": trained, "results": results,
+            "note": "RoPE scalings use factor = the largest multiple, zero-shot (no fine-tuning)"}
+    (out / "ppl_length.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
+    plot_ppl_length(results, trained, out / "ppl_length.png", f"{Path(args.model).name}: loss vs length")
+    print(f"ppl-length: {out / 'ppl_length.json'} (.png)")
+    return 0
+
+
 def _text_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-file", default=None, help="a text file to stream (default: a shipped corpus)")
     p.add_argument("--corpus", default="shakespeare", help="shipped corpus, used when no --text-file")
@@ -164,3 +197,19 @@ def add_parsers(sub) -> None:
     _text_args(b)
     b.add_argument("--every", type=int, default=128, help="sample the latency every N positions")
     b.set_defaults(fn=_cmd_stream_bench)
+
+    q = sub.add_parser("ppl-length", help="perplexity vs evaluation length (L/4 .. 8L) under RoPE scalings")
+    q.add_argument("--model", required=True)
+    q.add_argument("--text-file", default=None)
+    q.add_argument("--corpus", default="shakespeare")
+    q.add_argument("--split", default="test")
+    q.add_argument("--multiples", nargs="+", type=float, default=[0.25, 0.5, 1, 2, 4, 8],
+                   help="evaluation lengths as multiples of the trained length")
+    q.add_argument("--rope-types", nargs="+", default=["none"], choices=["none", *ROPE_TYPES],
+                   help="RoPE scalings to compare (factor = the largest multiple)")
+    q.add_argument("--max-windows", type=int, default=16)
+    q.add_argument("--out", default="runs/ppl-length")
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--threads", type=int, default=None)
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(fn=_cmd_ppl_length)

@@ -261,3 +261,47 @@ def write_stream_report(out_dir: Path) -> Path:
     path = out_dir / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+@torch.no_grad()
+def perplexity_vs_length(streamer: Streamer, ids: list[int], lengths: list[int], max_windows: int = 16,
+                         progress: bool = True) -> list[dict]:
+    """Mean next-token loss of fresh forwards over non-overlapping windows of each length (no
+    cache; the model sees the window from position 0), on at most ``max_windows`` windows."""
+    from tqdm.auto import tqdm
+
+    rows = []
+    data = torch.as_tensor(ids, dtype=torch.int64)
+    for L in tqdm(lengths, desc="lengths", disable=not progress, leave=False):
+        n = min(max_windows, len(data) // (L + 1))
+        if n == 0:
+            rows.append({"length": L, "windows": 0, "loss": None})
+            continue
+        total = 0.0
+        for i in range(n):
+            w = data[i * (L + 1):(i + 1) * (L + 1)]
+            x = torch.tensor(streamer.bos + w[:-1].tolist())[None]
+            logits = streamer.forward(x)[0, len(streamer.bos):].float().cpu()
+            total += float(torch.nn.functional.cross_entropy(logits, w[1:]))
+        rows.append({"length": L, "windows": n, "loss": total / n})
+    return rows
+
+
+def plot_ppl_length(results: dict[str, list[dict]], trained: int | None, path: Path, title: str) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name, rows in results.items():
+        pts = [(r["length"], r["loss"]) for r in rows if r["loss"] is not None]
+        ax.plot([p for p, _ in pts], [v for _, v in pts], "o-", label=name)
+    if trained:
+        ax.axvline(trained, color="#bbbbbb", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="evaluation length (tokens)", ylabel="loss (nats/token)", title=title)
+    ax.grid(True, color="#dddddd")
+    ax.legend(frameon=False, fontsize=8)
+    fig.savefig(path, dpi=110)
+    return path
