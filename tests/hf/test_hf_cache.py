@@ -16,27 +16,25 @@ from tests.helpers import assert_close
 V = 64
 
 
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    """A 1-layer random Llama (GQA, trained length 64) saved with save_pretrained."""
-    torch.manual_seed(0)
+def save_tiny_llama(path, n_layers: int, n_kv_heads: int, seed: int):
+    """A random Llama (trained length 64) saved with save_pretrained."""
+    torch.manual_seed(seed)
     cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=1, num_attention_heads=4,
-                                   num_key_value_heads=2, max_position_embeddings=64)
-    path = tmp_path_factory.mktemp("tiny-llama")
+                                   num_hidden_layers=n_layers, num_attention_heads=4,
+                                   num_key_value_heads=n_kv_heads, max_position_embeddings=64)
     transformers.LlamaForCausalLM(cfg).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    """1 layer, GQA: keys/values of a token depend on that token only."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), 1, 2, seed=0)
 
 
 @pytest.fixture(scope="module")
 def llama2_dir(tmp_path_factory):
-    torch.manual_seed(1)
-    cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=4, max_position_embeddings=64)
-    path = tmp_path_factory.mktemp("tiny-llama-2")
-    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
-    return path
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama-2"), 2, 4, seed=1)
 
 
 def ids(b: int = 2, t: int = 30, seed: int = 0) -> torch.Tensor:
