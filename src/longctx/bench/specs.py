@@ -7,6 +7,8 @@ float tensor: the fwd+bwd pass takes the gradient w.r.t. all of them) and how to
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -167,6 +169,25 @@ def _three(mod: ModuleType, stem: str, cs: int, **kw: Any) -> dict[str, Form]:
             "naive": lambda i: naive(**i, **kw)[0]}
 
 
+S4D_STATE = 32                    # S4D's N = 64 real states = 32 complex pairs (the paper's default)
+
+
+def _s4d_inputs(rand: Rand, B: int, T: int, H: int, D: int) -> Inputs:
+    """u [B, T, H*D] (one SSM per channel) and S4D-Lin-like parameters as real tensors."""
+    n = H * D
+    return {"u": rand(B, T, n), "A_re": -torch.rand(n, S4D_STATE) * 0.5 - 0.25,
+            "A_im": torch.arange(S4D_STATE, dtype=torch.float32).expand(n, -1) * 3.14159,
+            "B_re": torch.ones(n, S4D_STATE), "B_im": torch.zeros(n, S4D_STATE),
+            "C_re": rand(n, S4D_STATE), "C_im": rand(n, S4D_STATE),
+            "dt": torch.exp(torch.rand(n) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)),
+            "D": rand(n)}
+
+
+def _s4d_call(fn: Callable, i: Inputs) -> Tensor:
+    return fn(i["u"], torch.complex(i["A_re"], i["A_im"]), torch.complex(i["B_re"], i["B_im"]),
+              torch.complex(i["C_re"], i["C_im"]), i["dt"], i["D"])[0]
+
+
 SPECS: dict[str, OpSpec] = {s.name: s for s in [
     OpSpec("softmax_attention", "softmax_attention", ("chunk", "sdpa", "naive"), _la_inputs,
            lambda m, T, cs, w: {
@@ -209,6 +230,12 @@ SPECS: dict[str, OpSpec] = {s.name: s for s in [
            lambda m, T, cs, w: _three(m, "selective_scan", cs),
            params={"channels": "H * D", "d_state": MAMBA_STATE, "A": "S4D-real -(n+1)",
                    "dt": "softplus(randn - 3)"},
+           naive_max_len=TOKEN_LOOP_MAX_LEN),
+    OpSpec("s4d", "s4", ("chunk", "naive"), _s4d_inputs,
+           lambda m, T, cs, w: {"chunk": lambda i: _s4d_call(m.chunk_s4d, i),
+                                "naive": lambda i: _s4d_call(m.naive_s4d, i)},
+           params={"channels": "H * D", "N": S4D_STATE, "discretization": "zoh",
+                   "form": "Vandermonde kernel + FFT convolution"},
            naive_max_len=TOKEN_LOOP_MAX_LEN),
     OpSpec("mamba2", "mamba2", ("chunk", "naive"), _ssd_inputs,
            lambda m, T, cs, w: _three(m, "ssd", cs),

@@ -36,6 +36,7 @@ from longctx.layers.mamba2 import Mamba2, Mamba2Config
 from longctx.layers.multi_token_attention import MultiTokenAttention, MultiTokenAttentionConfig
 from longctx.layers.nystromformer import Nystromformer, NystromformerConfig
 from longctx.layers.retention import Retention, RetentionConfig
+from longctx.layers.s4d import S4D, S4DConfig
 from longctx.layers.sliding_window_attention import (
     SlidingWindowAttention,
     SlidingWindowAttentionConfig,
@@ -84,6 +85,8 @@ REGISTRY: dict[str, tuple[type[Mixer], type[MixerConfig], str]] = {
                           "log-linear Mamba-2 (Guo 2025, §4.1): SSD with O(log T) Fenwick states"),
     "log_linear_gated_deltanet": (LogLinearGatedDeltaNet, LogLinearGatedDeltaNetConfig,
                                   "log-linear Gated DeltaNet (Guo 2025, §4.2): O(log T) Fenwick states"),
+    "s4d": (S4D, S4DConfig,
+            "S4D (Gu 2022): diagonal SSM per channel, ZOH/bilinear; FFT conv, recurrent decode, bidirectional"),
 }
 
 

@@ -1,0 +1,113 @@
+"""S4D layer (Gu, Gupta, Goel & Ré 2022): ``H = d_model`` independent diagonal SSMs, one per
+channel, then GELU and a GLU output projection (the S4 block of the S4D paper's experiments).
+
+Variant implemented: S4D with ``N = d_state`` complex states per channel (conjugate pairs:
+``2 Re(C x)``), ``A = -exp(A_log_re) + i A_im`` (S4D-Lin or S4D-Inv init; the real part kept
+negative so the SSM is stable), ``B`` and ``C`` complex and trained (``B = 1`` at init, ``C``
+complex normal), per-channel step ``dt = exp(log_dt)`` with ``log_dt`` uniform in
+``[log dt_min, log dt_max]``, skip ``D``; ZOH or bilinear discretisation. ``n_heads`` plays no
+role (every channel is its own SSM). Training: Vandermonde kernel + FFT convolution,
+O(T log T); decode: the recurrence, state ``[B, H, N]`` complex. ``causal=False`` adds a
+backward SSM (its own ``C``) over the tokens after each position, for classification.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longctx.layers.base import Mixer, MixerConfig, State, dtype_bytes
+from longctx.layers.common import check_choice, check_positive
+from longctx.ops.s4 import chunk_s4d, s4d_inv, s4d_lin, s4d_step
+
+INITS = {"lin": s4d_lin, "inv": s4d_inv}
+
+
+@dataclass
+class S4DConfig(MixerConfig):
+    d_state: int = 32  # complex states per channel: the paper's N = 64 real = 32 conjugate pairs
+    init: str = "lin"  # A's initialisation: "lin" (S4D-Lin) or "inv" (S4D-Inv)
+    discretization: str = "zoh"  # "zoh" or "bilinear"
+    dt_min: float = 1e-3  # smallest initial step
+    dt_max: float = 1e-1  # largest initial step
+
+    causal_modes: ClassVar[tuple[bool, ...]] = (True, False)  # False: + a backward SSM
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        name = type(self).__name__
+        check_positive(name, "d_state", self.d_state)
+        check_choice(name, "init", self.init, tuple(INITS))
+        check_choice(name, "discretization", self.discretization, ("zoh", "bilinear"))
+        if not 0 < self.dt_min <= self.dt_max:
+            raise ValueError(f"{name}: need 0 < dt_min <= dt_max (a step must be positive), got "
+                             f"dt_min={self.dt_min!r}, dt_max={self.dt_max!r}")
+
+
+@dataclass
+class S4DState(State):
+    x: Tensor  # [B, H, N, 2] the complex state as (real, imag)
+
+
+def _complex(p: Tensor) -> Tensor:
+    """A parameter stored as ``[..., 2]`` (real, imag) -> complex ``[...]``."""
+    return torch.complex(p[..., 0], p[..., 1])
+
+
+class S4D(Mixer):
+    name = "s4d"
+    state_class = S4DState
+
+    def __init__(self, config: S4DConfig) -> None:
+        super().__init__(config)
+        c = config
+        H, N = c.d_model, c.d_state
+        A = INITS[c.init](H, N)
+        self.A_log_re = nn.Parameter(torch.log(-A.real).float())  # Re A = -exp(A_log_re) < 0
+        self.A_im = nn.Parameter(A.imag.float())
+        self.B = nn.Parameter(torch.stack([torch.ones(H, N), torch.zeros(H, N)], -1))
+        self.C = nn.Parameter(torch.randn(H, N, 2) * math.sqrt(0.5))
+        self.C_backward = nn.Parameter(torch.randn(H, N, 2) * math.sqrt(0.5)) if not c.causal else None
+        self.D = nn.Parameter(torch.randn(H))
+        log_dt = torch.rand(H) * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min)
+        self.log_dt = nn.Parameter(log_dt)
+        self.out = nn.Linear(H, 2 * H)  # GLU output projection
+
+    def ssm_params(self) -> dict[str, Tensor]:
+        A = torch.complex(-torch.exp(self.A_log_re), self.A_im)
+        return {"A": A, "B": _complex(self.B), "C": _complex(self.C), "dt": torch.exp(self.log_dt),
+                "D": self.D, "method": self.config.discretization}
+
+    def forward(self, x: Tensor, state: S4DState | None = None) -> tuple[Tensor, S4DState | None]:
+        self.check_input(x)
+        p = self.ssm_params()
+        if state is None:
+            back = _complex(self.C_backward) if self.C_backward is not None else None
+            y, _ = chunk_s4d(x, **p, causal=self.config.causal, C_backward=back)
+            return self._output(y), None
+        self.check_state(state, x.shape[0])
+        x0 = torch.view_as_complex(state.x.to(p["A"].real.dtype).contiguous())
+        if x.shape[1] == 1:
+            y, xT = s4d_step(x[:, 0], x0, **p)
+            y = y[:, None]
+        else:
+            y, xT = chunk_s4d(x, **p, initial_state=x0, output_final_state=True)
+        return self._output(y), S4DState(self.name, torch.view_as_real(xT).to(state.x.dtype))
+
+    def _output(self, y: Tensor) -> Tensor:
+        return F.glu(self.out(F.gelu(y)), dim=-1)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> S4DState:
+        self.check_causal_for_state()
+        c = self.config
+        dtype = dtype or self.param_dtype()
+        return S4DState(self.name, torch.zeros(batch_size, c.d_model, c.d_state, 2, device=device, dtype=dtype))
+
+    def state_size(self, batch_size: int, seqlen: int, dtype: torch.dtype = torch.float32) -> int:
+        c = self.config
+        return batch_size * c.d_model * c.d_state * 2 * dtype_bytes(dtype)
