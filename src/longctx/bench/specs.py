@@ -8,7 +8,6 @@ float tensor: the fwd+bwd pass takes the gradient w.r.t. all of them) and how to
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
