@@ -36,6 +36,7 @@ from longctx.layers.mamba2 import Mamba2, Mamba2Config
 from longctx.layers.multi_token_attention import MultiTokenAttention, MultiTokenAttentionConfig
 from longctx.layers.nystromformer import Nystromformer, NystromformerConfig
 from longctx.layers.retention import Retention, RetentionConfig
+from longctx.layers.rwkv import RWKV4, RWKV4Config
 from longctx.layers.s4d import S4D, S4DConfig
 from longctx.layers.sliding_window_attention import (
     SlidingWindowAttention,
@@ -87,6 +88,8 @@ REGISTRY: dict[str, tuple[type[Mixer], type[MixerConfig], str]] = {
                                   "log-linear Gated DeltaNet (Guo 2025, §4.2): O(log T) Fenwick states"),
     "s4d": (S4D, S4DConfig,
             "S4D (Gu 2022): diagonal SSM per channel, ZOH/bilinear; FFT conv, recurrent decode, bidirectional"),
+    "rwkv4": (RWKV4, RWKV4Config,
+              "RWKV-4 time mixing (Peng 2023): token shift + per-channel WKV, stable chunked form"),
 }
 
 
