@@ -46,14 +46,14 @@ def test_state_carried_across_a_split() -> None:
     assert_close(scaled(s_ref), scaled(s2), rtol=1e-12)
     o3, _ = naive_wkv(k[:, 11:], v[:, 11:], w, u, initial_state=s1)  # the naive form takes a state too
     assert_close(o2, o3, rtol=1e-12)
-    out, state = wkv_step(k[:, 11], v[:, 11], w, u, s1)
+    out, _ = wkv_step(k[:, 11], v[:, 11], w, u, s1)
     assert_close(o2[:, 0], out, rtol=1e-12)
 
 
 def test_gradients_equal_naive() -> None:
     def grads(fn, **kw):
         leaves = [t.clone().requires_grad_() for t in inputs(19)]
-        out, (a, b, p) = fn(*leaves, output_final_state=True, **kw)
+        out, (a, _, p) = fn(*leaves, output_final_state=True, **kw)
         g = torch.Generator().manual_seed(3)
         loss = (out * torch.randn(out.shape, generator=g, dtype=F64)).sum() + (a * torch.exp(p)).sum() * 0.3
         return torch.autograd.grad(loss, leaves)

@@ -18,7 +18,7 @@ from longctx.ops.rwkv4.state import WKVState, check_wkv
 
 def naive_wkv(k: Tensor, v: Tensor, w: Tensor, u: Tensor, initial_state: WKVState | None = None,
               output_final_state: bool = False) -> tuple[Tensor, WKVState | None]:
-    B, T, C = check_wkv("naive_wkv", k, v, w, u, initial_state)
+    _, T, _ = check_wkv("naive_wkv", k, v, w, u, initial_state)
     t = torch.arange(T, device=k.device)
     dist = (t[:, None] - 1 - t[None, :]).to(k.dtype)  # t - 1 - i
     logit = -dist[:, :, None] * w + k[:, None, :, :]  # [B, T(t), T(i), C]

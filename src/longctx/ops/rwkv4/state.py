@@ -18,7 +18,7 @@ def check_wkv(op: str, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: WKVSta
             raise ValueError(f"{op}: {name} must be [C={C}], got {list(p.shape) if isinstance(p, Tensor) else p!r}")
     if not bool((w > 0).all()):
         raise ValueError(f"{op}: the decay w must be > 0 in every channel (RWKV uses w = exp(time_decay))")
-    if state is not None:
-        if not isinstance(state, tuple) or len(state) != 3 or any(s.shape != (B, C) for s in state):
-            raise ValueError(f"{op}: the state must be a tuple (a, b, p) of [B={B}, C={C}] tensors")
+    if state is not None and (not isinstance(state, tuple) or len(state) != 3
+                              or any(s.shape != (B, C) for s in state)):
+        raise ValueError(f"{op}: the state must be a tuple (a, b, p) of [B={B}, C={C}] tensors")
     return B, T, C
