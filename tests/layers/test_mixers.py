@@ -21,7 +21,7 @@ WINDOW, CHUNK = 4, 4
 CONSTANT_SIZE = ("linear_attention", "retention", "gla", "sliding_window_attention",
                  "deltanet", "gated_deltanet", "mamba2", "mamba",
                  "aug_linear_attention", "grouped_linear_attention",
-                 "dilated_attention", "longformer_attention", "s4d", "rwkv4")
+                 "dilated_attention", "longformer_attention", "s4d", "rwkv4", "s5")
 RTOL = 1e-9
 # FFT convolutions are causal in exact arithmetic, but the transform mixes every position at
 # round-off level (1e-16 relative in float64): for these the earlier outputs must stay within it
@@ -50,6 +50,7 @@ OPTIONS = {
     "longformer_attention": {"window": WINDOW, "global_positions": (0, 5), "chunk_size": CHUNK},
     "s4d": {"d_state": 4},
     "rwkv4": {"chunk_size": CHUNK},
+    "s5": {"d_state": 4, "chunk_size": CHUNK},
 }
 # the mixers with a decode form (causal by default); bidirectional ones: test_bidirectional.py
 CAUSAL = [n for n in names() if config_class(n).causal]

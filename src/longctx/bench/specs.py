@@ -244,6 +244,18 @@ SPECS: dict[str, OpSpec] = {s.name: s for s in [
            params={"channels": "H * D", "chunk_size": 32, "w": "exp(randn - 2)"},
            naive_max_len=PAIRWISE_GATE_MAX_LEN,
            naive_cap_reason="the definition builds a [T, T, C] weight tensor"),
+    OpSpec("s5", "s5", ("chunk", "naive"), lambda rand, B, T, H, D: {
+               "u": rand(B, T, H * D), "L_re": -torch.rand(S4D_STATE) * 0.5 - 0.25,
+               "L_im": torch.arange(S4D_STATE, dtype=torch.float32), "B_re": rand(S4D_STATE, H * D) / 16,
+               "B_im": rand(S4D_STATE, H * D) / 16, "C_re": rand(H * D, S4D_STATE) / 6,
+               "C_im": rand(H * D, S4D_STATE) / 6, "dt": torch.full((S4D_STATE,), 0.01), "D": rand(H * D)},
+           lambda m, T, cs, w: {
+               form: (lambda i, fn=fn: fn(i["u"], torch.complex(i["L_re"], i["L_im"]),
+                                          torch.complex(i["B_re"], i["B_im"]),
+                                          torch.complex(i["C_re"], i["C_im"]), i["dt"], i["D"])[0])
+               for form, fn in (("chunk", m.chunk_s5), ("naive", m.naive_s5))},
+           params={"channels": "H * D", "P": S4D_STATE, "scan chunk": 64},
+           naive_max_len=TOKEN_LOOP_MAX_LEN),
     OpSpec("mamba2", "mamba2", ("chunk", "naive"), _ssd_inputs,
            lambda m, T, cs, w: _three(m, "ssd", cs),
            params={"P": "D", "N": "D", "groups": 1, "A": "-linspace(1, 16, H)",

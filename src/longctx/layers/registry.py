@@ -38,6 +38,7 @@ from longctx.layers.nystromformer import Nystromformer, NystromformerConfig
 from longctx.layers.retention import Retention, RetentionConfig
 from longctx.layers.rwkv import RWKV4, RWKV4Config
 from longctx.layers.s4d import S4D, S4DConfig
+from longctx.layers.s5 import S5, S5Config
 from longctx.layers.sliding_window_attention import (
     SlidingWindowAttention,
     SlidingWindowAttentionConfig,
@@ -90,6 +91,7 @@ REGISTRY: dict[str, tuple[type[Mixer], type[MixerConfig], str]] = {
             "S4D (Gu 2022): diagonal SSM per channel, ZOH/bilinear; FFT conv, recurrent decode, bidirectional"),
     "rwkv4": (RWKV4, RWKV4Config,
               "RWKV-4 time mixing (Peng 2023): token shift + per-channel WKV, stable chunked form"),
+    "s5": (S5, S5Config, "S5 (Smith 2023): MIMO diagonal SSM by parallel associative scan, HiPPO-N init"),
 }
 
 
