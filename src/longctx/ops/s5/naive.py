@@ -13,7 +13,7 @@ def naive_s5(u: Tensor, Lambda: Tensor, B: Tensor, C: Tensor, dt: Tensor, D: Ten
              causal: bool = True, C_backward: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """``u [B, T, H]`` -> ``y [B, T, H]``; ``causal=False`` adds ``2 Re(C_backward z_t)`` with
     ``z`` the same SSM run from the end (``z_t`` sees ``u_t .. u_{T-1}``)."""
-    b, T, H, P = check_s5("naive_s5", u, Lambda, B, C, dt, D, method)
+    b, T, _, P = check_s5("naive_s5", u, Lambda, B, C, dt, D, method)
     log_L, B_bar = discretize(Lambda, B, dt, method)
     L_bar = torch.exp(log_L)
     x = initial_state if initial_state is not None else torch.zeros(b, P, dtype=Lambda.dtype, device=u.device)

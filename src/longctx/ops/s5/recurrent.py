@@ -11,7 +11,7 @@ from longctx.ops.s5.ssm import check_s5, discretize, readout
 def s5_step(u_t: Tensor, state: Tensor | None, Lambda: Tensor, B: Tensor, C: Tensor, dt: Tensor,
             D: Tensor | None = None, method: str = "zoh") -> tuple[Tensor, Tensor]:
     """``u_t [B, H]``, ``state [B, P]`` complex (None = zeros) -> ``(y_t [B, H], state)``."""
-    b, _, H, P = check_s5("s5_step", u_t[:, None], Lambda, B, C, dt, D, method)
+    b, _, _, P = check_s5("s5_step", u_t[:, None], Lambda, B, C, dt, D, method)
     if state is None:
         state = torch.zeros(b, P, dtype=Lambda.dtype, device=u_t.device)
     elif state.shape != (b, P) or not state.is_complex():
