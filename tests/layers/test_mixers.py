@@ -21,11 +21,11 @@ WINDOW, CHUNK = 4, 4
 CONSTANT_SIZE = ("linear_attention", "retention", "gla", "sliding_window_attention",
                  "deltanet", "gated_deltanet", "mamba2", "mamba",
                  "aug_linear_attention", "grouped_linear_attention",
-                 "dilated_attention", "longformer_attention", "s4d", "rwkv4", "s5")
+                 "dilated_attention", "longformer_attention", "s4d", "rwkv4", "s5", "h3")
 RTOL = 1e-9
 # FFT convolutions are causal in exact arithmetic, but the transform mixes every position at
 # round-off level (1e-16 relative in float64): for these the earlier outputs must stay within it
-FFT_MIXERS = {"s4d"}
+FFT_MIXERS = {"s4d", "h3"}
 
 OPTIONS = {
     "softmax_attention": {"chunk_size": CHUNK},
@@ -51,6 +51,7 @@ OPTIONS = {
     "s4d": {"d_state": 4},
     "rwkv4": {"chunk_size": CHUNK},
     "s5": {"d_state": 4, "chunk_size": CHUNK},
+    "h3": {"d_state": 3, "shift_size": 3},
 }
 # the mixers with a decode form (causal by default); bidirectional ones: test_bidirectional.py
 CAUSAL = [n for n in names() if config_class(n).causal]

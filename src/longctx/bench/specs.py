@@ -256,6 +256,21 @@ SPECS: dict[str, OpSpec] = {s.name: s for s in [
                for form, fn in (("chunk", m.chunk_s5), ("naive", m.naive_s5))},
            params={"channels": "H * D", "P": S4D_STATE, "scan chunk": 64},
            naive_max_len=TOKEN_LOOP_MAX_LEN),
+    OpSpec("h3", "h3", ("chunk", "naive"), lambda rand, B, T, H, D: {
+               **_qkv(rand, B, T, H, D), "f": rand(H * D, 8) / 3,
+               "A_re": -torch.rand(H * D, 16) * 0.5 - 0.25, "A_im": torch.arange(16.0).expand(H * D, -1) * 3.14159,
+               "C_re": rand(H * D, 16) / 4, "C_im": rand(H * D, 16) / 4,
+               "dt": torch.full((H * D,), 0.01)},
+           lambda m, T, cs, w: {
+               form: (lambda i, fn=fn: (lambda o: o[0] if isinstance(o, tuple) else o)(fn(
+                   i["q"], i["k"], i["v"], i["f"], torch.complex(i["A_re"], i["A_im"]),
+                   torch.complex(torch.ones_like(i["A_re"]), torch.zeros_like(i["A_re"])),
+                   torch.complex(i["C_re"], i["C_im"]), i["dt"])))
+               for form, fn in (("chunk", m.chunk_h3), ("naive", m.naive_h3))},
+           params={"shift taps": 8, "Ns": 16, "heads": "H", "Dk = Dv": "D"},
+           naive_max_len=PAIRWISE_GATE_MAX_LEN,
+           naive_cap_reason="a token loop whose autograd keeps an [H*Dk, Ns, Dv] complex state per "
+                            "step (killed at T = 4096, 23 GB)"),
     OpSpec("mamba2", "mamba2", ("chunk", "naive"), _ssd_inputs,
            lambda m, T, cs, w: _three(m, "ssd", cs),
            params={"P": "D", "N": "D", "groups": 1, "A": "-linspace(1, 16, H)",

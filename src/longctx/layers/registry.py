@@ -11,6 +11,7 @@ from longctx.layers.deltanet import DeltaNet, DeltaNetConfig
 from longctx.layers.dilated_attention import DilatedAttention, DilatedAttentionConfig
 from longctx.layers.gated_deltanet import GatedDeltaNet, GatedDeltaNetConfig
 from longctx.layers.gla import GatedLinearAttention, GLAConfig
+from longctx.layers.h3 import H3, H3Config
 from longctx.layers.landmark_attention import LandmarkAttention, LandmarkAttentionConfig
 from longctx.layers.linear_attention import LinearAttention, LinearAttentionConfig
 from longctx.layers.linearized import (
@@ -92,6 +93,7 @@ REGISTRY: dict[str, tuple[type[Mixer], type[MixerConfig], str]] = {
     "rwkv4": (RWKV4, RWKV4Config,
               "RWKV-4 time mixing (Peng 2023): token shift + per-channel WKV, stable chunked form"),
     "s5": (S5, S5Config, "S5 (Smith 2023): MIMO diagonal SSM by parallel associative scan, HiPPO-N init"),
+    "h3": (H3, H3Config, "H3 (Fu 2023): Q * diagSSM(shiftSSM(K) V^T), multi-head; FFT conv, recurrent decode"),
 }
 
 

@@ -1,0 +1,29 @@
+"""The h3 layer: configuration errors, the shift register, an LM decodes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from longctx.layers import build
+from longctx.models.lm import LMConfig, LongCtxLM
+
+
+def test_config_errors_and_state_shapes() -> None:
+    with pytest.raises(ValueError, match="shift_size must be a positive integer"):
+        build("h3", d_model=8, n_heads=2, shift_size=0)
+    with pytest.raises(ValueError, match="need 0 < dt_min <= dt_max"):
+        build("h3", d_model=8, n_heads=2, dt_min=1.0, dt_max=0.1)
+    m = build("h3", d_model=8, n_heads=2, d_state=3, shift_size=4)
+    st = m.init_state(2)
+    assert st.k_history.shape == (2, 3, 8) and st.S.shape == (2, 8, 3, 4, 2)
+
+
+def test_lm_generates_with_h3_layers() -> None:
+    torch.manual_seed(0)
+    model = LongCtxLM(LMConfig(vocab_size=20, d_model=16, n_layers=2, n_heads=2, mixer="h3",
+                               mixer_options={"h3": {"d_state": 4, "shift_size": 3}})).double().eval()
+    ids = torch.randint(0, 20, (2, 9))
+    out = model.generate(ids, 6)
+    logits = model(out[:, :-1])[0]
+    assert torch.equal(logits[:, 8:].argmax(-1), out[:, 9:])
