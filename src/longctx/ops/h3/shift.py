@@ -11,7 +11,7 @@ from torch import Tensor
 def shift_conv(x: Tensor, kernel: Tensor, history: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``x [B, T, C]``, ``kernel [C, N]``, ``history [B, N-1, C]`` (the inputs before x; zeros if
     None) -> ``(y [B, T, C], the new history [B, N-1, C])``."""
-    B, T, C = x.shape
+    B, _, C = x.shape
     N = kernel.shape[1]
     if kernel.dim() != 2 or kernel.shape[0] != C:
         raise ValueError(f"shift_conv: kernel must be [C={C}, N], got {list(kernel.shape)}")
