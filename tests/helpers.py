@@ -64,3 +64,17 @@ def random_qkv(b: int, T: int, h: int, dk: int, dv: int, dtype: torch.dtype = to
     k = torch.randn(b, T, h, dk, dtype=dtype)
     v = torch.randn(b, T, h, dv, dtype=dtype)
     return q, k, v
+
+
+def assert_lm_decodes_like_forward(mixer: str, options: dict, vocab: int = 20) -> None:
+    """A 2-layer LM of ``mixer``: greedy ``generate`` (prefill + cached decode) picks the tokens the
+    full forward over the generated sequence ranks first."""
+    from longctx.models.lm import LMConfig, LongCtxLM
+
+    torch.manual_seed(0)
+    model = LongCtxLM(LMConfig(vocab_size=vocab, d_model=16, n_layers=2, n_heads=2, mixer=mixer,
+                               mixer_options={mixer: options})).double().eval()
+    ids = torch.randint(0, vocab, (2, 9))
+    out = model.generate(ids, 6)
+    logits = model(out[:, :-1])[0]
+    assert torch.equal(logits[:, 8:].argmax(-1), out[:, 9:])

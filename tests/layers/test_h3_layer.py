@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from longctx.layers import build
-from longctx.models.lm import LMConfig, LongCtxLM
+from tests.helpers import assert_lm_decodes_like_forward
 
 
 def test_config_errors_and_state_shapes() -> None:
@@ -20,10 +19,4 @@ def test_config_errors_and_state_shapes() -> None:
 
 
 def test_lm_generates_with_h3_layers() -> None:
-    torch.manual_seed(0)
-    model = LongCtxLM(LMConfig(vocab_size=20, d_model=16, n_layers=2, n_heads=2, mixer="h3",
-                               mixer_options={"h3": {"d_state": 4, "shift_size": 3}})).double().eval()
-    ids = torch.randint(0, 20, (2, 9))
-    out = model.generate(ids, 6)
-    logits = model(out[:, :-1])[0]
-    assert torch.equal(logits[:, 8:].argmax(-1), out[:, 9:])
+    assert_lm_decodes_like_forward("h3", {"d_state": 4, "shift_size": 3})

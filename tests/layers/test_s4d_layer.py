@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from longctx.layers import build
-from longctx.models.lm import LMConfig, LongCtxLM
+from tests.helpers import assert_lm_decodes_like_forward
 
 
 def test_parameterisation_is_stable_and_as_documented() -> None:
@@ -35,10 +35,4 @@ def test_config_errors() -> None:
 
 
 def test_lm_generates_with_s4d_layers() -> None:
-    torch.manual_seed(0)
-    model = LongCtxLM(LMConfig(vocab_size=20, d_model=16, n_layers=2, n_heads=2, mixer="s4d",
-                               mixer_options={"s4d": {"d_state": 8}})).double().eval()
-    ids = torch.randint(0, 20, (2, 9))
-    out = model.generate(ids, 6)
-    logits = model(out[:, :-1])[0]
-    assert torch.equal(logits[:, 8:].argmax(-1), out[:, 9:])  # greedy decode == full forward
+    assert_lm_decodes_like_forward("s4d", {"d_state": 8})

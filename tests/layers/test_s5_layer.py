@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from longctx.layers import build
-from longctx.models.lm import LMConfig, LongCtxLM
+from tests.helpers import assert_lm_decodes_like_forward
 
 
 def test_initialisation_and_errors() -> None:
@@ -21,10 +21,4 @@ def test_initialisation_and_errors() -> None:
 
 
 def test_lm_generates_with_s5_layers() -> None:
-    torch.manual_seed(0)
-    model = LongCtxLM(LMConfig(vocab_size=20, d_model=16, n_layers=2, n_heads=2, mixer="s5",
-                               mixer_options={"s5": {"d_state": 8, "chunk_size": 4}})).double().eval()
-    ids = torch.randint(0, 20, (2, 9))
-    out = model.generate(ids, 6)
-    logits = model(out[:, :-1])[0]
-    assert torch.equal(logits[:, 8:].argmax(-1), out[:, 9:])
+    assert_lm_decodes_like_forward("s5", {"d_state": 8, "chunk_size": 4})

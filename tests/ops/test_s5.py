@@ -103,7 +103,7 @@ def test_hippo_n() -> None:
 
 def test_errors() -> None:
     p, u = params(), u_of(5)
-    with pytest.raises(ValueError, match="the steps dt must be > 0"):
+    with pytest.raises(ValueError, match="the step dt must be > 0"):
         chunk_s5(u, **{**p, "dt": -p["dt"]})
     with pytest.raises(ValueError, match=r"B must be a complex tensor \[4, 3\]"):
         chunk_s5(u, **{**p, "B": p["B"][:, :2]})

@@ -18,27 +18,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from longctx.layers.base import Mixer, MixerConfig, State, dtype_bytes
+from longctx.layers.base import Mixer, State, dtype_bytes
 from longctx.layers.common import check_positive, merge_heads, split_heads
-from longctx.layers.s4d import _complex
+from longctx.layers.s4d import SSMConfig, _complex, diagonal, stable_diagonal
 from longctx.ops.h3 import chunk_h3, h3_step
 from longctx.ops.s4 import s4d_lin
 
 
 @dataclass
-class H3Config(MixerConfig):
+class H3Config(SSMConfig):
     d_state: int = 32  # complex states of the diagonal SSM per (head, key dim)
     shift_size: int = 8  # taps of the shift SSM (a causal FIR over the last keys)
-    dt_min: float = 1e-3  # smallest initial step of the diagonal SSM
-    dt_max: float = 1e-1  # largest initial step
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        name = type(self).__name__
-        check_positive(name, "d_state", self.d_state)
-        check_positive(name, "shift_size", self.shift_size)
-        if not 0 < self.dt_min <= self.dt_max:
-            raise ValueError(f"{name}: need 0 < dt_min <= dt_max, got dt_min={self.dt_min!r}, dt_max={self.dt_max!r}")
+        check_positive(type(self).__name__, "shift_size", self.shift_size)
 
 
 @dataclass
@@ -57,16 +51,14 @@ class H3(Mixer):
         d, Ns = c.d_model, c.d_state
         self.wq, self.wk, self.wv, self.wo = (nn.Linear(d, d, bias=False) for _ in range(4))
         self.shift_kernel = nn.Parameter(torch.randn(d, c.shift_size) / math.sqrt(c.shift_size))
-        A = s4d_lin(d, Ns)
-        self.A_log_re = nn.Parameter(torch.log(-A.real).float())
-        self.A_im = nn.Parameter(A.imag.float())
+        self.A_log_re, self.A_im = stable_diagonal(s4d_lin(d, Ns))
         self.B = nn.Parameter(torch.stack([torch.ones(d, Ns), torch.zeros(d, Ns)], -1))
         self.C = nn.Parameter(torch.randn(d, Ns, 2) * math.sqrt(0.5 / Ns))
-        self.log_dt = nn.Parameter(torch.rand(d) * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min))
+        self.log_dt = nn.Parameter(c.log_dt_init(d))
 
     def ssm_params(self) -> dict[str, Tensor]:
-        return {"A": torch.complex(-torch.exp(self.A_log_re), self.A_im), "Bs": _complex(self.B),
-                "C": _complex(self.C), "dt": torch.exp(self.log_dt)}
+        return {"A": diagonal(self.A_log_re, self.A_im), "Bs": _complex(self.B),
+                "C": _complex(self.C), "dt": torch.exp(self.log_dt), "method": self.config.discretization}
 
     def forward(self, x: Tensor, state: H3State | None = None) -> tuple[Tensor, H3State | None]:
         self.check_input(x)

@@ -29,24 +29,48 @@ INITS = {"lin": s4d_lin, "inv": s4d_inv}
 
 
 @dataclass
-class S4DConfig(MixerConfig):
-    d_state: int = 32  # complex states per channel: the paper's N = 64 real = 32 conjugate pairs
-    init: str = "lin"  # A's initialisation: "lin" (S4D-Lin) or "inv" (S4D-Inv)
+class SSMConfig(MixerConfig):
+    """Fields shared by the diagonal-SSM mixers (S4D, S5, H3)."""
+
+    d_state: int = 32  # complex states (conjugate pairs: 2x as many real ones)
     discretization: str = "zoh"  # "zoh" or "bilinear"
     dt_min: float = 1e-3  # smallest initial step
     dt_max: float = 1e-1  # largest initial step
-
-    causal_modes: ClassVar[tuple[bool, ...]] = (True, False)  # False: + a backward SSM
 
     def __post_init__(self) -> None:
         super().__post_init__()
         name = type(self).__name__
         check_positive(name, "d_state", self.d_state)
-        check_choice(name, "init", self.init, tuple(INITS))
         check_choice(name, "discretization", self.discretization, ("zoh", "bilinear"))
         if not 0 < self.dt_min <= self.dt_max:
             raise ValueError(f"{name}: need 0 < dt_min <= dt_max (a step must be positive), got "
                              f"dt_min={self.dt_min!r}, dt_max={self.dt_max!r}")
+
+    def log_dt_init(self, n: int) -> Tensor:
+        """``log dt`` uniform in ``[log dt_min, log dt_max]`` (S4's initialisation), ``[n]``."""
+        lo, hi = math.log(self.dt_min), math.log(self.dt_max)
+        return torch.rand(n) * (hi - lo) + lo
+
+
+def stable_diagonal(A: Tensor) -> tuple[nn.Parameter, nn.Parameter]:
+    """Parameters ``(log(-Re A), Im A)`` of a diagonal ``A`` kept stable: ``Re A = -exp(.) < 0``."""
+    return nn.Parameter(torch.log(-A.real).float()), nn.Parameter(A.imag.float())
+
+
+def diagonal(log_neg_re: Tensor, im: Tensor) -> Tensor:
+    return torch.complex(-torch.exp(log_neg_re), im)
+
+
+@dataclass
+class S4DConfig(SSMConfig):
+    d_state: int = 32  # complex states per channel: the paper's N = 64 real = 32 conjugate pairs
+    init: str = "lin"  # A's initialisation: "lin" (S4D-Lin) or "inv" (S4D-Inv)
+
+    causal_modes: ClassVar[tuple[bool, ...]] = (True, False)  # False: + a backward SSM
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice(type(self).__name__, "init", self.init, tuple(INITS))
 
 
 @dataclass
@@ -67,20 +91,16 @@ class S4D(Mixer):
         super().__init__(config)
         c = config
         H, N = c.d_model, c.d_state
-        A = INITS[c.init](H, N)
-        self.A_log_re = nn.Parameter(torch.log(-A.real).float())  # Re A = -exp(A_log_re) < 0
-        self.A_im = nn.Parameter(A.imag.float())
+        self.A_log_re, self.A_im = stable_diagonal(INITS[c.init](H, N))
         self.B = nn.Parameter(torch.stack([torch.ones(H, N), torch.zeros(H, N)], -1))
         self.C = nn.Parameter(torch.randn(H, N, 2) * math.sqrt(0.5))
         self.C_backward = nn.Parameter(torch.randn(H, N, 2) * math.sqrt(0.5)) if not c.causal else None
         self.D = nn.Parameter(torch.randn(H))
-        log_dt = torch.rand(H) * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min)
-        self.log_dt = nn.Parameter(log_dt)
+        self.log_dt = nn.Parameter(c.log_dt_init(H))
         self.out = nn.Linear(H, 2 * H)  # GLU output projection
 
     def ssm_params(self) -> dict[str, Tensor]:
-        A = torch.complex(-torch.exp(self.A_log_re), self.A_im)
-        return {"A": A, "B": _complex(self.B), "C": _complex(self.C), "dt": torch.exp(self.log_dt),
+        return {"A": diagonal(self.A_log_re, self.A_im), "B": _complex(self.B), "C": _complex(self.C), "dt": torch.exp(self.log_dt),
                 "D": self.D, "method": self.config.discretization}
 
     def forward(self, x: Tensor, state: S4DState | None = None) -> tuple[Tensor, S4DState | None]:

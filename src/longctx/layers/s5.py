@@ -21,31 +21,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from longctx.layers.base import Mixer, MixerConfig, State, dtype_bytes
-from longctx.layers.common import check_choice, check_positive
-from longctx.layers.s4d import _complex
+from longctx.layers.base import Mixer, State, dtype_bytes
+from longctx.layers.common import check_positive
+from longctx.layers.s4d import SSMConfig, _complex, diagonal, stable_diagonal
 from longctx.ops.s5 import chunk_s5, hippo_n_eigenvalues, s5_step
 
 
 @dataclass
-class S5Config(MixerConfig):
+class S5Config(SSMConfig):
     d_state: int = 32  # P: complex states (2P real, conjugate pairs)
-    discretization: str = "zoh"  # "zoh" or "bilinear"
-    dt_min: float = 1e-3  # smallest initial step
-    dt_max: float = 1e-1  # largest initial step
     chunk_size: int = 64  # tokens per chunk of the parallel scan
 
     causal_modes: ClassVar[tuple[bool, ...]] = (True, False)  # False: + a backward scan
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        name = type(self).__name__
-        check_positive(name, "d_state", self.d_state)
-        check_positive(name, "chunk_size", self.chunk_size)
-        check_choice(name, "discretization", self.discretization, ("zoh", "bilinear"))
-        if not 0 < self.dt_min <= self.dt_max:
-            raise ValueError(f"{name}: need 0 < dt_min <= dt_max (a step must be positive), got "
-                             f"dt_min={self.dt_min!r}, dt_max={self.dt_max!r}")
+        check_positive(type(self).__name__, "chunk_size", self.chunk_size)
 
 
 @dataclass
@@ -61,18 +52,16 @@ class S5(Mixer):
         super().__init__(config)
         c = config
         H, P = c.d_model, c.d_state
-        lam = hippo_n_eigenvalues(2 * P)
-        self.Lambda_log_re = nn.Parameter(torch.log(-lam.real).float())
-        self.Lambda_im = nn.Parameter(lam.imag.float())
+        self.Lambda_log_re, self.Lambda_im = stable_diagonal(hippo_n_eigenvalues(2 * P))
         self.B = nn.Parameter(torch.randn(P, H, 2) * math.sqrt(0.5 / H))
         self.C = nn.Parameter(torch.randn(H, P, 2) * math.sqrt(0.5 / P))
         self.C_backward = nn.Parameter(torch.randn(H, P, 2) * math.sqrt(0.5 / P)) if not c.causal else None
         self.D = nn.Parameter(torch.randn(H))
-        self.log_dt = nn.Parameter(torch.rand(P) * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min))
+        self.log_dt = nn.Parameter(c.log_dt_init(P))
         self.out = nn.Linear(H, 2 * H)
 
     def ssm_params(self) -> dict[str, Tensor]:
-        return {"Lambda": torch.complex(-torch.exp(self.Lambda_log_re), self.Lambda_im),
+        return {"Lambda": diagonal(self.Lambda_log_re, self.Lambda_im),
                 "B": _complex(self.B), "C": _complex(self.C), "dt": torch.exp(self.log_dt), "D": self.D,
                 "method": self.config.discretization}
 

@@ -32,17 +32,24 @@ def check_ssm(op: str, u: Tensor, A: Tensor, B: Tensor, C: Tensor, dt: Tensor, D
     if B.shape != A.shape or C.shape != A.shape:
         raise ValueError(f"{op}: A, B, C must share the shape [H, N]; got A {list(A.shape)}, "
                          f"B {list(B.shape)}, C {list(C.shape)}")
-    if not isinstance(dt, Tensor) or dt.shape != (H,) or dt.is_complex():
-        raise ValueError(f"{op}: dt must be a real tensor [H={H}], got "
+    check_steps(op, dt, "H", H, D, method)
+    if D is not None and D.shape != (H,):
+        raise ValueError(f"{op}: D must be a tensor [H={H}] or None")
+    return b, T, H, N
+
+
+def check_steps(op: str, dt: Tensor, dim: str, n: int, D: Tensor | None, method: str) -> None:
+    """``dt [n] > 0`` real, ``D [H]`` or None, a known discretisation (shared by S4D and S5)."""
+    if not isinstance(dt, Tensor) or dt.shape != (n,) or dt.is_complex():
+        raise ValueError(f"{op}: dt must be a real tensor [{dim}={n}], got "
                          f"{list(dt.shape) if isinstance(dt, Tensor) else type(dt).__name__}")
     if not bool((dt > 0).all()):
-        raise ValueError(f"{op}: the step dt must be > 0 in every channel (got min {float(dt.min()):.3g}); "
+        raise ValueError(f"{op}: the step dt must be > 0 everywhere (got min {float(dt.min()):.3g}); "
                          "a non-positive step has no stable discretisation (parameterise it as exp(log_dt))")
-    if D is not None and (not isinstance(D, Tensor) or D.shape != (H,)):
-        raise ValueError(f"{op}: D must be a tensor [H={H}] or None")
+    if D is not None and (not isinstance(D, Tensor) or D.dim() != 1):
+        raise ValueError(f"{op}: D must be a tensor [H] or None")
     if method not in METHODS:
         raise ValueError(f"{op}: discretization must be one of {METHODS}, got {method!r}")
-    return b, T, H, N
 
 
 def discretize(A: Tensor, B: Tensor, dt: Tensor, method: str = "zoh") -> tuple[Tensor, Tensor]:

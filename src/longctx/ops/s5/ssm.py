@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-METHODS = ("zoh", "bilinear")
+from longctx.ops.s4.ssm import check_steps
 
 
 def check_s5(op: str, u: Tensor, Lambda: Tensor, B: Tensor, C: Tensor, dt: Tensor, D: Tensor | None,
@@ -28,15 +28,9 @@ def check_s5(op: str, u: Tensor, Lambda: Tensor, B: Tensor, C: Tensor, dt: Tenso
             raise ValueError(f"{op}: {name} must be a complex tensor {list(shape)}, got "
                              f"{p.dtype if isinstance(p, Tensor) else type(p).__name__} "
                              f"{list(p.shape) if isinstance(p, Tensor) else ''}")
-    if not isinstance(dt, Tensor) or dt.shape != (P,) or dt.is_complex():
-        raise ValueError(f"{op}: dt must be a real tensor [P={P}]")
-    if not bool((dt > 0).all()):
-        raise ValueError(f"{op}: the steps dt must be > 0 (got min {float(dt.min()):.3g}); "
-                         "parameterise them as exp(log_dt)")
-    if D is not None and (not isinstance(D, Tensor) or D.shape != (H,)):
+    check_steps(op, dt, "P", P, D, method)
+    if D is not None and D.shape != (H,):
         raise ValueError(f"{op}: D must be a tensor [H={H}] or None")
-    if method not in METHODS:
-        raise ValueError(f"{op}: discretization must be one of {METHODS}, got {method!r}")
     return b, T, H, P
 
 
