@@ -29,6 +29,7 @@ OPTIONS: dict[str, dict] = {
     "longformer_attention": {"window": 3, "global_positions": (0, 5), "chunk_size": 4},
     "s4d": {"d_state": 4},
     "s5": {"d_state": 4, "chunk_size": 4},
+    "mega": {"ema_dim": 3, "chunk_size": 4},
 }
 # mixers whose last query sees exactly the causal form's keys (and weights): last output equal
 LAST_EQUALS_CAUSAL = {"softmax_attention", "sliding_window_attention", "linear_attention",

@@ -25,7 +25,7 @@ CONSTANT_SIZE = ("linear_attention", "retention", "gla", "sliding_window_attenti
 RTOL = 1e-9
 # FFT convolutions are causal in exact arithmetic, but the transform mixes every position at
 # round-off level (1e-16 relative in float64): for these the earlier outputs must stay within it
-FFT_MIXERS = {"s4d", "h3"}
+FFT_MIXERS = {"s4d", "h3", "mega"}
 
 OPTIONS = {
     "softmax_attention": {"chunk_size": CHUNK},
@@ -52,6 +52,7 @@ OPTIONS = {
     "rwkv4": {"chunk_size": CHUNK},
     "s5": {"d_state": 4, "chunk_size": CHUNK},
     "h3": {"d_state": 3, "shift_size": 3},
+    "mega": {"ema_dim": 3},
 }
 # the mixers with a decode form (causal by default); bidirectional ones: test_bidirectional.py
 CAUSAL = [n for n in names() if config_class(n).causal]

@@ -273,6 +273,12 @@ SPECS: dict[str, OpSpec] = {s.name: s for s in [
            naive_max_len=PAIRWISE_GATE_MAX_LEN,
            naive_cap_reason="a token loop whose autograd keeps an [H*Dk, Ns, Dv] complex state per "
                             "step (killed at T = 4096, 23 GB)"),
+    OpSpec("ema", "ema", ("chunk", "naive"), lambda rand, B, T, H, D: {
+               "x": rand(B, T, H * D), "alpha": torch.sigmoid(rand(H * D, 16)),
+               "delta": torch.sigmoid(rand(H * D, 16)), "beta": rand(H * D, 16), "eta": rand(H * D, 16) / 4},
+           lambda m, T, cs, w: {"chunk": lambda i: m.chunk_ema(**i)[0], "naive": lambda i: m.naive_ema(**i)[0]},
+           params={"channels": "H * D", "ema_dim": 16, "form": "Vandermonde kernel + FFT convolution"},
+           naive_max_len=TOKEN_LOOP_MAX_LEN),
     OpSpec("mamba2", "mamba2", ("chunk", "naive"), _ssd_inputs,
            lambda m, T, cs, w: _three(m, "ssd", cs),
            params={"P": "D", "N": "D", "groups": 1, "A": "-linspace(1, 16, H)",

@@ -34,6 +34,7 @@ from longctx.layers.log_linear import (
 from longctx.layers.longformer_attention import LongformerAttention, LongformerAttentionConfig
 from longctx.layers.mamba import Mamba, MambaConfig
 from longctx.layers.mamba2 import Mamba2, Mamba2Config
+from longctx.layers.mega import Mega, MegaConfig
 from longctx.layers.multi_token_attention import MultiTokenAttention, MultiTokenAttentionConfig
 from longctx.layers.nystromformer import Nystromformer, NystromformerConfig
 from longctx.layers.retention import Retention, RetentionConfig
@@ -94,6 +95,8 @@ REGISTRY: dict[str, tuple[type[Mixer], type[MixerConfig], str]] = {
               "RWKV-4 time mixing (Peng 2023): token shift + per-channel WKV, stable chunked form"),
     "s5": (S5, S5Config, "S5 (Smith 2023): MIMO diagonal SSM by parallel associative scan, HiPPO-N init"),
     "h3": (H3, H3Config, "H3 (Fu 2023): Q * diagSSM(shiftSSM(K) V^T), multi-head; FFT conv, recurrent decode"),
+    "mega": (Mega, MegaConfig,
+             "MEGA (Ma 2023): damped multi-dim EMA + single-head gated attention; full or Mega-chunk"),
 }
 
 

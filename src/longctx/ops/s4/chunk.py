@@ -34,6 +34,9 @@ def chunk_s4d(u: Tensor, A: Tensor, B: Tensor, C: Tensor, dt: Tensor, D: Tensor 
     if initial_state is not None and initial_state.shape != (b, H, N):
         raise ValueError(f"chunk_s4d: initial_state must be [B={b}, H={H}, N={N}] complex, got "
                          f"{list(initial_state.shape)}")
+    if T == 0:
+        empty = initial_state if initial_state is not None else torch.zeros(b, H, N, dtype=A.dtype, device=u.device)
+        return u.clone(), (empty if output_final_state else None)
     log_A_bar, B_bar = discretize(A, B, dt, method)
     work = torch.promote_types(u.dtype, torch.float32)
     y = fft_conv(u.to(work), vandermonde_kernel(log_A_bar, C * B_bar, T).to(work))

@@ -66,9 +66,11 @@ def discretize(A: Tensor, B: Tensor, dt: Tensor, method: str = "zoh") -> tuple[T
     return torch.log((1 + dtA / 2) / denom), dt[:, None] / denom * B
 
 
-def vandermonde_kernel(log_A_bar: Tensor, C_tilde: Tensor, L: int, block: int = 64) -> Tensor:
+def vandermonde_kernel(log_A_bar: Tensor, C_tilde: Tensor, L: int, block: int = 64,
+                       conjugate_pairs: bool = True) -> Tensor:
     """``K [..., H, L]`` real: ``K[h, l] = 2 Re(sum_n C_tilde[h, n] exp(l log_A_bar[h, n]))``
     (S4D §3.1: a Vandermonde matrix-vector product; ``C_tilde = C * B_bar [..., H, N]``).
+    ``conjugate_pairs=False``: the plain sum (no ``2 Re``), for real SSMs such as MEGA's EMA.
 
     Blocked: with ``l = block * k + j``, ``A^l = A^(block k) A^j``, so the product is one batched
     matmul ``[H, L/block, N] @ [H, N, block]``: O(H N L) multiply-adds but only
@@ -80,7 +82,8 @@ def vandermonde_kernel(log_A_bar: Tensor, C_tilde: Tensor, L: int, block: int = 
     inner = torch.exp(log_A_bar[:, :, None] * torch.arange(b, device=dev))  # [H, N, b]
     outer = torch.exp(log_A_bar[:, None, :] * (b * torch.arange(nb, device=dev))[:, None])  # [H, nb, N]
     K = (C_tilde[..., None, :] * outer) @ inner  # [..., H, nb, b]
-    return 2 * K.real.reshape(*K.shape[:-2], nb * b)[..., :L]
+    K = K.real.reshape(*K.shape[:-2], nb * b)[..., :L]
+    return 2 * K if conjugate_pairs else K
 
 
 def fft_conv(u: Tensor, K: Tensor, D: Tensor | None = None) -> Tensor:
