@@ -21,7 +21,9 @@ WINDOW, CHUNK = 4, 4
 CONSTANT_SIZE = ("linear_attention", "retention", "gla", "sliding_window_attention",
                  "deltanet", "gated_deltanet", "mamba2", "mamba",
                  "aug_linear_attention", "grouped_linear_attention",
-                 "dilated_attention", "longformer_attention", "s4d", "rwkv4", "s5", "h3")
+                 "dilated_attention", "longformer_attention", "s4d", "rwkv4", "s5", "h3", "rwkv6")
+# decode state bounded but not constant (memory tokens + the open segment)
+BOUNDED_SIZE = ("rmt",)
 RTOL = 1e-9
 # FFT convolutions are causal in exact arithmetic, but the transform mixes every position at
 # round-off level (1e-16 relative in float64): for these the earlier outputs must stay within it
@@ -53,6 +55,8 @@ OPTIONS = {
     "s5": {"d_state": 4, "chunk_size": CHUNK},
     "h3": {"d_state": 3, "shift_size": 3},
     "mega": {"ema_dim": 3},
+    "rmt": {"segment_len": 4, "n_mem": 2},
+    "rwkv6": {"chunk_size": CHUNK, "mix_rank": 4, "decay_rank": 4},
 }
 # the mixers with a decode form (causal by default); bidirectional ones: test_bidirectional.py
 CAUSAL = [n for n in names() if config_class(n).causal]
@@ -256,6 +260,13 @@ def test_state_size(mixer, seqlen: int) -> None:
         one_level = mixer.state_size(B, 2 * seqlen) - size  # bit_length(2T) = bit_length(T) + 1
         assert one_level > 0 and mixer.state_size(B, 4 * seqlen) - size == 2 * one_level
         assert mixer.state_size(B, 2 ** seqlen.bit_length() - 1) == size
+    elif mixer.name in BOUNDED_SIZE:  # memory + the open segment: what it holds, never growing
+        x = inputs(t=seqlen).float()
+        _, st = copy.deepcopy(mixer).float()(x, mixer.init_state(B, dtype=torch.float32))
+        assert size == sum(t.numel() * t.element_size() for t in st.tensors().values()
+                           if t.is_floating_point())
+        early = max(mixer.state_size(B, n) for n in range(200))  # a full segment cycle
+        assert max(mixer.state_size(B, n) for n in range(10**5, 10**5 + 200)) == early
     elif mixer.name in CONSTANT_SIZE:
         assert size == float_bytes
         assert mixer.state_size(B, seqlen + 50) == size  # constant in T

@@ -38,7 +38,8 @@ from longctx.layers.mega import Mega, MegaConfig
 from longctx.layers.multi_token_attention import MultiTokenAttention, MultiTokenAttentionConfig
 from longctx.layers.nystromformer import Nystromformer, NystromformerConfig
 from longctx.layers.retention import Retention, RetentionConfig
-from longctx.layers.rwkv import RWKV4, RWKV4Config
+from longctx.layers.rmt import RMT, RMTConfig
+from longctx.layers.rwkv import RWKV4, RWKV6, RWKV4Config, RWKV6Config
 from longctx.layers.s4d import S4D, S4DConfig
 from longctx.layers.s5 import S5, S5Config
 from longctx.layers.sliding_window_attention import (
@@ -97,6 +98,9 @@ REGISTRY: dict[str, tuple[type[Mixer], type[MixerConfig], str]] = {
     "h3": (H3, H3Config, "H3 (Fu 2023): Q * diagSSM(shiftSSM(K) V^T), multi-head; FFT conv, recurrent decode"),
     "mega": (Mega, MegaConfig,
              "MEGA (Ma 2023): damped multi-dim EMA + single-head gated attention; full or Mega-chunk"),
+    "rwkv6": (RWKV6, RWKV6Config,
+              "RWKV-6/Finch time mixing (Peng 2024): ddlerp token shift, matrix state, data-dependent decay"),
+    "rmt": (RMT, RMTConfig, "Recurrent Memory Transformer (Bulatov 2022), layer-local: read/write memory tokens per segment"),
 }
 
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from longctx.ops.common import check_chunk_size
 from longctx.ops.rwkv4.recurrent import empty_state
-from longctx.ops.rwkv4.state import WKVState, check_wkv
+from longctx.ops.rwkv4.state import WKVState, check_wkv, compute_dtype
 
 
 def _chunk(k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: WKVState) -> tuple[Tensor, WKVState]:
@@ -39,13 +39,17 @@ def _chunk(k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: WKVState) -> tuple
 
 def chunk_wkv(k: Tensor, v: Tensor, w: Tensor, u: Tensor, initial_state: WKVState | None = None,
               output_final_state: bool = False, chunk_size: int = 32) -> tuple[Tensor, WKVState | None]:
-    """``k, v [B, T, C]``, ``w, u [C]`` -> ``(wkv [B, T, C], state (a, b, p) or None)``."""
+    """``k, v [B, T, C]``, ``w [C] > 0``, ``u [C]``, state ``(a, b, p)`` of ``[B, C]`` or None
+    -> ``(wkv [B, T, C], state (a, b, p) or None)`` (the state in float32 for half inputs)."""
     B, T, C = check_wkv("chunk_wkv", k, v, w, u, initial_state)
     check_chunk_size(chunk_size)
-    state = initial_state if initial_state is not None else empty_state(B, C, k)
+    in_dtype, dtype = k.dtype, compute_dtype(k.dtype)
+    k, v, w, u = (x.to(dtype) for x in (k, v, w, u))
+    state = (tuple(s.to(dtype) for s in initial_state) if initial_state is not None
+             else empty_state(B, C, k))
     outs = []
     for s in range(0, T, chunk_size):
         o, state = _chunk(k[:, s:s + chunk_size], v[:, s:s + chunk_size], w, u, state)
         outs.append(o)
-    out = torch.cat(outs, 1) if outs else k.new_zeros(k.shape)
+    out = torch.cat(outs, 1).to(in_dtype) if outs else k.new_zeros(k.shape, dtype=in_dtype)
     return out, (state if output_final_state else None)

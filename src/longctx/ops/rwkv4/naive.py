@@ -1,4 +1,5 @@
-"""RWKV-4's WKV operator from its definition (Peng et al. 2023, "RWKV", §4.1, eq. 14):
+"""RWKV-4's WKV operator from its definition (Peng et al. 2023, "RWKV: Reinventing RNNs for the
+Transformer Era", the WKV operator of the time-mixing block):
 
     wkv_t = (sum_{i<t} e^{-(t-1-i) w + k_i} v_i + e^{u + k_t} v_t)
             / (sum_{i<t} e^{-(t-1-i) w + k_i} + e^{u + k_t})
@@ -13,12 +14,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from longctx.ops.rwkv4.state import WKVState, check_wkv
+from longctx.ops.rwkv4.state import WKVState, check_wkv, compute_dtype
 
 
 def naive_wkv(k: Tensor, v: Tensor, w: Tensor, u: Tensor, initial_state: WKVState | None = None,
               output_final_state: bool = False) -> tuple[Tensor, WKVState | None]:
+    """The O(T^2) sums of the definition. ``k, v [B, T, C]``, ``w [C] > 0``, ``u [C]``,
+    ``initial_state (a, b, p)`` of ``[B, C]`` or None. Returns ``wkv [B, T, C]`` and, with
+    ``output_final_state``, the sums over all tokens as ``(a, b, p = 0)`` (unscaled: exact in
+    float64, may overflow in float32 for large k; the other forms keep ``p`` the running max)."""
     _, T, _ = check_wkv("naive_wkv", k, v, w, u, initial_state)
+    in_dtype, dtype = k.dtype, compute_dtype(k.dtype)
+    k, v, w, u = (x.to(dtype) for x in (k, v, w, u))
+    if initial_state is not None:
+        initial_state = tuple(s.to(dtype) for s in initial_state)
     t = torch.arange(T, device=k.device)
     dist = (t[:, None] - 1 - t[None, :]).to(k.dtype)  # t - 1 - i
     logit = -dist[:, :, None] * w + k[:, None, :, :]  # [B, T(t), T(i), C]
@@ -30,7 +39,7 @@ def naive_wkv(k: Tensor, v: Tensor, w: Tensor, u: Tensor, initial_state: WKVStat
         a, b, p = initial_state
         decay = torch.exp(-t[:, None].to(k.dtype) * w + p[:, None])  # [B, T, C]
         num, den = num + decay * a[:, None], den + decay * b[:, None]
-    out = num / den
+    out = (num / den).to(in_dtype)
     final = None
     if output_final_state:
         tail = torch.exp(-(T - 1 - t)[:, None].to(k.dtype) * w + k)  # [B, T, C]
