@@ -21,13 +21,13 @@ WINDOW, CHUNK = 4, 4
 CONSTANT_SIZE = ("linear_attention", "retention", "gla", "sliding_window_attention",
                  "deltanet", "gated_deltanet", "mamba2", "mamba",
                  "aug_linear_attention", "grouped_linear_attention",
-                 "dilated_attention", "longformer_attention", "s4d", "rwkv4", "s5", "h3", "rwkv6")
+                 "dilated_attention", "longformer_attention", "s4d", "rwkv4", "s5", "h3", "rwkv6", "s4")
 # decode state bounded but not constant (memory tokens + the open segment)
 BOUNDED_SIZE = ("rmt",)
 RTOL = 1e-9
 # FFT convolutions are causal in exact arithmetic, but the transform mixes every position at
 # round-off level (1e-16 relative in float64): for these the earlier outputs must stay within it
-FFT_MIXERS = {"s4d", "h3", "mega"}
+FFT_MIXERS = {"s4d", "h3", "mega", "s4"}
 
 OPTIONS = {
     "softmax_attention": {"chunk_size": CHUNK},
@@ -56,6 +56,7 @@ OPTIONS = {
     "h3": {"d_state": 3, "shift_size": 3},
     "mega": {"ema_dim": 3},
     "rmt": {"segment_len": 4, "n_mem": 2},
+    "s4": {"d_state": 4},
     "rwkv6": {"chunk_size": CHUNK, "mix_rank": 4, "decay_rank": 4},
 }
 # the mixers with a decode form (causal by default); bidirectional ones: test_bidirectional.py

@@ -40,7 +40,7 @@ from longctx.layers.nystromformer import Nystromformer, NystromformerConfig
 from longctx.layers.retention import Retention, RetentionConfig
 from longctx.layers.rmt import RMT, RMTConfig
 from longctx.layers.rwkv import RWKV4, RWKV6, RWKV4Config, RWKV6Config
-from longctx.layers.s4d import S4D, S4DConfig
+from longctx.layers.s4d import S4, S4D, S4Config, S4DConfig
 from longctx.layers.s5 import S5, S5Config
 from longctx.layers.sliding_window_attention import (
     SlidingWindowAttention,
@@ -100,6 +100,7 @@ REGISTRY: dict[str, tuple[type[Mixer], type[MixerConfig], str]] = {
              "MEGA (Ma 2023): damped multi-dim EMA + single-head gated attention; full or Mega-chunk"),
     "rwkv6": (RWKV6, RWKV6Config,
               "RWKV-6/Finch time mixing (Peng 2024): ddlerp token shift, matrix state, data-dependent decay"),
+    "s4": (S4, S4Config, "S4 (Gu 2022): NPLR HiPPO-LegS, bilinear; kernel by Cauchy + Woodbury + iFFT, recurrent decode"),
     "rmt": (RMT, RMTConfig, "Recurrent Memory Transformer (Bulatov 2022), layer-local: read/write memory tokens per segment"),
 }
 

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from longctx.layers.base import Mixer, MixerConfig, State, dtype_bytes
 from longctx.layers.common import check_choice, check_positive
-from longctx.ops.s4 import chunk_s4d, s4d_inv, s4d_lin, s4d_step
+from longctx.ops.s4 import chunk_s4d, fft_conv, s4d_inv, s4d_lin, s4d_step
+from longctx.ops.s4.dplr import bilinear, dense_A, dplr_kernel, dplr_step, hippo_legs_nplr
 
 INITS = {"lin": s4d_lin, "inv": s4d_inv}
 
@@ -127,6 +128,79 @@ class S4D(Mixer):
         c = self.config
         dtype = dtype or self.param_dtype()
         return S4DState(self.name, torch.zeros(batch_size, c.d_model, c.d_state, 2, device=device, dtype=dtype))
+
+    def state_size(self, batch_size: int, seqlen: int, dtype: torch.dtype = torch.float32) -> int:
+        c = self.config
+        return batch_size * c.d_model * c.d_state * 2 * dtype_bytes(dtype)
+
+
+@dataclass
+class S4Config(SSMConfig):
+    d_state: int = 64  # N: HiPPO-LegS order (complex states after diagonalisation, Re readout)
+    discretization: str = "bilinear"  # the DPLR kernel (Cauchy + Woodbury) is for bilinear
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.discretization != "bilinear":
+            raise ValueError(f"{type(self).__name__}: S4's DPLR kernel is derived for the bilinear "
+                             f"discretisation, got discretization={self.discretization!r} (use s4d for ZOH)")
+
+
+@dataclass
+class S4State(State):
+    x: Tensor  # [B, H, N, 2] the complex state as (real, imag)
+
+
+class S4(Mixer):
+    """S4 (Gu, Goel & Ré 2022): per channel the NPLR HiPPO-LegS SSM diagonalised,
+    ``A = Lambda - P P^*`` (``Lambda``, ``P`` trained, ``Re Lambda = -exp(.)``), bilinear
+    discretisation, the kernel by Cauchy + Woodbury at the roots of unity (``ops/s4/dplr.py``),
+    FFT convolution, ``+ D u``, GELU and a GLU projection (the S4 block). Decode: the dense
+    discretised recurrence ``[N, N]`` per channel; a prefill continuing a state runs it too.
+    Variant: full N complex states with a ``Re`` readout (no conjugate halving); B from HiPPO,
+    trained; C complex normal.
+    """
+
+    name = "s4"
+    state_class = S4State
+
+    def __init__(self, config: S4Config) -> None:
+        super().__init__(config)
+        c = config
+        H, N = c.d_model, c.d_state
+        Lam, P, B, _ = hippo_legs_nplr(N)
+        self.Lambda_log_re, self.Lambda_im = stable_diagonal(Lam.expand(H, N))
+        self.P = nn.Parameter(torch.view_as_real(P.expand(H, N).clone()).float())
+        self.B = nn.Parameter(torch.view_as_real(B.expand(H, N).clone()).float())
+        self.C = nn.Parameter(torch.randn(H, N, 2) * math.sqrt(0.5 / N))
+        self.D = nn.Parameter(torch.randn(H))
+        self.log_dt = nn.Parameter(c.log_dt_init(H))
+        self.out = nn.Linear(H, 2 * H)
+
+    def _params(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return (diagonal(self.Lambda_log_re, self.Lambda_im), _complex(self.P), _complex(self.B),
+                _complex(self.C), torch.exp(self.log_dt))
+
+    def forward(self, x: Tensor, state: S4State | None = None) -> tuple[Tensor, S4State | None]:
+        self.check_input(x)
+        Lam, P, B, C, dt = self._params()
+        if state is None:
+            K = dplr_kernel(Lam, P, P, B, C, dt, x.shape[1]).to(x.dtype)
+            return F.glu(self.out(F.gelu(fft_conv(x, K, self.D))), dim=-1), None
+        self.check_state(state, x.shape[0])
+        A_bar, B_bar = bilinear(dense_A(Lam, P, P), B, dt)
+        h = torch.view_as_complex(state.x.to(Lam.real.dtype).contiguous())
+        ys = []
+        for t in range(x.shape[1]):
+            y_t, h = dplr_step(x[:, t], h, A_bar, B_bar, C)
+            ys.append(y_t + self.D * x[:, t])
+        y = torch.stack(ys, 1)
+        return F.glu(self.out(F.gelu(y)), dim=-1), S4State(self.name, torch.view_as_real(h).to(state.x.dtype))
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> S4State:
+        c = self.config
+        dtype = dtype or self.param_dtype()
+        return S4State(self.name, torch.zeros(batch_size, c.d_model, c.d_state, 2, device=device, dtype=dtype))
 
     def state_size(self, batch_size: int, seqlen: int, dtype: torch.dtype = torch.float32) -> int:
         c = self.config
