@@ -61,12 +61,11 @@ def _intra_chunk_scores(r: Tensor, k: Tensor, u: Tensor, w: Tensor, c: int) -> T
     rs, ks, ws = (x.view(B, H, N, n, c, K) for x in (r, k, w))
     dev = r.device
 
-    # diagonal sub-blocks: expo_ij = sum_{m=j+1}^{i-1} log w_m, a running sum over i for each j
-    i, j = torch.arange(c, device=dev)[:, None], torch.arange(c, device=dev)[None, :]
-    w_prev = torch.cat([torch.zeros_like(ws[..., :1, :]), ws[..., :-1, :]], dim=-2)  # log w_{i-1}
-    steps = torch.where((j < i - 1)[:, :, None], w_prev.unsqueeze(-2), 0.0)  # [.., c(i), c(j), K]
-    expo = steps.cumsum(-3)
-    decay = torch.where((j < i)[:, :, None], expo, float("-inf")).exp()  # [.., c, c, K]
+    # diagonal sub-blocks: expo_ij = sum_{j<m<i} log w_m, one masked [c*c, c] x [c, K] matmul
+    i, j, m = (torch.arange(c, device=dev).view(s) for s in ((c, 1, 1), (1, c, 1), (1, 1, c)))
+    between = ((j < m) & (m < i)).to(r.dtype).view(c * c, c)  # row (i, j) selects j < m < i
+    expo = (between @ ws).view(B, H, N, n, c, c, K)  # [.., c(i), c(j), K], all <= 0
+    decay = expo.exp() * (j < i).to(r.dtype)  # 0 on and above the diagonal (there expo = 0)
     P_diag = (rs.unsqueeze(-2) * ks.unsqueeze(-3) * decay).sum(-1)  # [B, H, N, n, c, c]
     bonus = (rs * u[:, None, None, None, :] * ks).sum(-1)  # [B, H, N, n, c] the current token
     P_diag = P_diag + torch.diag_embed(bonus)
