@@ -52,7 +52,8 @@ def finch_reference(m, x: torch.Tensor) -> torch.Tensor:
         z = a + (b - a) * m.mu_x
         mixed = {name: a + (b - a) * (m.mix_lambda[i] + torch.tanh(z @ m.mix_A[i]) @ m.mix_B[i])
                  for i, name in enumerate(SHIFTED)}
-        r, k, v = (lin(mixed[n]).view(B, H, K) for lin, n in ((m.wr, "r"), (m.wk, "k"), (m.wv, "v")))
+        r, k, v = (lin(mixed[n]).view(B, H, K)
+                   for lin, n in ((m.wr, "r"), (m.wk, "k"), (m.wv, "v")))
         g = m.wg(mixed["g"])
         d = m.decay_lambda + torch.tanh(mixed["w"] @ m.decay_A) @ m.decay_B
         w = torch.exp(-torch.exp(d)).view(B, H, K)
@@ -109,7 +110,9 @@ def test_rwkv6_state_size_is_what_it_holds() -> None:
     assert m.state_size(3, 100) == m.init_state(3, dtype=torch.float32).nbytes() == 3 * 8 * 5 * 4
 
 
-@pytest.mark.parametrize("name, options", [("rwkv4", {"chunk_size": 4}),
-                                           ("rwkv6", {"chunk_size": 4, "mix_rank": 4, "decay_rank": 4})])
+@pytest.mark.parametrize("name, options", [
+    ("rwkv4", {"chunk_size": 4}),
+    ("rwkv6", {"chunk_size": 4, "mix_rank": 4, "decay_rank": 4}),
+])
 def test_lm_generates_with_rwkv_layers(name: str, options: dict) -> None:
     assert_lm_decodes_like_forward(name, options)

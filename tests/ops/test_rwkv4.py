@@ -43,10 +43,11 @@ def test_state_carried_across_a_split() -> None:
     k, v, w, u = inputs(30)
     ref, s_ref = naive_wkv(k, v, w, u, output_final_state=True)
     o1, s1 = chunk_wkv(k[:, :11], v[:, :11], w, u, output_final_state=True, chunk_size=4)
-    o2, s2 = chunk_wkv(k[:, 11:], v[:, 11:], w, u, initial_state=s1, output_final_state=True, chunk_size=4)
+    o2, s2 = chunk_wkv(k[:, 11:], v[:, 11:], w, u, initial_state=s1, output_final_state=True,
+                       chunk_size=4)
     assert_close(ref, torch.cat([o1, o2], 1), rtol=1e-12)
     assert_close(scaled(s_ref), scaled(s2), rtol=1e-12)
-    o3, _ = naive_wkv(k[:, 11:], v[:, 11:], w, u, initial_state=s1)  # the naive form takes a state too
+    o3, _ = naive_wkv(k[:, 11:], v[:, 11:], w, u, initial_state=s1)  # naive takes a state too
     assert_close(o2, o3, rtol=1e-12)
     out, _ = wkv_step(k[:, 11], v[:, 11], w, u, s1)
     assert_close(o2[:, 0], out, rtol=1e-12)
@@ -79,7 +80,8 @@ def test_gradients_equal_naive() -> None:
 
 @pytest.mark.parametrize("dtype, rtol, state_rtol",
                          [(torch.float32, 1e-5, 1e-5), (torch.bfloat16, 1e-2, 5e-2)])
-def test_low_precision_agrees_with_float64(dtype: torch.dtype, rtol: float, state_rtol: float) -> None:
+def test_low_precision_agrees_with_float64(dtype: torch.dtype, rtol: float,
+                                           state_rtol: float) -> None:
     """float32 within 1e-5; bfloat16 (inputs rounded to 8 bits, computed in float32) within 1e-2,
     its state sums within 5e-2: ``e^k`` turns the rounding of keys of size ~10 into ~2% (the
     chunked and the recurrent form give the same numbers). The state comes back in float32."""

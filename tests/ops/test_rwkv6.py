@@ -165,7 +165,7 @@ def test_errors() -> None:
         chunk_rwkv6(r, k, v, w.exp(), u)
     with pytest.raises(ValueError, match=r"r must be \[B, T, H, K\]"):
         naive_rwkv6(r[0], k, v, w, u)
-    with pytest.raises(ValueError, match=r"k must have shape \[B, T, H, K\] like r = \[2, 4, 3, 5\]"):
+    with pytest.raises(ValueError, match=r"k must have shape \[B, T, H, K\] like r = \[2, 4, 3, 5"):
         chunk_rwkv6(r, k[..., :2], v, w, u)
     with pytest.raises(ValueError, match=r"v must be \[B=2, T=4, H=3, V\]"):
         recurrent_rwkv6(r, k, v[:, :2], w, u)

@@ -187,6 +187,13 @@ def _s4d_call(fn: Callable, i: Inputs) -> Tensor:
               torch.complex(i["C_re"], i["C_im"]), i["dt"], i["D"])[0]
 
 
+def _rwkv6_inputs(rand: Rand, B: int, T: int, H: int, D: int) -> Inputs:
+    """r, k [B, T, H, K=D], v [B, T, H, V=D], the log-decay w = -exp(d) with d = 0.5 randn - 3
+    (decays around exp(-0.05) per step), and the bonus u [H, K]."""
+    return {"r": rand(B, T, H, D), "k": rand(B, T, H, D), "v": rand(B, T, H, D),
+            "w": -torch.exp(0.5 * rand(B, T, H, D) - 3.0), "u": rand(H, D)}
+
+
 def _h3_call(fn: Callable, i: Inputs):
     """H3 with S4D-Lin-like A, B = 1 and the inputs' C."""
     A = torch.complex(i["A_re"], i["A_im"])
@@ -245,11 +252,18 @@ SPECS: dict[str, OpSpec] = {s.name: s for s in [
     OpSpec("rwkv4", "rwkv4", ("chunk", "naive"), lambda rand, B, T, H, D: {
                "k": rand(B, T, H * D), "v": rand(B, T, H * D),
                "w": torch.exp(rand(H * D) - 2.0), "u": rand(H * D)},
-           lambda m, T, cs, w: {"chunk": lambda i: m.chunk_wkv(**i, chunk_size=32)[0],
+           lambda m, T, cs, w: {"chunk": lambda i: m.chunk_wkv(**i, chunk_size=cs)[0],
                                 "naive": lambda i: m.naive_wkv(**i)[0]},
-           params={"channels": "H * D", "chunk_size": 32, "w": "exp(randn - 2)"},
+           chunk_size=lambda T: 32,
+           params={"channels": "H * D", "w": "exp(randn - 2)"},
            naive_max_len=PAIRWISE_GATE_MAX_LEN,
            naive_cap_reason="the definition builds a [T, T, C] weight tensor"),
+    OpSpec("rwkv6", "rwkv6", ("chunk", "naive"), _rwkv6_inputs,
+           lambda m, T, cs, w: _three(m, "rwkv6", cs),
+           params={"K = V": "D", "w": "-exp(0.5 randn - 3) (log-decay)", "u": "randn [H, K]",
+                   "sub_chunk": "largest divisor of chunk_size <= 8"},
+           naive_max_len=PAIRWISE_GATE_MAX_LEN,
+           naive_cap_reason="the definition builds a [B, T, T, H, K] decay tensor"),
     OpSpec("s5", "s5", ("chunk", "naive"), lambda rand, B, T, H, D: {
                "u": rand(B, T, H * D), "L_re": -torch.rand(S4D_STATE) * 0.5 - 0.25,
                "L_im": torch.arange(S4D_STATE, dtype=torch.float32), "B_re": rand(S4D_STATE, H * D) / 16,

@@ -8,14 +8,16 @@ WKV + output gate): longctx's LM block adds its own MLP, so RWKV's channel mixin
 
 **rwkv4**: ``r, k, v`` are projections of ``mu x_t + (1 - mu) x_{t-1}`` (one ``mu`` per
 projection and channel); ``wkv`` is the per-channel decaying attention with the current-token
-bonus ``u``; the output is ``W_o (sigmoid(r) * wkv)``. Initialisation (the reference
-implementation's first layer): decay ``w = exp(-5 + 8 (c / (C-1))^0.7)``, a spread of time
-scales; bonus ``u`` zigzag around ``log 0.3``; ``mu`` from 1 down across channels.
+bonus ``u``; the output is ``W_o (sigmoid(r) * wkv)``. Initialisation: decay
+``w = exp(-5 + 8 (c / (C-1))^0.7)`` (a spread of time scales) and bonus ``u`` a zigzag around
+``log 0.3``, as the reference implementation's first layer; ``mu`` from 1 (the current token
+only) down to 0.5 across channels (0.75 for r), a choice of ours.
 Decode state: the WKV sums ``(a, b, p)`` and the previous token's input.
 
 **rwkv6** (Finch): see ``RWKV6``. Decode state: the per-head ``[K, V]`` WKV matrix and the
 previous token's input.
 """
+
 from __future__ import annotations
 
 import math
@@ -81,7 +83,8 @@ class RWKV4(Mixer):
 
         return self.wr(mix(self.mu_r)), self.wk(mix(self.mu_k)), self.wv(mix(self.mu_v))
 
-    def forward(self, x: Tensor, state: RWKV4State | None = None) -> tuple[Tensor, RWKV4State | None]:
+    def forward(self, x: Tensor,
+                state: RWKV4State | None = None) -> tuple[Tensor, RWKV4State | None]:
         self.check_input(x)
         if state is not None:
             self.check_state(state, x.shape[0])
@@ -102,7 +105,8 @@ class RWKV4(Mixer):
         dtype = dtype or self.param_dtype()
         like = torch.zeros((), device=device, dtype=dtype)
         a, b, p = empty_state(batch_size, c.d_model, like)
-        return RWKV4State(self.name, a, b, p, torch.zeros(batch_size, c.d_model, device=device, dtype=dtype))
+        x_prev = torch.zeros(batch_size, c.d_model, device=device, dtype=dtype)
+        return RWKV4State(self.name, a, b, p, x_prev)
 
     def state_size(self, batch_size: int, seqlen: int, dtype: torch.dtype = torch.float32) -> int:
         return 4 * batch_size * self.config.d_model * dtype_bytes(dtype)
@@ -187,14 +191,16 @@ class RWKV6(Mixer):
         self.mix_lambda = nn.Parameter(torch.stack(  # [5, C] lambda_x for x in SHIFTED
             [root, 1 - ratio, 1 - ratio, root, 1 - ratio]))
         self.mix_A = nn.Parameter(torch.zeros(len(SHIFTED), C, config.mix_rank))
-        self.mix_B = nn.Parameter(torch.empty(len(SHIFTED), config.mix_rank, C).uniform_(-0.01, 0.01))
+        self.mix_B = nn.Parameter(
+            torch.empty(len(SHIFTED), config.mix_rank, C).uniform_(-0.01, 0.01))
         spread = torch.arange(C, dtype=torch.float32) / max(C - 1, 1)
         self.decay_lambda = nn.Parameter(-6 + 5 * spread**0.7)  # lambda_d: w = exp(-exp(-6 .. -1))
         self.decay_A = nn.Parameter(torch.zeros(C, config.decay_rank))
         self.decay_B = nn.Parameter(torch.empty(config.decay_rank, C).uniform_(-0.01, 0.01))
         zigzag = ((torch.arange(C) + 1) % 3 - 1).float() * 0.1
         self.bonus = nn.Parameter(zigzag.view(H, C // H))  # u [H, K]
-        self.wr, self.wk, self.wv, self.wg, self.wo = (nn.Linear(C, C, bias=False) for _ in range(5))
+        self.wr, self.wk, self.wv, self.wg, self.wo = (
+            nn.Linear(C, C, bias=False) for _ in range(5))
         self.norm = nn.GroupNorm(H, C, eps=config.norm_eps)
 
     def _inputs(self, x: Tensor, x_prev: Tensor | None) -> tuple[Tensor, ...]:
@@ -210,7 +216,8 @@ class RWKV6(Mixer):
         r, k, v, log_w = (split_heads(t, H) for t in (self.wr(xr), self.wk(xk), self.wv(xv), log_w))
         return r, k, v, log_w, self.wg(xg)
 
-    def forward(self, x: Tensor, state: RWKV6State | None = None) -> tuple[Tensor, RWKV6State | None]:
+    def forward(self, x: Tensor,
+                state: RWKV6State | None = None) -> tuple[Tensor, RWKV6State | None]:
         self.check_input(x)
         if state is not None:
             self.check_state(state, x.shape[0])
@@ -220,8 +227,10 @@ class RWKV6(Mixer):
             o, S = rwkv6_step(r[:, 0], k[:, 0], v[:, 0], log_w[:, 0], self.bonus, state.S)
             o = o[:, None]
         else:
-            o, S = chunk_rwkv6(r, k, v, log_w, self.bonus, initial_state=None if state is None else state.S,
-                               output_final_state=state is not None, chunk_size=self.config.chunk_size)
+            o, S = chunk_rwkv6(r, k, v, log_w, self.bonus,
+                               initial_state=None if state is None else state.S,
+                               output_final_state=state is not None,
+                               chunk_size=self.config.chunk_size)
         o = self.norm(o.reshape(B * T, C)).view(B, T, C)  # one LayerNorm per head
         y = self.wo(F.silu(g) * o)
         return y, (None if state is None else RWKV6State(self.name, S, x[:, -1]))
@@ -230,7 +239,8 @@ class RWKV6(Mixer):
         c = self.config
         dtype = dtype or self.param_dtype()
         S = torch.zeros(batch_size, c.n_heads, c.head_dim, c.head_dim, device=device, dtype=dtype)
-        return RWKV6State(self.name, S, torch.zeros(batch_size, c.d_model, device=device, dtype=dtype))
+        x_prev = torch.zeros(batch_size, c.d_model, device=device, dtype=dtype)
+        return RWKV6State(self.name, S, x_prev)
 
     def state_size(self, batch_size: int, seqlen: int, dtype: torch.dtype = torch.float32) -> int:
         c = self.config

@@ -38,7 +38,8 @@ def _chunk(k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: WKVState) -> tuple
 
 
 def chunk_wkv(k: Tensor, v: Tensor, w: Tensor, u: Tensor, initial_state: WKVState | None = None,
-              output_final_state: bool = False, chunk_size: int = 32) -> tuple[Tensor, WKVState | None]:
+              output_final_state: bool = False,
+              chunk_size: int = 32) -> tuple[Tensor, WKVState | None]:
     """``k, v [B, T, C]``, ``w [C] > 0``, ``u [C]``, state ``(a, b, p)`` of ``[B, C]`` or None
     -> ``(wkv [B, T, C], state (a, b, p) or None)`` (the state in float32 for half inputs)."""
     B, T, C = check_wkv("chunk_wkv", k, v, w, u, initial_state)

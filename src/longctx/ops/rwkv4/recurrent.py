@@ -4,7 +4,8 @@ implementation's inference form): the state keeps ``a, b`` scaled by ``e^{-p}`` 
 running maximum exponent, so no ``exp`` overflows.
 
     q = max(p, u + k_t);   wkv_t = (e^{p-q} a + e^{u+k_t-q} v_t) / (e^{p-q} b + e^{u+k_t-q})
-    q' = max(p - w, k_t);  a <- e^{p-w-q'} a + e^{k_t-q'} v_t;  b <- e^{p-w-q'} b + e^{k_t-q'};  p <- q'
+    q' = max(p - w, k_t);  a <- e^{p-w-q'} a + e^{k_t-q'} v_t;  b <- e^{p-w-q'} b + e^{k_t-q'};
+    p <- q'
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ def empty_state(B: int, C: int, like: Tensor) -> WKVState:
     """No earlier tokens: ``a = b = 0`` and ``p = -inf`` would be exact; a very negative ``p``
     keeps the arithmetic finite (its terms are multiplied by exactly zero)."""
     zeros = like.new_zeros(B, C)
-    return zeros, zeros.clone(), torch.full_like(zeros, -1e38 if like.dtype != torch.float16 else -6e4)
+    p = torch.full_like(zeros, -1e38 if like.dtype != torch.float16 else -6e4)
+    return zeros, zeros.clone(), p
 
 
-def wkv_step(k_t: Tensor, v_t: Tensor, w: Tensor, u: Tensor, state: WKVState | None) -> tuple[Tensor, WKVState]:
+def wkv_step(k_t: Tensor, v_t: Tensor, w: Tensor, u: Tensor,
+             state: WKVState | None) -> tuple[Tensor, WKVState]:
     """One token: ``k_t, v_t [B, C]``, ``w [C] > 0``, ``u [C]``, state ``(a, b, p)`` of ``[B, C]``
     or None (no earlier tokens) -> ``(wkv_t [B, C], new state)`` (float32 for half inputs)."""
     for name, t in (("k_t", k_t), ("v_t", v_t)):

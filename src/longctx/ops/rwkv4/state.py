@@ -12,7 +12,8 @@ def _shape(t: object) -> str:
     return str(list(t.shape)) if isinstance(t, Tensor) else type(t).__name__
 
 
-def check_wkv(op: str, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: WKVState | None) -> tuple[int, int, int]:
+def check_wkv(op: str, k: Tensor, v: Tensor, w: Tensor, u: Tensor,
+              state: WKVState | None) -> tuple[int, int, int]:
     """Validate ``k, v [B, T, C]``, ``w, u [C]`` (``w > 0``) and the state ``(a, b, p)`` of
     ``[B, C]`` tensors or None; return ``(B, T, C)``."""
     if not isinstance(k, Tensor) or k.dim() != 3:
@@ -31,17 +32,19 @@ def check_wkv(op: str, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: WKVSta
         if t.device != k.device:
             raise ValueError(f"{op}: {name} must be on k's device {k.device}, got {t.device}")
     if not bool((w > 0).all()):
-        raise ValueError(f"{op}: the decay w must be > 0 in every channel (RWKV uses w = exp(time_decay)); "
-                         f"got min {w.min().item():.4g}")
+        raise ValueError(f"{op}: the decay w must be > 0 in every channel (RWKV uses "
+                         f"w = exp(time_decay)); got min {w.min().item():.4g}")
     if state is not None:
         if (not isinstance(state, tuple) or len(state) != 3
                 or any(not isinstance(s, Tensor) or s.shape != (B, C) for s in state)):
-            got = ", ".join(_shape(s) for s in state) if isinstance(state, tuple) else type(state).__name__
-            raise ValueError(f"{op}: the state must be a tuple (a, b, p) of [B={B}, C={C}] tensors, got ({got})")
+            got = (", ".join(_shape(s) for s in state) if isinstance(state, tuple)
+                   else type(state).__name__)
+            raise ValueError(f"{op}: the state must be a tuple (a, b, p) of [B={B}, C={C}] "
+                             f"tensors, got ({got})")
         for name, s in zip("abp", state):
             if not s.is_floating_point() or s.device != k.device:
-                raise ValueError(f"{op}: state {name} must be a floating-point tensor on {k.device}, "
-                                 f"got {s.dtype} on {s.device}")
+                raise ValueError(f"{op}: state {name} must be a floating-point tensor on "
+                                 f"{k.device}, got {s.dtype} on {s.device}")
     return B, T, C
 
 
