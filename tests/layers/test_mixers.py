@@ -23,7 +23,7 @@ CONSTANT_SIZE = ("linear_attention", "retention", "gla", "sliding_window_attenti
                  "aug_linear_attention", "grouped_linear_attention",
                  "dilated_attention", "longformer_attention", "s4d", "rwkv4", "s5", "h3", "rwkv6", "s4")
 # decode state bounded but not constant (memory tokens + the open segment)
-BOUNDED_SIZE = ("rmt",)
+BOUNDED_SIZE = ("rmt", "block_recurrent")
 RTOL = 1e-9
 # FFT convolutions are causal in exact arithmetic, but the transform mixes every position at
 # round-off level (1e-16 relative in float64): for these the earlier outputs must stay within it
@@ -56,6 +56,7 @@ OPTIONS = {
     "h3": {"d_state": 3, "shift_size": 3},
     "mega": {"ema_dim": 3},
     "rmt": {"segment_len": 4, "n_mem": 2},
+    "block_recurrent": {"block_size": 4, "n_state": 3},
     "s4": {"d_state": 4},
     "rwkv6": {"chunk_size": CHUNK, "mix_rank": 4, "decay_rank": 4},
 }

@@ -13,7 +13,7 @@ EXPECTED = {"softmax_attention", "sliding_window_attention", "linear_attention",
             "grouped_linear_attention", "log_linear_attention", "log_linear_gla",
             "log_linear_mamba2", "log_linear_gated_deltanet", "landmark_attention",
             "dilated_attention", "longformer_attention", "linformer", "nystromformer",
-            "multi_token_attention", "s4d", "rwkv4", "s5", "h3", "mega", "rmt", "rwkv6", "s4"}
+            "multi_token_attention", "s4d", "rwkv4", "s5", "h3", "mega", "rmt", "rwkv6", "s4", "block_recurrent"}
 
 
 def test_names_lists_every_mixer_once() -> None:

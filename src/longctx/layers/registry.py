@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from longctx.errors import check_options, unknown_name
 from longctx.layers.base import Mixer, MixerConfig
+from longctx.layers.block_recurrent import BlockRecurrent, BlockRecurrentConfig
 from longctx.layers.deltanet import DeltaNet, DeltaNetConfig
 from longctx.layers.dilated_attention import DilatedAttention, DilatedAttentionConfig
 from longctx.layers.gated_deltanet import GatedDeltaNet, GatedDeltaNetConfig
@@ -101,6 +102,8 @@ REGISTRY: dict[str, tuple[type[Mixer], type[MixerConfig], str]] = {
     "rwkv6": (RWKV6, RWKV6Config,
               "RWKV-6/Finch time mixing (Peng 2024): ddlerp token shift, matrix state, data-dependent decay"),
     "s4": (S4, S4Config, "S4 (Gu 2022): NPLR HiPPO-LegS, bilinear; kernel by Cauchy + Woodbury + iFFT, recurrent decode"),
+    "block_recurrent": (BlockRecurrent, BlockRecurrentConfig,
+                        "Block-Recurrent Transformer (Hutchins 2022): window attention + gated recurrent state vectors"),
     "rmt": (RMT, RMTConfig, "Recurrent Memory Transformer (Bulatov 2022), layer-local: read/write memory tokens per segment"),
 }
 
