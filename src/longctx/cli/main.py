@@ -52,12 +52,33 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from longctx.bench.ops import run_bench
 
+    if args.compare:
+        return _bench_kernels(args)
     out = run_bench(
         ops=args.ops, lengths=args.lengths, device=args.device, dtype=args.dtype,
         batch=args.batch, heads=args.heads, head_dim=args.head_dim, out_dir=Path(args.out),
         repeats=args.repeats, memory=not args.no_memory, naive_max_len=args.naive_max_len,
     )
     print(f"bench: {out['json']}  (plots: {', '.join(str(p) for p in out['plots'])})")
+    return 0
+
+
+def _bench_kernels(args: argparse.Namespace) -> int:
+    """``--compare fla,sdpa``: our Triton kernels vs those libraries on CUDA, in one run."""
+    from longctx.bench.kernels import KERNEL_OPS, run_kernel_bench, summary_table
+
+    if args.device != "cuda":
+        raise SystemExit("longctx bench: --compare times GPU kernels; add --device cuda")
+    compare = [c for c in args.compare.split(",") if c]
+    import torch
+
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(args.dtype)
+    if dtype is None:
+        raise SystemExit(f"longctx bench: --compare runs bfloat16 / float16 / float32, not {args.dtype}")
+    res = run_kernel_bench(args.ops or KERNEL_OPS, args.lengths, compare, B=args.batch, H=args.heads,
+                           D=args.head_dim, dtype=dtype, out=args.out)
+    print(summary_table(res))
+    print(f"bench: {Path(args.out) / 'kernels.json'}")
     return 0
 
 
@@ -99,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--naive-max-len", type=int, default=8192,
                    help="skip naive forms above this length (they are O(T^2) in memory or a token loop)")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    b.add_argument("--compare", default="", metavar="LIBS",
+                   help="GPU kernels vs other libraries in one run, e.g. fla,sdpa (with --device cuda; "
+                        "--ops from linear_attention simple_gla retention ssd)")
     b.add_argument("--out", default="benchmarks/results/latest", help="output directory")
     b.set_defaults(fn=_cmd_bench)
 

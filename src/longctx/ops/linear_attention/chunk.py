@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from longctx.ops.common.backend import kernel_unsupported, wants_triton
 from longctx.ops.common.checks import (
     check_bidirectional,
     check_chunk_size,
@@ -50,8 +51,10 @@ def chunk_linear_attention(
     output_final_state: bool = False,
     chunk_size: int = 64,
     causal: bool = True,
+    backend: str | None = None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
     """Chunkwise causal linear attention; ``causal=False`` is the bidirectional form (no state).
+    ``backend``: "auto" / "torch" / "triton" (``longctx.ops.common.backend``).
 
     q, k: [B, T, H, Dk]; v: [B, T, H, Dv]; initial_state: (S [B, H, F, Dv], z [B, H, F]) with
     F = feature_dim(feature_map, Dk). Returns o [B, T, H, Dv] and the final (S, z) or None.
@@ -72,6 +75,12 @@ def chunk_linear_attention(
             initial_state=initial_state, output_final_state=output_final_state,
         )
     scale = default_scale(scale, Dk)
+    if wants_triton(op, backend, q, k, v, *(initial_state or ()), supported=kernel_unsupported(Fd, Dv)):
+        from longctx.ops.linear_attention.triton import triton_linear_attention
+
+        return triton_linear_attention(q, k, v, feature_map=feature_map, normalize=normalize, scale=scale,
+                                       eps=eps, initial_state=initial_state,
+                                       output_final_state=output_final_state)
     dtype = torch.promote_types(q.dtype, torch.float32)  # half inputs are computed in float32
 
     qs = q.to(dtype).transpose(1, 2) * scale  # [B, H, T, Dk]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from longctx.ops.common.backend import kernel_unsupported, wants_triton
 from longctx.ops.common.checks import check_chunk_size, check_state
 from longctx.ops.common.chunking import pad_to_multiple
 from longctx.ops.mamba2.common import check_ssd_inputs, compute_dtype
@@ -54,8 +55,9 @@ def chunk_ssd(
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 64,
+    backend: str | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Chunked SSD.
+    """Chunked SSD; ``backend`` "auto" / "torch" / "triton" (``longctx.ops.common.backend``).
 
     x: [B, T, H, P]; dt: [B, T, H] (>= 0); A: [H] (<= 0); B, C: [B, T, G, N] with G | H;
     D: [H] or None; initial_state: [B, H, P, N]. Returns y [B, T, H, P] and the final state or
@@ -69,6 +71,11 @@ def chunk_ssd(
     if T == 0:  # nothing to chunk
         return recurrent_ssd(x, dt, A, B, C, D=D, initial_state=initial_state,
                              output_final_state=output_final_state)
+    if wants_triton(op, backend, x, dt, A, B, C, D, initial_state, supported=kernel_unsupported(N, P)):
+        from longctx.ops.mamba2.triton import triton_ssd
+
+        return triton_ssd(x, dt, A, B, C, D=D, initial_state=initial_state,
+                          output_final_state=output_final_state)
     dtype = compute_dtype(x)
     R = H // G  # heads per group: head h = g * R + r reads group g
     xc, dtc = x.to(dtype), dt.to(dtype)

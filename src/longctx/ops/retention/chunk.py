@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from longctx.ops.common.backend import kernel_unsupported, wants_triton
 from longctx.ops.common.checks import (
     check_bidirectional,
     check_chunk_size,
@@ -36,11 +37,13 @@ def chunk_retention(
     output_final_state: bool = False,
     chunk_size: int = 64,
     causal: bool = True,
+    backend: str | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Chunkwise retention.
 
     q, k: [B, T, H, Dk]; v: [B, T, H, Dv]; log_decay: [H] (log gamma <= 0, default RetNet's);
     initial_state: S [B, H, Dk, Dv]. Returns o [B, T, H, Dv] and the final S or None.
+    ``backend``: "auto" / "torch" / "triton" (``longctx.ops.common.backend``).
     ``causal=False``: the symmetric decay gamma^|n-m| (see ``naive_retention``), computed as a
     left-to-right pass plus a right-to-left pass minus the diagonal both of them count.
     """
@@ -65,6 +68,11 @@ def chunk_retention(
             output_final_state=output_final_state,
         )
     scale = default_scale(scale, Dk)
+    if wants_triton(op, backend, q, k, v, initial_state, supported=kernel_unsupported(Dk, Dv)):
+        from longctx.ops.retention.triton import triton_retention
+
+        return triton_retention(q, k, v, b, scale=scale, initial_state=initial_state,
+                                output_final_state=output_final_state)
 
     qt = pad_to_multiple(q.to(dtype).transpose(1, 2) * scale, C, dim=2)[0]  # [B, H, Tp, Dk]
     kt = pad_to_multiple(k.to(dtype).transpose(1, 2), C, dim=2)[0]

@@ -1,0 +1,236 @@
+"""GPU kernels side by side: ours (Triton), flash-linear-attention's and SDPA (FlashAttention) on
+the same inputs in one run (``longctx bench --device cuda --compare fla,sdpa``).
+
+For each op and length: forward and forward+backward time (median of ``triton.testing.do_bench``),
+the relative error of our output against fla's where fla runs, and the HBM floor of the forward
+(q, k, v read once, o written once, at the copy bandwidth measured in the same run). An op a
+library refuses or fails on is recorded with its error, not dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+KERNEL_OPS = ("linear_attention", "simple_gla", "retention", "ssd")
+
+
+def _ours(op: str) -> Callable[..., Tensor]:
+    from longctx.ops.common.triton_scalar_decay import scalar_decay_chunk
+    from longctx.ops.mamba2 import chunk_ssd
+
+    if op == "linear_attention":
+        return lambda q, k, v, g: scalar_decay_chunk(q, k, v, None, scale=q.shape[-1] ** -0.5)[0]
+    if op in ("simple_gla", "retention"):
+        return lambda q, k, v, g: scalar_decay_chunk(q, k, v, g, scale=q.shape[-1] ** -0.5)[0]
+    if op == "ssd":
+        return lambda x, dt, A, B, C: chunk_ssd(x, dt, A, B, C, backend="triton")[0]
+    raise ValueError(f"unknown kernel op {op!r}; choose from {', '.join(KERNEL_OPS)}")
+
+
+def _fla(op: str) -> Callable[..., Tensor] | None:
+    """fla's function for ``op`` (same layout [B, T, H, D]), or None where fla has none."""
+    if op == "linear_attention":
+        from fla.ops.linear_attn import chunk_linear_attn
+
+        return lambda q, k, v, g: chunk_linear_attn(q, k, v, normalize=False)[0]
+    if op == "simple_gla":
+        from fla.ops.simple_gla import chunk_simple_gla
+
+        return lambda q, k, v, g: chunk_simple_gla(q, k, v, g)[0]
+    return None  # retention: fla's g_gamma path autotunes anew (minutes); simple_gla covers it
+
+
+def _inputs(op: str, B: int, T: int, H: int, D: int, dtype: torch.dtype, seed: int) -> list[Tensor]:
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+
+    def rand(*shape: int, dt: torch.dtype = dtype) -> Tensor:
+        return torch.randn(*shape, device="cuda", dtype=dt, generator=gen)
+
+    if op == "ssd":  # Mamba-2 with P = N = D, one group
+        x = rand(B, T, H, D)
+        dt = torch.nn.functional.softplus(rand(B, T, H, dt=torch.float32) - 2)
+        A = -torch.rand(H, device="cuda", generator=gen) - 0.5
+        return [x, dt, A, rand(B, T, 1, D) * D ** -0.5, rand(B, T, 1, D) * D ** -0.5]
+    q, k, v = rand(B, T, H, D), rand(B, T, H, D) * D ** -0.5, rand(B, T, H, D)
+    if op == "retention":  # RetNet's fixed decays, one per head, given per token
+        gamma = 1 - 2.0 ** (-5 - torch.arange(H, device="cuda", dtype=torch.float32))
+        g = gamma.log().view(1, 1, H).expand(B, T, H).contiguous()
+    else:
+        g = torch.nn.functional.logsigmoid(rand(B, T, H, dt=torch.float32) + 4) / 16
+    return [q, k, v, g]
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, g: Tensor) -> Tensor:
+    o = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+    return o.transpose(1, 2)
+
+
+def _timed(fn: Callable[..., Tensor], inputs: list[Tensor], backward: bool) -> float:
+    import triton.testing
+
+    diff = [t.requires_grad_() for t in inputs if t.is_floating_point() and t.dim() >= 3]
+    if not backward:
+        def run() -> None:
+            with torch.no_grad():
+                fn(*inputs)
+    else:
+        o = fn(*inputs)
+        do = torch.randn_like(o)
+
+        def run() -> None:
+            torch.autograd.grad(fn(*inputs), diff, do, allow_unused=True)
+    return float(triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median"))
+
+
+def _copy_bandwidth() -> float:
+    """Device-to-device copy bandwidth (bytes read + written per second), measured now."""
+    import triton.testing
+
+    x = torch.empty(512 * 2**20, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = triton.testing.do_bench(lambda: y.copy_(x), warmup=25, rep=100, return_mode="median")
+    return 2 * x.numel() / (ms * 1e-3)
+
+
+def _rel(a: Tensor, b: Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30))
+
+
+def _entry(fn: Callable[..., Tensor] | None, inputs: list[Tensor], backward: bool) -> dict[str, Any]:
+    if fn is None:
+        return {"ms": None, "error": "not available"}
+    try:
+        return {"ms": _timed(fn, inputs, backward)}
+    except Exception as e:  # noqa: BLE001 - a library refusing this stack is a result, not a crash
+        torch.cuda.synchronize()
+        return {"ms": None, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+
+
+def run_kernel_bench(
+    ops: Sequence[str] = KERNEL_OPS,
+    lengths: Sequence[int] = (4096, 16384, 65536),
+    compare: Sequence[str] = ("fla", "sdpa"),
+    *,
+    B: int = 1,
+    H: int = 16,
+    D: int = 128,
+    dtype: torch.dtype = torch.bfloat16,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Time our kernels against ``compare`` libraries on CUDA; returns (and writes) the JSON."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("longctx bench --compare needs a CUDA device")
+    for op in ops:
+        _ours(op)  # unknown names fail before any timing
+    bad = set(compare) - {"fla", "sdpa"}
+    if bad:
+        raise ValueError(f"--compare takes fla and / or sdpa, got {sorted(bad)}")
+    bw = _copy_bandwidth()
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+        "triton": __import__("triton").__version__, "B": B, "H": H, "D": D, "dtype": str(dtype),
+        "copy_bandwidth_GBps": bw / 1e9, "date": time.strftime("%Y-%m-%d"), "rows": [],
+    }
+    try:
+        import fla
+
+        results["fla"] = fla.__version__
+    except ImportError:
+        results["fla"] = None
+    libs = {"ours": _ours}
+    if "fla" in compare:
+        libs["fla"] = _fla
+    for T in lengths:
+        for op in ops:
+            if progress:
+                print(f"  [{time.strftime('%H:%M:%S')}] {op} T={T}", flush=True)
+            inputs = _inputs(op, B, T, H, D, dtype, seed=T)
+            row: dict[str, Any] = {"op": op, "T": T}
+            outs = {}
+            for lib, get in libs.items():
+                try:
+                    fn = get(op)
+                except ImportError as e:
+                    fn, row[f"{lib}_error"] = None, str(e)
+                row[f"{lib}_fwd"] = _entry(fn, inputs, backward=False)
+                row[f"{lib}_fwdbwd"] = _entry(fn, inputs, backward=True)
+                if fn is not None and row[f"{lib}_fwd"]["ms"] is not None:
+                    with torch.no_grad():
+                        outs[lib] = fn(*inputs)
+            if "fla" in outs:
+                row["rel_err_vs_fla"] = _rel(outs["ours"], outs["fla"])
+            if op != "ssd":
+                nbytes = sum(t.numel() * t.element_size() for t in inputs[:3]) + inputs[2].numel() * 2
+                row["hbm_floor_ms"] = nbytes / bw * 1e3
+            results["rows"].append(row)
+            if progress:
+                print(_line(row), flush=True)
+            del inputs, outs
+            torch.cuda.empty_cache()
+        if "sdpa" in compare:
+            inputs = _inputs("linear_attention", B, T, H, D, dtype, seed=T)
+            row = {"op": "sdpa_causal", "T": T, "sdpa_fwd": _entry(_sdpa, inputs, False),
+                   "sdpa_fwdbwd": _entry(_sdpa, inputs, True)}
+            results["rows"].append(row)
+            if progress:
+                print(_line(row), flush=True)
+            del inputs
+            torch.cuda.empty_cache()
+    if out is not None:
+        path = Path(out)
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = path / "kernels.json.tmp"
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(path / "kernels.json")
+    return results
+
+
+def _ms(entry: dict | None) -> str:
+    if not entry:
+        return "-"
+    return f"{entry['ms']:.3f}" if entry.get("ms") is not None else "err"
+
+
+def _line(row: dict[str, Any]) -> str:
+    parts = [f"{row['op']:>16} T={row['T']:>6}"]
+    for key in ("ours_fwd", "ours_fwdbwd", "fla_fwd", "fla_fwdbwd", "sdpa_fwd", "sdpa_fwdbwd"):
+        if key in row:
+            parts.append(f"{key}={_ms(row[key])}")
+    if "rel_err_vs_fla" in row:
+        parts.append(f"err={row['rel_err_vs_fla']:.1e}")
+    if "hbm_floor_ms" in row:
+        parts.append(f"floor={row['hbm_floor_ms']:.3f}")
+    return " ".join(parts)
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """Markdown: per op and length, ours vs fla (time and ratio) and the SDPA anchors."""
+    lines = ["| op | T | ours fwd | fla fwd | fla/ours | ours fwd+bwd | fla fwd+bwd | fla/ours | fwd / HBM floor |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        if r["op"] == "sdpa_causal":
+            lines.append(f"| SDPA causal | {r['T']} | {_ms(r['sdpa_fwd'])} | | | {_ms(r['sdpa_fwdbwd'])} | | | |")
+            continue
+
+        def ratio(a: str, b: str, r: dict = r) -> str:
+            x, y = r.get(a, {}).get("ms"), r.get(b, {}).get("ms")
+            return f"{x / y:.2f}x" if x and y else "-"
+
+        floor = r.get("hbm_floor_ms")
+        of = r["ours_fwd"].get("ms")
+        lines.append(
+            f"| {r['op']} | {r['T']} | {_ms(r['ours_fwd'])} | {_ms(r.get('fla_fwd'))} | "
+            f"{ratio('fla_fwd', 'ours_fwd')} | {_ms(r['ours_fwdbwd'])} | {_ms(r.get('fla_fwdbwd'))} | "
+            f"{ratio('fla_fwdbwd', 'ours_fwdbwd')} | "
+            f"{f'{of / floor:.2f}' if of and floor and not math.isnan(floor) else '-'} |")
+    return "\n".join(lines)

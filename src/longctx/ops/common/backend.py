@@ -1,0 +1,105 @@
+"""Which implementation a chunked op runs: the PyTorch reference code or a Triton kernel.
+
+``backend="auto"`` (the default) takes the Triton kernel when every input is on a CUDA device and
+Triton imports, else PyTorch; ``"torch"`` forces PyTorch; ``"triton"`` forces the kernel (an
+error naming the op if it cannot run). The process-wide default comes from ``set_backend`` or the
+``LONGCTX_BACKEND`` environment variable; an op's ``backend=`` argument overrides it. With
+``TRITON_INTERPRET=1``, ``"triton"`` also runs on CPU tensors (Triton's interpreter, for tests);
+``"auto"`` never picks the interpreter.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from torch import Tensor
+
+BACKENDS = ("auto", "torch", "triton")
+_default = [os.environ.get("LONGCTX_BACKEND", "auto")]
+
+
+def _check(name: object, where: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"{where}: backend must be one of {', '.join(map(repr, BACKENDS))}, got {name!r}")
+    return str(name)
+
+
+def has_triton() -> bool:
+    """Triton importable (whether or not a GPU is present)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """Triton's CPU interpreter is on (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def set_backend(name: str) -> None:
+    """Set the process-wide default backend: "auto", "torch" or "triton"."""
+    _default[0] = _check(name, "set_backend")
+
+
+def get_backend() -> str:
+    return _check(_default[0], "LONGCTX_BACKEND")
+
+
+@contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """``with use_backend("torch"): ...`` runs the block with that default backend."""
+    old = _default[0]
+    set_backend(name)
+    try:
+        yield
+    finally:
+        _default[0] = old
+
+
+def wants_triton(op: str, backend: str | None, *tensors: Tensor | None, supported: str | None = None) -> bool:
+    """True when ``op`` should run its Triton kernel on ``tensors``.
+
+    ``supported``: None when the kernel handles this call, else the reason it does not (e.g. a
+    head dim over the kernel's limit); ``"auto"`` then falls back to PyTorch, ``"triton"`` raises.
+    """
+    name = get_backend() if backend is None else _check(backend, op)
+    if name == "torch":
+        return False
+    on_cuda = all(t.is_cuda for t in tensors if t is not None)
+    if name == "auto":
+        return on_cuda and supported is None and has_triton()
+    on_device = on_cuda or interpreting()
+    if not has_triton():
+        raise RuntimeError(f"{op}: backend='triton' but Triton is not installed (pip install triton)")
+    if not on_device:
+        raise ValueError(f"{op}: backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the "
+                         "CPU interpreter)")
+    if supported is not None:
+        raise ValueError(f"{op}: backend='triton' cannot run this call: {supported}")
+    return True
+
+
+MAX_KERNEL_K = 256  # the kernels' backward holds a chunk's whole q / k rows: key dims up to this
+
+
+def kernel_unsupported(K: int, V: int) -> str | None:
+    """Why the chunked linear-attention kernels cannot take key dim ``K`` / value dim ``V``."""
+    if K > MAX_KERNEL_K:
+        return f"key / feature dim {K} > {MAX_KERNEL_K}"
+    if V < 1:
+        return "an empty value dim"
+    return None
+
+
+__all__ = [
+    "BACKENDS",
+    "MAX_KERNEL_K",
+    "get_backend",
+    "has_triton",
+    "interpreting",
+    "kernel_unsupported",
+    "set_backend",
+    "use_backend",
+    "wants_triton",
+]

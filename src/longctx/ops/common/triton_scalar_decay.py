@@ -1,0 +1,410 @@
+"""Triton kernels of chunked linear attention with a scalar (per token, per head) decay.
+
+One family covers linear attention (no decay), retention (a fixed decay per head), simple GLA
+(a data-dependent decay per token and head) and Mamba-2's SSD (decay ``dt A``, input ``dt x``):
+    S_t = exp(g_t) S_{t-1} + k_t v_t^T,        o_t = scale * q_t^T S_t        (S: [K, V])
+In chunks of C tokens with the chunk-local cumulative sums ``G_i = g_0 + ... + g_i`` (<= 0):
+    O_[n] = scale * ((Q K^T ⊙ D) V + (Q ⊙ e^G) S_n),      D_ij = exp(G_i - G_j) [i >= j]
+    S_{n+1} = e^{G_last} S_n + (K ⊙ e^{G_last - G})^T V
+(Yang et al. 2024, GLA §4 / Sun et al. 2023, RetNet eq. 7; the kernel split into a sequential
+state pass and a chunk-parallel output pass follows the flash-linear-attention design.)
+
+Every sequence layout is handled as packed variable lengths: ``[B, T]`` inputs are viewed as
+``[1, B*T]`` with ``cu_seqlens = [0, T, 2T, ...]``; chunks never cross a sequence boundary.
+
+Backward (derived here): with dH_{n+1} the gradient of the state after chunk n,
+    dH_n = e^{G_last} dH_{n+1} + scale (Q ⊙ e^G)^T dO      (a reverse sequential pass)
+    dQ = scale (dO S_n^T ⊙ e^G + (dO V^T ⊙ D) K),   dK = (V dH^T) ⊙ e^{G_last - G} + (dO V^T ⊙ D)^T Q
+    dV = scale (Q K^T ⊙ D)^T dO + (K ⊙ e^{G_last - G}) dH_{n+1}
+and the decay's gradient from the identity that the loss sees the decays only through
+``q_t e^{Gglob_t}``, ``k_t e^{-Gglob_t}`` and ``e^{Gglob_T}`` (the final state):
+    dGglob_t = q_t . dq_t - k_t . dk_t (+ <dS_T, S_T> at each sequence's last token),
+    dg_s = sum_{t >= s} dGglob_t   (a reverse cumulative sum within each sequence).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+@triton.jit
+def _chunk_cumsum_kernel(g, gc, cu_seqlens, chunk_indices, H: tl.constexpr, BT: tl.constexpr):
+    """gc = the cumulative sum of g within each chunk (fp32); grid (chunks, H)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
+    i_t = tl.load(chunk_indices + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    rows = i_t * BT + tl.arange(0, BT)
+    m = rows < T
+    b_g = tl.load(g + (bos + rows) * H + i_h, mask=m, other=0.0)
+    tl.store(gc + (bos + rows) * H + i_h, tl.cumsum(b_g, axis=0), mask=m)
+
+
+@triton.jit
+def _load_g(gc, bos, T, i_t, i_h, H: tl.constexpr, BT: tl.constexpr):
+    """The chunk's G (fp32, 0 past the end) and G at its last real token."""
+    rows = i_t * BT + tl.arange(0, BT)
+    b_g = tl.load(gc + (bos + rows) * H + i_h, mask=rows < T, other=0.0)
+    last = tl.minimum(i_t * BT + BT, T) - 1
+    g_last = tl.load(gc + (bos + last) * H + i_h)
+    return b_g, g_last
+
+
+@triton.jit
+def _fwd_h_kernel(
+    k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
+):
+    """The state S_n at every chunk start (into h) and the final state; grid (K/BK, V/BV, N*H)."""
+    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    NT = tl.cdiv(T, BT)
+    boh = tl.load(chunk_offsets + i_n).to(tl.int64)
+    b_h = tl.zeros([BK, BV], dtype=ACC)
+    if USE_H0:
+        p_h0 = tl.make_block_ptr(h0 + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        b_h += tl.load(p_h0, boundary_check=(0, 1))
+    for i_t in range(NT):
+        p_h = tl.make_block_ptr(h + ((boh + i_t) * H + i_h) * K * V, (K, V), (V, 1),
+                                (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        tl.store(p_h, b_h.to(p_h.dtype.element_ty), boundary_check=(0, 1))
+        p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K),
+                                (i_k * BK, i_t * BT), (BK, BT), (0, 1))
+        p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        b_k = tl.load(p_k, boundary_check=(0, 1))
+        b_v = tl.load(p_v, boundary_check=(0, 1))
+        if HAS_G:
+            b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
+            b_h *= tl.exp(g_last)
+            b_v = (b_v * tl.exp(g_last - b_g)[:, None]).to(b_k.dtype)  # V ⊙ e^{G_last - G}
+        b_h += tl.dot(b_k, b_v, input_precision=PREC)
+    if STORE_HT:
+        p_ht = tl.make_block_ptr(ht + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        tl.store(p_ht, b_h.to(p_ht.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _fwd_o_kernel(
+    q, k, v, gc, h, o, cu_seqlens, chunk_indices, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """O_[n] = scale ((Q K^T ⊙ D) V + (Q ⊙ e^G) S_n); grid (V/BV, chunks, H)."""
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
+    i_t = tl.load(chunk_indices + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    b_o = tl.zeros([BT, BV], dtype=ACC)
+    b_A = tl.zeros([BT, BT], dtype=ACC)
+    for i_k in range(tl.cdiv(K, BK)):
+        p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1),
+                                (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K),
+                                (i_k * BK, i_t * BT), (BK, BT), (0, 1))
+        p_h = tl.make_block_ptr(h + (i_c * H + i_h) * K * V, (K, V), (V, 1),
+                                (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        b_q = tl.load(p_q, boundary_check=(0, 1))
+        b_k = tl.load(p_k, boundary_check=(0, 1))
+        b_h = tl.load(p_h, boundary_check=(0, 1))
+        b_o += tl.dot(b_q, b_h.to(b_q.dtype), input_precision=PREC)
+        b_A += tl.dot(b_q, b_k, input_precision=PREC)
+    idx = tl.arange(0, BT)
+    causal = idx[:, None] >= idx[None, :]
+    if HAS_G:
+        b_g, _ = _load_g(gc, bos, T, i_t, i_h, H, BT)
+        b_o *= tl.exp(b_g)[:, None]
+        b_A *= tl.where(causal, tl.exp(b_g[:, None] - b_g[None, :]), 0.0)
+    else:
+        b_A = tl.where(causal, b_A, 0.0)
+    p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                            (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+    b_v = tl.load(p_v, boundary_check=(0, 1))
+    b_o = (b_o + tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)) * scale
+    p_o = tl.make_block_ptr(o + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                            (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+    tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _bwd_dh_kernel(
+    q, do, gc, dh, dht, dh0, cu_seqlens, chunk_offsets, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+):
+    """dH_{n+1} for every chunk n (into dh), reverse over chunks; grid (K/BK, V/BV, N*H)."""
+    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    NT = tl.cdiv(T, BT)
+    boh = tl.load(chunk_offsets + i_n).to(tl.int64)
+    b_dh = tl.zeros([BK, BV], dtype=ACC)
+    if USE_DHT:
+        p_dht = tl.make_block_ptr(dht + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        b_dh += tl.load(p_dht, boundary_check=(0, 1))
+    for i_r in range(NT):
+        i_t = NT - 1 - i_r
+        p_dh = tl.make_block_ptr(dh + ((boh + i_t) * H + i_h) * K * V, (K, V), (V, 1),
+                                 (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        tl.store(p_dh, b_dh.to(p_dh.dtype.element_ty), boundary_check=(0, 1))
+        p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (K, T), (1, H * K),
+                                (i_k * BK, i_t * BT), (BK, BT), (0, 1))
+        p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        b_q = tl.load(p_q, boundary_check=(0, 1))
+        b_do = tl.load(p_do, boundary_check=(0, 1))
+        if HAS_G:
+            b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
+            b_dh *= tl.exp(g_last)
+            b_q = (b_q * (tl.exp(b_g) * scale)[None, :]).to(b_do.dtype)  # (Q ⊙ e^G)^T scale
+        else:
+            b_q = (b_q * scale).to(b_do.dtype)
+        b_dh += tl.dot(b_q, b_do, input_precision=PREC)
+    if STORE_DH0:
+        p_dh0 = tl.make_block_ptr(dh0 + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        tl.store(p_dh0, b_dh.to(p_dh0.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _bwd_dqkv_kernel(
+    q, k, v, gc, h, do, dh, dq, dk, dv, dgr, cu_seqlens, chunk_indices, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """dq, dk, dv of one chunk (all of K at once, V in blocks), and q.dq - k.dk per token into
+    dgr when there is a decay; grid (chunks, H)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
+    i_t = tl.load(chunk_indices + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+    p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+    b_q = tl.load(p_q, boundary_check=(0, 1))
+    b_k = tl.load(p_k, boundary_check=(0, 1))
+    idx = tl.arange(0, BT)
+    causal = idx[:, None] >= idx[None, :]
+    causal_t = idx[:, None] <= idx[None, :]  # D^T: row j, column i >= j
+    if HAS_G:
+        b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
+        b_D = tl.where(causal, tl.exp(b_g[:, None] - b_g[None, :]), 0.0) * scale
+        b_Dt = tl.where(causal_t, tl.exp(b_g[None, :] - b_g[:, None]), 0.0) * scale
+        b_kd = (b_k * tl.exp(g_last - b_g)[:, None]).to(b_k.dtype)  # K ⊙ e^{G_last - G}
+    else:
+        b_D = causal.to(ACC) * scale
+        b_Dt = causal_t.to(ACC) * scale
+        b_kd = b_k
+    # Transposes are computed as their own products, never by tl.trans of a dot's result (Triton
+    # 3.4 - 3.7.0 miscompiles that on Hopper: flash-linear-attention issue #640).
+    b_At = tl.dot(b_k, tl.trans(b_q), input_precision=PREC) * b_Dt  # the forward's scores, transposed
+    b_dq = tl.zeros([BT, BK], dtype=ACC)  # dO S_n^T (inter-chunk part of dq, before e^G scale)
+    b_dk = tl.zeros([BT, BK], dtype=ACC)  # V dH^T (inter-chunk part of dk, before e^{G_last - G})
+    b_dA = tl.zeros([BT, BT], dtype=ACC)  # dO V^T
+    b_dAt = tl.zeros([BT, BT], dtype=ACC)  # V dO^T
+    for i_v in range(tl.cdiv(V, BV)):
+        p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_h = tl.make_block_ptr(h + (i_c * H + i_h) * K * V, (V, K), (1, V),
+                                (i_v * BV, 0), (BV, BK), (0, 1))  # S_n^T
+        p_dh = tl.make_block_ptr(dh + (i_c * H + i_h) * K * V, (K, V), (V, 1),
+                                 (0, i_v * BV), (BK, BV), (1, 0))  # dH_{n+1}
+        p_dht = tl.make_block_ptr(dh + (i_c * H + i_h) * K * V, (V, K), (1, V),
+                                  (i_v * BV, 0), (BV, BK), (0, 1))  # dH_{n+1}^T
+        b_v = tl.load(p_v, boundary_check=(0, 1))
+        b_do = tl.load(p_do, boundary_check=(0, 1))
+        b_h = tl.load(p_h, boundary_check=(0, 1))
+        b_dh = tl.load(p_dh, boundary_check=(0, 1))
+        b_dht = tl.load(p_dht, boundary_check=(0, 1))
+        b_dA += tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
+        b_dAt += tl.dot(b_v, tl.trans(b_do), input_precision=PREC)
+        b_dq += tl.dot(b_do, b_h.to(b_do.dtype), input_precision=PREC)
+        b_dk += tl.dot(b_v, b_dht.to(b_v.dtype), input_precision=PREC)
+        b_dv = tl.dot(b_At.to(b_do.dtype), b_do, input_precision=PREC)
+        b_dv += tl.dot(b_kd, b_dh.to(b_kd.dtype), input_precision=PREC)
+        p_dv = tl.make_block_ptr(dv + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), boundary_check=(0, 1))
+    b_dA = b_dA * b_D  # dL/d(q_i . k_j) for j <= i
+    b_dAt = b_dAt * b_Dt  # the same, transposed
+    if HAS_G:
+        b_dq = b_dq * (tl.exp(b_g) * scale)[:, None]
+        b_dk = b_dk * tl.exp(g_last - b_g)[:, None]
+        # dGglob_t = q_t . dq_t - k_t . dk_t; the intra-chunk part as the row / column sums of
+        # (q_i . k_j) dA_ij in the accumulation dtype (no rounded operand), the rest from b_dq / b_dk
+        b_P = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * b_dA
+        b_r = tl.sum(b_P, axis=1) - tl.sum(b_P, axis=0)
+        b_r += tl.sum(b_q.to(ACC) * b_dq - b_k.to(ACC) * b_dk, axis=1)
+        rows = i_t * BT + idx
+        tl.store(dgr + (bos + rows) * H + i_h, b_r, mask=rows < T)
+    else:
+        b_dq = b_dq * scale
+    b_dq += tl.dot(b_dA.to(b_q.dtype), b_k, input_precision=PREC)
+    b_dk += tl.dot(b_dAt.to(b_q.dtype), b_q, input_precision=PREC)
+    p_dq = tl.make_block_ptr(dq + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+    p_dk = tl.make_block_ptr(dk + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+    tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), boundary_check=(0, 1))
+    tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), boundary_check=(0, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# host side
+
+
+def chunk_layout(cu_seqlens: Tensor, chunk_size: int) -> tuple[Tensor, Tensor, int]:
+    """``chunk_offsets [N+1]`` (first chunk of each sequence) and ``chunk_indices [chunks, 2]``
+    (sequence, chunk within it) as int32 on the device of ``cu_seqlens``, and the chunk count."""
+    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    per_seq = [-(-n // chunk_size) for n in lens]
+    dev = cu_seqlens.device
+    offsets = torch.tensor([0, *per_seq], device="cpu").cumsum(0).to(torch.int32)
+    seq = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(per_seq, dtype=torch.long))
+    local = torch.cat([torch.arange(n) for n in per_seq]) if per_seq else torch.zeros(0, dtype=torch.long)
+    indices = torch.stack([seq, local], dim=1).to(torch.int32)
+    return offsets.to(dev), indices.contiguous().to(dev), int(offsets[-1])
+
+
+def _acc(dtype: torch.dtype) -> tuple[torch.dtype, object]:
+    """The accumulation / state dtype (float32; float64 for float64 inputs) and its Triton type."""
+    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+
+
+def _prec(dtype: torch.dtype) -> str:
+    """tl.dot's precision for float32 inputs: TF32 only where torch allows it for matmuls."""
+    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+def _blocks(K: int, V: int) -> tuple[int, int, int]:
+    """(BK for the whole-K kernels, BK and BV for the blocked ones)."""
+    BKf = max(16, triton.next_power_of_2(K))
+    return BKf, min(64, BKf), min(64, max(16, triton.next_power_of_2(V)))
+
+
+def _forward(q, k, v, gc, scale, h0, want_ht, cu, offsets, indices, NC, BT):
+    _, _, H, K = q.shape
+    V = v.shape[-1]
+    N = cu.numel() - 1
+    _, BK, BV = _blocks(K, V)
+    acc, ACC = _acc(q.dtype)
+    h = q.new_empty(NC, H, K, V, dtype=acc)
+    ht = q.new_empty(N, H, K, V, dtype=acc) if want_ht else None
+    has_g = gc is not None
+    _fwd_h_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
+        k, v, gc if has_g else q, h, h0 if h0 is not None else q, ht if want_ht else q, cu, offsets,
+        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, ACC=ACC, PREC=_prec(q.dtype), USE_H0=h0 is not None,
+        STORE_HT=want_ht,
+    )
+    o = torch.empty_like(v)
+    _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](
+        q, k, v, gc if has_g else q, h, o, cu, indices, scale,
+        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, ACC=ACC, PREC=_prec(q.dtype),
+    )
+    return o, h, ht
+
+
+class _ScalarDecayFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, g, h0, scale, want_ht, cu, chunk_size):
+        offsets, indices, NC = chunk_layout(cu, chunk_size)
+        H = q.shape[2]
+        gc = None
+        if g is not None:
+            gc = torch.empty(g.shape, dtype=_acc(g.dtype)[0], device=g.device)
+            _chunk_cumsum_kernel[(NC, H)](g, gc, cu, indices, H=H, BT=chunk_size)
+        o, h, ht = _forward(q, k, v, gc, scale, h0, want_ht, cu, offsets, indices, NC, chunk_size)
+        ctx.save_for_backward(q, k, v, gc, h0, h, ht, cu, offsets, indices)
+        ctx.meta = (scale, chunk_size, NC, g is not None and g.requires_grad, g.dtype if g is not None else None)
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, gc, h0, h, ht, cu, offsets, indices = ctx.saved_tensors
+        scale, BT, NC, g_grad, g_dtype = ctx.meta
+        _, _, H, K = q.shape
+        V = v.shape[-1]
+        N = cu.numel() - 1
+        BKf, BK, BV = _blocks(K, V)
+        do = do.contiguous()
+        dht = dht.contiguous() if dht is not None else None
+        has_g = gc is not None
+        acc, ACC = _acc(q.dtype)
+        dh = q.new_empty(NC, H, K, V, dtype=h.dtype)
+        dh0 = torch.empty(N, H, K, V, dtype=acc, device=q.device) if h0 is not None else None
+        _bwd_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
+            q, do, gc if has_g else q, dh, dht if dht is not None else q, dh0 if dh0 is not None else q,
+            cu, offsets, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, ACC=ACC, PREC=_prec(q.dtype),
+            USE_DHT=dht is not None, STORE_DH0=dh0 is not None,
+        )
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dgr = torch.empty(q.shape[:3], dtype=acc, device=q.device) if has_g else q
+        _bwd_dqkv_kernel[(NC, H)](
+            q, k, v, gc if has_g else q, h, do, dh, dq, dk, dv, dgr, cu, indices, scale,
+            H=H, K=K, V=V, BT=BT, BK=BKf, BV=min(BV, 32), HAS_G=has_g, ACC=ACC, PREC=_prec(q.dtype),
+            num_warps=4, num_stages=1,
+        )
+        dg = None
+        if g_grad:
+            if dht is not None and ht is not None:  # e^{Gglob_T} scales the whole final state
+                last = (cu[1:] - 1).long()
+                dgr[0, last] += (dht * ht).sum((-1, -2))
+            dg = _reverse_cumsum(dgr, cu).to(g_dtype)
+        if dh0 is not None:
+            dh0 = dh0.to(h0.dtype)
+        return dq, dk, dv, dg, dh0, None, None, None, None
+
+
+def _reverse_cumsum(x: Tensor, cu: Tensor) -> Tensor:
+    """``y_s = sum_{t >= s} x_t`` within each sequence of the packed ``x [1, T, H]`` (float64)."""
+    x = x.double()
+    suffix = x.flip(1).cumsum(1).flip(1)  # over the whole packed row
+    suffix = torch.cat([suffix, suffix.new_zeros(1, 1, x.shape[2])], dim=1)
+    lens = (cu[1:] - cu[:-1]).long()
+    ends = torch.repeat_interleave(cu[1:].long(), lens, output_size=x.shape[1])  # each token's eos
+    return suffix[:, :-1] - suffix[:, ends]
+
+
+KERNEL_CHUNK = 64  # tokens per chunk in the kernels (a performance choice; results do not depend on it)
+
+
+def scalar_decay_chunk(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor | None = None,
+    *,
+    scale: float = 1.0,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: Tensor | None = None,
+    chunk_size: int = KERNEL_CHUNK,
+) -> tuple[Tensor, Tensor | None]:
+    """Chunked scalar-decay linear attention on the GPU (inputs already checked by the caller).
+
+    q, k: [B, T, H, K]; v: [B, T, H, V]; g: [B, T, H] log decay (<= 0) or None; scale: applied to
+    q k^T; initial_state: [N, H, K, V] (N sequences); cu_seqlens: [N+1] int offsets into T for
+    packed variable lengths (B must be 1) or None. Returns o [B, T, H, V] (q's dtype) and the
+    final state [N, H, K, V] (float32) or None. fp32 accumulation and states for half inputs.
+    """
+    B, T, H, _ = q.shape
+    if cu_seqlens is None:
+        cu = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=q.device)
+        flat = (lambda t: t.reshape(1, B * T, *t.shape[2:])) if B > 1 else (lambda t: t)
+    else:
+        cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
+        flat = lambda t: t
+    q, k, v = (flat(t).contiguous() for t in (q, k, v))
+    if g is not None:
+        g = flat(g).contiguous()
+    h0 = initial_state.contiguous() if initial_state is not None else None
+    o, ht = _ScalarDecayFn.apply(q, k, v, g, h0, float(scale), output_final_state, cu, chunk_size)
+    return o.reshape(B, T, H, v.shape[-1]), ht

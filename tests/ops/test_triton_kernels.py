@@ -1,0 +1,187 @@
+"""The Triton kernels of the chunked scalar-decay family against the float64 definitions.
+
+Without CUDA they run in Triton's CPU interpreter in float64 (exact to rounding, tiny sizes); on
+a GPU (marker ``gpu``) in float32 / bfloat16 at realistic sizes. Skipped where Triton is absent.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from longctx.ops.common.backend import kernel_unsupported, use_backend, wants_triton
+from longctx.ops.gla import naive_gla
+from longctx.ops.linear_attention import chunk_linear_attention, naive_linear_attention
+from longctx.ops.mamba2 import chunk_ssd, naive_ssd
+from longctx.ops.retention import chunk_retention, naive_retention
+from tests.helpers import assert_close
+from tests.ops.triton_support import DEVICE, HAS_TRITON, ON_CUDA  # first: picks the interpreter
+
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
+gpu = pytest.mark.gpu
+
+# float64 in the interpreter: rounding only; on the GPU float32 (IEEE dots) and bf16 inputs
+TOL = {torch.float64: 1e-10, torch.float32: 2e-4, torch.bfloat16: 3e-2}
+# The gradient of a decay shared by all tokens (retention's log gamma_h, SSD's A_h) is a sum over T
+# of q.dq - k.dk terms that nearly cancel; with bf16 operands in the kernels' dots it measured 0.11
+# (retention) and 0.075 (SSD) on an H100 (T=300, 2026-11-23), against 2e-4 for float32 inputs.
+TOL_SHARED_DECAY = {torch.float64: 1e-10, torch.float32: 2e-4, torch.bfloat16: 0.15}
+DTYPES = [torch.float64] if not ON_CUDA else [torch.float32, torch.bfloat16]
+SIZES = [(2, 37, 2, 16, 24)] if not ON_CUDA else [(2, 67, 4, 64, 64), (1, 1000, 4, 128, 128)]
+
+
+def _grads(out, inputs, seed: int):
+    """Gradients of a fixed random projection of every output w.r.t. ``inputs``."""
+    gen = torch.Generator().manual_seed(seed)
+    loss = sum((o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device)).sum()
+               for o in out)
+    return torch.autograd.grad(loss, inputs)
+
+
+def _check(name, ref_fn, fn, ref_inputs, dtype, seed=0, shared_decay=None):
+    """fn on ``dtype`` copies on DEVICE vs ref_fn in float64 on the CPU: outputs and every gradient
+    (input number ``shared_decay`` with the looser ``TOL_SHARED_DECAY``)."""
+    ref_in = [t.double().requires_grad_() for t in ref_inputs]
+    dev_in = [t.detach().to(DEVICE, dtype if t.is_floating_point() else t.dtype).requires_grad_()
+              for t in ref_inputs]
+    ref_out, out = ref_fn(*ref_in), fn(*dev_in)
+    for i, (r, o) in enumerate(zip(ref_out, out, strict=True)):
+        assert o.device.type == DEVICE
+        assert_close(r, o.double().cpu(), TOL[dtype], f"{name}/out{i}")
+    for i, (r, o) in enumerate(zip(_grads(ref_out, ref_in, seed), _grads(out, dev_in, seed), strict=True)):
+        tol = TOL_SHARED_DECAY[dtype] if i == shared_decay else TOL[dtype]
+        assert_close(r, o.double().cpu(), tol, f"{name}/grad{i}")
+
+
+def _rand(*shape, gen):
+    return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+
+def _maybe_gpu(params):
+    return [pytest.param(*p, marks=gpu if ON_CUDA else ()) for p in params]
+
+
+@pytest.mark.parametrize(("dtype", "size"), _maybe_gpu([(d, s) for d in DTYPES for s in SIZES]))
+def test_simple_gla_kernel_matches_recurrence(dtype, size) -> None:
+    """Data-dependent scalar decay (simple GLA) == GLA's recurrence with the gate over all of Dk."""
+    from longctx.ops.retention.triton import triton_simple_gla
+
+    B, T, H, K, V = size
+    gen = torch.Generator().manual_seed(T)
+    q, k, v = _rand(B, T, H, K, gen=gen), _rand(B, T, H, K, gen=gen), _rand(B, T, H, V, gen=gen)
+    g = -torch.rand(B, T, H, generator=gen, dtype=torch.float64) * 0.3
+    S0 = _rand(B, H, K, V, gen=gen)
+    scale = K ** -0.5
+
+    def ref(q, k, v, g, S0):
+        return naive_gla(q, k, v, g[..., None].expand(B, T, H, K), scale=scale, initial_state=S0,
+                         output_final_state=True)
+
+    def fn(q, k, v, g, S0):
+        return triton_simple_gla(q, k, v, g.float() if g.dtype != torch.float64 else g, scale=scale,
+                                 initial_state=S0.float() if S0.dtype != torch.float64 else S0,
+                                 output_final_state=True)
+
+    _check("simple_gla", ref, fn, [q, k, v, g, S0], dtype)
+
+
+@pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
+def test_retention_dispatches_to_the_kernel(dtype) -> None:
+    B, T, H, K, V = (2, 45, 2, 16, 16) if not ON_CUDA else (2, 300, 4, 64, 64)
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = _rand(B, T, H, K, gen=gen), _rand(B, T, H, K, gen=gen), _rand(B, T, H, V, gen=gen)
+    log_decay = torch.log(torch.rand(H, generator=gen, dtype=torch.float64) * 0.2 + 0.75)
+    S0 = _rand(B, H, K, V, gen=gen)
+
+    def ref(q, k, v, b, S0):
+        return naive_retention(q, k, v, log_decay=b, initial_state=S0, output_final_state=True)
+
+    def fn(q, k, v, b, S0):
+        return chunk_retention(q, k, v, log_decay=b.float() if b.dtype != torch.float64 else b,
+                               initial_state=S0, output_final_state=True, backend="triton")
+
+    _check("retention", ref, fn, [q, k, v, log_decay, S0], dtype, shared_decay=3)
+
+
+@pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
+@pytest.mark.parametrize("normalize", [False, True])
+def test_linear_attention_dispatches_to_the_kernel(dtype, normalize) -> None:
+    B, T, H, K, V = (2, 40, 2, 16, 16) if not ON_CUDA else (2, 300, 4, 64, 64)
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = _rand(B, T, H, K, gen=gen), _rand(B, T, H, K, gen=gen), _rand(B, T, H, V, gen=gen)
+    S0, z0 = _rand(B, H, K, V, gen=gen), torch.rand(B, H, K, generator=gen, dtype=torch.float64) + 1
+    kw = {"feature_map": "elu+1", "normalize": normalize, "output_final_state": True}
+
+    def ref(q, k, v, S0, z0):
+        o, (S, z) = naive_linear_attention(q, k, v, initial_state=(S0, z0), **kw)
+        return o, S, z
+
+    def fn(q, k, v, S0, z0):
+        o, (S, z) = chunk_linear_attention(q, k, v, initial_state=(S0, z0), backend="triton", **kw)
+        return o, S, z
+
+    _check("linear_attention", ref, fn, [q, k, v, S0, z0], dtype)
+
+
+@pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
+def test_ssd_dispatches_to_the_kernel(dtype) -> None:
+    Bsz, T, H, P, G, N = (2, 41, 4, 16, 2, 16) if not ON_CUDA else (2, 300, 8, 64, 2, 64)
+    gen = torch.Generator().manual_seed(3)
+    x = _rand(Bsz, T, H, P, gen=gen)
+    dt = torch.rand(Bsz, T, H, generator=gen, dtype=torch.float64) * 0.5
+    A = -torch.rand(H, generator=gen, dtype=torch.float64) - 0.1
+    B, C = _rand(Bsz, T, G, N, gen=gen), _rand(Bsz, T, G, N, gen=gen)
+    D, S0 = _rand(H, gen=gen), _rand(Bsz, H, P, N, gen=gen)
+
+    def ref(*a):
+        return naive_ssd(*a[:5], D=a[5], initial_state=a[6], output_final_state=True)
+
+    def fn(*a):
+        return chunk_ssd(*a[:5], D=a[5], initial_state=a[6], output_final_state=True, backend="triton")
+
+    _check("ssd", ref, fn, [x, dt, A, B, C, D, S0], dtype, shared_decay=2)
+
+
+@pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
+def test_packed_variable_lengths_equal_separate_calls(dtype) -> None:
+    """cu_seqlens: each packed sequence == its own call (state, decay and outputs)."""
+    from longctx.ops.retention.triton import triton_simple_gla
+
+    lens = [7, 16, 1, 40] if not ON_CUDA else [100, 64, 1, 900, 37]
+    H, K, V = (2, 16, 16) if not ON_CUDA else (4, 64, 64)
+    T = sum(lens)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = _rand(1, T, H, K, gen=gen), _rand(1, T, H, K, gen=gen), _rand(1, T, H, V, gen=gen)
+    g = -torch.rand(1, T, H, generator=gen, dtype=torch.float64) * 0.3
+    S0 = _rand(len(lens), H, K, V, gen=gen)
+
+    def ref(q, k, v, g, S0):
+        outs, finals = [], []
+        for n, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
+            o, S = naive_gla(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e, :, None].expand(1, e - s, H, K),
+                             scale=0.5, initial_state=S0[n:n + 1], output_final_state=True)
+            outs.append(o)
+            finals.append(S)
+        return torch.cat(outs, 1), torch.cat(finals)
+
+    def fn(q, k, v, g, S0):
+        dt = torch.float64 if q.dtype == torch.float64 else torch.float32
+        return triton_simple_gla(q, k, v, g.to(dt), scale=0.5, initial_state=S0.to(dt),
+                                 output_final_state=True, cu_seqlens=cu.to(q.device))
+
+    _check("varlen", ref, fn, [q, k, v, g, S0], dtype)
+
+
+def test_backend_choice_and_errors() -> None:
+    x = torch.zeros(1, 3, 1, 4)
+    assert not wants_triton("op", "torch", x)
+    assert not wants_triton("op", "auto", x)  # CPU tensors: PyTorch, even with the interpreter on
+    with pytest.raises(ValueError, match="backend must be one of"):
+        wants_triton("op", "cuda", x)
+    with pytest.raises(ValueError, match="cannot run this call: key / feature dim 300"):
+        wants_triton("op", "triton", x, supported=kernel_unsupported(300, 4))
+    with use_backend("torch"):
+        assert not wants_triton("op", None, x)
+    with pytest.raises(ValueError, match="set_backend: backend must be"):
+        use_backend("fast").__enter__()
