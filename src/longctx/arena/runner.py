@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import platform
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -26,10 +27,34 @@ from longctx.tasks.registry import build_task, task_config_class
 from longctx.train import TrainConfig, train
 
 STORE_NAME = "results.sqlite"
+_COMMIT: list[str] = []  # the source commit, looked up once per suite run (run_suite)
 
 
 def host_description() -> str:
     return f"{platform.node() or 'host'} ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def device_description(device: str) -> str:
+    """``"cpu"`` or ``"cuda:<GPU name>"`` for the device a run trains on."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        return f"cuda:{torch.cuda.get_device_name(dev)}"
+    return dev.type
+
+
+def source_commit() -> str:
+    """The git commit of the source tree (``+dirty`` when modified), or "" outside a checkout."""
+    root = Path(__file__).resolve().parents[3]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                              capture_output=True, text=True, timeout=10, check=False)
+        if head.returncode != 0:
+            return ""
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def execute_run(config: dict[str, Any], suite: str, device: str = "cpu", progress: bool = False,
@@ -70,11 +95,13 @@ def execute_run(config: dict[str, Any], suite: str, device: str = "cpu", progres
         wall_time_s=time.perf_counter() - t0,
         state_size_bytes=model.state_size(1, config["seq_len"]),
         tokens_per_s=result.tokens_per_s, host=host_description(), torch_version=torch.__version__,
+        device=device_description(device), git_commit=_COMMIT[0] if _COMMIT else "",
     )
 
 
-def _worker(args: tuple[dict, str, str, int | None]) -> RunRecord:
-    config, suite, device, threads = args
+def _worker(args: tuple[dict, str, str, int | None, str]) -> RunRecord:
+    config, suite, device, threads, commit = args
+    _COMMIT[:] = [commit]  # spawned workers start with a fresh module
     return execute_run(config, suite, device, progress=False, threads=threads)
 
 
@@ -84,6 +111,7 @@ def run_suite(suite: Suite, out_dir: str | Path = "runs", jobs: int = 1, threads
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     suite_dir = Path(out_dir) / suite.name
+    _COMMIT[:] = [source_commit()]
     with ResultsStore(suite_dir / STORE_NAME) as store:
         configs = suite.runs()
         todo = [c for c in configs if not store.has(config_hash(c))]
@@ -103,7 +131,7 @@ def run_suite(suite: Suite, out_dir: str | Path = "runs", jobs: int = 1, threads
             tqdm.set_lock(threading.RLock())  # the bar lives in this process: no semaphore to leak
             ctx = mp.get_context("spawn")
             with ctx.Pool(jobs) as pool:
-                args = [(c, suite.name, device, per_job) for c in todo]
+                args = [(c, suite.name, device, per_job, _COMMIT[0]) for c in todo]
                 for record in pool.imap_unordered(_worker, args):
                     store.add(record)
                     bar.update()

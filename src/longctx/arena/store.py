@@ -9,12 +9,15 @@ may add rows at once: a writer waits for the lock instead of failing, readers ne
 A file that exists but is not a longctx store (not SQLite, SQLite with another schema, a newer
 format version) is refused with :class:`StoreError` and never modified.
 
-Schema (version 1)::
+Schema (version 2)::
 
-    meta(key TEXT PRIMARY KEY, value TEXT)    -- 'format' = 'longctx-results', 'version' = '1'
+    meta(key TEXT PRIMARY KEY, value TEXT)    -- 'format' = 'longctx-results', 'version' = '2'
     runs(seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- insertion order
          run_id TEXT UNIQUE, suite, config JSON, metrics JSON, wall_time_s, state_size_bytes,
-         tokens_per_s, finished_at, host, torch_version)
+         tokens_per_s, finished_at, host, torch_version, device, git_commit)
+
+A version-1 store (no ``device`` / ``git_commit``) is upgraded in place when opened: the two
+columns are added with '' for the old rows.
 """
 
 from __future__ import annotations
@@ -30,12 +33,12 @@ from types import TracebackType
 from typing import Any, Self
 
 FORMAT = "longctx-results"
-VERSION = 1
+VERSION = 2
 BUSY_TIMEOUT_S = 60.0
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _COLUMNS = ("run_id", "suite", "config", "metrics", "wall_time_s", "state_size_bytes",
-            "tokens_per_s", "finished_at", "host", "torch_version")
+            "tokens_per_s", "finished_at", "host", "torch_version", "device", "git_commit")
 
 _SCHEMA = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -50,7 +53,9 @@ CREATE TABLE runs (
     tokens_per_s REAL NOT NULL,
     finished_at TEXT NOT NULL,
     host TEXT NOT NULL,
-    torch_version TEXT NOT NULL
+    torch_version TEXT NOT NULL,
+    device TEXT NOT NULL DEFAULT '',
+    git_commit TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX runs_suite ON runs (suite);
 INSERT INTO meta (key, value) VALUES ('format', '{FORMAT}'), ('version', '{VERSION}');
@@ -80,6 +85,8 @@ class RunRecord:
     finished_at: str = field(default_factory=utc_now_iso)  # ISO 8601
     host: str = ""              # machine the run ran on
     torch_version: str = ""     # torch.__version__ of the run
+    device: str = ""            # "cpu" or "cuda:<GPU name>"
+    git_commit: str = ""        # the source tree's commit ("+dirty" if modified), "" if unknown
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -166,6 +173,24 @@ class ResultsStore:
                              f"longctx supports ({VERSION}); upgrade longctx")
         if "runs" not in tables:
             raise StoreError(f"{self.path}: longctx store without a 'runs' table")
+        if int(version) < VERSION:
+            self._upgrade(int(version))
+
+    def _upgrade(self, version: int) -> None:
+        """Version 1 -> 2: add ``device`` and ``git_commit`` ('' for the runs already stored)."""
+        self._execute("BEGIN IMMEDIATE")
+        try:
+            columns = {r[1] for r in self._conn.execute("PRAGMA table_info(runs)")}
+            for name in ("device", "git_commit"):
+                if name not in columns:  # another process may have upgraded it meanwhile
+                    self._conn.execute(f"ALTER TABLE runs ADD COLUMN {name} TEXT NOT NULL DEFAULT ''")
+            self._conn.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(VERSION),))
+            self._conn.execute("COMMIT")
+        except BaseException as e:
+            self._rollback()
+            if isinstance(e, sqlite3.Error):
+                raise StoreError(f"{self.path}: cannot upgrade store from version {version} ({e})") from e
+            raise
 
     def _create(self) -> None:
         """Create the schema; another process may be doing the same, hence the re-check."""
@@ -286,4 +311,4 @@ def _to_values(row: RunRecord) -> tuple:
     return (str(row.run_id), str(row.suite), json.dumps(row.config, sort_keys=True),
             json.dumps(row.metrics, sort_keys=True), float(row.wall_time_s),
             int(row.state_size_bytes), float(row.tokens_per_s), str(row.finished_at),
-            str(row.host), str(row.torch_version))
+            str(row.host), str(row.torch_version), str(row.device), str(row.git_commit))

@@ -49,6 +49,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from longctx.arena.merge import merge_stores
+
+    c = merge_stores(args.out, args.inputs)
+    print(f"merge: {c.added} runs added, {c.duplicates} duplicates skipped; {args.out} holds {c.total}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from longctx.bench.ops import run_bench
 
@@ -83,7 +91,7 @@ def _bench_kernels(args: argparse.Namespace) -> int:
 
 
 # commands whose ValueErrors are messages about the user's input (paths, models, options)
-USER_INPUT_COMMANDS = ("generate", "stream-ppl", "stream-bench", "train-lm", "ppl-length")
+USER_INPUT_COMMANDS = ("merge", "generate", "stream-ppl", "stream-bench", "train-lm", "ppl-length")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="write report.md / report.html from a suite's results store")
     r.add_argument("store_dir", help="a suite directory, e.g. runs/quick")
     r.set_defaults(fn=_cmd_report)
+
+    m = sub.add_parser("merge", help="merge results stores of several machines into one (dedup by config)")
+    m.add_argument("out", help="the merged store (created, or merged into)")
+    m.add_argument("inputs", nargs="+", help="stores to merge, e.g. runs-gpu/quick/results.sqlite")
+    m.set_defaults(fn=_cmd_merge)
 
     ls = sub.add_parser("list", help="list mixers, tasks and suites")
     ls.set_defaults(fn=_cmd_list)
