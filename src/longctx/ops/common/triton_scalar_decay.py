@@ -45,6 +45,14 @@ def _chunk_cumsum_kernel(g, gc, cu_seqlens, chunk_indices, H: tl.constexpr, BT: 
 
 
 @triton.jit
+def _sequence(cu_seqlens, chunk_offsets, i_n, BT: tl.constexpr):
+    """Sequence i_n's first token, length, chunk count and first global chunk."""
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    return bos, T, tl.cdiv(T, BT), tl.load(chunk_offsets + i_n).to(tl.int64)
+
+
+@triton.jit
 def _load_g(gc, bos, T, i_t, i_h, H: tl.constexpr, BT: tl.constexpr):
     """The chunk's G (fp32, 0 past the end) and G at its last real token."""
     rows = i_t * BT + tl.arange(0, BT)
@@ -63,10 +71,7 @@ def _fwd_h_kernel(
     """The state S_n at every chunk start (into h) and the final state; grid (K/BK, V/BV, N*H)."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
-    NT = tl.cdiv(T, BT)
-    boh = tl.load(chunk_offsets + i_n).to(tl.int64)
+    bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
     b_h = tl.zeros([BK, BV], dtype=ACC)
     if USE_H0:
         p_h0 = tl.make_block_ptr(h0 + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
@@ -143,10 +148,7 @@ def _bwd_dh_kernel(
     """dH_{n+1} for every chunk n (into dh), reverse over chunks; grid (K/BK, V/BV, N*H)."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
-    NT = tl.cdiv(T, BT)
-    boh = tl.load(chunk_offsets + i_n).to(tl.int64)
+    bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
     b_dh = tl.zeros([BK, BV], dtype=ACC)
     if USE_DHT:
         p_dht = tl.make_block_ptr(dht + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
