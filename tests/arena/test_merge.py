@@ -92,10 +92,3 @@ def test_version_1_store_is_upgraded_on_open(tmp_path: Path) -> None:
     assert con.execute("SELECT value FROM meta WHERE key = 'version'").fetchone() == ("2",)
     con.close()
 
-
-def test_runs_record_device_and_source_commit() -> None:
-    from longctx.arena.runner import device_description, source_commit
-
-    assert device_description("cpu") == "cpu"
-    commit = source_commit()  # a git checkout here (CI clones one); "" elsewhere, never an error
-    assert commit == "" or len(commit.split("+")[0]) == 12

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from longctx.arena.report import write_report
+from longctx.arena.report import Cell, write_report
 from longctx.arena.store import ResultsStore, RunRecord, StoreError, config_hash
 
 MIXERS = ("attention", "gated_deltanet", "mamba2")
@@ -59,7 +59,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_files_exist_and_pngs_valid(report: dict[str, Path]) -> None:
     names = {p.name for p in report.values()}
     assert names == {"report.md", "report.html", "acc_vs_seqlen.png", "acc_vs_state_size.png",
-                     "throughput.png"}
+                     "throughput.png", "task_mqar.png"}
     for p in report.values():
         assert p.is_file() and p.stat().st_size > 0
         if p.suffix == ".png":
@@ -70,7 +70,7 @@ def test_html_self_contained(report: dict[str, Path]) -> None:
     text = report["html"].read_text(encoding="utf-8")
     for mixer in MIXERS:
         assert mixer in text
-    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', text)) == 3
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', text)) == 4
     assert not re.search(r"https?:", text)
     assert "<link" not in text and "<script" not in text
     assert "testbox" in text and "2.13.0" in text
@@ -93,7 +93,7 @@ def test_markdown_table_best_over_lr(report: dict[str, Path]) -> None:
         mean, std = statistics.fmean(accs), statistics.stdev(accs)
         assert r["Accuracy"] == f"{100 * mean:.1f} ± {100 * std:.1f}%"
         assert float(r["Best lr"]) == best_lr
-        assert r["Runs"] == "4" and r["Task"] == "mqar" and r["d_model"] == "64"
+        assert r["Runs"] == "4" and r["d_model"] == "64"
         assert r["num_kv_pairs"] == str(seq_len // 16)
     assert table[0]["State"] == "64.0 KiB" and table[2]["State"] == "16.0 KiB"
     assert "- **Runs:** 24" in text and "48.0 s" in text
@@ -128,10 +128,10 @@ def test_empty_or_missing_store(tmp_path: Path) -> None:
         write_report(tmp_path)
 
 
-
 def test_cells_of_equal_state_size_are_dodged_apart() -> None:
     """Two mixers with the same decode-state size must not hide each other in the state plot."""
-    from longctx.arena.report import _dodged_sizes, summarize
+    from longctx.arena.report import summarize
+    from longctx.arena.report_plots import _dodged_sizes
 
     def row(mixer: str, state: int) -> RunRecord:
         config = {"task": "mqar", "mixer": mixer, "d_model": 64, "seq_len": 32, "lr": 1e-3,
@@ -147,3 +147,142 @@ def test_cells_of_equal_state_size_are_dodged_apart() -> None:
     assert x["softmax_attention"] != x["sliding_window_attention"]
     assert all(abs(x[m] / 1024 - 1) < 0.1 for m in ("softmax_attention", "sliding_window_attention"))
     assert x["gla"] == 4096  # alone at its size: not moved
+
+
+# -- the sections of a store with every kind of run (tests/arena/report_store.py) -------------
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tests.arena.report_store import write_fake_store
+
+    return write_report(write_fake_store(tmp_path_factory.mktemp("full")))
+
+
+def md_section(text: str, title: str) -> str:
+    """The Markdown between ``## title`` and the next ``## ``."""
+    start = text.index(f"## {title}\n")
+    end = text.find("\n## ", start + 3)
+    return text[start:end if end >= 0 else len(text)]
+
+
+def test_full_report_plots_are_inlined(full: dict[str, Path]) -> None:
+    pngs = {k for k, p in full.items() if p.suffix == ".png"}
+    tasks = ("listops", "lra_image", "lra_text", "mqar", "niah", "passkey", "pathfinder")
+    assert pngs == ({"acc_vs_seqlen", "acc_vs_state_size", "throughput", "bench_vs_length",
+                     "depth_passkey", "depth_niah"} | {f"task_{t}" for t in tasks})
+    text = full["html"].read_text(encoding="utf-8")
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', text)) == len(pngs)
+    assert not re.search(r"https?:|<script|<link|src=\"(?!data:)", text)
+    for t in tasks:
+        assert f'id="task-{t.replace("_", "-")}"' in text and f'href="#task-{t.replace("_", "-")}"' in text
+    md = full["markdown"].read_text(encoding="utf-8")
+    assert all(f"]({k}.png)" in md for k in pngs)
+
+
+def test_per_task_tables_keep_their_own_columns(full: dict[str, Path]) -> None:
+    md = full["markdown"].read_text(encoding="utf-8")
+    mqar, passkey = md_section(md, "Task: mqar"), md_section(md, "Task: passkey")
+    assert "| Mixer | d_model | T | num_kv_pairs | Accuracy |" in mqar
+    assert "num_kv_pairs" not in passkey and "| Mixer | d_model | T | Accuracy |" in passkey
+    assert "Settings shared by every run: d_model=64; model: n_heads=2, n_layers=2; " \
+           "train: steps=300." in passkey
+    assert "passkey retrieval (Mohtashami & Jaggi 2023)" in passkey
+
+
+def test_lra_leaderboard(full: dict[str, Path]) -> None:
+    from longctx.arena.report_lra import PUBLISHED, average
+
+    # the averages the papers print (over the five tasks, Path-X left out)
+    assert [round(average(v), 2) for v in PUBLISHED.values()] == [54.39, 84.03, 86.25]
+    section = md_section(full["markdown"].read_text(encoding="utf-8"),
+                         "Leaderboard: Long Range Arena")
+    rows = {r["Model"]: r for r in md_table(section)}
+    assert list(rows) == ["Transformer (Tay et al. 2021)", "S4 (Gu et al. 2022)",
+                          "MEGA (Ma et al. 2023)", "ours: gla", "ours: softmax_attention"]
+    assert rows["MEGA (Ma et al. 2023)"]["Pathfinder"] == "96.01"
+    assert rows["Transformer (Tay et al. 2021)"]["Avg"] == "54.39"
+    ours = rows["ours: softmax_attention"]
+    assert [ours[k] for k in ("ListOps", "Text", "Retrieval", "Image", "Pathfinder", "Avg")] == \
+        ["37.5", "61.2", "—", "40.1", "70.5", "—"]
+    assert rows["ours: gla"]["ListOps"] == "20.0" and rows["ours: gla"]["Text"] == "—"
+    assert "not CIFAR-10" in section and "not comparable" in section
+    html_text = full["html"].read_text(encoding="utf-8")
+    assert html_text.count('<tr class="pub">') == 4  # published lengths + 3 published models
+
+
+def test_lra_average_needs_all_five_tasks() -> None:
+    from longctx.arena.report_lra import average, our_scores
+
+    def cell(task: str, acc: float, seq_len: int = 1024) -> Cell:
+        return Cell(task, "s4d", 64, seq_len, (), {}, acc, 0.0, 1, 1e-3, 0.5, 0, 1.0, 1.0, 1)
+
+    tasks = ("listops", "lra_text", "lra_retrieval", "lra_image", "pathfinder")
+    cells = [cell(t, 0.5 + 0.1 * i) for i, t in enumerate(tasks)] + [cell("listops", 0.9, 64)]
+    scores = our_scores(cells)["s4d"]
+    assert scores == pytest.approx([50.0, 60.0, 70.0, 80.0, 90.0])  # longest length wins
+    assert average(scores) == pytest.approx(70.0) and average(scores[:4] + [None]) is None
+    assert our_scores([cell("mqar", 0.9)]) == {}
+
+
+def test_depth_heat_map_table(full: dict[str, Path]) -> None:
+    from tests.arena.report_store import depth_accuracy
+
+    section = md_section(full["markdown"].read_text(encoding="utf-8"), "Task: passkey")
+    table = [r for r in md_table(section[section.index("| Mixer | Depth"):])]
+    assert len(table) == 10  # 2 mixers x 5 depth bins
+    first = table[0]
+    assert (first["Mixer"], first["Depth"]) == ("gla", "0–20%")
+    want = statistics.fmean(depth_accuracy("gla", 512, 0.1, s) for s in (0, 1))
+    assert first["T = 512"] == f"{100 * want:.1f}%"
+    assert "gla: 50.5% on average; lowest 17.5% at depth 0–20% (T = 512)" in section
+    assert "softmax_attention: 90.5% on average, flat across depths" in section
+    niah = md_section(full["markdown"].read_text(encoding="utf-8"), "Task: niah")
+    assert "| gla | 0–50% | 50.0% |" in niah and "![niah:" in niah
+
+
+def test_bench_section(full: dict[str, Path]) -> None:
+    section = md_section(full["markdown"].read_text(encoding="utf-8"),
+                         "Throughput and memory vs length (longctx bench)")
+    rows = {(r["Op"], r["Form"]): r for r in md_table(section)}
+    assert set(rows) == {("gla", "chunk"), ("softmax_attention", "chunk")}  # naive: not drawn
+    assert rows[("gla", "chunk")]["T = 1,024"] == "200k/s · 4.0 MiB"
+    assert rows[("softmax_attention", "chunk")]["T = 16,384"] == "25k/s · 256.0 MiB"
+    assert "broken_op (check_failed)" in section
+    assert "the fastest forward is gla (chunk, 200k tokens/s), 8.0× the slowest" in section
+
+
+def test_bench_files_given_found_or_refused(tmp_path: Path) -> None:
+    import json
+
+    from tests.arena.report_store import fake_bench, fake_rows
+
+    d = tmp_path / "suite"
+    with ResultsStore(d / "results.sqlite") as store:
+        for row in fake_rows()[:4]:  # one task, one length: a quick report
+            store.add(row)
+    (d / "bench-kernels.json").write_text('{"rows": []}', encoding="utf-8")  # not a bench result
+    paths = write_report(d)
+    assert "bench_vs_length" not in paths
+    data = fake_bench()
+    data["ops"]["gla"]["results"] = data["ops"]["gla"]["results"][:1]
+    (tmp_path / "a.json").write_text(json.dumps(data), encoding="utf-8")
+    newer = fake_bench()
+    newer["meta"]["date"] = "2026-11-24T00:00:00+00:00"
+    del newer["ops"]["softmax_attention"]
+    (d / "bench-part2.json").write_text(json.dumps(newer), encoding="utf-8")
+    md = write_report(d, bench=[tmp_path / "a.json", d / "bench-part2.json"])["markdown"]
+    section = md_section(md.read_text(encoding="utf-8"),
+                         "Throughput and memory vs length (longctx bench)")
+    rows = {(r["Op"], r["Form"]): r for r in md_table(section)}
+    assert rows[("gla", "chunk")]["T = 16,384"] == "200k/s · 64.0 MiB"  # the fuller file's gla
+    assert ("softmax_attention", "chunk") in rows and "(a.json, bench-part2.json)" in section
+    found = write_report(d)["markdown"].read_text(encoding="utf-8")
+    assert "Skipped (not a bench result): bench-kernels.json." in found
+    with pytest.raises(ValueError, match="bench-kernels.json is not a `longctx bench` result"):
+        write_report(d, bench=d / "bench-kernels.json")
+    with pytest.raises(ValueError, match="no bench JSON file at"):
+        write_report(d, bench=tmp_path / "missing.json")
+    from longctx.cli.main import main
+
+    assert main(["report", str(d), "--bench", str(tmp_path / "a.json")]) == 0
+    assert main(["report", str(d), "--bench", str(tmp_path / "missing.json")]) == 2

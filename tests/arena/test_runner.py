@@ -243,3 +243,129 @@ def test_garbage_store_is_refused_and_left_untouched(tmp_path: Path, capsys) -> 
     assert str(store) in err and "not a" in err
     assert store.read_bytes() == garbage
     assert sorted(p.name for p in store.parent.iterdir()) == ["results.sqlite"]
+
+
+# -- device and source commit of every run -------------------------------------------------------
+
+def _git(*args: str) -> str:
+    root = Path(runner.__file__).resolve().parents[3]
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_runs_record_device_and_source_commit(tiny_run) -> None:
+    _, suite_dir, _ = tiny_run
+    commit = runner.source_commit()
+    for r in records(suite_dir / "results.sqlite").values():
+        assert r.device == "cpu"
+        assert r.git_commit == commit
+
+
+def test_source_commit_of_this_checkout() -> None:
+    root = Path(runner.__file__).resolve().parents[3]
+    if not (root / ".git").exists():
+        assert runner.source_commit() == "unknown"
+        return
+    head = _git("rev-parse", "--short=12", "HEAD")
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    assert runner.source_commit() == head + ("+dirty" if dirty else "")
+
+
+def test_source_commit_is_unknown_outside_a_checkout_and_never_fails(tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    fake = tmp_path / "site" / "longctx" / "arena" / "runner.py"  # parents[3] has no .git
+    monkeypatch.setattr(runner, "__file__", str(fake))
+    assert runner.source_commit() == "unknown"
+    (tmp_path / ".git").mkdir()  # a broken repository
+    monkeypatch.setattr(runner, "__file__", str(tmp_path / "src" / "longctx" / "arena" / "r.py"))
+    assert runner.source_commit() == "unknown"
+    monkeypatch.undo()
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(runner.subprocess, "run", no_git)
+    assert runner.source_commit() == "unknown"
+
+
+def test_device_description_and_check() -> None:
+    assert runner.device_description("cpu") == "cpu"
+    assert runner.check_device("cpu") == "cpu"
+    for bad in ("gpu", "", "mps:x"):
+        with pytest.raises(ValueError, match="device"):
+            runner.check_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            runner.check_device("cuda")
+    else:
+        assert runner.device_description("cuda").startswith("cuda:")
+        with pytest.raises(ValueError, match="CUDA device"):
+            runner.check_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_worker_device_spreads_plain_cuda_over_gpus(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [runner.worker_device("cuda", k) for k in (1, 2, 3, 4)] == [
+        "cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert runner.worker_device("cuda:1", 1) == "cuda:1"  # an explicit GPU is kept
+    assert runner.worker_device("cpu", 2) == "cpu"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert runner.worker_device("cuda", 3) == "cuda"
+
+
+def test_bad_device_refused_before_any_run(tmp_path: Path, monkeypatch, capsys) -> None:
+    def boom(*args, **kwargs):
+        raise AssertionError("a run started on a bad device")
+
+    monkeypatch.setattr(runner, "execute_run", boom)
+    suite = load_suite(str(write_suite(tmp_path)))
+    with pytest.raises(ValueError, match="device"):
+        run_suite(suite, out_dir=tmp_path / "runs", jobs=1, device="gpu", progress=False)
+    assert not (tmp_path / "runs").exists()
+    rc = main(["arena", "--suite", str(tmp_path / "tiny.toml"), "--out", str(tmp_path / "runs"),
+               "--device", "gpu", "--quiet"])
+    assert rc == 2 and "device" in capsys.readouterr().err
+
+
+# -- needle depth of passkey / NIAH runs ---------------------------------------------------------
+
+PASSKEY = """
+[suite]
+name = "depth"
+tasks = ["passkey"]
+mixers = ["gla"]
+d_model = [16]
+seq_len = [256]
+lr = [1e-2]
+seeds = [0]
+
+[model]
+n_layers = 1
+n_heads = 2
+
+[train]
+steps = 2
+batch_size = 8
+eval_batch_size = 16
+threads = 1
+
+[task.passkey]
+num_train = 16
+num_test = 40
+"""
+
+
+def test_passkey_run_records_accuracy_by_depth(tmp_path: Path) -> None:
+    """A passkey run stores ``depth_eval`` (bins over the test set's random depths) and the report
+    draws it; the bins' examples add up to the test set and the pooled accuracy is the run's."""
+    (tmp_path / "depth.toml").write_text(PASSKEY)
+    n_threads = torch.get_num_threads()
+    suite_dir = run_suite(load_suite(str(tmp_path / "depth.toml")), out_dir=tmp_path / "runs",
+                          jobs=1, threads=1, progress=False)
+    torch.set_num_threads(n_threads)
+    (row,) = records(suite_dir / "results.sqlite").values()
+    bins = row.metrics["depth_eval"]
+    assert len(bins) >= 2 and sum(b["examples"] for b in bins) == 40
+    assert all(b["length"] == 256 and 0 <= b["depth_lo"] < b["depth_hi"] <= 1 for b in bins)
+    assert all(0.0 <= b["accuracy"] <= 1.0 for b in bins)
+    assert "depth" in (suite_dir / "report.md").read_text().lower()

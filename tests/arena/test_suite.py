@@ -302,3 +302,45 @@ def test_missing_file_and_unknown_builtin(tmp_path: Path) -> None:
     with pytest.raises(UnknownNameError) as info:
         load_suite("quik")
     assert "quick" in str(info.value)
+
+
+# -- bad grids: wrong element types, names, and values the configs refuse ----------------------
+
+@pytest.mark.parametrize("key,value", [
+    ("mixers", "[1]"), ("mixers", '[["gla"]]'), ("tasks", "[1]"), ("tasks", '"mqar"'),
+    ("seq_len", "[[32]]"), ("seeds", "[0.5]"), ("lr", "3"), ("lr", "{ default = 1e-3 }"),
+])
+def test_grid_values_of_the_wrong_type(tmp_path: Path, key: str, value: str) -> None:
+    """A non-string mixer / task, a nested list, a scalar for a list: a SuiteError, no crash."""
+    check_error(tmp_path, {"suite": {key: value}}, "[suite]", key)
+
+
+@pytest.mark.parametrize("key", ["mixers", "tasks"])
+def test_unknown_name_message_names_the_key(tmp_path: Path, key: str) -> None:
+    value = '["softmax_attention", "gla2"]' if key == "mixers" else '["mqar", "passkey_x"]'
+    msg = check_error(tmp_path, {"suite": {key: value}}, f"[suite] {key}:")
+    assert "valid" in msg  # the known names are listed
+
+
+@pytest.mark.parametrize("value", ["3", '""', '"a/b"', '".."'])
+def test_bad_suite_name(tmp_path: Path, value: str) -> None:
+    check_error(tmp_path, {"suite": {"name": value}}, "name")
+
+
+def test_description_must_be_a_string(tmp_path: Path) -> None:
+    check_error(tmp_path, {"suite": {"description": "[1]"}}, "description")
+
+
+@pytest.mark.parametrize("section,key,value,needle", [
+    ("train", "steps", "-3", "[train] (seq_len = 32)"),
+    ("task.mqar", "num_kv_pairs", "1000", "[task.mqar] (seq_len = 32)"),
+    ("task.mqar", "num_kv_pairs", "{ 32 = 4, 64 = 1000 }", "[task.mqar] (seq_len = 64)"),
+    ("mixer.gla", "chunk_size", "-1", "[mixer.gla]"),
+    ("model", "n_heads", "3", "n_heads"),  # 3 heads do not divide d_model = 16
+    ("model", "short_conv", "1", "[model]"),
+])
+def test_values_the_configs_refuse_are_caught_at_load(tmp_path: Path, section: str, key: str,
+                                                      value: str, needle: str) -> None:
+    """Well-typed values a config refuses fail when the file is loaded (not mid-suite), with the
+    file, the section and the config's own message naming the key."""
+    check_error(tmp_path, {section: {key: value}}, needle, key)

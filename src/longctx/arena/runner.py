@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from longctx.arena.depth import DEPTH_TASKS, depth_breakdown
 from longctx.arena.extrapolation import ExtrapolationConfig, evaluate_lengths
 from longctx.arena.report import write_report
 from longctx.arena.store import ResultsStore, RunRecord, config_hash
@@ -42,19 +43,50 @@ def device_description(device: str) -> str:
     return dev.type
 
 
+UNKNOWN_COMMIT = "unknown"
+
+
 def source_commit() -> str:
-    """The git commit of the source tree (``+dirty`` when modified), or "" outside a checkout."""
-    root = Path(__file__).resolve().parents[3]
+    """The git commit of the source tree (``+dirty`` when tracked files are modified), or
+    ``"unknown"`` when the package is not inside a git checkout of this project (an installed
+    wheel, no git, a broken repository). Never raises."""
+    root = Path(__file__).resolve().parents[3]  # <root>/src/longctx/arena/runner.py
+    if not (root / ".git").exists():  # not our checkout (a wheel inside some other repo, say)
+        return UNKNOWN_COMMIT
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
                               capture_output=True, text=True, timeout=10, check=False)
-        if head.returncode != 0:
-            return ""
+        if head.returncode != 0 or not head.stdout.strip():
+            return UNKNOWN_COMMIT
         dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
-        return ""
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+        return UNKNOWN_COMMIT
+    return head.stdout.strip() + ("+dirty" if dirty.returncode != 0 or dirty.stdout.strip() else "")
+
+
+def check_device(device: str) -> str:
+    """``device`` if runs can train on it (``cpu``, ``cuda``, ``cuda:<index>``), else ValueError."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:<index>', got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:<index>', got {device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available here (torch "
+                             f"{torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def worker_device(device: str, worker: int) -> str:
+    """The device of pool worker ``worker`` (1-based): plain ``"cuda"`` on a machine with several
+    GPUs spreads the workers round-robin over them; anything else is used as given."""
+    n = torch.cuda.device_count() if device == "cuda" else 0
+    return f"cuda:{(worker - 1) % n}" if n > 1 else device
 
 
 def execute_run(config: dict[str, Any], suite: str, device: str = "cpu", progress: bool = False,
@@ -82,6 +114,9 @@ def execute_run(config: dict[str, Any], suite: str, device: str = "cpu", progres
         "steps": result.steps, "train_time_s": result.train_time_s,
         "params": sum(p.numel() for p in model.parameters()), "history": result.history,
     }
+    if config["task"] in DEPTH_TASKS:  # accuracy by needle depth, for the report's heat map
+        metrics["depth_eval"] = depth_breakdown(model, config["task"], data.test, task_opts,
+                                                batch_size=train_config.eval_batch_size)
     if "extrapolation" in config:
         def make_data(seq_len: int, num_train: int, num_test: int):
             opts = {**task_opts, "seq_len": seq_len, "num_train": num_train, "num_test": num_test}
@@ -95,13 +130,22 @@ def execute_run(config: dict[str, Any], suite: str, device: str = "cpu", progres
         wall_time_s=time.perf_counter() - t0,
         state_size_bytes=model.state_size(1, config["seq_len"]),
         tokens_per_s=result.tokens_per_s, host=host_description(), torch_version=torch.__version__,
-        device=device_description(device), git_commit=_COMMIT[0] if _COMMIT else "",
+        device=device_description(device), git_commit=_commit(),
     )
+
+
+def _commit() -> str:
+    """The source commit, looked up once per process (``run_suite`` sets it for its workers)."""
+    if not _COMMIT:
+        _COMMIT.append(source_commit())
+    return _COMMIT[0]
 
 
 def _worker(args: tuple[dict, str, str, int | None, str]) -> RunRecord:
     config, suite, device, threads, commit = args
     _COMMIT[:] = [commit]  # spawned workers start with a fresh module
+    identity = mp.current_process()._identity  # (k,) for the pool's k-th worker
+    device = worker_device(device, identity[0] if identity else 1)
     return execute_run(config, suite, device, progress=False, threads=threads)
 
 
@@ -110,6 +154,7 @@ def run_suite(suite: Suite, out_dir: str | Path = "runs", jobs: int = 1, threads
     """Run every unfinished config of ``suite``; return the suite's directory."""
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    check_device(device)
     suite_dir = Path(out_dir) / suite.name
     _COMMIT[:] = [source_commit()]
     with ResultsStore(suite_dir / STORE_NAME) as store:

@@ -240,15 +240,23 @@ def _grid(path: str, suite: dict) -> dict[str, list]:
             if repeated:
                 raise SuiteError(f"{path} [suite]: {key} lists {', '.join(repeated)} more than "
                                  "once; each value gives one run, list it once")
-    for t in grid["tasks"]:
-        if t not in task_names():
-            raise _unknown(f"{path} [suite]", t, task_names(), kind="task")
-    for m in grid["mixers"]:
-        if mixer_base(m) not in mixer_names():
-            raise _unknown(f"{path} [suite]", mixer_base(m), mixer_names(), kind="mixer")
-        if "@" in m and not m.split("@", 1)[1]:
-            raise SuiteError(f"{path} [suite]: mixer {m!r} has an empty variant name after '@'")
+    _check_names(path, grid)
     return grid
+
+
+def _check_names(path: str, grid: dict[str, list]) -> None:
+    """``tasks`` and ``mixers`` hold registered names (strings); the error names the key."""
+    for key, kind, known in (("tasks", "task", task_names()), ("mixers", "mixer", mixer_names())):
+        for name in grid[key]:
+            if not isinstance(name, str):
+                raise SuiteError(f"{path} [suite]: {key} values must be {kind} names (strings), "
+                                 f"got {name!r}")
+            base = mixer_base(name) if key == "mixers" else name
+            if base not in known:
+                raise _unknown(f"{path} [suite] {key}", base, known, kind=kind)
+            if key == "mixers" and "@" in name and not name.split("@", 1)[1]:
+                raise SuiteError(f"{path} [suite] mixers: mixer {name!r} has an empty variant "
+                                 "name after '@'")
 
 
 def _lr_list(path: str, where: str, values: Any) -> list[float]:
@@ -292,9 +300,47 @@ def parse_suite(data: dict, path: str = "<suite>") -> Suite:
     extrapolation = None
     if "extrapolation" in data:
         extrapolation = _extrapolation(f"{path} [extrapolation]", data["extrapolation"])
+    if "name" in suite and not (isinstance(suite["name"], str) and suite["name"].strip()):
+        raise SuiteError(f"{path} [suite]: name must be a non-empty string, got {suite['name']!r}")
+    if any(c in suite.get("name", "") for c in "/\\") or suite.get("name") in (".", ".."):
+        raise SuiteError(f"{path} [suite]: name {suite['name']!r} names the results folder "
+                         "(runs/<name>/), so it may not contain '/' or '\\' or be '.' / '..'")
+    if not isinstance(suite.get("description", ""), str):
+        raise SuiteError(f"{path} [suite]: description must be a string, got {suite['description']!r}")
     name = suite.get("name", Path(path).stem)
-    return Suite(name=name, path=path, description=suite.get("description", ""), grid=grid,
-                 model=model, train=train, task=tasks, mixer=mixers, extrapolation=extrapolation)
+    out = Suite(name=name, path=path, description=suite.get("description", ""), grid=grid,
+                model=model, train=train, task=tasks, mixer=mixers, extrapolation=extrapolation)
+    _check_configs(out)
+    return out
+
+
+def _check_configs(suite: Suite) -> None:
+    """Build every distinct task / train / model / mixer config of the grid (no data, no
+    weights), so a value the config refuses (``steps = -3``, ``n_heads`` not dividing
+    ``d_model``) is a SuiteError naming the file and section now, not a crash mid-suite."""
+    g, path = suite.grid, suite.path
+    for seq_len in g["seq_len"]:
+        train = {k: _at_length(v, seq_len) for k, v in suite.train.items()}
+        _build(f"{path} [train] (seq_len = {seq_len})", TrainConfig, lr=1e-3, seed=0, **train)
+        for t in g["tasks"]:
+            opts = {k: _at_length(v, seq_len) for k, v in suite.task.get(t, {}).items()}
+            _build(f"{path} [task.{t}] (seq_len = {seq_len})", task_config_class(t),
+                   seq_len=seq_len, **opts)
+    n_heads = suite.model.get("n_heads", LMConfig.n_heads)
+    for m, d_model in itertools.product(g["mixers"], g["d_model"]):
+        base, opts = mixer_base(m), suite.mixer.get(m, {})
+        where = f"{path} [mixer.{m}] (d_model = {d_model}, n_heads = {n_heads})"
+        _build(where, config_class(base), d_model=d_model, n_heads=n_heads, **opts)
+        _build(f"{path} [model] (mixer {m!r}, d_model = {d_model})", LMConfig,
+               d_model=d_model, mixer=base, mixer_options={base: opts} if opts else {},
+               **suite.model)
+
+
+def _build(where: str, cls: type, **kwargs: Any) -> None:
+    try:
+        cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise SuiteError(f"{where}: {e}") from None
 
 
 def _extrapolation(where: str, table: Any) -> dict[str, Any]:

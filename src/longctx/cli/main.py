@@ -8,9 +8,16 @@ from pathlib import Path
 
 
 def _cmd_arena(args: argparse.Namespace) -> int:
-    from longctx.arena.runner import run_suite
+    from longctx.arena.runner import check_device, run_suite
     from longctx.arena.suite import load_suite
 
+    try:  # checked before anything runs; a ValueError from a run itself keeps its traceback
+        check_device(args.device)
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    except ValueError as e:
+        print(f"longctx arena: error: {e}", file=sys.stderr)
+        return 2
     if args.threads:
         import torch
 
@@ -26,7 +33,7 @@ def _cmd_arena(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from longctx.arena.report import write_report
 
-    paths = write_report(Path(args.store_dir))
+    paths = write_report(Path(args.store_dir), bench=args.bench or None)
     print(f"report: {paths['html']}  (and {paths['markdown'].name})")
     return 0
 
@@ -91,7 +98,7 @@ def _bench_kernels(args: argparse.Namespace) -> int:
 
 
 # commands whose ValueErrors are messages about the user's input (paths, models, options)
-USER_INPUT_COMMANDS = ("merge", "generate", "stream-ppl", "stream-bench", "train-lm", "ppl-length")
+USER_INPUT_COMMANDS = ("merge", "report", "generate", "stream-ppl", "stream-bench", "train-lm", "ppl-length")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,13 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", default="runs", help="runs directory; the store is <out>/<suite>/results.sqlite")
     a.add_argument("--jobs", type=int, default=2, help="runs in parallel (processes)")
     a.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
-    a.add_argument("--device", default="cpu", help="cpu or cuda")
+    a.add_argument("--device", default="cpu",
+                   help="cpu, cuda (several GPUs: the --jobs workers spread over them) or cuda:<index>")
     a.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
     a.set_defaults(fn=_cmd_arena)
 
     r = sub.add_parser("report", help="write report.md / report.html from a suite's results store")
     r.add_argument("store_dir", help="a suite directory, e.g. runs/quick")
+    r.add_argument("--bench", nargs="*", default=None, metavar="JSON",
+                   help="longctx bench JSON file(s) for the throughput / memory section "
+                        "(default: every bench*.json in store_dir)")
     r.set_defaults(fn=_cmd_report)
 
     m = sub.add_parser("merge", help="merge results stores of several machines into one (dedup by config)")
