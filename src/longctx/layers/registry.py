@@ -101,7 +101,7 @@ REGISTRY: dict[str, tuple[type[Mixer], type[MixerConfig], str]] = {
              "MEGA (Ma 2023): damped multi-dim EMA + single-head gated attention; full or Mega-chunk"),
     "rwkv6": (RWKV6, RWKV6Config,
               "RWKV-6/Finch time mixing (Peng 2024): ddlerp token shift, matrix state, data-dependent decay"),
-    "s4": (S4, S4Config, "S4 (Gu 2022): NPLR HiPPO-LegS, bilinear; kernel by Cauchy + Woodbury + iFFT, recurrent decode"),
+    "s4": (S4, S4Config, "S4 (Gu 2022): NPLR HiPPO-LegS; bilinear (kernel by Cauchy + Woodbury + iFFT) or ZOH (dense powers), recurrent decode"),
     "block_recurrent": (BlockRecurrent, BlockRecurrentConfig,
                         "Block-Recurrent Transformer (Hutchins 2022): window attention + gated recurrent state vectors"),
     "rmt": (RMT, RMTConfig, "Recurrent Memory Transformer (Bulatov 2022), layer-local: read/write memory tokens per segment"),

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from longctx.layers.base import Mixer, MixerConfig, State, dtype_bytes
 from longctx.layers.common import check_choice, check_positive
 from longctx.ops.s4 import chunk_s4d, fft_conv, s4d_inv, s4d_lin, s4d_step
-from longctx.ops.s4.dplr import bilinear, dense_A, dplr_kernel, dplr_step, hippo_legs_nplr
+from longctx.ops.s4.dplr import dense_A, discretize_dense, dplr_kernel, dplr_step, hippo_legs_nplr
 
 INITS = {"lin": s4d_lin, "inv": s4d_inv}
 
@@ -137,13 +137,9 @@ class S4D(Mixer):
 @dataclass
 class S4Config(SSMConfig):
     d_state: int = 64  # N: HiPPO-LegS order (complex states after diagonalisation, Re readout)
-    discretization: str = "bilinear"  # the DPLR kernel (Cauchy + Woodbury) is for bilinear
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.discretization != "bilinear":
-            raise ValueError(f"{type(self).__name__}: S4's DPLR kernel is derived for the bilinear "
-                             f"discretisation, got discretization={self.discretization!r} (use s4d for ZOH)")
+    # "bilinear": kernel by Cauchy + Woodbury (S4 Algorithm 1); "zoh": exp(dt A), kernel by blocked
+    # dense powers (Algorithm 1 holds only for bilinear), O(N^2 T) per channel
+    discretization: str = "bilinear"
 
 
 @dataclass
@@ -154,9 +150,10 @@ class S4State(State):
 class S4(Mixer):
     """S4 (Gu, Goel & Ré 2022): per channel the NPLR HiPPO-LegS SSM diagonalised,
     ``A = Lambda - P P^*`` (``Lambda``, ``P`` trained, ``Re Lambda = -exp(.)``), bilinear
-    discretisation, the kernel by Cauchy + Woodbury at the roots of unity (``ops/s4/dplr.py``),
-    FFT convolution, ``+ D u``, GELU and a GLU projection (the S4 block). Decode: the dense
-    discretised recurrence ``[N, N]`` per channel; a prefill continuing a state runs it too.
+    discretisation with the kernel by Cauchy + Woodbury at the roots of unity, or ZOH with the
+    kernel by blocked dense powers of ``exp(dt A)`` (``ops/s4/dplr.py``); FFT convolution,
+    ``+ D u``, GELU and a GLU projection (the S4 block). Decode: the dense discretised recurrence
+    ``[N, N]`` per channel; a prefill continuing a state runs it too.
     Variant: full N complex states with a ``Re`` readout (no conjugate halving); B from HiPPO,
     trained; C complex normal.
     """
@@ -185,10 +182,10 @@ class S4(Mixer):
         self.check_input(x)
         Lam, P, B, C, dt = self._params()
         if state is None:
-            K = dplr_kernel(Lam, P, P, B, C, dt, x.shape[1]).to(x.dtype)
+            K = dplr_kernel(Lam, P, P, B, C, dt, x.shape[1], self.config.discretization).to(x.dtype)
             return F.glu(self.out(F.gelu(fft_conv(x, K, self.D))), dim=-1), None
         self.check_state(state, x.shape[0])
-        A_bar, B_bar = bilinear(dense_A(Lam, P, P), B, dt)
+        A_bar, B_bar = discretize_dense(dense_A(Lam, P, P), B, dt, self.config.discretization)
         h = torch.view_as_complex(state.x.to(Lam.real.dtype).contiguous())
         ys = []
         for t in range(x.shape[1]):
