@@ -26,4 +26,5 @@ def unknown_name(kind: str, name: object, known: Iterable[str]) -> UnknownNameEr
     known = list(known)
     close = difflib.get_close_matches(str(name), known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return UnknownNameError(f"unknown {kind} {name!r}.{hint} Known {kind}s: {', '.join(known)}")
+    plural = {"corpus": "corpora"}.get(kind, f"{kind}s")
+    return UnknownNameError(f"unknown {kind} {name!r}.{hint} Known {plural}: {', '.join(known)}")

@@ -3,7 +3,7 @@
 - mqar: 2 mixers x 2 lengths x 2 lr x 2 seeds;
 - passkey: 2 mixers x 2 lengths with ``depth_eval`` (5 depth bins), 2 seeds;
 - niah: 1 mixer x 1 length with ``depth_eval``;
-- LRA: listops, lra_text, lra_image, pathfinder for softmax_attention (lra_retrieval missing),
+- LRA: listops, text_classification, images, pathfinder for softmax_attention (retrieval missing),
   listops only for gla;
 - a ``bench.json`` beside the store (2 ops, chunk + naive forms, 3 lengths).
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from longctx.arena.store import ResultsStore, RunRecord, config_hash
 
 DEPTH_BINS = [(i / 5, (i + 1) / 5) for i in range(5)]
-LRA_OURS = {"listops": 0.375, "lra_text": 0.612, "lra_image": 0.401, "pathfinder": 0.705}
+LRA_OURS = {"listops": 0.375, "text_classification": 0.612, "images": 0.401, "pathfinder": 0.705}
 
 
 def depth_accuracy(mixer: str, length: int, depth: float, seed: int) -> float:

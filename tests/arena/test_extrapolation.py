@@ -3,6 +3,7 @@ at longer lengths under each RoPE scaling, and its report section."""
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def test_variants_and_extrapolation_reach_the_runs() -> None:
     ('"softmax_attention@alibi"]', '"softmax_attention@"]', "empty variant name"),
     ('position = "alibi"', 'position = 3', "position must be str"),
     ("lengths = [1, 2, 4]", "lengths = []", "lengths must be a non-empty list"),
-    ("lengths = [1, 2, 4]", "lengths = [1, 0]", "positive integers"),
+    ("lengths = [1, 2, 4]", "lengths = [1, 0]", "positive numbers"),
     ('scalings = ["none", "linear", "yarn"]', 'scalings = ["pi"]', "unknown scaling 'pi'"),
     ("finetune_steps = 2", "finetune_steps = -1", "finetune_steps must be a non-negative"),
     ("finetune_steps = 2", "finetune_step = 2", "unknown key 'finetune_step'"),
@@ -148,3 +149,62 @@ def test_suite_run_writes_the_extrapolation_report(tmp_path: Path) -> None:
     assert "softmax_attention@alibi" in md and "| softmax_attention | yarn | yes |" in md
     assert (out / "length_extrapolation.png").stat().st_size > 10_000
     assert "length_extrapolation.png" in (out / "report.html").read_text()
+
+
+def test_bad_lengths_are_named() -> None:
+    for bad in ([0], [-0.5], ["2"], [True]):
+        with pytest.raises(ValueError, match="lengths must hold positive numbers"):
+            ExtrapolationConfig(lengths=bad)
+
+
+LM_SUITE = """
+[suite]
+name = "lm"
+tasks = ["corpus_lm"]
+mixers = ["softmax_attention", "gla"]
+d_model = [16]
+seq_len = [32]
+lr = [3e-3]
+seeds = [0]
+
+[model]
+n_layers = 1
+n_heads = 2
+
+[train]
+steps = 4
+batch_size = 8
+threads = 1
+
+[task.corpus_lm]
+num_train = 32
+num_test = 4
+
+[extrapolation]
+lengths = [0.25, 0.5, 1, 2]
+scalings = ["none", "yarn"]
+"""
+
+
+def test_language_model_runs_report_perplexity_from_quarter_to_twice_the_length(
+        tmp_path: Path) -> None:
+    """Fractional multiples evaluate shorter windows (plain RoPE only: no scaling below 1x);
+    corpus_lm runs get a perplexity section (exp of the stored loss), not an accuracy one."""
+    path = tmp_path / "lm.toml"
+    path.write_text(LM_SUITE)
+    n_threads = torch.get_num_threads()
+    out = run_suite(load_suite(str(path)), tmp_path / "runs", progress=False)
+    torch.set_num_threads(n_threads)
+    md = (out / "report.md").read_text()
+    assert "Perplexity vs evaluation length" in md and "Accuracy vs evaluation length" not in md
+    from longctx.arena.store import ResultsStore
+
+    with ResultsStore(out / "results.sqlite") as store:
+        rows = {r.config["mixer"]: r for r in store.rows()}
+    evals = rows["softmax_attention"].metrics["length_eval"]
+    assert {(e["length"], e["scaling"]) for e in evals} == {
+        (8, "none"), (16, "none"), (32, "none"), (64, "none"), (64, "yarn")}
+    quarter = next(e for e in evals if e["length"] == 8)
+    row = next(line for line in md.splitlines() if line.startswith("| softmax_attention | none |"))
+    assert f"| {math.exp(quarter['loss']):.2f} |" in row  # the table shows exp(loss)
+    assert (out / "perplexity_vs_length.png").stat().st_size > 10_000

@@ -167,7 +167,7 @@ def md_section(text: str, title: str) -> str:
 
 def test_full_report_plots_are_inlined(full: dict[str, Path]) -> None:
     pngs = {k for k, p in full.items() if p.suffix == ".png"}
-    tasks = ("listops", "lra_image", "lra_text", "mqar", "niah", "passkey", "pathfinder")
+    tasks = ("listops", "images", "text_classification", "mqar", "niah", "passkey", "pathfinder")
     assert pngs == ({"acc_vs_seqlen", "acc_vs_state_size", "throughput", "bench_vs_length",
                      "depth_passkey", "depth_niah"} | {f"task_{t}" for t in tasks})
     text = full["html"].read_text(encoding="utf-8")
@@ -216,7 +216,7 @@ def test_lra_average_needs_all_five_tasks() -> None:
     def cell(task: str, acc: float, seq_len: int = 1024) -> Cell:
         return Cell(task, "s4d", 64, seq_len, (), {}, acc, 0.0, 1, 1e-3, 0.5, 0, 1.0, 1.0, 1)
 
-    tasks = ("listops", "lra_text", "lra_retrieval", "lra_image", "pathfinder")
+    tasks = ("listops", "text_classification", "retrieval", "images", "pathfinder")
     cells = [cell(t, 0.5 + 0.1 * i) for i, t in enumerate(tasks)] + [cell("listops", 0.9, 64)]
     scores = our_scores(cells)["s4d"]
     assert scores == pytest.approx([50.0, 60.0, 70.0, 80.0, 90.0])  # longest length wins

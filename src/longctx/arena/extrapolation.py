@@ -30,7 +30,9 @@ SCALINGS = ("none", "linear", "ntk", "dynamic", "yarn", "llama3")
 
 @dataclass
 class ExtrapolationConfig:
-    lengths: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # multiples of seq_len
+    # multiples of seq_len; fractions (0.25, 0.5) evaluate shorter windows, as perplexity-vs-
+    # length curves do (Press et al. 2022, Fig. 1: L/4 .. 8L)
+    lengths: list[float] = field(default_factory=lambda: [1, 2, 4, 8])
     scalings: list[str] = field(default_factory=lambda: ["none", "linear", "ntk", "dynamic", "yarn"])
     finetune_steps: int = 0  # > 0: also fine-tune a copy at each longer length with the scaling on
     finetune_lr: float | None = None  # None: a tenth of the run's learning rate
@@ -41,8 +43,8 @@ class ExtrapolationConfig:
         if not isinstance(self.lengths, list) or not self.lengths:
             raise ValueError(f"lengths must be a non-empty list of positive integers, got {self.lengths!r}")
         for m in self.lengths:
-            if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-                raise ValueError(f"lengths must hold positive integers (multiples of seq_len), got {m!r}")
+            if isinstance(m, bool) or not isinstance(m, (int, float)) or not m > 0:
+                raise ValueError(f"lengths must hold positive numbers (multiples of seq_len), got {m!r}")
         if len(set(self.lengths)) != len(self.lengths):
             raise ValueError(f"lengths lists a multiple twice: {self.lengths}")
         if not isinstance(self.scalings, list) or not self.scalings:
@@ -74,7 +76,7 @@ def evaluate_lengths(model: nn.Module, make_data, cfg: ExtrapolationConfig, trai
                dynamic_ncols=True)
     records = []
     for m in cfg.lengths:
-        length = m * trained_len
+        length = eval_length(m, trained_len)
         n_train = cfg.finetune_steps * cfg.finetune_batch_size if m > 1 else 0
         data = make_data(length, max(n_train, 1), cfg.num_test)
         names = cfg.scalings if has_rope and m > 1 else ["none"]
@@ -90,6 +92,11 @@ def evaluate_lengths(model: nn.Module, make_data, cfg: ExtrapolationConfig, trai
     bar.close()
     set_rope_scaling(model, None)
     return records
+
+
+def eval_length(m: float, trained_len: int) -> int:
+    """The evaluation length of multiple ``m``: ``round(m * trained_len)``, at least 1 token."""
+    return max(1, round(m * trained_len))
 
 
 def _finetuned(model: nn.Module, data: TaskData, scaling: dict | None, cfg: ExtrapolationConfig,

@@ -8,7 +8,8 @@ no script) and its PNG plots:
 - ``task_<task>.png``: per task, every series' accuracy at every length, beside the task's table;
 - ``depth_<task>.png``: accuracy by context length x needle depth (passkey / NIAH runs that
   carry ``depth_eval``, see ``arena/depth.py``);
-- ``length_extrapolation.png``: runs evaluated at other lengths (``report_extrapolation``);
+- ``length_extrapolation.png`` / ``perplexity_vs_length.png``: runs evaluated at other lengths
+  (``report_extrapolation``; perplexity for language-modelling tasks);
 - ``bench_vs_length.png``: throughput and memory vs length from ``longctx bench`` JSON.
 
 A leaderboard puts our runs of the Long Range Arena tasks beside the published table
@@ -141,9 +142,10 @@ def _sections(rows: list[RunRecord], cells: list[Cell], colours: dict, store_dir
         task_rows = [r for r in rows if str(r.config.get("task", "?")) == task]
         sections.append(_task_section(task, [c for c in cells if c.task == task], task_rows,
                                       colours, store_dir, depth.get(task, [])))
-    extra = report_extrapolation.write_section(rows, store_dir)
-    if extra is not None:
-        sections.append(_extrapolation_section(extra))
+    for metric in ("accuracy", "perplexity"):
+        extra = report_extrapolation.write_section(rows, store_dir, metric)
+        if extra is not None:
+            sections.append(_extrapolation_section(extra, metric))
     blocks = report_bench.section_blocks(bench_paths, store_dir, colours, strict)
     if blocks is not None:
         sections.append(Section(report_bench.TITLE, blocks))
@@ -188,9 +190,9 @@ def task_settings(rows: list[RunRecord]) -> str:
     return "; ".join(parts)
 
 
-def _extrapolation_section(extra: report_extrapolation.Section) -> Section:
+def _extrapolation_section(extra: report_extrapolation.Section, metric: str) -> Section:
     table = Table(extra.head, extra.body, left=3)
-    title = report_extrapolation.TITLE
+    title = report_extrapolation.PPL_TITLE if metric == "perplexity" else report_extrapolation.TITLE
     return Section(title, [*extra.notes, Plot(extra.png, title), table])
 
 

@@ -1,4 +1,5 @@
-"""The report's length-extrapolation section: accuracy vs evaluation length, per RoPE scaling.
+"""The report's length-extrapolation sections: accuracy vs evaluation length, per RoPE scaling,
+and for language-modelling tasks (``LM_TASKS``) perplexity per byte vs evaluation length.
 
 Drawn from the ``length_eval`` records that ``arena/extrapolation.py`` adds to a run's metrics.
 A *line* is one (mixer, scaling); panels split zero-shot from fine-tuned evaluation. Runs that
@@ -8,6 +9,7 @@ is kept (as in the main table).
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -20,6 +22,9 @@ from longctx.arena.store import RunRecord
 
 PLOT = "length_extrapolation"
 TITLE = "Accuracy vs evaluation length (trained at T)"
+LM_TASKS = ("corpus_lm",)  # scored by perplexity (exp of the loss in nats per token)
+PPL_PLOT = "perplexity_vs_length"
+PPL_TITLE = "Perplexity vs evaluation length (trained at T)"
 # one colour per scaling; non-RoPE variants (ALiBi, NoPE) draw in grey shades with markers
 _SCALING_COLOURS = {"none": "#e03131", "linear": "#1971c2", "ntk": "#2f9e44",
                     "dynamic": "#f08c00", "yarn": "#7048e8", "llama3": "#0c8599"}
@@ -33,7 +38,7 @@ class Line:
     scaling: str
     finetuned: bool
     trained_len: int
-    points: dict[int, float]  # evaluation length -> accuracy (mean over seeds)
+    points: dict[int, float]  # evaluation length -> accuracy or perplexity (mean over seeds)
 
     @property
     def label(self) -> str:
@@ -61,15 +66,22 @@ def _best_runs(rows: list[RunRecord]) -> list[list[RunRecord]]:
     return out
 
 
-def lines(rows: list[RunRecord]) -> list[Line]:
-    """Every (task-agnostic) line of the plot, from the runs that have ``length_eval``."""
-    rows = [r for r in rows if r.metrics.get("length_eval")]
+def _value(e: dict, metric: str) -> float:
+    return e["accuracy"] if metric == "accuracy" else math.exp(min(e["loss"], 50.0))
+
+
+def lines(rows: list[RunRecord], metric: str = "accuracy") -> list[Line]:
+    """Every line of the plot, from the runs that have ``length_eval``: ``metric`` is
+    ``"accuracy"`` (the runs of tasks outside ``LM_TASKS``) or ``"perplexity"`` (those in it)."""
+    lm = metric == "perplexity"
+    rows = [r for r in rows if r.metrics.get("length_eval")
+            and (str(r.config.get("task")) in LM_TASKS) == lm]
     result = []
     for runs in _best_runs(rows):
         acc: dict[tuple[str, bool, int], list[float]] = defaultdict(list)
         for r in runs:
             for e in r.metrics["length_eval"]:
-                acc[(e["scaling"], e["finetuned"], e["length"])].append(e["accuracy"])
+                acc[(e["scaling"], e["finetuned"], e["length"])].append(_value(e, metric))
         cfg = runs[0].config
         by_line: dict[tuple[str, bool], dict[int, float]] = defaultdict(dict)
         for (scaling, tuned, length), values in acc.items():
@@ -82,22 +94,26 @@ def lines(rows: list[RunRecord]) -> list[Line]:
     return sorted(result, key=lambda ln: (ln.mixer, ln.finetuned, ln.scaling != "none", ln.scaling))
 
 
-def write_section(rows: list[RunRecord], store_dir: Path) -> Section | None:
-    """The plot and table, or None if no run evaluated other lengths."""
-    lns = lines(rows)
+def write_section(rows: list[RunRecord], store_dir: Path,
+                  metric: str = "accuracy") -> Section | None:
+    """The plot and table of ``metric`` (see :func:`lines`), or None if no run evaluated other
+    lengths."""
+    lns = lines(rows, metric)
     if not lns:
         return None
-    png = store_dir / f"{PLOT}.png"
-    _plot(lns, png)
+    ppl = metric == "perplexity"
+    png = store_dir / f"{PPL_PLOT if ppl else PLOT}.png"
+    _plot(lns, png, metric)
     lengths = sorted({n for ln in lns for n in ln.points})
     head = ["Mixer", "Scaling", "Fine-tuned"] + [f"{n:,}" for n in lengths]
     body = [[ln.mixer, ln.scaling, "yes" if ln.finetuned else "no"]
-            + [f"{100 * ln.points[n]:.1f}%" if n in ln.points else "—" for n in lengths]
+            + [("—" if n not in ln.points else f"{ln.points[n]:.2f}" if ppl
+                else f"{100 * ln.points[n]:.1f}%") for n in lengths]
             for ln in lns]
-    return Section(png, head, body, _notes(lns))
+    return Section(png, head, body, _ppl_notes(lns) if ppl else _notes(lns))
 
 
-def _plot(lns: list[Line], path: Path) -> None:
+def _plot(lns: list[Line], path: Path, metric: str = "accuracy") -> None:
     tuned = [False, True] if any(ln.finetuned for ln in lns) else [False]
     fig = Figure(figsize=(6.4 * len(tuned) + 2.8, 4.4), layout="constrained")
     FigureCanvasAgg(fig)
@@ -125,13 +141,17 @@ def _plot(lns: list[Line], path: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.set_xticks(all_x, [f"{x:,}" for x in all_x])
         ax.minorticks_off()
-        ax.set_ylim(max(0.0, int(lowest * 10) / 10 - 0.05), 1.01)
+        if metric == "perplexity":  # lower is better; an unscaled collapse spans decades
+            ax.set_yscale("log")
+            ax.set_ylabel("perplexity per byte (log scale)")
+        else:
+            ax.set_ylim(max(0.0, int(lowest * 10) / 10 - 0.05), 1.01)
+            ax.set_ylabel("accuracy")
         ax.set_xlabel("evaluation length (dotted: trained length)")
-        ax.set_ylabel("accuracy")
         ax.set_title("with a short fine-tune at each length" if ft else "zero-shot")
     fig.legend(list(handles.values()), list(handles), loc="outside right upper",
                title="mixer (position encoding)")
-    fig.suptitle(TITLE, fontweight="bold", fontsize=13)
+    fig.suptitle(PPL_TITLE if metric == "perplexity" else TITLE, fontweight="bold", fontsize=13)
     fig.savefig(path, dpi=150, metadata={"Software": None})
 
 
@@ -156,4 +176,25 @@ def _notes(lns: list[Line]) -> list[str]:
             f"{100 * ln.points[longest]:.1f}% at {longest:,}; keeps 90% of it up to "
             f"{reach:,} ({reach / t:g}x)."
         )
+    return notes
+
+
+def _ppl_notes(lns: list[Line]) -> list[str]:
+    """One sentence per line: perplexity at the trained length, the shortest and longest
+    lengths, and the longest length up to which it stays within 10% of the trained length's."""
+    notes = []
+    for ln in lns:
+        t = ln.trained_len
+        if t not in ln.points:
+            continue
+        base, xs = ln.points[t], sorted(ln.points)
+        reach = t
+        for n in xs:
+            if n >= t and ln.points[n] > 1.1 * base:
+                break
+            reach = max(reach, n)
+        kind = "fine-tuned" if ln.finetuned else "zero-shot"
+        notes.append(f"{ln.label} ({kind}): perplexity {base:.2f} at the trained length {t:,}, "
+                     f"{ln.points[xs[0]]:.2f} at {xs[0]:,} and {ln.points[xs[-1]]:.2f} at "
+                     f"{xs[-1]:,}; within 10% of it up to {reach:,} ({reach / t:g}x).")
     return notes

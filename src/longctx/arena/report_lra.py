@@ -21,9 +21,9 @@ from longctx.arena.report_doc import Block, Table
 from longctx.arena.store import RunRecord
 
 TITLE = "Leaderboard: Long Range Arena"
-# our task name -> LRA column (another module's task names: "—" until a store has them)
-TASKS = {"listops": "ListOps", "lra_text": "Text", "lra_retrieval": "Retrieval",
-         "lra_image": "Image", "pathfinder": "Pathfinder"}
+# our task name -> LRA column ("—" until a store has runs of it)
+TASKS = {"listops": "ListOps", "text_classification": "Text", "retrieval": "Retrieval",
+         "images": "Image", "pathfinder": "Pathfinder"}
 # published sequence lengths of the five tasks (Tay et al. 2021, §3)
 PUBLISHED_LENGTHS = ("2K", "4K", "2 × 4K", "1K", "1K")
 # accuracy (%) on ListOps, Text, Retrieval, Image, Pathfinder; each paper's LRA results table
@@ -126,7 +126,7 @@ def section_blocks(cells: list[Cell], rows: list[RunRecord],
          "over these five tasks."),
         (f"Ours: small models ({_scale(lra_rows)}) trained on our own generated data at this "
          f"store's lengths ({lengths}); the text and retrieval tasks are not IMDb or the ACL "
-         "Anthology, and lra_image classifies generated images, not CIFAR-10. The numbers are "
+         "Anthology, and the images task classifies generated images, not CIFAR-10. The numbers are "
          "therefore not comparable: the published rows only give the scale of each task. A "
          "dash: not run; the average needs all five tasks."),
     ]

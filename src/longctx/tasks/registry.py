@@ -6,10 +6,13 @@ from collections.abc import Callable
 
 from longctx.errors import check_options, unknown_name
 from longctx.tasks.base import TaskData
+from longctx.tasks.corpus_lm import CorpusLMConfig, make_corpus_lm
 from longctx.tasks.listops import ListOpsConfig, make_listops
 from longctx.tasks.mqar import MQARConfig, make_mqar
 from longctx.tasks.niah import NIAHConfig, make_niah
 from longctx.tasks.passkey import PasskeyConfig, make_passkey
+from longctx.tasks.retrieval import RetrievalConfig, make_retrieval
+from longctx.tasks.text_classification import TextClassificationConfig, make_text_classification
 
 TASKS: dict[str, tuple[type, Callable[..., TaskData], str]] = {
     "mqar": (MQARConfig, make_mqar, "multi-query associative recall (zoology): recall values of keys"),
@@ -19,6 +22,12 @@ TASKS: dict[str, tuple[type, Callable[..., TaskData], str]] = {
              "needle in a haystack (single / multi-key / multi-value) in corpus text or random tokens"),
     "listops": (ListOpsConfig, make_listops,
                 "ListOps (LRA settings): nested MIN/MAX/MED/SM over digits, 10-way answer"),
+    "text_classification": (TextClassificationConfig, make_text_classification,
+                            "byte-level text classification (LRA Text): which work a passage is from"),
+    "retrieval": (RetrievalConfig, make_retrieval,
+                  "byte-level document matching (LRA Retrieval): are two passages from one work"),
+    "corpus_lm": (CorpusLMConfig, make_corpus_lm,
+                  "byte-level language modelling on a shipped corpus (perplexity; held-out documents)"),
 }
 
 
