@@ -369,3 +369,23 @@ def test_passkey_run_records_accuracy_by_depth(tmp_path: Path) -> None:
     assert all(b["length"] == 256 and 0 <= b["depth_lo"] < b["depth_hi"] <= 1 for b in bins)
     assert all(0.0 <= b["accuracy"] <= 1.0 for b in bins)
     assert "depth" in (suite_dir / "report.md").read_text().lower()
+
+
+def test_rmt_kind_runs_the_whole_stack_memory_model(tmp_path: Path) -> None:
+    """``[model] kind = "rmt"`` builds the whole-stack RMT (its segment / memory fields are model
+    fields); its decode state is the memory plus one open segment, not the sequence."""
+    text = TINY.format(name="rmt", seq_len="[32]", seeds="[0]", steps="2").replace(
+        'mixers = ["softmax_attention", "gla"]', 'mixers = ["softmax_attention"]').replace(
+        "[model]\n", '[model]\nkind = "rmt"\nsegment_len = 8\nn_mem = 2\n')
+    (tmp_path / "rmt.toml").write_text(text)
+    n_threads = torch.get_num_threads()
+    suite_dir = run_suite(load_suite(str(tmp_path / "rmt.toml")), out_dir=tmp_path / "runs",
+                          jobs=1, threads=1, progress=False)
+    torch.set_num_threads(n_threads)
+    (row,) = records(suite_dir / "results.sqlite").values()
+    assert row.config["model"]["kind"] == "rmt" and row.metrics["steps"] == 2
+    from longctx.models import RMTConfig, RMTLM
+
+    model = RMTLM(RMTConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, segment_len=8,
+                            n_mem=2))
+    assert row.state_size_bytes == model.state_size(1, 32)

@@ -22,8 +22,8 @@ from longctx.arena.depth import DEPTH_TASKS, depth_breakdown
 from longctx.arena.extrapolation import ExtrapolationConfig, evaluate_lengths
 from longctx.arena.report import write_report
 from longctx.arena.store import ResultsStore, RunRecord, config_hash
-from longctx.arena.suite import Suite, mixer_base
-from longctx.models import LMConfig, LongCtxLM
+from longctx.arena.suite import Suite, mixer_base, model_kind
+from longctx.models import MODEL_KINDS
 from longctx.tasks.registry import build_task, task_config_class
 from longctx.train import TrainConfig, train
 
@@ -99,13 +99,15 @@ def execute_run(config: dict[str, Any], suite: str, device: str = "cpu", progres
     task_opts = {k: v for k, v in config.items() if k in task_fields}
     data = build_task(config["task"], seed=config["seed"], **task_opts)
     mixer = mixer_base(config["mixer"])  # "softmax_attention@alibi" -> "softmax_attention"
-    lm_config = LMConfig(
+    kind, model_opts = model_kind(config["model"])  # "lm" (LongCtxLM) or "classifier"
+    config_cls, model_cls = MODEL_KINDS[kind]
+    model_config = config_cls(
         vocab_size=data.vocab_size, d_model=config["d_model"], mixer=mixer,
         mixer_options={mixer: config["mixer_options"]} if config["mixer_options"] else {},
-        **config["model"],
+        **model_opts,
     )
     torch.manual_seed(config["seed"])
-    model = LongCtxLM(lm_config).to(device)
+    model = model_cls(model_config).to(device)
     train_config = TrainConfig(lr=config["lr"], seed=config["seed"], **config["train"])
     desc = f"{config['mixer']} T={config['seq_len']} lr={config['lr']:g}"
     result = train(model, data, train_config, progress=progress, desc=desc)

@@ -11,8 +11,8 @@ lr = [1e-3, 3e-3]          # a sweep: the report keeps the best per cell; or per
                            # lr = { default = [1e-2], gla = [1e-3] }
 seeds = [0]
 
-[model]                    # LMConfig fields (not vocab_size / d_model / mixer)
-n_layers = 2
+[model]                    # LMConfig fields (not vocab_size / d_model / mixer); or
+n_layers = 2               # kind = "classifier" and ClassifierConfig fields (pooling, ...)
 
 [train]                    # TrainConfig fields (not lr / seed); per-length tables allowed
 steps = 400
@@ -52,7 +52,7 @@ from typing import Any
 
 from longctx.layers import config_class
 from longctx.layers import names as mixer_names
-from longctx.models import LMConfig
+from longctx.models import MODEL_KINDS
 from longctx.tasks.registry import task_config_class, task_names
 from longctx.train import TrainConfig
 
@@ -283,8 +283,7 @@ def parse_suite(data: dict, path: str = "<suite>") -> Suite:
     _check_keys(path, data, SECTIONS)
     suite = _check_keys(f"{path} [suite]", data.get("suite", {}), SUITE_KEYS)
     grid = _grid(path, suite)
-    model = _check_keys(f"{path} [model]", data.get("model", {}), _fields(LMConfig, _MODEL_RESERVED))
-    _check_values(f"{path} [model]", model, _fields(LMConfig, _MODEL_RESERVED))
+    model = _check_model(f"{path} [model]", data.get("model", {}))
     train = _check_keys(f"{path} [train]", data.get("train", {}), _fields(TrainConfig, _TRAIN_RESERVED))
     _check_values(f"{path} [train]", train, _fields(TrainConfig, _TRAIN_RESERVED), lengths=grid["seq_len"])
     tasks = _check_keys(f"{path} [task]", data.get("task", {}), grid["tasks"])
@@ -326,14 +325,42 @@ def _check_configs(suite: Suite) -> None:
             opts = {k: _at_length(v, seq_len) for k, v in suite.task.get(t, {}).items()}
             _build(f"{path} [task.{t}] (seq_len = {seq_len})", task_config_class(t),
                    seq_len=seq_len, **opts)
-    n_heads = suite.model.get("n_heads", LMConfig.n_heads)
+    kind, model = model_kind(suite.model)
+    model_cls = MODEL_KINDS[kind][0]
+    n_heads = suite.model.get("n_heads", model_cls.n_heads)
     for m, d_model in itertools.product(g["mixers"], g["d_model"]):
         base, opts = mixer_base(m), suite.mixer.get(m, {})
         where = f"{path} [mixer.{m}] (d_model = {d_model}, n_heads = {n_heads})"
         _build(where, config_class(base), d_model=d_model, n_heads=n_heads, **opts)
-        _build(f"{path} [model] (mixer {m!r}, d_model = {d_model})", LMConfig,
-               d_model=d_model, mixer=base, mixer_options={base: opts} if opts else {},
-               **suite.model)
+        _build(f"{path} [model] (mixer {m!r}, d_model = {d_model})", model_cls,
+               d_model=d_model, mixer=base, mixer_options={base: opts} if opts else {}, **model)
+
+
+def model_kind(model: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A run's or suite's ``[model]`` table -> (its ``kind``, a key of ``MODEL_KINDS``; the table
+    less ``kind``, the config fields)."""
+    return model.get("kind", "lm"), {k: v for k, v in model.items() if k != "kind"}
+
+
+def _check_model(where: str, table: Any) -> dict:
+    """``[model]``: ``kind`` (``"lm"``, the default, or ``"classifier"``) and that kind's config
+    fields; a field of the other kind is named as such."""
+    if not isinstance(table, dict):
+        raise SuiteError(f"{where}: expected a table, got {type(table).__name__}")
+    kind = table.get("kind", "lm")
+    if not isinstance(kind, str) or kind not in MODEL_KINDS:
+        raise SuiteError(f"{where}: kind must be one of {', '.join(map(repr, MODEL_KINDS))}, got {kind!r}")
+    fields = _fields(MODEL_KINDS[kind][0], _MODEL_RESERVED)
+    for key in table:
+        if key == "kind" or key in fields:
+            continue
+        other = [k for k, (cls, _) in MODEL_KINDS.items() if key in _fields(cls, _MODEL_RESERVED)]
+        if other:
+            raise SuiteError(f"{where}: {key!r} is a field of kind = {other[0]!r}, but this model has "
+                             f"kind = {kind!r}; set kind = {other[0]!r} or remove {key!r}")
+        raise _unknown(where, key, [*fields, "kind"])
+    _check_values(where, model_kind(table)[1], fields)
+    return table
 
 
 def _build(where: str, cls: type, **kwargs: Any) -> None:

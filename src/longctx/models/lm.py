@@ -265,7 +265,15 @@ class LongCtxLM(nn.Module):
     def forward(self, idx: Tensor, state: LMState | None = None) -> tuple[Tensor, LMState | None]:
         """``idx [B, T]`` token ids -> ``logits [B, T, vocab]``; with ``state``, continue it."""
         self._check(idx, state)
-        x = self.embed(idx)  # [B, T, d_model]
+        x, state = self.run_blocks(self.embed(idx), state)  # [B, T, d_model]
+        return self.head(self.norm(x)), state  # [B, T, vocab]
+
+    def run_blocks(self, x: Tensor, state: LMState | None = None) -> tuple[Tensor, LMState | None]:
+        """The block stack alone: ``x [B, T, d_model]`` (embeddings) -> ``[B, T, d_model]``, the
+        last block's output before the final norm; with ``state``, continue it (else ``None``).
+
+        Models that feed the stack more than token embeddings (RMT's memory tokens) call this.
+        """
         mixers, convs = [], []
         for i, block in enumerate(self.blocks):
             s = None if state is None else state.mixers[i]
@@ -273,8 +281,7 @@ class LongCtxLM(nn.Module):
             x, s, c = block(x, s, c)
             mixers.append(s)
             convs.append(c)
-        logits = self.head(self.norm(x))  # [B, T, vocab]
-        return logits, (LMState(mixers, convs) if state is not None else None)
+        return x, (LMState(mixers, convs) if state is not None else None)
 
     def forward_states(self, idx: Tensor, state: LMState) -> tuple[Tensor, list[LMState]]:
         """``idx [B, T]`` continuing ``state`` -> ``(logits [B, T, vocab], states)``.

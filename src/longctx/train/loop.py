@@ -1,7 +1,8 @@
 """AdamW with linear warmup and cosine decay, gradient clipping, held-out accuracy.
 
 Accuracy counts the scored positions (targets != IGNORE_INDEX) whose argmax is the target, as
-zoology does for MQAR.
+zoology does for MQAR. A model may return logits for only the last L < T positions (a sequence
+classifier: L = 1); they are scored against ``targets[:, -L:]`` (``aligned_targets``).
 """
 
 from __future__ import annotations
@@ -73,6 +74,22 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def aligned_targets(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The targets ``logits [B, L, V]`` predict: all of ``targets [B, T]`` when L == T, else the
+    last L positions; an earlier scored position (a task that is not scored at its end only)
+    is an error rather than silently left out."""
+    L, T = logits.shape[1], targets.shape[1]
+    if L == T:
+        return targets
+    if L > T:
+        raise ValueError(f"the model returns logits for {L} positions, the targets have {T}")
+    if bool((targets[:, : T - L] != IGNORE_INDEX).any()):
+        raise ValueError(f"the model returns logits for the last {L} of {T} positions, but the task "
+                         "scores positions before those (a classifier needs a task scored at its "
+                         "last position only, such as listops)")
+    return targets[:, T - L :]
+
+
 def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
 
@@ -89,6 +106,7 @@ def evaluate(model: nn.Module, data: Batch, batch_size: int = 256) -> tuple[floa
         x = data.inputs[i : i + batch_size].to(device)
         y = data.targets[i : i + batch_size].to(device)
         logits, _ = model(x)
+        y = aligned_targets(logits, y)  # [B, L]
         mask = y != IGNORE_INDEX
         n = int(mask.sum())
         correct += int((logits.argmax(-1)[mask] == y[mask]).sum())
@@ -127,7 +145,7 @@ def train(model: nn.Module, data: TaskData, cfg: TrainConfig, progress: bool = T
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         logits, _ = model(x)
-        loss = _loss(logits, y)
+        loss = _loss(logits, aligned_targets(logits, y))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
