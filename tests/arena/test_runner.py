@@ -384,7 +384,7 @@ def test_rmt_kind_runs_the_whole_stack_memory_model(tmp_path: Path) -> None:
     torch.set_num_threads(n_threads)
     (row,) = records(suite_dir / "results.sqlite").values()
     assert row.config["model"]["kind"] == "rmt" and row.metrics["steps"] == 2
-    from longctx.models import RMTConfig, RMTLM
+    from longctx.models import RMTLM, RMTConfig
 
     model = RMTLM(RMTConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, segment_len=8,
                             n_mem=2))

@@ -344,3 +344,61 @@ def test_values_the_configs_refuse_are_caught_at_load(tmp_path: Path, section: s
     """Well-typed values a config refuses fail when the file is loaded (not mid-suite), with the
     file, the section and the config's own message naming the key."""
     check_error(tmp_path, {section: {key: value}}, needle, key)
+
+
+# -- per-task grids, per-mixer model tables, extrapolation of some tasks ----------------------------
+
+def test_task_grid_replaces_the_suite_grid_for_that_task() -> None:
+    s = parse({"suite": {"tasks": '["mqar", "passkey"]'},
+               "grid.passkey": {"mixers": '["gla"]', "seq_len": "[256]", "d_model": "[16]",
+                                "seeds": "[0]"},
+               "train": {"batch_size": "{ 32 = 8, 64 = 4, 256 = 2 }"}})
+    runs = s.runs()
+    passkey = [r for r in runs if r["task"] == "passkey"]
+    assert {(r["mixer"], r["seq_len"], r["d_model"], r["seed"]) for r in passkey} == {
+        ("gla", 256, 16, 0)}
+    assert len(passkey) == 2  # the suite's two learning rates
+    assert passkey[0]["train"]["batch_size"] == 2
+    mqar = [r for r in runs if r["task"] == "mqar"]
+    assert len(mqar) == 2 * 2 * 2 * 2 * 3  # the suite's grid, unchanged
+    assert s.values("seq_len") == [32, 64, 256]
+
+
+def test_without_overrides_run_ids_are_unchanged() -> None:
+    """A suite with no [grid.*] / [model."m"] keeps its runs' configs (so stored runs resume)."""
+    from longctx.arena.store import config_hash
+
+    plain = parse()
+    with_empty_task_grid = parse({"grid.mqar": {"seeds": "[0, 1, 2]"}})
+    assert [config_hash(r) for r in plain.runs()] == [config_hash(r) for r in with_empty_task_grid.runs()]
+
+
+def test_model_table_of_one_mixer() -> None:
+    s = parse({"suite": {"mixers": '["softmax_attention", "softmax_attention@rmt", "gla"]'},
+               'model."softmax_attention@rmt"': {"kind": '"rmt"', "segment_len": "8",
+                                                 "n_mem": "2"}})
+    kinds = {r["mixer"]: r["model"].get("kind", "lm") for r in s.runs()}
+    assert kinds == {"softmax_attention": "lm", "softmax_attention@rmt": "rmt", "gla": "lm"}
+    rmt = next(r for r in s.runs() if r["mixer"] == "softmax_attention@rmt")
+    assert rmt["model"]["n_layers"] == 1 and rmt["model"]["segment_len"] == 8  # merged
+
+
+def test_extrapolation_of_some_tasks() -> None:
+    s = parse({"suite": {"tasks": '["mqar", "corpus_lm"]'},
+               "extrapolation": {"lengths": "[1, 2]", "scalings": '["none"]',
+                                 "tasks": '["corpus_lm"]'}})
+    assert all(("extrapolation" in r) == (r["task"] == "corpus_lm") for r in s.runs())
+
+
+@pytest.mark.parametrize("set_,needles", [
+    ({"grid.passkey": {"seq_len": "[256]"}}, ("[grid]", "passkey")),  # not a task of the suite
+    ({"grid.mqar": {"tasks": '["mqar"]'}}, ("[grid.mqar]", "tasks")),
+    ({"grid.mqar": {"seq_len": "[0]"}}, ("[grid.mqar]", "seq_len")),
+    ({"grid.mqar": {"mixers": '["gla2"]'}}, ("[grid.mqar] mixers", "gla2")),
+    ({"grid.mqar": {"seq_len": "[128]"}}, ("[train]", "batch_size", "'128'")),  # per-length keys
+    ({'model."gla"': {"kind": '"rmt"', "segment_len": "0"}}, ('[model."gla"]', "segment_len")),
+    ({'model."gla"': {"pooling": '"mean"'}}, ('[model."gla"]', "pooling", "classifier")),
+    ({"extrapolation": {"tasks": '["passkey"]'}}, ("[extrapolation] tasks", "passkey")),
+])
+def test_bad_overrides_are_named(tmp_path: Path, set_: dict, needles: tuple[str, ...]) -> None:
+    check_error(tmp_path, set_, *needles)

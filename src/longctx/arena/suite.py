@@ -12,7 +12,11 @@ lr = [1e-3, 3e-3]          # a sweep: the report keeps the best per cell; or per
 seeds = [0]
 
 [model]                    # LMConfig fields (not vocab_size / d_model / mixer); or
-n_layers = 2               # kind = "classifier" and ClassifierConfig fields (pooling, ...)
+n_layers = 2               # kind = "classifier" / "rmt" and that config's fields (pooling, ...)
+
+[model."softmax_attention@rmt"]    # one grid entry's model: these values in place
+kind = "rmt"               # (the whole-stack Recurrent Memory Transformer around the mixer)
+segment_len = 16
 
 [train]                    # TrainConfig fields (not lr / seed); per-length tables allowed
 steps = 400
@@ -28,10 +32,15 @@ window = 32
 [mixer."softmax_attention@alibi"]  # a named variant: mixers = [..., "softmax_attention@alibi"]
 position = "alibi"
 
+[grid.passkey]             # a task's own grid: these keys in place of [suite]'s (any of
+mixers = ["softmax_attention", "gla"]   # mixers, d_model, seq_len, lr, seeds)
+seq_len = [512]
+
 [extrapolation]            # optional: after training, evaluate at longer lengths (see
 lengths = [1, 2, 4, 8]     # arena/extrapolation.py): multiples of seq_len, under each RoPE
 scalings = ["none", "linear", "yarn"]   # scaling, without and (finetune_steps > 0) with
 finetune_steps = 100                    # a short fine-tune at the longer length
+tasks = ["mqar"]                        # optional: only these tasks' runs (default: all)
 ```
 Every key is checked: an unknown or mistyped key is an error naming the file, the section and
 the closest valid key.
@@ -58,7 +67,8 @@ from longctx.train import TrainConfig
 
 GRID_KEYS = ("tasks", "mixers", "d_model", "seq_len", "lr", "seeds")
 SUITE_KEYS = ("name", "description", *GRID_KEYS)
-SECTIONS = ("suite", "model", "train", "task", "mixer", "extrapolation")
+SECTIONS = ("suite", "model", "train", "task", "mixer", "extrapolation", "grid")
+TASK_GRID_KEYS = ("mixers", "d_model", "seq_len", "lr", "seeds")  # a [grid.<task>] may set these
 # keys a section may not set because the grid (or the suite) sets them
 _MODEL_RESERVED = ("vocab_size", "d_model", "mixer", "mixer_options")
 _TRAIN_RESERVED = ("lr", "seed")
@@ -81,21 +91,38 @@ class Suite:
     task: dict[str, dict[str, Any]] = field(default_factory=dict)
     mixer: dict[str, dict[str, Any]] = field(default_factory=dict)
     extrapolation: dict[str, Any] | None = None  # the [extrapolation] section, if any
+    task_grid: dict[str, dict[str, list]] = field(default_factory=dict)  # [grid.<task>], merged
+    model_override: dict[str, dict[str, Any]] = field(default_factory=dict)  # [model."<mixer>"]
+    extrapolation_tasks: list[str] | None = None  # [extrapolation] tasks; None: every task
 
     def runs(self) -> list[dict[str, Any]]:
         """Every run's config (a JSON-able dict; its hash is the run id), in grid order."""
-        g = self.grid
         out = []
-        for task, seq_len, mixer, d_model in itertools.product(
-            g["tasks"], g["seq_len"], g["mixers"], g["d_model"]
-        ):
-            for lr, seed in itertools.product(self.lrs(mixer), g["seeds"]):
-                out.append(self._run(task, seq_len, mixer, d_model, lr, seed))
+        for task in self.grid["tasks"]:
+            g = self.grid_for(task)
+            for seq_len, mixer, d_model in itertools.product(g["seq_len"], g["mixers"], g["d_model"]):
+                for lr, seed in itertools.product(self.lrs(mixer, task), g["seeds"]):
+                    out.append(self._run(task, seq_len, mixer, d_model, lr, seed))
         return out
 
-    def lrs(self, mixer: str) -> list[float]:
-        """The learning rates swept for ``mixer``."""
-        lr = self.grid["lr"]
+    def grid_for(self, task: str) -> dict[str, list]:
+        """The grid of ``task``: the suite's, with its ``[grid.<task>]`` values in place."""
+        return self.task_grid.get(task, self.grid)
+
+    def values(self, key: str) -> list:
+        """Every value of grid key ``key`` over all tasks' grids, in first-seen order."""
+        out: list = []
+        for task in self.grid["tasks"]:
+            out += [v for v in self.grid_for(task)[key] if v not in out]
+        return out
+
+    def model_for(self, mixer: str) -> dict[str, Any]:
+        """The ``[model]`` table of runs of ``mixer``: with its ``[model."<mixer>"]`` values."""
+        return {**self.model, **self.model_override.get(mixer, {})}
+
+    def lrs(self, mixer: str, task: str | None = None) -> list[float]:
+        """The learning rates swept for ``mixer`` (on ``task``: its grid's)."""
+        lr = (self.grid_for(task) if task else self.grid)["lr"]
         return lr.get(mixer, lr["default"]) if isinstance(lr, dict) else lr
 
     def _run(self, task: str, seq_len: int, mixer: str, d_model: int, lr: float, seed: int) -> dict:
@@ -103,11 +130,12 @@ class Suite:
         run = {
             "task": task, "mixer": mixer, "d_model": d_model, "seq_len": seq_len,
             "lr": lr, "seed": seed, **task_opts,
-            "model": dict(self.model), "mixer_options": dict(self.mixer.get(mixer, {})),
+            "model": self.model_for(mixer), "mixer_options": dict(self.mixer.get(mixer, {})),
             "train": {k: _at_length(v, seq_len) for k, v in self.train.items()},
         }
-        if self.extrapolation is not None:  # only then: other suites' run ids stay as they were
-            run["extrapolation"] = dict(self.extrapolation)
+        if self.extrapolation is not None and (self.extrapolation_tasks is None
+                                               or task in self.extrapolation_tasks):
+            run["extrapolation"] = dict(self.extrapolation)  # only then: run ids stay as they were
         return run
 
 
@@ -216,66 +244,66 @@ def _check_values(where: str, table: dict, fields: dict[str, tuple[Any, Any]], l
             _check_type(where, key, value, default, hint)
 
 
-def _grid(path: str, suite: dict) -> dict[str, list]:
+def _grid(path: str, suite: dict, section: str = "suite") -> dict[str, list]:
     grid = {}
     for key in GRID_KEYS:
         if key not in suite:
-            raise SuiteError(f"{path} [suite]: missing key {key!r} (a list)")
+            raise SuiteError(f"{path} [{section}]: missing key {key!r} (a list)")
         values = suite[key]
         if key == "lr" and isinstance(values, dict):
-            grid[key] = _lr_table(path, values, suite.get("mixers", []))
+            grid[key] = _lr_table(path, values, suite.get("mixers", []), section)
             continue
         if not isinstance(values, list) or not values:
-            raise SuiteError(f"{path} [suite]: {key} must be a non-empty list, got {values!r}")
+            raise SuiteError(f"{path} [{section}]: {key} must be a non-empty list, got {values!r}")
         grid[key] = values
     for key in ("d_model", "seq_len", "seeds"):
         for v in grid[key]:
             if isinstance(v, bool) or not isinstance(v, int) or (v <= 0 and key != "seeds") or v < 0:
-                raise SuiteError(f"{path} [suite]: {key} values must be positive integers, got {v!r}")
+                raise SuiteError(f"{path} [{section}]: {key} values must be positive integers, got {v!r}")
     if isinstance(grid["lr"], list):
-        grid["lr"] = _lr_list(path, "lr", grid["lr"])
+        grid["lr"] = _lr_list(path, "lr", grid["lr"], section)
     for key, values in grid.items():
         for vs in values.values() if isinstance(values, dict) else [values]:
             repeated = sorted({repr(v) for v in vs if vs.count(v) > 1})
             if repeated:
-                raise SuiteError(f"{path} [suite]: {key} lists {', '.join(repeated)} more than "
+                raise SuiteError(f"{path} [{section}]: {key} lists {', '.join(repeated)} more than "
                                  "once; each value gives one run, list it once")
-    _check_names(path, grid)
+    _check_names(path, grid, section)
     return grid
 
 
-def _check_names(path: str, grid: dict[str, list]) -> None:
+def _check_names(path: str, grid: dict[str, list], section: str = "suite") -> None:
     """``tasks`` and ``mixers`` hold registered names (strings); the error names the key."""
     for key, kind, known in (("tasks", "task", task_names()), ("mixers", "mixer", mixer_names())):
         for name in grid[key]:
             if not isinstance(name, str):
-                raise SuiteError(f"{path} [suite]: {key} values must be {kind} names (strings), "
+                raise SuiteError(f"{path} [{section}]: {key} values must be {kind} names (strings), "
                                  f"got {name!r}")
             base = mixer_base(name) if key == "mixers" else name
             if base not in known:
-                raise _unknown(f"{path} [suite] {key}", base, known, kind=kind)
+                raise _unknown(f"{path} [{section}] {key}", base, known, kind=kind)
             if key == "mixers" and "@" in name and not name.split("@", 1)[1]:
-                raise SuiteError(f"{path} [suite] mixers: mixer {name!r} has an empty variant "
+                raise SuiteError(f"{path} [{section}] mixers: mixer {name!r} has an empty variant "
                                  "name after '@'")
 
 
-def _lr_list(path: str, where: str, values: Any) -> list[float]:
+def _lr_list(path: str, where: str, values: Any, section: str = "suite") -> list[float]:
     if not isinstance(values, list) or not values:
-        raise SuiteError(f"{path} [suite]: {where} must be a non-empty list, got {values!r}")
+        raise SuiteError(f"{path} [{section}]: {where} must be a non-empty list, got {values!r}")
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise SuiteError(f"{path} [suite]: {where} values must be positive numbers, got {v!r}")
+            raise SuiteError(f"{path} [{section}]: {where} values must be positive numbers, got {v!r}")
     return [float(v) for v in values]
 
 
-def _lr_table(path: str, table: dict, mixers: list) -> dict[str, list[float]]:
+def _lr_table(path: str, table: dict, mixers: list, section: str = "suite") -> dict[str, list[float]]:
     """``lr = { default = [...], <mixer> = [...] }``: per-mixer learning-rate sweeps."""
     if "default" not in table:
-        raise SuiteError(f"{path} [suite]: lr table needs a 'default' list (used by mixers not named)")
+        raise SuiteError(f"{path} [{section}]: lr table needs a 'default' list (used by mixers not named)")
     for key in table:
         if key != "default" and key not in mixers:
-            raise _unknown(f"{path} [suite] lr", key, ["default", *mixers])
-    return {key: _lr_list(path, f"lr.{key}", values) for key, values in table.items()}
+            raise _unknown(f"{path} [{section}] lr", key, ["default", *mixers])
+    return {key: _lr_list(path, f"lr.{key}", values, section) for key, values in table.items()}
 
 
 def parse_suite(data: dict, path: str = "<suite>") -> Suite:
@@ -283,22 +311,28 @@ def parse_suite(data: dict, path: str = "<suite>") -> Suite:
     _check_keys(path, data, SECTIONS)
     suite = _check_keys(f"{path} [suite]", data.get("suite", {}), SUITE_KEYS)
     grid = _grid(path, suite)
-    model = _check_model(f"{path} [model]", data.get("model", {}))
+    task_grid = _task_grids(path, suite, grid, data.get("grid", {}))
+    every = [grid, *task_grid.values()]
+    all_mixers = list(dict.fromkeys(m for g in every for m in g["mixers"]))
+    all_lengths = sorted({n for g in every for n in g["seq_len"]})
+    model, model_override = _model_tables(f"{path} [model]", data.get("model", {}), all_mixers)
     train = _check_keys(f"{path} [train]", data.get("train", {}), _fields(TrainConfig, _TRAIN_RESERVED))
-    _check_values(f"{path} [train]", train, _fields(TrainConfig, _TRAIN_RESERVED), lengths=grid["seq_len"])
+    _check_values(f"{path} [train]", train, _fields(TrainConfig, _TRAIN_RESERVED), lengths=all_lengths)
     tasks = _check_keys(f"{path} [task]", data.get("task", {}), grid["tasks"])
     for t, opts in tasks.items():
         fields = _fields(task_config_class(t), _TASK_RESERVED)
         _check_keys(f"{path} [task.{t}]", opts, fields)
-        _check_values(f"{path} [task.{t}]", opts, fields, lengths=grid["seq_len"])
-    mixers = _check_keys(f"{path} [mixer]", data.get("mixer", {}), grid["mixers"])
+        _check_values(f"{path} [task.{t}]", opts, fields,
+                      lengths=task_grid.get(t, grid)["seq_len"])
+    mixers = _check_keys(f"{path} [mixer]", data.get("mixer", {}), all_mixers)
     for m, opts in mixers.items():
         fields = _fields(config_class(mixer_base(m)), _MIXER_RESERVED)
         _check_keys(f"{path} [mixer.{m}]", opts, fields)
         _check_values(f"{path} [mixer.{m}]", opts, fields)
-    extrapolation = None
+    extrapolation, extrapolation_tasks = None, None
     if "extrapolation" in data:
-        extrapolation = _extrapolation(f"{path} [extrapolation]", data["extrapolation"])
+        extrapolation, extrapolation_tasks = _extrapolation(f"{path} [extrapolation]",
+                                                            data["extrapolation"], grid["tasks"])
     if "name" in suite and not (isinstance(suite["name"], str) and suite["name"].strip()):
         raise SuiteError(f"{path} [suite]: name must be a non-empty string, got {suite['name']!r}")
     if any(c in suite.get("name", "") for c in "/\\") or suite.get("name") in (".", ".."):
@@ -308,31 +342,64 @@ def parse_suite(data: dict, path: str = "<suite>") -> Suite:
         raise SuiteError(f"{path} [suite]: description must be a string, got {suite['description']!r}")
     name = suite.get("name", Path(path).stem)
     out = Suite(name=name, path=path, description=suite.get("description", ""), grid=grid,
-                model=model, train=train, task=tasks, mixer=mixers, extrapolation=extrapolation)
+                model=model, train=train, task=tasks, mixer=mixers, extrapolation=extrapolation,
+                task_grid=task_grid, model_override=model_override,
+                extrapolation_tasks=extrapolation_tasks)
     _check_configs(out)
     return out
+
+
+def _task_grids(path: str, suite: dict, grid: dict[str, list], table: Any) -> dict[str, dict]:
+    """``[grid.<task>]``: the task's own ``mixers`` / ``d_model`` / ``seq_len`` / ``lr`` /
+    ``seeds`` in place of the suite's (e.g. every mixer on MQAR, a few on passkey); each task
+    grid is checked as a whole, like ``[suite]``."""
+    tables = _check_keys(f"{path} [grid]", table, grid["tasks"])
+    out = {}
+    for task, over in tables.items():
+        _check_keys(f"{path} [grid.{task}]", over, TASK_GRID_KEYS)
+        raw = {k: suite[k] for k in GRID_KEYS} | over
+        if isinstance(raw["lr"], dict) and "lr" not in over and isinstance(over.get("mixers"), list):
+            raw["lr"] = {m: v for m, v in raw["lr"].items() if m == "default" or m in over["mixers"]}
+        out[task] = _grid(path, raw, f"grid.{task}")
+    return out
+
+
+def _model_tables(where: str, table: Any, mixers: list[str]) -> tuple[dict, dict[str, dict]]:
+    """``[model]`` and its ``[model."<mixer>"]`` sub-tables (that mixer's runs use the model
+    table with these values in place: ``kind = "rmt"`` for one entry of the grid, say)."""
+    if not isinstance(table, dict):
+        raise SuiteError(f"{where}: expected a table, got {type(table).__name__}")
+    overrides = {k: v for k, v in table.items() if isinstance(v, dict) and k in mixers}
+    base = _check_model(where, {k: v for k, v in table.items() if k not in overrides})
+    for m, over in overrides.items():
+        _check_model(f'{where[:-1]}."{m}"]', base | over)
+    return base, overrides
 
 
 def _check_configs(suite: Suite) -> None:
     """Build every distinct task / train / model / mixer config of the grid (no data, no
     weights), so a value the config refuses (``steps = -3``, ``n_heads`` not dividing
     ``d_model``) is a SuiteError naming the file and section now, not a crash mid-suite."""
-    g, path = suite.grid, suite.path
-    for seq_len in g["seq_len"]:
-        train = {k: _at_length(v, seq_len) for k, v in suite.train.items()}
-        _build(f"{path} [train] (seq_len = {seq_len})", TrainConfig, lr=1e-3, seed=0, **train)
-        for t in g["tasks"]:
+    path = suite.path
+    pairs: dict[tuple[str, int], None] = {}
+    for t in suite.grid["tasks"]:
+        g = suite.grid_for(t)
+        for seq_len in g["seq_len"]:
+            train = {k: _at_length(v, seq_len) for k, v in suite.train.items()}
+            _build(f"{path} [train] (seq_len = {seq_len})", TrainConfig, lr=1e-3, seed=0, **train)
             opts = {k: _at_length(v, seq_len) for k, v in suite.task.get(t, {}).items()}
             _build(f"{path} [task.{t}] (seq_len = {seq_len})", task_config_class(t),
                    seq_len=seq_len, **opts)
-    kind, model = model_kind(suite.model)
-    model_cls = MODEL_KINDS[kind][0]
-    n_heads = suite.model.get("n_heads", model_cls.n_heads)
-    for m, d_model in itertools.product(g["mixers"], g["d_model"]):
+        pairs |= dict.fromkeys(itertools.product(g["mixers"], g["d_model"]))
+    for m, d_model in pairs:
+        kind, model = model_kind(suite.model_for(m))
+        model_cls = MODEL_KINDS[kind][0]
+        n_heads = model.get("n_heads", model_cls.n_heads)
         base, opts = mixer_base(m), suite.mixer.get(m, {})
         where = f"{path} [mixer.{m}] (d_model = {d_model}, n_heads = {n_heads})"
         _build(where, config_class(base), d_model=d_model, n_heads=n_heads, **opts)
-        _build(f"{path} [model] (mixer {m!r}, d_model = {d_model})", model_cls,
+        section = f'[model."{m}"]' if m in suite.model_override else "[model]"
+        _build(f"{path} {section} (mixer {m!r}, d_model = {d_model})", model_cls,
                d_model=d_model, mixer=base, mixer_options={base: opts} if opts else {}, **model)
 
 
@@ -343,8 +410,8 @@ def model_kind(model: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def _check_model(where: str, table: Any) -> dict:
-    """``[model]``: ``kind`` (``"lm"``, the default, or ``"classifier"``) and that kind's config
-    fields; a field of the other kind is named as such."""
+    """``[model]``: ``kind`` (``"lm"``, the default, ``"classifier"`` or ``"rmt"``) and that
+    kind's config fields; a field of another kind is named as such."""
     if not isinstance(table, dict):
         raise SuiteError(f"{where}: expected a table, got {type(table).__name__}")
     kind = table.get("kind", "lm")
@@ -370,14 +437,24 @@ def _build(where: str, cls: type, **kwargs: Any) -> None:
         raise SuiteError(f"{where}: {e}") from None
 
 
-def _extrapolation(where: str, table: Any) -> dict[str, Any]:
+def _extrapolation(where: str, table: Any, tasks: list[str]) -> tuple[dict[str, Any], list | None]:
+    """The ``[extrapolation]`` table (ExtrapolationConfig fields) and its optional ``tasks``
+    list: the tasks whose runs are evaluated at other lengths (default: all)."""
     from longctx.arena.extrapolation import ExtrapolationConfig
 
     fields = _fields(ExtrapolationConfig, ())
-    _check_keys(where, table, fields)
+    _check_keys(where, table, [*fields, "tasks"])
+    only = table.get("tasks")
+    if only is not None:
+        if not isinstance(only, list) or not only:
+            raise SuiteError(f"{where}: tasks must be a non-empty list of the suite's tasks, got {only!r}")
+        for t in only:
+            if t not in tasks:
+                raise _unknown(f"{where} tasks", t, tasks, kind="task")
+    table = {k: v for k, v in table.items() if k != "tasks"}
     _check_values(where, table, fields)
     try:
         ExtrapolationConfig(**table)
     except ValueError as e:
         raise SuiteError(f"{where}: {e}") from None
-    return dict(table)
+    return dict(table), only
