@@ -402,3 +402,25 @@ def test_extrapolation_of_some_tasks() -> None:
 ])
 def test_bad_overrides_are_named(tmp_path: Path, set_: dict, needles: tuple[str, ...]) -> None:
     check_error(tmp_path, set_, *needles)
+
+
+def test_task_model_table() -> None:
+    """``[grid.<task>] model = {...}``: that task's runs use these model values (a classifier
+    on listops next to LMs on MQAR); a mixer's own table still wins."""
+    s = parse({"suite": {"tasks": '["mqar", "listops"]'},
+               "grid.listops": {"model": '{ kind = "classifier", pooling = "last" }',
+                                "seq_len": "[64]", "seeds": "[0]"},
+               "model": {"short_conv": None},  # an LM field the classifier does not have
+               "task.listops": {"min_len": "10", "max_len": "60"},
+               "train": {"batch_size": "8"}})
+    models = {(r["task"], r["mixer"]): r["model"] for r in s.runs()}
+    assert models[("listops", "gla")]["kind"] == "classifier"
+    assert models[("listops", "gla")]["pooling"] == "last" and models[("listops", "gla")]["n_layers"] == 1
+    assert "kind" not in models[("mqar", "gla")]
+
+
+def test_bad_task_model_table_is_named(tmp_path: Path) -> None:
+    check_error(tmp_path, {"suite": {"tasks": '["mqar", "listops"]'},
+                           "grid.listops": {"model": '{ pooling = "mean" }'},
+                           "model": {"short_conv": None}},
+                "[grid.listops.model]", "pooling", "classifier")

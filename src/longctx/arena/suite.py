@@ -33,8 +33,9 @@ window = 32
 position = "alibi"
 
 [grid.passkey]             # a task's own grid: these keys in place of [suite]'s (any of
-mixers = ["softmax_attention", "gla"]   # mixers, d_model, seq_len, lr, seeds)
-seq_len = [512]
+mixers = ["softmax_attention", "gla"]   # mixers, d_model, seq_len, lr, seeds), and model
+seq_len = [512]                         # values for this task's runs:
+model = { n_layers = 4 }                # [grid.listops] model = { kind = "classifier" }
 
 [extrapolation]            # optional: after training, evaluate at longer lengths (see
 lengths = [1, 2, 4, 8]     # arena/extrapolation.py): multiples of seq_len, under each RoPE
@@ -68,7 +69,7 @@ from longctx.train import TrainConfig
 GRID_KEYS = ("tasks", "mixers", "d_model", "seq_len", "lr", "seeds")
 SUITE_KEYS = ("name", "description", *GRID_KEYS)
 SECTIONS = ("suite", "model", "train", "task", "mixer", "extrapolation", "grid")
-TASK_GRID_KEYS = ("mixers", "d_model", "seq_len", "lr", "seeds")  # a [grid.<task>] may set these
+TASK_GRID_KEYS = ("mixers", "d_model", "seq_len", "lr", "seeds", "model")  # [grid.<task>] keys
 # keys a section may not set because the grid (or the suite) sets them
 _MODEL_RESERVED = ("vocab_size", "d_model", "mixer", "mixer_options")
 _TRAIN_RESERVED = ("lr", "seed")
@@ -94,6 +95,7 @@ class Suite:
     task_grid: dict[str, dict[str, list]] = field(default_factory=dict)  # [grid.<task>], merged
     model_override: dict[str, dict[str, Any]] = field(default_factory=dict)  # [model."<mixer>"]
     extrapolation_tasks: list[str] | None = None  # [extrapolation] tasks; None: every task
+    task_model: dict[str, dict[str, Any]] = field(default_factory=dict)  # [grid.<task>.model]
 
     def runs(self) -> list[dict[str, Any]]:
         """Every run's config (a JSON-able dict; its hash is the run id), in grid order."""
@@ -116,9 +118,10 @@ class Suite:
             out += [v for v in self.grid_for(task)[key] if v not in out]
         return out
 
-    def model_for(self, mixer: str) -> dict[str, Any]:
-        """The ``[model]`` table of runs of ``mixer``: with its ``[model."<mixer>"]`` values."""
-        return {**self.model, **self.model_override.get(mixer, {})}
+    def model_for(self, mixer: str, task: str | None = None) -> dict[str, Any]:
+        """The ``[model]`` table of runs of ``mixer`` on ``task``: with the task's
+        ``[grid.<task>.model]`` and then the mixer's ``[model."<mixer>"]`` values in place."""
+        return {**self.model, **self.task_model.get(task, {}), **self.model_override.get(mixer, {})}
 
     def lrs(self, mixer: str, task: str | None = None) -> list[float]:
         """The learning rates swept for ``mixer`` (on ``task``: its grid's)."""
@@ -130,7 +133,7 @@ class Suite:
         run = {
             "task": task, "mixer": mixer, "d_model": d_model, "seq_len": seq_len,
             "lr": lr, "seed": seed, **task_opts,
-            "model": self.model_for(mixer), "mixer_options": dict(self.mixer.get(mixer, {})),
+            "model": self.model_for(mixer, task), "mixer_options": dict(self.mixer.get(mixer, {})),
             "train": {k: _at_length(v, seq_len) for k, v in self.train.items()},
         }
         if self.extrapolation is not None and (self.extrapolation_tasks is None
@@ -311,11 +314,13 @@ def parse_suite(data: dict, path: str = "<suite>") -> Suite:
     _check_keys(path, data, SECTIONS)
     suite = _check_keys(f"{path} [suite]", data.get("suite", {}), SUITE_KEYS)
     grid = _grid(path, suite)
+    task_model = _task_models(path, data.get("grid", {}), grid["tasks"])
     task_grid = _task_grids(path, suite, grid, data.get("grid", {}))
     every = [grid, *task_grid.values()]
     all_mixers = list(dict.fromkeys(m for g in every for m in g["mixers"]))
     all_lengths = sorted({n for g in every for n in g["seq_len"]})
-    model, model_override = _model_tables(f"{path} [model]", data.get("model", {}), all_mixers)
+    model, model_override = _model_tables(f"{path} [model]", data.get("model", {}), all_mixers,
+                                          task_model)
     train = _check_keys(f"{path} [train]", data.get("train", {}), _fields(TrainConfig, _TRAIN_RESERVED))
     _check_values(f"{path} [train]", train, _fields(TrainConfig, _TRAIN_RESERVED), lengths=all_lengths)
     tasks = _check_keys(f"{path} [task]", data.get("task", {}), grid["tasks"])
@@ -344,7 +349,7 @@ def parse_suite(data: dict, path: str = "<suite>") -> Suite:
     out = Suite(name=name, path=path, description=suite.get("description", ""), grid=grid,
                 model=model, train=train, task=tasks, mixer=mixers, extrapolation=extrapolation,
                 task_grid=task_grid, model_override=model_override,
-                extrapolation_tasks=extrapolation_tasks)
+                extrapolation_tasks=extrapolation_tasks, task_model=task_model)
     _check_configs(out)
     return out
 
@@ -357,20 +362,35 @@ def _task_grids(path: str, suite: dict, grid: dict[str, list], table: Any) -> di
     out = {}
     for task, over in tables.items():
         _check_keys(f"{path} [grid.{task}]", over, TASK_GRID_KEYS)
-        raw = {k: suite[k] for k in GRID_KEYS} | over
+        raw = {k: suite[k] for k in GRID_KEYS} | {k: v for k, v in over.items() if k != "model"}
         if isinstance(raw["lr"], dict) and "lr" not in over and isinstance(over.get("mixers"), list):
             raw["lr"] = {m: v for m, v in raw["lr"].items() if m == "default" or m in over["mixers"]}
         out[task] = _grid(path, raw, f"grid.{task}")
     return out
 
 
-def _model_tables(where: str, table: Any, mixers: list[str]) -> tuple[dict, dict[str, dict]]:
+def _task_models(path: str, table: Any, tasks: list[str]) -> dict[str, dict]:
+    """The ``model`` tables of ``[grid.<task>]`` (checked with the whole model table later)."""
+    out = {}
+    for task, over in (table.items() if isinstance(table, dict) else ()):
+        if isinstance(over, dict) and "model" in over:
+            if not isinstance(over["model"], dict):
+                raise SuiteError(f"{path} [grid.{task}]: model must be a table, got {over['model']!r}")
+            out[task] = over["model"]
+    return out
+
+
+def _model_tables(where: str, table: Any, mixers: list[str],
+                  task_model: dict[str, dict]) -> tuple[dict, dict[str, dict]]:
     """``[model]`` and its ``[model."<mixer>"]`` sub-tables (that mixer's runs use the model
-    table with these values in place: ``kind = "rmt"`` for one entry of the grid, say)."""
+    table with these values in place: ``kind = "rmt"`` for one entry of the grid, say); each
+    combination with a task's ``[grid.<task>.model]`` is checked too."""
     if not isinstance(table, dict):
         raise SuiteError(f"{where}: expected a table, got {type(table).__name__}")
     overrides = {k: v for k, v in table.items() if isinstance(v, dict) and k in mixers}
     base = _check_model(where, {k: v for k, v in table.items() if k not in overrides})
+    for task, over in task_model.items():
+        _check_model(f"{where[:-len('[model]')]}[grid.{task}.model]", base | over)
     for m, over in overrides.items():
         _check_model(f'{where[:-1]}."{m}"]', base | over)
     return base, overrides
@@ -381,7 +401,7 @@ def _check_configs(suite: Suite) -> None:
     weights), so a value the config refuses (``steps = -3``, ``n_heads`` not dividing
     ``d_model``) is a SuiteError naming the file and section now, not a crash mid-suite."""
     path = suite.path
-    pairs: dict[tuple[str, int], None] = {}
+    built: set[tuple[str, str, int]] = set()
     for t in suite.grid["tasks"]:
         g = suite.grid_for(t)
         for seq_len in g["seq_len"]:
@@ -390,17 +410,24 @@ def _check_configs(suite: Suite) -> None:
             opts = {k: _at_length(v, seq_len) for k, v in suite.task.get(t, {}).items()}
             _build(f"{path} [task.{t}] (seq_len = {seq_len})", task_config_class(t),
                    seq_len=seq_len, **opts)
-        pairs |= dict.fromkeys(itertools.product(g["mixers"], g["d_model"]))
-    for m, d_model in pairs:
-        kind, model = model_kind(suite.model_for(m))
-        model_cls = MODEL_KINDS[kind][0]
-        n_heads = model.get("n_heads", model_cls.n_heads)
-        base, opts = mixer_base(m), suite.mixer.get(m, {})
-        where = f"{path} [mixer.{m}] (d_model = {d_model}, n_heads = {n_heads})"
-        _build(where, config_class(base), d_model=d_model, n_heads=n_heads, **opts)
-        section = f'[model."{m}"]' if m in suite.model_override else "[model]"
-        _build(f"{path} {section} (mixer {m!r}, d_model = {d_model})", model_cls,
-               d_model=d_model, mixer=base, mixer_options={base: opts} if opts else {}, **model)
+        for m, d_model in itertools.product(g["mixers"], g["d_model"]):
+            if (repr(suite.model_for(m, t)), m, d_model) not in built:
+                built.add((repr(suite.model_for(m, t)), m, d_model))
+                _check_model_config(suite, m, t, d_model)
+
+
+def _check_model_config(suite: Suite, m: str, task: str, d_model: int) -> None:
+    """Build the mixer and model configs of runs of mixer entry ``m`` on ``task``."""
+    kind, model = model_kind(suite.model_for(m, task))
+    model_cls = MODEL_KINDS[kind][0]
+    n_heads = model.get("n_heads", model_cls.n_heads)
+    base, opts = mixer_base(m), suite.mixer.get(m, {})
+    where = f"{suite.path} [mixer.{m}] (d_model = {d_model}, n_heads = {n_heads})"
+    _build(where, config_class(base), d_model=d_model, n_heads=n_heads, **opts)
+    section = (f'[model."{m}"]' if m in suite.model_override
+               else f"[grid.{task}.model]" if task in suite.task_model else "[model]")
+    _build(f"{suite.path} {section} (mixer {m!r}, d_model = {d_model})", model_cls,
+           d_model=d_model, mixer=base, mixer_options={base: opts} if opts else {}, **model)
 
 
 def model_kind(model: dict[str, Any]) -> tuple[str, dict[str, Any]]:
