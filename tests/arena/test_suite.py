@@ -10,11 +10,18 @@ from pathlib import Path
 import pytest
 
 from longctx.arena.store import config_hash
-from longctx.arena.suite import SuiteError, builtin_suites, load_suite, mixer_base, parse_suite
+from longctx.arena.suite import (
+    SuiteError,
+    builtin_suites,
+    load_suite,
+    mixer_base,
+    model_kind,
+    parse_suite,
+)
 from longctx.errors import UnknownNameError
 from longctx.layers import make_config, names
-from longctx.models import LMConfig
-from longctx.tasks import MQARConfig
+from longctx.models import MODEL_KINDS
+from longctx.tasks.registry import task_config_class
 from longctx.train import TrainConfig
 
 # section -> key -> raw TOML value
@@ -77,14 +84,15 @@ def test_every_builtin_run_makes_valid_configs(suite_name: str) -> None:
     assert len({config_hash(r) for r in runs}) == len(runs)
     for run in runs:
         json.dumps(run)  # JSON-able
-        task_opts = {k: v for k, v in run.items() if k in MQARConfig.__dataclass_fields__}
-        mq = MQARConfig(**task_opts)
-        assert mq.seq_len == run["seq_len"]
+        cls = task_config_class(run["task"])
+        task_opts = {k: v for k, v in run.items() if k in cls.__dataclass_fields__}
+        assert cls(**task_opts).seq_len == run["seq_len"]
         TrainConfig(lr=run["lr"], seed=run["seed"], **run["train"])
         mixer = mixer_base(run["mixer"])
-        LMConfig(vocab_size=mq.vocab_size, d_model=run["d_model"], mixer=mixer,
-                 mixer_options={mixer: run["mixer_options"]} if run["mixer_options"] else {},
-                 **run["model"])
+        kind, model = model_kind(run["model"])
+        MODEL_KINDS[kind][0](vocab_size=300, d_model=run["d_model"], mixer=mixer,
+                             mixer_options={mixer: run["mixer_options"]} if run["mixer_options"] else {},
+                             **model)
         make_config(mixer, d_model=run["d_model"],
                     n_heads=run["model"].get("n_heads", 4), **run["mixer_options"])
 
