@@ -7,10 +7,12 @@ from collections.abc import Callable
 from longctx.errors import check_options, unknown_name
 from longctx.tasks.base import TaskData
 from longctx.tasks.corpus_lm import CorpusLMConfig, make_corpus_lm
+from longctx.tasks.images import ImageConfig, make_images
 from longctx.tasks.listops import ListOpsConfig, make_listops
 from longctx.tasks.mqar import MQARConfig, make_mqar
 from longctx.tasks.niah import NIAHConfig, make_niah
 from longctx.tasks.passkey import PasskeyConfig, make_passkey
+from longctx.tasks.pathfinder import PathfinderConfig, make_pathfinder
 from longctx.tasks.retrieval import RetrievalConfig, make_retrieval
 from longctx.tasks.text_classification import TextClassificationConfig, make_text_classification
 
@@ -28,6 +30,10 @@ TASKS: dict[str, tuple[type, Callable[..., TaskData], str]] = {
                   "byte-level document matching (LRA Retrieval): are two passages from one work"),
     "corpus_lm": (CorpusLMConfig, make_corpus_lm,
                   "byte-level language modelling on a shipped corpus (perplexity; held-out documents)"),
+    "pathfinder": (PathfinderConfig, make_pathfinder,
+                   "Pathfinder (LRA): are two markers joined by one dashed contour, pixels in a row"),
+    "images": (ImageConfig, make_images,
+               "sequential image classification on generated shapes (sCIFAR-like; not CIFAR-10)"),
 }
 
 
