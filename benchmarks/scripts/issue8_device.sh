@@ -17,13 +17,16 @@ if [ "${ZJOBS:-10}" -gt 0 ]; then
   timeout "$T" python -m longctx.cli.main arena --suite /tmp/zoology-mqar.toml --device cuda \
     --jobs "${ZJOBS:-10}" --threads 1 --out runs --no-report --quiet > "$OUT/zoology.log" 2>&1 &
 fi
-if [ "${SJOBS:-4}" -gt 0 ]; then
+if [ "${SJOBS:-0}" -gt 0 ]; then
   timeout "$T" python -m longctx.cli.main arena --suite standard --device cpu \
     --jobs "${SJOBS:-4}" --threads 1 --out runs --no-report --quiet > "$OUT/standard.log" 2>&1 &
 fi
 wait
-for s in zoology-mqar standard; do
-  [ -f "runs/$s/results.sqlite" ] && cp "runs/$s/results.sqlite" "$OUT/$s.sqlite"
+for s in zoology-mqar standard; do  # fold the WAL into the file first (a killed run leaves it)
+  [ -f "runs/$s/results.sqlite" ] || continue
+  python -c "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('PRAGMA wal_checkpoint(TRUNCATE)')" "runs/$s/results.sqlite"
+  cp "runs/$s/results.sqlite" "$OUT/$s.sqlite"
+  [ -f "runs/$s/failures.log" ] && cp "runs/$s/failures.log" "$OUT/$s-failures.log"
 done
 python - <<'PY'
 import glob, sqlite3
@@ -32,4 +35,4 @@ for p in sorted(glob.glob("runs/*/results.sqlite")):
     n, wall = con.execute("SELECT COUNT(*), SUM(wall_time_s) FROM runs").fetchone()
     print(p, "finished runs:", n, "sum of wall s:", round(wall or 0))
 PY
-tail -3 "$OUT"/*.log
+for f in "$OUT"/*.log; do echo "== $f"; tail -n 3 "$f"; done

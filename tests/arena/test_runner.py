@@ -389,3 +389,34 @@ def test_rmt_kind_runs_the_whole_stack_memory_model(tmp_path: Path) -> None:
     model = RMTLM(RMTConfig(vocab_size=32, d_model=16, n_layers=1, n_heads=2, segment_len=8,
                             n_mem=2))
     assert row.state_size_bytes == model.state_size(1, 32)
+
+
+def test_a_failing_run_does_not_stop_the_suite(tmp_path: Path, monkeypatch, capsys) -> None:
+    """One run raising (say CUDA out of memory) is logged and listed; the others are stored and
+    reported; the CLI exits 1; a rerun retries only the failed run."""
+    real = runner.execute_run
+    bad = {"mixer": "gla", "seq_len": 32}
+
+    def flaky(config, *args, **kwargs):
+        if all(config[k] == v for k, v in bad.items()):
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "execute_run", flaky)
+    path = write_suite(tmp_path, steps="1")
+    n_threads = torch.get_num_threads()
+    rc = main(["arena", "--suite", str(path), "--out", str(tmp_path / "runs"), "--jobs", "1",
+               "--quiet"])
+    torch.set_num_threads(n_threads)
+    err = capsys.readouterr().err
+    assert rc == 1 and "1 of 4 runs failed" in err and "gla d_model=16 T=32" in err
+    suite_dir = tmp_path / "runs" / "tiny"
+    assert len(records(suite_dir / "results.sqlite")) == 3
+    assert (suite_dir / "report.md").is_file()
+    log = (suite_dir / "failures.log").read_text()
+    assert "CUDA out of memory (simulated)" in log and "flaky" in log  # the traceback's frames
+    monkeypatch.setattr(runner, "execute_run", real)
+    suite = load_suite(str(path))
+    run_suite(suite, out_dir=tmp_path / "runs", jobs=1, threads=1, progress=False)
+    torch.set_num_threads(n_threads)
+    assert len(records(suite_dir / "results.sqlite")) == 4

@@ -185,3 +185,25 @@ def test_backend_choice_and_errors() -> None:
         assert not wants_triton("op", None, x)
     with pytest.raises(ValueError, match="set_backend: backend must be"):
         use_backend("fast").__enter__()
+
+
+@pytest.mark.parametrize("dtype", _maybe_gpu([(torch.float32,)]))
+def test_harsh_decay_in_a_partial_chunk_stays_finite(dtype) -> None:
+    """A decay of e^-6 per token drives a chunk's cumulative G past fp32's e^-88 inside the last,
+    partial chunk (T = 37 of 64): the rows past the end must not turn e^{G_i - G_j} into inf (and
+    0 * inf into NaN in the real rows' gradients)."""
+    from longctx.ops.retention.triton import triton_simple_gla
+
+    B, T, H, K, V = 1, 37, 2, 16, 8
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = _rand(B, T, H, K, gen=gen), _rand(B, T, H, K, gen=gen), _rand(B, T, H, V, gen=gen)
+    g = torch.full((B, T, H), -6.0, dtype=torch.float64)
+
+    def ref(q, k, v, g):
+        return naive_gla(q, k, v, g[..., None].expand(B, T, H, K), scale=K ** -0.5,
+                         output_final_state=True)
+
+    def fn(q, k, v, g):
+        return triton_simple_gla(q, k, v, g.float(), scale=K ** -0.5, output_final_state=True)
+
+    _check("harsh_decay", ref, fn, [q, k, v, g], dtype)

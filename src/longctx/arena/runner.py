@@ -7,11 +7,14 @@ where it stopped: finished runs are skipped by their config hash, an interrupted
 from __future__ import annotations
 
 import dataclasses
+import json
 import multiprocessing as mp
 import platform
 import subprocess
+import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -143,12 +146,42 @@ def _commit() -> str:
     return _COMMIT[0]
 
 
-def _worker(args: tuple[dict, str, str, int | None, str]) -> RunRecord:
+@dataclasses.dataclass
+class RunFailure:
+    """A run that raised: the suite goes on without it (a rerun tries it again)."""
+    run_id: str
+    config: dict[str, Any]
+    error: str  # the exception's type and message, then the innermost frames
+
+    def describe(self) -> str:
+        c = self.config
+        return (f"{c.get('task')} / {c.get('mixer')} d_model={c.get('d_model')} "
+                f"T={c.get('seq_len')} lr={c.get('lr')} seed={c.get('seed')}: "
+                f"{self.error.splitlines()[0]}")
+
+
+class RunsFailed(RuntimeError):
+    """Some runs of a suite raised; the others are stored. The message lists them."""
+
+
+def _attempt(config: dict[str, Any], suite: str, device: str, progress: bool,
+             threads: int | None) -> RunRecord | RunFailure:
+    """``execute_run``, with an exception turned into a RunFailure (CUDA memory freed)."""
+    try:
+        return execute_run(config, suite, device, progress=progress, threads=threads)
+    except Exception as e:  # noqa: BLE001 - one run's failure must not stop the suite
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        frames = "".join(traceback.format_tb(e.__traceback__)[-3:])
+        return RunFailure(config_hash(config), config, f"{type(e).__name__}: {e}\n{frames}")
+
+
+def _worker(args: tuple[dict, str, str, int | None, str]) -> RunRecord | RunFailure:
     config, suite, device, threads, commit = args
     _COMMIT[:] = [commit]  # spawned workers start with a fresh module
     identity = mp.current_process()._identity  # (k,) for the pool's k-th worker
     device = worker_device(device, identity[0] if identity else 1)
-    return execute_run(config, suite, device, progress=False, threads=threads)
+    return _attempt(config, suite, device, progress=False, threads=threads)
 
 
 def run_suite(suite: Suite, out_dir: str | Path = "runs", jobs: int = 1, threads: int | None = None,
@@ -169,20 +202,44 @@ def run_suite(suite: Suite, out_dir: str | Path = "runs", jobs: int = 1, threads
                   f"-> {suite_dir}")
         bar = tqdm(total=len(todo), desc=f"arena {suite.name}", disable=not progress or not todo,
                    dynamic_ncols=True)
+        failures: list[RunFailure] = []
+
+        def keep(result: RunRecord | RunFailure) -> None:
+            if isinstance(result, RunFailure):
+                failures.append(result)
+                _log_failure(suite_dir, result)
+                bar.write(f"run failed (the suite goes on): {result.describe()}", file=sys.stderr)
+            else:
+                store.add(result)
+            bar.update()
+
         if jobs == 1:
             for config in todo:
-                store.add(execute_run(config, suite.name, device, progress=progress, threads=threads))
-                bar.update()
+                keep(_attempt(config, suite.name, device, progress=progress, threads=threads))
         else:
             per_job = threads or max(1, (torch.get_num_threads() or 1) // jobs)
             tqdm.set_lock(threading.RLock())  # the bar lives in this process: no semaphore to leak
             ctx = mp.get_context("spawn")
             with ctx.Pool(jobs) as pool:
                 args = [(c, suite.name, device, per_job, _COMMIT[0]) for c in todo]
-                for record in pool.imap_unordered(_worker, args):
-                    store.add(record)
-                    bar.update()
+                for result in pool.imap_unordered(_worker, args):
+                    keep(result)
         bar.close()
-    if report:
+    if report and done + len(todo) > len(failures):  # at least one finished run to report
         write_report(suite_dir)
+    if failures:
+        listed = "\n".join(f"  {f.describe()}" for f in failures[:20])
+        more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
+        raise RunsFailed(f"{len(failures)} of {len(todo)} runs failed (details in "
+                         f"{suite_dir / FAILURES_LOG}; rerun the suite to retry them):\n{listed}{more}")
     return suite_dir
+
+
+FAILURES_LOG = "failures.log"
+
+
+def _log_failure(suite_dir: Path, failure: RunFailure) -> None:
+    """Append the failure (config and traceback) to ``<suite>/failures.log``."""
+    with open(suite_dir / FAILURES_LOG, "a", encoding="utf-8") as f:
+        f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} run {failure.run_id}\n"
+                f"{json.dumps(failure.config, sort_keys=True)}\n{failure.error}\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _cmd_arena(args: argparse.Namespace) -> int:
-    from longctx.arena.runner import check_device, run_suite
+    from longctx.arena.runner import RunsFailed, check_device, run_suite
     from longctx.arena.suite import load_suite
 
     try:  # checked before anything runs; a ValueError from a run itself keeps its traceback
@@ -23,8 +23,12 @@ def _cmd_arena(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     suite = load_suite(args.suite)
-    suite_dir = run_suite(suite, out_dir=args.out, jobs=args.jobs, threads=args.threads,
-                          device=args.device, progress=not args.quiet, report=not args.no_report)
+    try:
+        suite_dir = run_suite(suite, out_dir=args.out, jobs=args.jobs, threads=args.threads,
+                              device=args.device, progress=not args.quiet, report=not args.no_report)
+    except RunsFailed as e:  # the other runs are stored (and reported)
+        print(f"longctx arena: {e}", file=sys.stderr)
+        return 1
     if not args.no_report:
         print(f"report: {suite_dir / 'report.html'}  (and report.md)")
     return 0
@@ -65,15 +69,25 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from longctx.bench.ops import run_bench
+    from longctx.bench.ops import BenchError, run_bench
 
+    if args.layers is not None and (args.ops or args.compare):
+        raise BenchError("--layers times mixer layers; it does not combine with --ops / --compare")
     if args.compare:
         return _bench_kernels(args)
-    out = run_bench(
-        ops=args.ops, lengths=args.lengths, device=args.device, dtype=args.dtype,
-        batch=args.batch, heads=args.heads, head_dim=args.head_dim, out_dir=Path(args.out),
-        repeats=args.repeats, memory=not args.no_memory, naive_max_len=args.naive_max_len,
-    )
+    if args.layers is not None:
+        from longctx.bench.layers import run_layer_bench
+
+        out = run_layer_bench(
+            layers=args.layers, lengths=args.lengths, device=args.device, dtype=args.dtype,
+            batch=args.batch, heads=args.heads, head_dim=args.head_dim, out_dir=Path(args.out),
+            repeats=args.repeats, memory=not args.no_memory)
+    else:
+        out = run_bench(
+            ops=args.ops, lengths=args.lengths, device=args.device, dtype=args.dtype,
+            batch=args.batch, heads=args.heads, head_dim=args.head_dim, out_dir=Path(args.out),
+            repeats=args.repeats, memory=not args.no_memory, naive_max_len=args.naive_max_len,
+        )
     print(f"bench: {out['json']}  (plots: {', '.join(str(p) for p in out['plots'])})")
     return 0
 
@@ -131,9 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list mixers, tasks and suites")
     ls.set_defaults(fn=_cmd_list)
 
-    b = sub.add_parser("bench", help="time and peak memory of ops, forward and forward+backward")
+    b = sub.add_parser("bench", help="time and peak memory of ops (or --layers), forward and "
+                                         "forward+backward")
     b.add_argument("--ops", "--mixers", nargs="+", default=None, dest="ops",
                    help="ops to measure (default: all); e.g. softmax_attention gla")
+    b.add_argument("--layers", nargs="*", default=None, metavar="MIXER",
+                   help="time mixer layers (longctx.layers.build, d_model = heads * head-dim) "
+                        "instead of ops, e.g. block_recurrent rmt mega s4 (no names: all)")
     b.add_argument("--lengths", nargs="+", type=int, default=[1024, 4096, 16384])
     b.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])

@@ -54,11 +54,14 @@ def _sequence(cu_seqlens, chunk_offsets, i_n, BT: tl.constexpr):
 
 @triton.jit
 def _load_g(gc, bos, T, i_t, i_h, H: tl.constexpr, BT: tl.constexpr):
-    """The chunk's G (fp32, 0 past the end) and G at its last real token."""
+    """The chunk's G (fp32) and G at its last real token; rows past the end take G_last, so no
+    e^{G_i - G_j} of the chunk has a positive exponent (0 there would overflow to inf once the
+    chunk's decay passes e^-88 in fp32, and 0 * inf = NaN would reach the real rows' gradients)."""
     rows = i_t * BT + tl.arange(0, BT)
-    b_g = tl.load(gc + (bos + rows) * H + i_h, mask=rows < T, other=0.0)
     last = tl.minimum(i_t * BT + BT, T) - 1
     g_last = tl.load(gc + (bos + last) * H + i_h)
+    b_g = tl.load(gc + (bos + rows) * H + i_h, mask=rows < T, other=0.0)
+    b_g = tl.where(rows < T, b_g, g_last)
     return b_g, g_last
 
 
