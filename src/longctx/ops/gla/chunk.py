@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from longctx.ops.common.backend import kernel_unsupported, wants_triton
 from longctx.ops.common.checks import (
     check_chunk_size,
     check_gate,
@@ -78,11 +79,14 @@ def chunk_gla(
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
     chunk_size: int = 64,
+    backend: str | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Chunkwise GLA.
 
     q, k: [B, T, H, Dk]; v: [B, T, H, Dv]; g: [B, T, H, Dk] log forget gate (<= 0);
     initial_state: S [B, H, Dk, Dv]. Returns o [B, T, H, Dv] and the final S or None.
+    ``backend``: "auto" / "torch" / "triton" (``longctx.ops.common.backend``); the Triton kernel
+    (``longctx.ops.gla.triton``) uses its own chunk size, the result does not depend on it.
     """
     op = "chunk_gla"
     B, T, H, _, Dk, Dv = check_qkv(op, q, k, v)
@@ -96,6 +100,11 @@ def chunk_gla(
             output_final_state=output_final_state,
         )
     scale = default_scale(scale, Dk)
+    if wants_triton(op, backend, q, k, v, g, initial_state, supported=kernel_unsupported(Dk, Dv)):
+        from longctx.ops.gla.triton import triton_gla
+
+        return triton_gla(q, k, v, g, scale=scale, initial_state=initial_state,
+                          output_final_state=output_final_state)
     dtype = torch.promote_types(q.dtype, torch.float32)  # half inputs are computed in float32
 
     def chunked(x: Tensor, mult: float = 1.0) -> Tensor:  # [B, T, H, D] -> [B, H, N, C, D]

@@ -1,0 +1,529 @@
+"""Triton kernels of chunked Gated Linear Attention: a decay per token, head and key dimension.
+
+    S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,        o_t = scale * q_t^T S_t        (S: [K, V])
+(Yang et al. 2024, §4.1; g_t <= 0 in log space, per key dimension). In chunks of C = 64 tokens with
+the chunk-local cumulative sums ``G_i = g_0 + ... + g_i`` (per key dimension d, <= 0 and
+non-increasing in i), §4.2:
+    O_[n]   = scale (Q ⊙ e^G) S_n + A V,      A_ij = scale sum_d q_id k_jd exp(G_id - G_jd) [i >= j]
+    S_{n+1} = diag(e^{G_last}) S_n + (K ⊙ e^{G_last - G})^T V
+The state pass and the output pass are separate kernels (as in ``triton_scalar_decay``, whose chunk
+layout, packed-sequence bounds, chunk-local cumsum and reverse cumsum are reused here): every
+``[B, T]`` layout is packed variable lengths, ``[1, B*T]`` with ``cu_seqlens = [0, T, 2T, ...]``.
+
+Numerical stability (the paper's secondary chunking, §4.3). The fully parallel factorisation
+``A = (Q ⊙ e^G)(K ⊙ e^{-G})^T`` needs ``exp(-G)``, i.e. ``exp(+|G|)``: with a gate of -5 per token,
+a 64-token chunk reaches e^320 (float32 overflows past e^88; 0 * inf = NaN). Here no exp of a
+positive number is ever formed. Each chunk is split into sub-chunks of BC = 16 rows; the scores of
+query rows i in sub-chunk a are
+  * keys j in earlier sub-chunks (j < r <= i, r = the first row of a): factorised around r,
+        exp(G_i - G_j) = exp(G_i - G_r) * exp(G_r - G_j),     both factors <= 1,
+    so ``A[a, <r] = (Q_a ⊙ e^{G - G_r}) (K ⊙ e^{G_r - G})^T`` is one tensor-core dot;
+  * keys j in sub-chunk a itself: the exact pairwise ``exp(G_i - G_j)`` (masked to -inf above the
+    diagonal before the exp), one column j at a time ([BC, BK] element-wise work per column).
+A factor that underflows to 0 bounds a term that is genuinely below e^-87 of |q_i||k_j|. Rows past a
+sequence's end are given ``G = G_last`` (no decay), so every exponent stays <= 0 there too.
+
+Backward (derived here). With dH_{n+1} the gradient of the state after chunk n and
+``dA = scale (dO V^T) [i >= j]`` (the gradient of the unscaled scores):
+    dH_n = diag(e^{G_last}) dH_{n+1} + scale (Q ⊙ e^G)^T dO                    (reverse sequential)
+    dV   = A^T dO + (K ⊙ e^{G_last - G}) dH_{n+1}
+    dQ   = scale (dO S_n^T) ⊙ e^G + [sum_j dA_ij k_jd exp(G_id - G_jd)]_id
+    dK   = (V dH_{n+1}^T) ⊙ e^{G_last - G} + [sum_i dA_ij q_id exp(G_id - G_jd)]_jd
+with the intra-chunk sums split into sub-chunks exactly as A (dQ: reference r = the first row of
+the query's sub-chunk; dK: r' = the last row of the key's sub-chunk, i > r' >= j). The gate's
+gradient follows from the loss seeing the gates only through ``q_t ⊙ e^{Gglob_t}``,
+``k_t ⊙ e^{-Gglob_t}`` and the final state ``diag(e^{Gglob_T}) (...)`` (Gglob: the cumsum over the
+whole sequence), per key dimension d:
+    dGglob_td = q_td dq_td - k_td dk_td  (+ sum_v dS_T[d, v] S_T[d, v] at each sequence's last token)
+    dg_sd = sum_{t >= s} dGglob_td       (a reverse cumulative sum within each sequence).
+
+Hopper pitfall kept from ``triton_scalar_decay``: a transpose is loaded transposed or computed as
+its own dot, never ``tl.trans`` of a dot's result (Triton 3.4 - 3.7.0 miscompiles that on Hopper:
+flash-linear-attention issue #640).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from longctx.ops.common.triton_scalar_decay import (
+    KERNEL_CHUNK,
+    _acc,
+    _prec,
+    _reverse_cumsum,
+    _sequence,
+    chunk_layout,
+)
+
+SUB_CHUNK = 16  # rows of a sub-chunk (§4.3); the smallest tl.dot tile
+
+
+@triton.jit
+def _chunk_bounds(cu_seqlens, chunk_indices, i_c):
+    """Global chunk i_c's sequence start (token), length and chunk index within the sequence."""
+    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
+    i_t = tl.load(chunk_indices + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    return bos, T, i_t
+
+
+@triton.jit
+def _chunk_cumsum_kernel(g, gc, cu_seqlens, chunk_indices, H: tl.constexpr, K: tl.constexpr,
+                         BT: tl.constexpr, BK: tl.constexpr):
+    """gc = the cumulative sum of g [T, H, K] within each chunk, in gc's dtype (fp32 or fp64);
+    grid (K/BK, chunks, H). (``triton_scalar_decay``'s cumsum would do as g viewed [T, H*K], but
+    with one program and one strided column per (chunk, head, key dim).)"""
+    i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bos, T, i_t = _chunk_bounds(cu_seqlens, chunk_indices, i_c)
+    p_g = tl.make_block_ptr(g + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+    p_gc = tl.make_block_ptr(gc + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+    b_g = tl.load(p_g, boundary_check=(0, 1), padding_option="zero").to(gc.dtype.element_ty)
+    tl.store(p_gc, tl.cumsum(b_g, axis=0), boundary_check=(0, 1))
+
+
+@triton.jit
+def _gate_last(gc, bos, T, i_t, i_h, i_k, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
+               BK: tl.constexpr):
+    """G at the chunk's last real token, key dims [i_k BK, i_k BK + BK): [BK] (0 past K)."""
+    cols = i_k * BK + tl.arange(0, BK)
+    last = tl.minimum(i_t * BT + BT, T) - 1
+    return tl.load(gc + ((bos + last) * H + i_h) * K + cols, mask=cols < K, other=0.0)
+
+
+@triton.jit
+def _gate_rows(gc, g_last, bos, T, row0, i_h, i_k, H: tl.constexpr, K: tl.constexpr,
+               BR: tl.constexpr, BK: tl.constexpr):
+    """G of rows [row0, row0 + BR) (sequence-local) as [BR, BK]; rows past T get g_last."""
+    rows = row0 + tl.arange(0, BR)
+    cols = i_k * BK + tl.arange(0, BK)
+    m = (rows[:, None] < T) & (cols[None, :] < K)
+    b_g = tl.load(gc + ((bos + rows[:, None]) * H + i_h) * K + cols[None, :], mask=m, other=0.0)
+    return tl.where(rows[:, None] < T, b_g, g_last[None, :])
+
+
+@triton.jit
+def _gate_rows_t(gc, g_last, bos, T, row0, i_h, i_k, H: tl.constexpr, K: tl.constexpr,
+                 BR: tl.constexpr, BK: tl.constexpr):
+    """``_gate_rows`` loaded transposed: [BK, BR]."""
+    rows = row0 + tl.arange(0, BR)
+    cols = i_k * BK + tl.arange(0, BK)
+    m = (cols[:, None] < K) & (rows[None, :] < T)
+    b_g = tl.load(gc + ((bos + rows[None, :]) * H + i_h) * K + cols[:, None], mask=m, other=0.0)
+    return tl.where(rows[None, :] < T, b_g, g_last[:, None])
+
+
+@triton.jit
+def _row(x, bos, T, r, i_h, i_k, H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr):
+    """Row r (sequence-local) of a [T, H, K] tensor, key dims of block i_k: [BK] (0 outside)."""
+    cols = i_k * BK + tl.arange(0, BK)
+    return tl.load(x + ((bos + r) * H + i_h) * K + cols, mask=(cols < K) & (r < T), other=0.0)
+
+
+@triton.jit
+def _fwd_h_kernel(
+    k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, PREC: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
+):
+    """The state S_n at every chunk start (into h [chunks, H, K, V]) and the final state;
+    grid (K/BK, V/BV, N*H)."""
+    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
+    b_h = tl.zeros([BK, BV], dtype=h.dtype.element_ty)
+    if USE_H0:
+        p_h0 = tl.make_block_ptr(h0 + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        b_h += tl.load(p_h0, boundary_check=(0, 1), padding_option="zero").to(b_h.dtype)
+    for i_t in range(NT):
+        p_h = tl.make_block_ptr(h + ((boh + i_t) * H + i_h) * K * V, (K, V), (V, 1),
+                                (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        tl.store(p_h, b_h.to(p_h.dtype.element_ty), boundary_check=(0, 1))
+        p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K),
+                                (i_k * BK, i_t * BT), (BK, BT), (0, 1))  # K^T
+        p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")
+        b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
+        g_last = _gate_last(gc, bos, T, i_t, i_h, i_k, H, K, BT, BK)
+        b_gt = _gate_rows_t(gc, g_last, bos, T, i_t * BT, i_h, i_k, H, K, BT, BK)  # G^T [BK, BT]
+        b_kd = (b_k * tl.exp(g_last[:, None] - b_gt)).to(b_k.dtype)  # (K ⊙ e^{G_last - G})^T
+        b_h = b_h * tl.exp(g_last)[:, None] + tl.dot(b_kd, b_v, input_precision=PREC)
+    if STORE_HT:
+        p_ht = tl.make_block_ptr(ht + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        tl.store(p_ht, b_h.to(p_ht.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _fwd_A_kernel(
+    q, k, gc, A, cu_seqlens, chunk_indices, scale,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """Rows of sub-chunk a of the intra-chunk scores A (scale included, 0 above the diagonal) into
+    A [T, H, BT] (row: token, column: position in its chunk); grid (chunks * BT/BC, H)."""
+    NS: tl.constexpr = BT // BC
+    i_cs, i_h = tl.program_id(0), tl.program_id(1)
+    i_c, i_s = i_cs // NS, i_cs % NS
+    bos, T, i_t = _chunk_bounds(cu_seqlens, chunk_indices, i_c)
+    r0 = i_t * BT + i_s * BC  # the sub-chunk's first row: the reference point r
+    if r0 >= T:
+        return
+    rows = r0 + tl.arange(0, BC)
+    rows_c = i_t * BT + tl.arange(0, BT)
+    cols = tl.arange(0, BT)
+    sub = tl.arange(0, BC)
+    b_A = tl.zeros([BC, BT], dtype=ACC)
+    for i_k in range(tl.cdiv(K, BK)):
+        g_last = _gate_last(gc, bos, T, i_t, i_h, i_k, H, K, BT, BK)
+        b_g = _gate_rows(gc, g_last, bos, T, r0, i_h, i_k, H, K, BC, BK)  # [BC, BK]
+        p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1), (r0, i_k * BK), (BC, BK), (1, 0))
+        b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")
+        if i_s > 0:  # keys in earlier sub-chunks: factorised around r
+            g_r = _row(gc, bos, T, r0, i_h, i_k, H, K, BK)
+            p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K),
+                                    (i_k * BK, i_t * BT), (BK, BT), (0, 1))  # K^T
+            b_kt = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")
+            b_gt = _gate_rows_t(gc, g_last, bos, T, i_t * BT, i_h, i_k, H, K, BT, BK)
+            b_kt = b_kt * tl.exp(tl.where(rows_c[None, :] < r0, g_r[:, None] - b_gt, float("-inf")))
+            b_qr = b_q * tl.exp(b_g - g_r[None, :])
+            b_A += tl.dot(b_qr.to(b_q.dtype), b_kt.to(b_q.dtype), input_precision=PREC)
+        # keys in the same sub-chunk: the exact pairwise decay, one key column j at a time
+        kcols = i_k * BK + tl.arange(0, BK)
+        p_kj = k + ((bos + r0) * H + i_h) * K + kcols  # row r0 + j at + j H K
+        p_gj = gc + ((bos + r0) * H + i_h) * K + kcols
+        b_qa = b_q.to(ACC)
+        for j in tl.static_range(BC):
+            m_j = (kcols < K) & (r0 + j < T)
+            k_j = tl.load(p_kj + j * H * K, mask=m_j, other=0.0).to(ACC)
+            g_j = tl.load(p_gj + j * H * K, mask=m_j, other=0.0)
+            d = tl.exp(tl.where(sub[:, None] >= j, b_g - g_j[None, :], float("-inf")))
+            col = tl.sum(b_qa * k_j[None, :] * d, axis=1)  # A[sub-chunk rows, r0 + j]
+            b_A += tl.where(cols[None, :] == i_s * BC + j, col[:, None], 0.0)
+    p_A = A + ((bos + rows[:, None]) * H + i_h) * BT + cols[None, :]
+    tl.store(p_A, (b_A * scale).to(A.dtype.element_ty), mask=rows[:, None] < T)
+
+
+@triton.jit
+def _fwd_o_kernel(
+    q, v, gc, h, A, o, cu_seqlens, chunk_indices, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """O_[n] = scale (Q ⊙ e^G) S_n + A V; grid (V/BV, chunks, H)."""
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bos, T, i_t = _chunk_bounds(cu_seqlens, chunk_indices, i_c)
+    b_o = tl.zeros([BT, BV], dtype=ACC)
+    for i_k in range(tl.cdiv(K, BK)):
+        p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1),
+                                (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        p_h = tl.make_block_ptr(h + (i_c * H + i_h) * K * V, (K, V), (V, 1),
+                                (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")
+        b_h = tl.load(p_h, boundary_check=(0, 1), padding_option="zero")
+        g_last = _gate_last(gc, bos, T, i_t, i_h, i_k, H, K, BT, BK)
+        b_g = _gate_rows(gc, g_last, bos, T, i_t * BT, i_h, i_k, H, K, BT, BK)
+        b_qg = (b_q * tl.exp(b_g)).to(b_q.dtype)  # Q ⊙ e^G
+        b_o += tl.dot(b_qg, b_h.to(b_q.dtype), input_precision=PREC)
+    p_A = tl.make_block_ptr(A + (bos * H + i_h) * BT, (T, BT), (H * BT, 1), (i_t * BT, 0), (BT, BT), (1, 0))
+    p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                            (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+    b_A = tl.load(p_A, boundary_check=(0,), padding_option="zero")
+    b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
+    b_o = b_o * scale + tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
+    p_o = tl.make_block_ptr(o + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                            (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+    tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _bwd_dh_kernel(
+    q, do, gc, dh, dht, dh0, cu_seqlens, chunk_offsets, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, PREC: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+):
+    """dH_{n+1} for every chunk n (into dh), reverse over chunks, and dH_0; grid (K/BK, V/BV, N*H)."""
+    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
+    b_dh = tl.zeros([BK, BV], dtype=dh.dtype.element_ty)
+    if USE_DHT:
+        p_dht = tl.make_block_ptr(dht + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        b_dh += tl.load(p_dht, boundary_check=(0, 1), padding_option="zero").to(b_dh.dtype)
+    for i_r in range(NT):
+        i_t = NT - 1 - i_r
+        p_dh = tl.make_block_ptr(dh + ((boh + i_t) * H + i_h) * K * V, (K, V), (V, 1),
+                                 (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        tl.store(p_dh, b_dh.to(p_dh.dtype.element_ty), boundary_check=(0, 1))
+        p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (K, T), (1, H * K),
+                                (i_k * BK, i_t * BT), (BK, BT), (0, 1))  # Q^T
+        p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")
+        b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
+        g_last = _gate_last(gc, bos, T, i_t, i_h, i_k, H, K, BT, BK)
+        b_gt = _gate_rows_t(gc, g_last, bos, T, i_t * BT, i_h, i_k, H, K, BT, BK)
+        b_qg = (b_q * tl.exp(b_gt) * scale).to(b_do.dtype)  # scale (Q ⊙ e^G)^T
+        b_dh = b_dh * tl.exp(g_last)[:, None] + tl.dot(b_qg, b_do, input_precision=PREC)
+    if STORE_DH0:
+        p_dh0 = tl.make_block_ptr(dh0 + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        tl.store(p_dh0, b_dh.to(p_dh0.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _bwd_dv_dA_kernel(
+    k, v, gc, A, do, dh, dv, dA, cu_seqlens, chunk_indices, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """dV = A^T dO + (K ⊙ e^{G_last - G}) dH_{n+1} and dA = scale (dO V^T) [i >= j] (into
+    dA [T, H, BT] like A); grid (chunks, H)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    bos, T, i_t = _chunk_bounds(cu_seqlens, chunk_indices, i_c)
+    p_At = tl.make_block_ptr(A + (bos * H + i_h) * BT, (BT, T), (1, H * BT), (0, i_t * BT), (BT, BT), (0, 1))
+    b_At = tl.load(p_At, boundary_check=(1,), padding_option="zero")  # A^T, loaded transposed
+    b_dA = tl.zeros([BT, BT], dtype=ACC)
+    for i_v in range(tl.cdiv(V, BV)):
+        p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
+        b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
+        b_dA += tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
+        b_dv = tl.dot(b_At.to(b_do.dtype), b_do, input_precision=PREC)
+        for i_k in range(tl.cdiv(K, BK)):
+            p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1),
+                                    (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+            p_dh = tl.make_block_ptr(dh + (i_c * H + i_h) * K * V, (K, V), (V, 1),
+                                     (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+            b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")
+            b_dh = tl.load(p_dh, boundary_check=(0, 1), padding_option="zero")
+            g_last = _gate_last(gc, bos, T, i_t, i_h, i_k, H, K, BT, BK)
+            b_g = _gate_rows(gc, g_last, bos, T, i_t * BT, i_h, i_k, H, K, BT, BK)
+            b_kd = (b_k * tl.exp(g_last[None, :] - b_g)).to(b_k.dtype)  # K ⊙ e^{G_last - G}
+            b_dv += tl.dot(b_kd, b_dh.to(b_k.dtype), input_precision=PREC)
+        p_dv = tl.make_block_ptr(dv + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), boundary_check=(0, 1))
+    idx = tl.arange(0, BT)
+    b_dA = tl.where(idx[:, None] >= idx[None, :], b_dA * scale, 0.0)
+    p_dA = tl.make_block_ptr(dA + (bos * H + i_h) * BT, (T, BT), (H * BT, 1), (i_t * BT, 0), (BT, BT), (1, 0))
+    tl.store(p_dA, b_dA.to(p_dA.dtype.element_ty), boundary_check=(0,))
+
+
+@triton.jit
+def _bwd_dqk_kernel(
+    q, k, v, gc, h, do, dh, dA, dq, dk, dgr, cu_seqlens, chunk_indices, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """dq, dk of the rows of one sub-chunk, key dims of one block, and q ⊙ dq - k ⊙ dk into dgr;
+    grid (K/BK, chunks * BT/BC, H)."""
+    NS: tl.constexpr = BT // BC
+    i_k, i_cs, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_c, i_s = i_cs // NS, i_cs % NS
+    bos, T, i_t = _chunk_bounds(cu_seqlens, chunk_indices, i_c)
+    r0 = i_t * BT + i_s * BC  # first row of the sub-chunk
+    if r0 >= T:
+        return
+    r1 = tl.minimum(r0 + BC, T) - 1  # its last real row
+    rows = r0 + tl.arange(0, BC)
+    rows_c = i_t * BT + tl.arange(0, BT)
+    sub = tl.arange(0, BC)
+    cols = i_k * BK + tl.arange(0, BK)
+    g_last = _gate_last(gc, bos, T, i_t, i_h, i_k, H, K, BT, BK)
+    b_g = _gate_rows(gc, g_last, bos, T, r0, i_h, i_k, H, K, BC, BK)  # [BC, BK]
+    p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1), (r0, i_k * BK), (BC, BK), (1, 0))
+    p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (r0, i_k * BK), (BC, BK), (1, 0))
+    b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")
+    b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")
+
+    # inter-chunk: dO S_n^T and V dH_{n+1}^T (S^T and dH^T loaded transposed)
+    b_dq = tl.zeros([BC, BK], dtype=ACC)
+    b_dk = tl.zeros([BC, BK], dtype=ACC)
+    for i_v in range(tl.cdiv(V, BV)):
+        p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1), (r0, i_v * BV), (BC, BV), (1, 0))
+        p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1), (r0, i_v * BV), (BC, BV), (1, 0))
+        p_ht = tl.make_block_ptr(h + (i_c * H + i_h) * K * V, (V, K), (1, V),
+                                 (i_v * BV, i_k * BK), (BV, BK), (0, 1))
+        p_dht = tl.make_block_ptr(dh + (i_c * H + i_h) * K * V, (V, K), (1, V),
+                                  (i_v * BV, i_k * BK), (BV, BK), (0, 1))
+        b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
+        b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
+        b_ht = tl.load(p_ht, boundary_check=(0, 1), padding_option="zero")
+        b_dht = tl.load(p_dht, boundary_check=(0, 1), padding_option="zero")
+        b_dq += tl.dot(b_do, b_ht.to(b_do.dtype), input_precision=PREC)
+        b_dk += tl.dot(b_v, b_dht.to(b_v.dtype), input_precision=PREC)
+    b_dq *= tl.exp(b_g) * scale
+    b_dk *= tl.exp(g_last[None, :] - b_g)
+
+    # intra-chunk, earlier / later sub-chunks: factorised around r0 (dq) and r1 (dk)
+    if i_s > 0:
+        g_r = _row(gc, bos, T, r0, i_h, i_k, H, K, BK)
+        p_kc = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1),
+                                 (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        b_kc = tl.load(p_kc, boundary_check=(0, 1), padding_option="zero")
+        b_gc = _gate_rows(gc, g_last, bos, T, i_t * BT, i_h, i_k, H, K, BT, BK)
+        b_kr = b_kc * tl.exp(tl.where(rows_c[:, None] < r0, g_r[None, :] - b_gc, float("-inf")))
+        p_dA = tl.make_block_ptr(dA + (bos * H + i_h) * BT, (T, BT), (H * BT, 1), (r0, 0), (BC, BT), (1, 0))
+        b_dA = tl.load(p_dA, boundary_check=(0,), padding_option="zero")  # dA rows of the sub-chunk
+        b_dq += tl.dot(b_dA.to(b_q.dtype), b_kr.to(b_q.dtype), input_precision=PREC) * tl.exp(b_g - g_r[None, :])
+    if r1 + 1 < tl.minimum(i_t * BT + BT, T):
+        g_r1 = _row(gc, bos, T, r1, i_h, i_k, H, K, BK)
+        p_qc = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1),
+                                 (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        b_qc = tl.load(p_qc, boundary_check=(0, 1), padding_option="zero")
+        b_gc = _gate_rows(gc, g_last, bos, T, i_t * BT, i_h, i_k, H, K, BT, BK)
+        b_qr = b_qc * tl.exp(tl.where(rows_c[:, None] > r1, b_gc - g_r1[None, :], float("-inf")))
+        p_dAt = tl.make_block_ptr(dA + (bos * H + i_h) * BT, (BT, T), (1, H * BT),
+                                  (i_s * BC, i_t * BT), (BC, BT), (0, 1))  # dA^T rows of the sub-chunk
+        b_dAt = tl.load(p_dAt, boundary_check=(1,), padding_option="zero")
+        b_dk += tl.dot(b_dAt.to(b_q.dtype), b_qr.to(b_q.dtype), input_precision=PREC) * tl.exp(g_r1[None, :] - b_g)
+
+    # intra-chunk, the sub-chunk itself: exact pairwise decay, one key column / query row at a time
+    p_dA_col = dA + ((bos + rows) * H + i_h) * BT + i_s * BC  # dA[sub-chunk rows, r0 + m] at + m
+    p_dA_row = dA + ((bos + r0) * H + i_h) * BT + i_s * BC + sub  # dA[r0 + m, sub-chunk cols] at + m H BT
+    p_m = ((bos + r0) * H + i_h) * K + cols  # row r0 + m of q / k / gc at + m H K
+    for m in tl.static_range(BC):
+        m_ok = r0 + m < T
+        m_k = (cols < K) & m_ok
+        dA_col = tl.load(p_dA_col + m, mask=rows < T, other=0.0).to(ACC)
+        dA_row = tl.load(p_dA_row + m * H * BT, mask=(sub < BC) & m_ok, other=0.0).to(ACC)
+        k_m = tl.load(k + p_m + m * H * K, mask=m_k, other=0.0).to(ACC)
+        q_m = tl.load(q + p_m + m * H * K, mask=m_k, other=0.0).to(ACC)
+        g_m = tl.load(gc + p_m + m * H * K, mask=m_k, other=0.0)
+        d_q = tl.exp(tl.where(sub[:, None] >= m, b_g - g_m[None, :], float("-inf")))  # rows i >= m
+        d_k = tl.exp(tl.where((sub[:, None] <= m) & m_ok, g_m[None, :] - b_g, float("-inf")))  # rows j <= m
+        b_dq += dA_col[:, None] * k_m[None, :] * d_q  # dq_i += dA_im k_m e^{G_i - G_m}
+        b_dk += dA_row[:, None] * q_m[None, :] * d_k  # dk_j += dA_mj q_m e^{G_m - G_j}
+
+    m_rows = (rows[:, None] < T) & (cols[None, :] < K)
+    offs = ((bos + rows[:, None]) * H + i_h) * K + cols[None, :]
+    tl.store(dq + offs, b_dq.to(dq.dtype.element_ty), mask=m_rows)
+    tl.store(dk + offs, b_dk.to(dk.dtype.element_ty), mask=m_rows)
+    b_r = b_q.to(ACC) * b_dq - b_k.to(ACC) * b_dk  # dGglob = q ⊙ dq - k ⊙ dk
+    tl.store(dgr + offs, b_r.to(dgr.dtype.element_ty), mask=m_rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# host side
+
+
+def _blocks(K: int, V: int) -> tuple[int, int]:
+    """(BK, BV): key / value blocks of at most 64 (at least 16, the smallest tl.dot tile)."""
+    return min(64, max(16, triton.next_power_of_2(K))), min(64, max(16, triton.next_power_of_2(V)))
+
+
+class _GlaFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, g, h0, scale, want_ht, cu, BT, BC):
+        _, _, H, K = q.shape
+        V = v.shape[-1]
+        N = cu.numel() - 1
+        offsets, indices, NC = chunk_layout(cu, BT)
+        BK, BV = _blocks(K, V)
+        acc, ACC = _acc(q.dtype)
+        prec = _prec(q.dtype)
+        gc = torch.empty(g.shape, dtype=_acc(g.dtype)[0], device=g.device)  # [1, T, H, K]
+        _chunk_cumsum_kernel[(triton.cdiv(K, BK), NC, H)](g, gc, cu, indices, H=H, K=K, BT=BT, BK=BK)
+        h = q.new_empty(NC, H, K, V, dtype=acc)
+        ht = q.new_empty(N, H, K, V, dtype=acc) if want_ht else None
+        _fwd_h_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
+            k, v, gc, h, h0 if h0 is not None else q, ht if want_ht else q, cu, offsets,
+            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec, USE_H0=h0 is not None, STORE_HT=want_ht,
+        )
+        A = q.new_empty(q.shape[1], H, BT, dtype=acc)  # [T, H, BT]
+        _fwd_A_kernel[(NC * (BT // BC), H)](
+            q, k, gc, A, cu, indices, scale, H=H, K=K, BT=BT, BC=BC, BK=BK, ACC=ACC, PREC=prec,
+        )
+        o = torch.empty_like(v)
+        _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](
+            q, v, gc, h, A, o, cu, indices, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, ACC=ACC, PREC=prec,
+        )
+        ctx.save_for_backward(q, k, v, gc, h0, h, A, ht, cu, offsets, indices)
+        ctx.meta = (scale, BT, BC, NC, g.requires_grad, g.dtype)
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, gc, h0, h, A, ht, cu, offsets, indices = ctx.saved_tensors
+        scale, BT, BC, NC, g_grad, g_dtype = ctx.meta
+        _, T, H, K = q.shape
+        V = v.shape[-1]
+        N = cu.numel() - 1
+        BK, BV = _blocks(K, V)
+        acc, ACC = _acc(q.dtype)
+        prec = _prec(q.dtype)
+        do = do.contiguous()
+        dht = dht.contiguous() if dht is not None else None
+        dh = q.new_empty(NC, H, K, V, dtype=acc)
+        dh0 = torch.empty(N, H, K, V, dtype=acc, device=q.device) if h0 is not None else None
+        _bwd_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
+            q, do, gc, dh, dht if dht is not None else q, dh0 if dh0 is not None else q, cu, offsets, scale,
+            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec, USE_DHT=dht is not None, STORE_DH0=dh0 is not None,
+        )
+        dv = torch.empty_like(v)
+        dA = torch.empty(T, H, BT, dtype=acc, device=q.device)
+        _bwd_dv_dA_kernel[(NC, H)](
+            k, v, gc, A, do, dh, dv, dA, cu, indices, scale,
+            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, ACC=ACC, PREC=prec,
+        )
+        dq, dk = torch.empty_like(q), torch.empty_like(k)
+        dgr = torch.empty(q.shape, dtype=acc, device=q.device)  # [1, T, H, K]
+        _bwd_dqk_kernel[(triton.cdiv(K, BK), NC * (BT // BC), H)](
+            q, k, v, gc, h, do, dh, dA, dq, dk, dgr, cu, indices, scale,
+            H=H, K=K, V=V, BT=BT, BC=BC, BK=BK, BV=BV, ACC=ACC, PREC=prec,
+        )
+        dg = None
+        if g_grad:
+            if dht is not None and ht is not None:  # diag(e^{Gglob_T}) scales the whole final state
+                last = (cu[1:] - 1).long()
+                dgr[0, last] += (dht * ht).sum(-1)
+            dg = _reverse_cumsum(dgr.view(1, T, H * K), cu).view(1, T, H, K).to(g_dtype)
+        if dh0 is not None:
+            dh0 = dh0.to(h0.dtype)
+        return dq, dk, dv, dg, dh0, None, None, None, None, None
+
+
+def gla_chunk(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    *,
+    scale: float = 1.0,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: Tensor | None = None,
+    chunk_size: int = KERNEL_CHUNK,
+    sub_chunk: int = SUB_CHUNK,
+) -> tuple[Tensor, Tensor | None]:
+    """Chunked GLA on the GPU (inputs already checked by the caller).
+
+    q, k: [B, T, H, K]; v: [B, T, H, V]; g: [B, T, H, K] log forget gate (<= 0); scale: applied to
+    q k^T; initial_state: [N, H, K, V] (N sequences); cu_seqlens: [N+1] int offsets into T for
+    packed variable lengths (B must be 1) or None; chunk_size, sub_chunk: powers of two, sub_chunk
+    dividing chunk_size (tile sizes, results do not depend on them; on a GPU sub_chunk >= 16, the
+    smallest tl.dot tile; the CPU interpreter's tests use smaller ones to run faster). Returns o [B, T, H, V] (q's dtype) and the final state
+    [N, H, K, V] (float32; float64 for float64 inputs) or None. fp32 accumulation, gate cumsums and
+    states for half inputs.
+    """
+    pow2 = lambda n: n > 0 and n & (n - 1) == 0
+    if not (pow2(chunk_size) and pow2(sub_chunk) and sub_chunk <= chunk_size):
+        raise ValueError(f"gla_chunk: chunk_size {chunk_size} and sub_chunk {sub_chunk} must be powers of "
+                         "two, sub_chunk <= chunk_size")
+    B, T, H, _ = q.shape
+    if cu_seqlens is None:
+        cu = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=q.device)
+        flat = (lambda t: t.reshape(1, B * T, *t.shape[2:])) if B > 1 else (lambda t: t)
+    else:
+        cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
+        flat = lambda t: t
+    q, k, v, g = (flat(t).contiguous() for t in (q, k, v, g))
+    h0 = initial_state.contiguous() if initial_state is not None else None
+    o, ht = _GlaFn.apply(q, k, v, g, h0, float(scale), output_final_state, cu, chunk_size, sub_chunk)
+    return o.reshape(B, T, H, v.shape[-1]), ht

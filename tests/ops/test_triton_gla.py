@@ -1,0 +1,157 @@
+"""The Triton kernels of chunked GLA (per-key-dimension decay) against the float64 recurrence.
+
+Without CUDA they run in Triton's CPU interpreter in float64 (exact to rounding) at tiny sizes, with
+small tiles (chunks of 16, sub-chunks of 4: every code path of the default 64 / 16 tiles, fewer
+interpreted rows; one test keeps the defaults); on a GPU (marker ``gpu``) in float32 / bfloat16 at
+realistic sizes with the default tiles. Skipped where Triton is absent.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from longctx.ops.gla import chunk_gla, naive_gla
+from tests.helpers import assert_close
+from tests.ops.test_triton_kernels import DTYPES, TOL, _check, _grads, _maybe_gpu, _rand
+from tests.ops.triton_support import HAS_TRITON, ON_CUDA  # first: picks the interpreter
+
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
+
+# log-decay per token and key dim, uniform in [-s, 0]: "mild" (a chunk of 64 decays by ~e^-10),
+# "strong" (down to -5 per token: exp(-G) over a chunk of 64 is ~e^160, past float32's e^88),
+# "extreme" (down to -100: exp(-G) over the interpreter's chunks of 16 is ~e^800, past float64's
+# e^709, so a kernel that formed it would give inf / NaN even in the float64 tests)
+GATES = {"mild": 0.3, "strong": 5.0, "extreme": 100.0}
+# The gate's gradient comes from q ⊙ dq - k ⊙ dk and a reverse cumsum: for a token s it is the sum of
+# the pair terms that straddle s, and every other pair term enters twice (+ at the query, - at the
+# key) and must cancel. With bf16 operands in the dots the two copies are rounded differently; under
+# strong gates the straddling terms are small while the cancelling ones are not, so dg's *relative*
+# error grows (fp32 stays within TOL: <= 1e-4 even for "extreme"). Measured on an H100 (2026-12-06,
+# these SIZES, gate and S0 in fp32): bf16 dg 0.015-0.020 mild, 0.030-0.062 strong, 0.11-0.39 extreme;
+# every other output and gradient <= 4e-3.
+TOL_DG_BF16 = {"mild": TOL[torch.bfloat16], "strong": 0.15, "extreme": 0.6}
+# tiles: small ones in the interpreter (time), the defaults on the GPU
+TILES = {"chunk_size": 16, "sub_chunk": 4} if not ON_CUDA else {}
+SIZES = [(2, 23, 1, 24, 20)] if not ON_CUDA else [(2, 67, 4, 64, 64), (1, 1000, 4, 128, 128), (1, 300, 2, 256, 256)]
+
+
+def _gate(shape, strength: float, gen) -> torch.Tensor:
+    return -torch.rand(*shape, generator=gen, dtype=torch.float64) * strength
+
+
+def _cast(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Gates and states in float32 for half inputs (what the GLA layer passes), else as they are."""
+    return x.float() if like.dtype != torch.float64 else x
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("gate", list(GATES))
+@pytest.mark.parametrize(("dtype", "size"), _maybe_gpu([(d, s) for d in DTYPES for s in SIZES]))
+def test_gla_kernel_matches_recurrence(dtype, size, gate, with_state) -> None:
+    """Output, final state and the gradients of q, k, v, g (and S0), T not a multiple of the chunk."""
+    from longctx.ops.gla.triton import triton_gla
+
+    B, T, H, K, V = size
+    gen = torch.Generator().manual_seed(T + K)
+    q, k, v = _rand(B, T, H, K, gen=gen), _rand(B, T, H, K, gen=gen), _rand(B, T, H, V, gen=gen)
+    g = _gate((B, T, H, K), GATES[gate], gen)
+    S0 = _rand(B, H, K, V, gen=gen)
+    scale = K ** -0.5
+
+    def ref(q, k, v, g, *S0):
+        return naive_gla(q, k, v, g, scale=scale, initial_state=S0[0] if S0 else None, output_final_state=True)
+
+    def fn(q, k, v, g, *S0):
+        return triton_gla(q, k, v, _cast(g, q), scale=scale, initial_state=_cast(S0[0], q) if S0 else None,
+                          output_final_state=True, **TILES)
+
+    if dtype != torch.bfloat16:
+        _check(f"gla/{gate}", ref, fn, [q, k, v, g, S0] if with_state else [q, k, v, g], dtype)
+        return
+    ref_in = [t.requires_grad_() for t in ([q, k, v, g, S0] if with_state else [q, k, v, g])]
+    dev_in = [t.detach().to("cuda", dtype if i < 3 else torch.float32).requires_grad_() for i, t in enumerate(ref_in)]
+    ref_out, out = ref(*ref_in), fn(*dev_in)
+    for i, (r, o) in enumerate(zip(ref_out, out, strict=True)):
+        assert_close(r, o.double().cpu(), TOL[dtype], f"gla/{gate}/out{i}")
+    for i, (r, o) in enumerate(zip(_grads(ref_out, ref_in, 0), _grads(out, dev_in, 0), strict=True)):
+        assert_close(r, o.double().cpu(), TOL_DG_BF16[gate] if i == 3 else TOL[dtype], f"gla/{gate}/grad{i}")
+
+
+@pytest.mark.skipif(ON_CUDA, reason="the GPU tests use the default tiles throughout")
+def test_gla_kernel_default_tiles() -> None:
+    """Chunks of 64 and sub-chunks of 16 (what a GPU runs), two chunks, the second partial; gates
+    down to -40 per token (exp(-G) over 64 tokens ~e^1280)."""
+    from longctx.ops.gla.triton import triton_gla
+
+    B, T, H, K, V = 1, 70, 1, 16, 16
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = _rand(B, T, H, K, gen=gen), _rand(B, T, H, K, gen=gen), _rand(B, T, H, V, gen=gen)
+    g, S0 = _gate((B, T, H, K), 40.0, gen), _rand(B, H, K, V, gen=gen)
+
+    def ref(q, k, v, g, S0):
+        return naive_gla(q, k, v, g, scale=0.25, initial_state=S0, output_final_state=True)
+
+    def fn(q, k, v, g, S0):
+        return triton_gla(q, k, v, g, scale=0.25, initial_state=S0, output_final_state=True)
+
+    _check("gla/default_tiles", ref, fn, [q, k, v, g, S0], torch.float64)
+
+
+@pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
+def test_gla_packed_variable_lengths_equal_separate_calls(dtype) -> None:
+    """cu_seqlens: each packed sequence == its own call (outputs, final states, all gradients)."""
+    from longctx.ops.gla.triton import triton_gla
+
+    lens = [5, 19, 1, 12] if not ON_CUDA else [100, 64, 1, 900, 37]
+    H, K, V = (1, 16, 8) if not ON_CUDA else (4, 64, 64)
+    T = sum(lens)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    gen = torch.Generator().manual_seed(6)
+    q, k, v = _rand(1, T, H, K, gen=gen), _rand(1, T, H, K, gen=gen), _rand(1, T, H, V, gen=gen)
+    g, S0 = _gate((1, T, H, K), 2.0, gen), _rand(len(lens), H, K, V, gen=gen)
+
+    def ref(q, k, v, g, S0):
+        outs, finals = [], []
+        for n, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
+            o, S = naive_gla(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], scale=0.5,
+                             initial_state=S0[n:n + 1], output_final_state=True)
+            outs.append(o)
+            finals.append(S)
+        return torch.cat(outs, 1), torch.cat(finals)
+
+    def fn(q, k, v, g, S0):
+        return triton_gla(q, k, v, _cast(g, q), scale=0.5, initial_state=_cast(S0, q), output_final_state=True,
+                          cu_seqlens=cu.to(q.device), **TILES)
+
+    _check("gla/varlen", ref, fn, [q, k, v, g, S0], dtype)
+
+
+@pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
+def test_chunk_gla_dispatches_to_the_kernel(dtype) -> None:
+    """chunk_gla(backend="triton") == naive_gla, without initial or final state."""
+    B, T, H, K, V = (2, 21, 1, 16, 8) if not ON_CUDA else (2, 300, 4, 64, 64)
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = _rand(B, T, H, K, gen=gen), _rand(B, T, H, K, gen=gen), _rand(B, T, H, V, gen=gen)
+    g = torch.nn.functional.logsigmoid(_rand(B, T, H, K, gen=gen))  # the GLA layer's gate, tau = 1
+
+    def ref(q, k, v, g):
+        return naive_gla(q, k, v, g)[:1]
+
+    def fn(q, k, v, g):
+        o, S = chunk_gla(q, k, v, _cast(g, q), backend="triton")
+        assert S is None
+        return (o,)
+
+    _check("chunk_gla", ref, fn, [q, k, v, g], dtype)
+
+
+@pytest.mark.skipif(ON_CUDA, reason="interpreter only")
+def test_gla_kernel_rejects_bad_tiles() -> None:
+    from longctx.ops.gla.triton import triton_gla
+
+    x = torch.zeros(1, 4, 1, 16, dtype=torch.float64)
+    with pytest.raises(ValueError, match="powers of two"):
+        triton_gla(x, x, x, x, scale=1.0, chunk_size=48)
+    with pytest.raises(ValueError, match="sub_chunk <= chunk_size"):
+        triton_gla(x, x, x, x, scale=1.0, chunk_size=16, sub_chunk=32)
