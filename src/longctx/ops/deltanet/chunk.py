@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from longctx.ops.common.backend import kernel_unsupported, wants_triton
 from longctx.ops.common.checks import check_chunk_size, check_qkv, check_state, default_scale
 from longctx.ops.common.chunking import pad_to_multiple
 from longctx.ops.deltanet.checks import check_beta, prepare_qk
@@ -99,12 +100,15 @@ def chunk_delta_rule(
     output_final_state: bool = False,
     chunk_size: int = 64,
     use_qk_l2norm: bool = False,
+    backend: str | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Chunkwise DeltaNet.
 
     q, k: [B, T, H, Dk] (k unit-norm, or ``use_qk_l2norm=True`` to normalise q and k here);
     v: [B, T, H, Dv]; beta: [B, T, H] in [0, 2]; initial_state: S [B, H, Dk, Dv].
     Returns o [B, T, H, Dv] and the final S or None.
+    ``backend``: "auto" / "torch" / "triton" (``longctx.ops.common.backend``); the Triton kernels
+    (K <= 256) always use chunks of 64, whatever ``chunk_size``.
     """
     op = "chunk_delta_rule"
     B, T, H, _, Dk, Dv = check_qkv(op, q, k, v)
@@ -119,6 +123,13 @@ def chunk_delta_rule(
         )
     dtype = torch.promote_types(q.dtype, torch.float32)  # half inputs are computed in float32
     qc, kc = prepare_qk(op, q, k, use_qk_l2norm, dtype)
+    if wants_triton(op, backend, q, k, v, beta, initial_state, supported=kernel_unsupported(Dk, Dv)):
+        from longctx.ops.deltanet.triton import triton_delta_rule
+
+        return triton_delta_rule(
+            qc.to(q.dtype), kc.to(q.dtype), v.to(q.dtype), beta, scale=default_scale(scale, Dk),
+            initial_state=initial_state, output_final_state=output_final_state,
+        )
     S0 = q.new_zeros(B, H, Dk, Dv, dtype=dtype) if initial_state is None else initial_state.to(dtype)
     o, S = chunk_delta_core(
         qc * default_scale(scale, Dk), kc, v.to(dtype), beta.to(dtype), None, S0, C

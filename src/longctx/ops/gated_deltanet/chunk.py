@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from longctx.ops.common.backend import kernel_unsupported, wants_triton
 from longctx.ops.common.checks import (
     check_chunk_size,
     check_gate,
@@ -33,6 +34,7 @@ def chunk_gated_delta_rule(
     output_final_state: bool = False,
     chunk_size: int = 64,
     use_qk_l2norm: bool = False,
+    backend: str | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Chunkwise Gated DeltaNet.
 
@@ -54,6 +56,14 @@ def chunk_gated_delta_rule(
         )
     dtype = torch.promote_types(q.dtype, torch.float32)  # half inputs are computed in float32
     qc, kc = prepare_qk(op, q, k, use_qk_l2norm, dtype)
+    if wants_triton(op, backend, q, k, v, g, beta, initial_state,
+                    supported=kernel_unsupported(Dk, Dv)):
+        from longctx.ops.gated_deltanet.triton import triton_gated_delta_rule
+
+        return triton_gated_delta_rule(
+            qc.to(q.dtype), kc.to(q.dtype), v.to(q.dtype), g, beta, scale=default_scale(scale, Dk),
+            initial_state=initial_state, output_final_state=output_final_state,
+        )
     S0 = q.new_zeros(B, H, Dk, Dv, dtype=dtype) if initial_state is None else initial_state.to(dtype)
     o, S = chunk_delta_core(
         qc * default_scale(scale, Dk), kc, v.to(dtype), beta.to(dtype), g.to(dtype), S0, C

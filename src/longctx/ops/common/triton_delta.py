@@ -1,0 +1,612 @@
+"""Triton kernels of the chunked delta rule (DeltaNet) and gated delta rule (Gated DeltaNet).
+
+The recurrence, state S [K, V] (the transpose of the papers' S), alpha_t = exp(g_t) (1 for DeltaNet):
+    S_t = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,      o_t = scale q_t^T S_t
+In chunks of C tokens with chunk-local cumulative log-gates ``G_i = g_0 + ... + g_i`` (<= 0) and
+Gam_ij = exp(G_i - G_j) (Yang et al. 2024, DeltaNet §3.3 WY / UT transform; Yang et al. 2025,
+Gated DeltaNet §3.3):
+    A      = StrictTril(diag(beta) (K K^T ⊙ Gam))                            [C, C]
+    X      = (I + A)^{-1},   W = X diag(beta) (e^G ⊙ K),   U = X diag(beta) V
+    Delta  = U - W S_n                                    (the chunk's pseudo-values, [C, V])
+    O      = scale ((Q ⊙ e^G) S_n + (Q K^T ⊙ Gam ⊙ [i >= j]) Delta)
+    S_{n+1} = e^{G_last} S_n + (K ⊙ e^{G_last - G})^T Delta
+
+Kernels (everything below runs in Triton; the host only allocates, launches and reverse-sums dg):
+  forward   _chunk_cumsum_kernel (shared) -> _wy_fwd_kernel (A, X, W, U per chunk; grid chunks x H)
+            -> _delta_h_kernel (S_n and Delta, sequential over chunks; grid V/BV x N*H)
+            -> _delta_o_kernel (O per chunk; grid V/BV x chunks x H)
+  backward  _delta_dh_kernel (dS_{n+1} and dDelta, reverse over chunks; grid V/BV x N*H)
+            -> _delta_dqk_kernel (dq, the attention part of dk, dW; grid chunks x H)
+            -> _wy_bwd_kernel (dk, dv, dbeta through the UT transform; grid chunks x H)
+
+The inverse X: A is strictly lower triangular. Its 16 x 16 diagonal blocks D = I + A_diag are
+inverted by forward substitution, all blocks at once, one row of each block per step (15 masked
+[C, C] products); the rest is block forward substitution written as the finite Neumann series
+X = (I - N + N^2 - N^3) D^{-1}, N = D^{-1} A_off (strictly block-lower, so N^4 = 0 for C <= 64).
+
+Backward (derived here from the chunk form; dS_{n+1} is the gradient of the state after chunk n):
+    dDelta  = scale (Q K^T ⊙ Gam)^T dO + (K ⊙ e^{G_last - G}) dS_{n+1}
+    dS_n    = e^{G_last} dS_{n+1} + scale (Q ⊙ e^G)^T dO - W^T dDelta          (reverse pass)
+    dQ      = scale ((dO S_n^T) ⊙ e^G + (dO Delta^T ⊙ Gam) K)
+    dK     += scale (dO Delta^T ⊙ Gam)^T Q + (Delta dS_{n+1}^T) ⊙ e^{G_last - G}
+    dU = dDelta,  dW = -dDelta S_n^T
+and through the UT transform, with Vb = diag(beta) V, Kb = diag(beta) e^G K, dVb = X^T dU,
+dKb = X^T dW and dA = -StrictTril(dVb U^T + dKb W^T) (from dX = -X^T d(I+A) X^T):
+    dV = beta ⊙ dVb,   dbeta = rowsum(V ⊙ dVb + e^G K ⊙ dKb + dA ⊙ Gam ⊙ K K^T)
+    dK += beta e^G ⊙ dKb + M K + M^T K,      M = diag(beta) (dA ⊙ Gam)
+The gate's gradient uses that the loss sees the gates only through q_t e^{Gglob_t},
+v_t e^{-Gglob_t} and e^{Gglob_T} S~_T (substitute S~_t = e^{-Gglob_t} S_t: the delta rule itself
+is gate-free in S~), so
+    dGglob_t = q_t . dq_t - v_t . dv_t (+ <dS_T, S_T> at each sequence's last token),
+    dg_s = sum_{t >= s} dGglob_t       (reverse cumulative sum within each sequence).
+
+Padded rows of a sequence's last chunk take G = G_last (not 0), so every exp below has a
+non-positive argument even with harsh gates (with 0, exp(G_i - G_j) for a padded i and a real j
+could overflow and 0 * inf would poison the column sums of the backward).
+
+Hopper pitfalls (as in triton_scalar_decay): a transpose is never taken with tl.trans of a dot's
+result (Triton 3.4 - 3.7.0 miscompiles that on Hopper: flash-linear-attention issue #640); each
+transpose needed is its own product (X^T is loaded through transposed strides, dA^T is formed as
+U dU^T X + W dW^T X). fp32 accumulation and fp32 states for bf16 / fp16 / fp32 inputs, fp64 for
+fp64; the inverse, W, U and the UT backward run in the accumulation dtype (TF32 dots for half
+inputs, IEEE for fp32 unless torch allows TF32).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from longctx.ops.common.triton_scalar_decay import (
+    _acc,
+    _chunk_cumsum_kernel,
+    _prec,
+    _reverse_cumsum,
+    _sequence,
+    chunk_layout,
+)
+
+
+@triton.jit
+def _chunk(cu_seqlens, chunk_indices, i_c):
+    """Chunk i_c's index within its sequence, the sequence's first token and its length."""
+    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
+    i_t = tl.load(chunk_indices + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    return i_t, bos, T
+
+
+@triton.jit
+def _gates(gc, bos, T, i_t, i_h, H: tl.constexpr, BT: tl.constexpr):
+    """The chunk's cumulative gates G [BT] with padded rows set to G_last, and G_last."""
+    rows = i_t * BT + tl.arange(0, BT)
+    last = tl.minimum(i_t * BT + BT, T) - 1
+    g_last = tl.load(gc + (bos + last) * H + i_h)
+    b_g = tl.load(gc + (bos + rows) * H + i_h, mask=rows < T, other=0.0)
+    return tl.where(rows < T, b_g, g_last), g_last
+
+
+@triton.jit
+def _unit_lower_inverse(b_A, BT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+    """(I + A)^{-1} for a strictly lower-triangular A [BT, BT], BT in {16, 32, 64}."""
+    idx = tl.arange(0, BT)
+    same = (idx[:, None] // 16) == (idx[None, :] // 16)
+    b_Ad = tl.where(same, b_A, 0.0)  # the 16 x 16 diagonal blocks
+    b_I = (idx[:, None] == idx[None, :]).to(ACC)
+    b_X = b_I
+    # forward substitution inside every diagonal block at once: step i finishes row i of each block
+    # (row r = e_r - sum_{j < r} A_rj X_j, the rows j of its block before it being final)
+    for i in range(1, 16):
+        b_X -= tl.dot(tl.where((idx % 16 == i)[:, None], b_Ad, 0.0), b_X, input_precision=PREC)
+    if BT > 16:  # block forward substitution: (I + N)^{-1} D^{-1} with N = D^{-1} A_off, N^4 = 0
+        b_N = tl.dot(b_X, tl.where(same, 0.0, b_A), input_precision=PREC)
+        b_N2 = tl.dot(b_N, b_N, input_precision=PREC)
+        b_Y = b_I - b_N + b_N2
+        if BT > 32:
+            b_Y -= tl.dot(b_N2, b_N, input_precision=PREC)
+        b_X = tl.dot(b_Y, b_X, input_precision=PREC)
+    return b_X
+
+
+@triton.jit
+def _wy_fwd_kernel(
+    k, v, beta, gc, ainv, w, u, cu_seqlens, chunk_indices,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, PRECA: tl.constexpr,
+):
+    """X = (I + A)^{-1} (into ainv [chunks, H, BT, BT]), W and U of one chunk; grid (chunks, H)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
+    idx = tl.arange(0, BT)
+    rows = i_t * BT + idx
+    b_beta = tl.load(beta + (bos + rows) * H + i_h, mask=rows < T, other=0.0).to(ACC)
+    b_A = tl.zeros([BT, BT], dtype=ACC)
+    for i_k in range(tl.cdiv(K, BK)):
+        p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1),
+                                (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        b_k = tl.load(p_k, boundary_check=(0, 1))
+        b_A += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)  # K K^T
+    strict = idx[:, None] > idx[None, :]
+    if HAS_G:
+        b_g, _ = _gates(gc, bos, T, i_t, i_h, H, BT)
+        b_A *= tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], float("-inf")))
+        b_kscale = b_beta * tl.exp(b_g)  # diag(beta) e^G
+    else:
+        b_A = tl.where(strict, b_A, 0.0)
+        b_kscale = b_beta
+    b_X = _unit_lower_inverse(b_A * b_beta[:, None], BT, ACC, PRECA)
+    p_X = tl.make_block_ptr(ainv + (i_c * H + i_h) * BT * BT, (BT, BT), (BT, 1), (0, 0), (BT, BT), (1, 0))
+    tl.store(p_X, b_X.to(p_X.dtype.element_ty))
+    for i_k in range(tl.cdiv(K, BK)):
+        p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1),
+                                (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        b_k = tl.load(p_k, boundary_check=(0, 1)).to(ACC)
+        b_w = tl.dot(b_X, b_k * b_kscale[:, None], input_precision=PRECA)
+        p_w = tl.make_block_ptr(w + (bos * H + i_h) * K, (T, K), (H * K, 1),
+                                (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        tl.store(p_w, b_w.to(p_w.dtype.element_ty), boundary_check=(0, 1))
+    for i_v in range(tl.cdiv(V, BV)):
+        p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        b_v = tl.load(p_v, boundary_check=(0, 1)).to(ACC)
+        b_u = tl.dot(b_X, b_v * b_beta[:, None], input_precision=PRECA)
+        p_u = tl.make_block_ptr(u + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        tl.store(p_u, b_u.to(p_u.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _delta_h_kernel(
+    k, w, u, gc, h, vn, h0, ht, cu_seqlens, chunk_offsets,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
+):
+    """S_n at every chunk start (into h), Delta = U - W S_n (into vn) and the final state, in order
+    over the chunks; all of K in one tile (BK >= K), V in blocks; grid (V/BV, N*H)."""
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
+    b_h = tl.zeros([BK, BV], dtype=ACC)
+    if USE_H0:
+        p_h0 = tl.make_block_ptr(h0 + i_nh * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
+        b_h += tl.load(p_h0, boundary_check=(0, 1))
+    for i_t in range(NT):
+        p_h = tl.make_block_ptr(h + ((boh + i_t) * H + i_h) * K * V, (K, V), (V, 1),
+                                (0, i_v * BV), (BK, BV), (1, 0))
+        tl.store(p_h, b_h.to(p_h.dtype.element_ty), boundary_check=(0, 1))
+        p_w = tl.make_block_ptr(w + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+        p_u = tl.make_block_ptr(u + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_kt = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K), (0, i_t * BT), (BK, BT), (0, 1))
+        b_w = tl.load(p_w, boundary_check=(0, 1))
+        b_u = tl.load(p_u, boundary_check=(0, 1))
+        b_kt = tl.load(p_kt, boundary_check=(0, 1))
+        b_d = b_u.to(ACC) - tl.dot(b_w, b_h.to(b_w.dtype), input_precision=PREC)  # Delta [BT, BV]
+        p_vn = tl.make_block_ptr(vn + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        tl.store(p_vn, b_d.to(p_vn.dtype.element_ty), boundary_check=(0, 1))
+        if HAS_G:
+            b_g, g_last = _gates(gc, bos, T, i_t, i_h, H, BT)
+            b_h *= tl.exp(g_last)
+            b_kt = (b_kt * tl.exp(g_last - b_g)[None, :]).to(b_kt.dtype)  # (K ⊙ e^{G_last - G})^T
+        b_h += tl.dot(b_kt, b_d.to(b_kt.dtype), input_precision=PREC)
+    if STORE_HT:
+        p_ht = tl.make_block_ptr(ht + i_nh * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
+        tl.store(p_ht, b_h.to(p_ht.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _delta_o_kernel(
+    q, k, vn, gc, h, o, cu_seqlens, chunk_indices, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """O = scale ((Q ⊙ e^G) S_n + (Q K^T ⊙ Gam ⊙ [i >= j]) Delta); grid (V/BV, chunks, H)."""
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
+    b_o = tl.zeros([BT, BV], dtype=ACC)
+    b_P = tl.zeros([BT, BT], dtype=ACC)
+    for i_k in range(tl.cdiv(K, BK)):
+        p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1),
+                                (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        p_kt = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K),
+                                 (i_k * BK, i_t * BT), (BK, BT), (0, 1))
+        p_h = tl.make_block_ptr(h + (i_c * H + i_h) * K * V, (K, V), (V, 1),
+                                (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        b_q = tl.load(p_q, boundary_check=(0, 1))
+        b_kt = tl.load(p_kt, boundary_check=(0, 1))
+        b_h = tl.load(p_h, boundary_check=(0, 1))
+        b_o += tl.dot(b_q, b_h.to(b_q.dtype), input_precision=PREC)
+        b_P += tl.dot(b_q, b_kt, input_precision=PREC)
+    idx = tl.arange(0, BT)
+    causal = idx[:, None] >= idx[None, :]
+    if HAS_G:
+        b_g, _ = _gates(gc, bos, T, i_t, i_h, H, BT)
+        b_o *= tl.exp(b_g)[:, None]
+        b_P *= tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], float("-inf")))
+    else:
+        b_P = tl.where(causal, b_P, 0.0)
+    p_vn = tl.make_block_ptr(vn + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                             (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+    b_vn = tl.load(p_vn, boundary_check=(0, 1))
+    b_o = (b_o + tl.dot(b_P.to(b_vn.dtype), b_vn, input_precision=PREC)) * scale
+    p_o = tl.make_block_ptr(o + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                            (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+    tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _delta_dh_kernel(
+    q, k, w, gc, do, dh, dvn, dht, dh0, cu_seqlens, chunk_offsets, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+):
+    """dS_{n+1} for every chunk n (into dh) and dDelta (into dvn), reverse over the chunks; all of
+    K in one tile, V in blocks (the columns of dS are independent); grid (V/BV, N*H)."""
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
+    b_dh = tl.zeros([BK, BV], dtype=ACC)
+    if USE_DHT:
+        p_dht = tl.make_block_ptr(dht + i_nh * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
+        b_dh += tl.load(p_dht, boundary_check=(0, 1))
+    idx = tl.arange(0, BT)
+    causal_t = idx[:, None] <= idx[None, :]  # [j, i]: i >= j
+    for i_r in range(NT):
+        i_t = NT - 1 - i_r
+        p_dh = tl.make_block_ptr(dh + ((boh + i_t) * H + i_h) * K * V, (K, V), (V, 1),
+                                 (0, i_v * BV), (BK, BV), (1, 0))
+        tl.store(p_dh, b_dh.to(p_dh.dtype.element_ty), boundary_check=(0, 1))
+        p_qt = tl.make_block_ptr(q + (bos * H + i_h) * K, (K, T), (1, H * K), (0, i_t * BT), (BK, BT), (0, 1))
+        p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+        p_wt = tl.make_block_ptr(w + (bos * H + i_h) * K, (K, T), (1, H * K), (0, i_t * BT), (BK, BT), (0, 1))
+        p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        b_qt = tl.load(p_qt, boundary_check=(0, 1))
+        b_k = tl.load(p_k, boundary_check=(0, 1))
+        b_wt = tl.load(p_wt, boundary_check=(0, 1))
+        b_do = tl.load(p_do, boundary_check=(0, 1))
+        b_Pt = tl.dot(b_k, b_qt, input_precision=PREC)  # [j, i] = k_j . q_i, the scores transposed
+        if HAS_G:
+            b_g, g_last = _gates(gc, bos, T, i_t, i_h, H, BT)
+            b_Pt *= tl.exp(tl.where(causal_t, b_g[None, :] - b_g[:, None], float("-inf"))) * scale
+            b_kd = (b_k * tl.exp(g_last - b_g)[:, None]).to(b_k.dtype)
+            b_qt = (b_qt * (tl.exp(b_g) * scale)[None, :]).to(b_do.dtype)  # (Q ⊙ e^G)^T scale
+        else:
+            b_Pt = tl.where(causal_t, b_Pt * scale, 0.0)
+            b_kd = b_k
+            b_qt = (b_qt * scale).to(b_do.dtype)
+        b_dd = tl.dot(b_Pt.to(b_do.dtype), b_do, input_precision=PREC)
+        b_dd += tl.dot(b_kd, b_dh.to(b_kd.dtype), input_precision=PREC)  # dDelta [BT, BV]
+        p_dvn = tl.make_block_ptr(dvn + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                  (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        tl.store(p_dvn, b_dd.to(p_dvn.dtype.element_ty), boundary_check=(0, 1))
+        if HAS_G:
+            b_dh *= tl.exp(g_last)
+        b_dh += tl.dot(b_qt, b_do, input_precision=PREC)
+        b_dh -= tl.dot(b_wt, b_dd.to(b_wt.dtype), input_precision=PREC)
+    if STORE_DH0:
+        p_dh0 = tl.make_block_ptr(dh0 + i_nh * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
+        tl.store(p_dh0, b_dh.to(p_dh0.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _delta_dqk_kernel(
+    q, k, vn, gc, h, do, dh, dvn, dq, dkp, dw, dgr, cu_seqlens, chunk_indices, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, PRECA: tl.constexpr,
+):
+    """One chunk's dq, the score / state part of dk (into dkp), dW = -dDelta S_n^T (into dw) and
+    q . dq per token (into dgr, gated only); all of K at once, V in blocks; grid (chunks, H)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
+    p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+    p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+    b_q = tl.load(p_q, boundary_check=(0, 1))
+    b_k = tl.load(p_k, boundary_check=(0, 1))
+    b_dq = tl.zeros([BT, BK], dtype=ACC)  # dO S_n^T
+    b_dk = tl.zeros([BT, BK], dtype=ACC)  # Delta dS_{n+1}^T
+    b_dw = tl.zeros([BT, BK], dtype=ACC)  # -dDelta S_n^T
+    b_dA = tl.zeros([BT, BT], dtype=ACC)  # dO Delta^T
+    b_dAt = tl.zeros([BT, BT], dtype=ACC)  # Delta dO^T
+    for i_v in range(tl.cdiv(V, BV)):
+        p_vn = tl.make_block_ptr(vn + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_dd = tl.make_block_ptr(dvn + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_ht = tl.make_block_ptr(h + (i_c * H + i_h) * K * V, (V, K), (1, V), (i_v * BV, 0), (BV, BK), (0, 1))
+        p_dht = tl.make_block_ptr(dh + (i_c * H + i_h) * K * V, (V, K), (1, V), (i_v * BV, 0), (BV, BK), (0, 1))
+        b_vn = tl.load(p_vn, boundary_check=(0, 1))
+        b_do = tl.load(p_do, boundary_check=(0, 1))
+        b_dd = tl.load(p_dd, boundary_check=(0, 1))
+        b_ht = tl.load(p_ht, boundary_check=(0, 1))  # S_n^T
+        b_dht = tl.load(p_dht, boundary_check=(0, 1))  # dS_{n+1}^T
+        b_dA += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
+        b_dAt += tl.dot(b_vn, tl.trans(b_do), input_precision=PREC)
+        b_dq += tl.dot(b_do, b_ht.to(b_do.dtype), input_precision=PREC)
+        b_dk += tl.dot(b_vn, b_dht.to(b_vn.dtype), input_precision=PREC)
+        b_dw -= tl.dot(b_dd, b_ht, input_precision=PRECA)
+    idx = tl.arange(0, BT)
+    causal = idx[:, None] >= idx[None, :]
+    causal_t = idx[:, None] <= idx[None, :]
+    if HAS_G:
+        b_g, g_last = _gates(gc, bos, T, i_t, i_h, H, BT)
+        b_dA *= tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], float("-inf"))) * scale
+        b_dAt *= tl.exp(tl.where(causal_t, b_g[None, :] - b_g[:, None], float("-inf"))) * scale
+        b_dq = b_dq * (tl.exp(b_g) * scale)[:, None]
+        b_dk = b_dk * tl.exp(g_last - b_g)[:, None]
+    else:
+        b_dA = tl.where(causal, b_dA * scale, 0.0)
+        b_dAt = tl.where(causal_t, b_dAt * scale, 0.0)
+        b_dq = b_dq * scale
+    b_dq += tl.dot(b_dA.to(b_k.dtype), b_k, input_precision=PREC)
+    b_dk += tl.dot(b_dAt.to(b_q.dtype), b_q, input_precision=PREC)
+    rows = i_t * BT + idx
+    if HAS_G:
+        tl.store(dgr + (bos + rows) * H + i_h, tl.sum(b_q.to(ACC) * b_dq, axis=1), mask=rows < T)
+    p_dq = tl.make_block_ptr(dq + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+    p_dkp = tl.make_block_ptr(dkp + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+    p_dw = tl.make_block_ptr(dw + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+    tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), boundary_check=(0, 1))
+    tl.store(p_dkp, b_dk.to(p_dkp.dtype.element_ty), boundary_check=(0, 1))
+    tl.store(p_dw, b_dw.to(p_dw.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _wy_bwd_kernel(
+    k, v, beta, gc, ainv, w, u, dvn, dw, dkp, dk, dv, dbeta, dgr, cu_seqlens, chunk_indices,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PRECA: tl.constexpr,
+):
+    """Back through the UT transform of one chunk: dk = dkp + the W / A parts, dv, dbeta, and
+    -v . dv added to dgr (gated only); K and V in blocks; grid (chunks, H)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
+    idx = tl.arange(0, BT)
+    rows = i_t * BT + idx
+    base = ainv + (i_c * H + i_h) * BT * BT
+    b_X = tl.load(tl.make_block_ptr(base, (BT, BT), (BT, 1), (0, 0), (BT, BT), (1, 0)))
+    b_Xt = tl.load(tl.make_block_ptr(base, (BT, BT), (1, BT), (0, 0), (BT, BT), (0, 1)))  # X^T
+    b_beta = tl.load(beta + (bos + rows) * H + i_h, mask=rows < T, other=0.0).to(ACC)
+    strict = idx[:, None] > idx[None, :]
+    strict_t = idx[:, None] < idx[None, :]  # [j, i]: i > j
+    if HAS_G:
+        b_g, _ = _gates(gc, bos, T, i_t, i_h, H, BT)
+        b_eg = tl.exp(b_g)
+        b_Gam = tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], float("-inf")))
+        b_Gamt = tl.exp(tl.where(strict_t, b_g[None, :] - b_g[:, None], float("-inf")))
+    else:
+        b_eg = tl.full([BT], 1.0, dtype=ACC)
+        b_Gam = strict.to(ACC)
+        b_Gamt = strict_t.to(ACC)
+    b_dA = tl.zeros([BT, BT], dtype=ACC)  # dVb U^T + dKb W^T (= -dA before the mask)
+    b_dAt = tl.zeros([BT, BT], dtype=ACC)  # its transpose, U dU^T X + W dW^T X
+    b_KK = tl.zeros([BT, BT], dtype=ACC)
+    b_db = tl.zeros([BT], dtype=ACC)
+    b_dgr = tl.zeros([BT], dtype=ACC)
+    for i_v in range(tl.cdiv(V, BV)):
+        p_du = tl.make_block_ptr(dvn + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_dut = tl.make_block_ptr(dvn + (bos * H + i_h) * V, (V, T), (1, H * V),
+                                  (i_v * BV, i_t * BT), (BV, BT), (0, 1))
+        p_u = tl.make_block_ptr(u + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        b_du = tl.load(p_du, boundary_check=(0, 1)).to(ACC)
+        b_dut = tl.load(p_dut, boundary_check=(0, 1)).to(ACC)
+        b_u = tl.load(p_u, boundary_check=(0, 1)).to(ACC)
+        b_v = tl.load(p_v, boundary_check=(0, 1)).to(ACC)
+        b_dvb = tl.dot(b_Xt, b_du, input_precision=PRECA)  # dVb = X^T dU
+        b_dv = b_dvb * b_beta[:, None]
+        p_dv = tl.make_block_ptr(dv + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), boundary_check=(0, 1))
+        b_db += tl.sum(b_v * b_dvb, axis=1)
+        b_dgr -= tl.sum(b_v * b_dv, axis=1)
+        b_dA += tl.dot(b_dvb, tl.trans(b_u), input_precision=PRECA)
+        b_dAt += tl.dot(tl.dot(b_u, b_dut, input_precision=PRECA), b_X, input_precision=PRECA)
+    for i_k in range(tl.cdiv(K, BK)):
+        p_dw = tl.make_block_ptr(dw + (bos * H + i_h) * K, (T, K), (H * K, 1),
+                                 (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        p_dwt = tl.make_block_ptr(dw + (bos * H + i_h) * K, (K, T), (1, H * K),
+                                  (i_k * BK, i_t * BT), (BK, BT), (0, 1))
+        p_w = tl.make_block_ptr(w + (bos * H + i_h) * K, (T, K), (H * K, 1),
+                                (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1),
+                                (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        b_dw = tl.load(p_dw, boundary_check=(0, 1))
+        b_dwt = tl.load(p_dwt, boundary_check=(0, 1))
+        b_w = tl.load(p_w, boundary_check=(0, 1)).to(ACC)
+        b_k = tl.load(p_k, boundary_check=(0, 1)).to(ACC)
+        b_dkb = tl.dot(b_Xt, b_dw, input_precision=PRECA)  # dKb = X^T dW
+        b_db += tl.sum(b_k * b_eg[:, None] * b_dkb, axis=1)
+        b_dA += tl.dot(b_dkb, tl.trans(b_w), input_precision=PRECA)
+        b_dAt += tl.dot(tl.dot(b_w, b_dwt, input_precision=PRECA), b_X, input_precision=PRECA)
+        b_KK += tl.dot(b_k, tl.trans(b_k), input_precision=PRECA)
+    b_dA = -b_dA * b_Gam  # dL/dA ⊙ Gam on i > j (A_ij = beta_i (k_i . k_j) Gam_ij)
+    b_dAt = -b_dAt * b_Gamt
+    b_db += tl.sum(b_dA * b_KK, axis=1)
+    b_M = b_dA * b_beta[:, None]  # dL/d(k_i . k_j)
+    b_Mt = b_dAt * b_beta[None, :]
+    b_kscale = b_beta * b_eg
+    for i_k in range(tl.cdiv(K, BK)):
+        p_dw = tl.make_block_ptr(dw + (bos * H + i_h) * K, (T, K), (H * K, 1),
+                                 (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1),
+                                (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        p_dkp = tl.make_block_ptr(dkp + (bos * H + i_h) * K, (T, K), (H * K, 1),
+                                  (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        b_dw = tl.load(p_dw, boundary_check=(0, 1))
+        b_k = tl.load(p_k, boundary_check=(0, 1)).to(ACC)
+        b_dk = tl.load(p_dkp, boundary_check=(0, 1))
+        b_dk += tl.dot(b_Xt, b_dw, input_precision=PRECA) * b_kscale[:, None]
+        b_dk += tl.dot(b_M, b_k, input_precision=PRECA)
+        b_dk += tl.dot(b_Mt, b_k, input_precision=PRECA)
+        p_dk = tl.make_block_ptr(dk + (bos * H + i_h) * K, (T, K), (H * K, 1),
+                                 (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), boundary_check=(0, 1))
+    tl.store(dbeta + (bos + rows) * H + i_h, b_db, mask=rows < T)
+    if HAS_G:
+        b_dgr += tl.load(dgr + (bos + rows) * H + i_h, mask=rows < T, other=0.0)
+        tl.store(dgr + (bos + rows) * H + i_h, b_dgr, mask=rows < T)
+
+
+# ---------------------------------------------------------------------------------------------
+# host side
+
+CHUNK_SIZES = (16, 32, 64)  # the inverse handles chunks of up to four 16 x 16 blocks
+KERNEL_CHUNK = 64
+
+
+def _preca(dtype: torch.dtype) -> str:
+    """tl.dot's precision for the accumulation-dtype products (inverse, W, U, UT backward): TF32
+    for half inputs (more precise than the inputs), else as ``_prec``."""
+    return "tf32" if dtype in (torch.float16, torch.bfloat16) else _prec(dtype)
+
+
+def _blocks(K: int, V: int) -> tuple[int, int, int, int]:
+    """(BK holding all of K, BV for the whole-K state kernels, BK and BV for the blocked ones)."""
+    BKf = max(16, triton.next_power_of_2(K))
+    BVp = max(16, triton.next_power_of_2(V))
+    return BKf, min(BVp, max(16, 4096 // BKf)), min(64, BKf), min(64, BVp)
+
+
+def _meta(q: Tensor) -> dict:
+    _, ACC = _acc(q.dtype)
+    return {"ACC": ACC, "PREC": _prec(q.dtype)}
+
+
+class _DeltaRuleFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, beta, g, h0, scale, want_ht, cu, BT):
+        offsets, indices, NC = chunk_layout(cu, BT)
+        _, _, H, K = q.shape
+        V = v.shape[-1]
+        N = cu.numel() - 1
+        BKf, BVs, BK, BV = _blocks(K, V)
+        acc, _ = _acc(q.dtype)
+        meta = _meta(q)
+        has_g = g is not None
+        gc = None
+        if has_g:
+            gc = torch.empty(g.shape, dtype=acc, device=g.device)
+            _chunk_cumsum_kernel[(NC, H)](g, gc, cu, indices, H=H, BT=BT)
+        ainv = torch.empty(NC, H, BT, BT, dtype=acc, device=q.device)
+        w, u = torch.empty_like(k), torch.empty_like(v)
+        _wy_fwd_kernel[(NC, H)](
+            k, v, beta, gc if has_g else q, ainv, w, u, cu, indices,
+            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, PRECA=_preca(q.dtype), **meta,
+            num_stages=1,
+        )
+        h = q.new_empty(NC, H, K, V, dtype=acc)
+        vn = torch.empty_like(v)
+        ht = q.new_empty(N, H, K, V, dtype=acc) if want_ht else None
+        _delta_h_kernel[(triton.cdiv(V, BVs), N * H)](
+            k, w, u, gc if has_g else q, h, vn, h0 if h0 is not None else q, ht if want_ht else q,
+            cu, offsets, H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVs, HAS_G=has_g,
+            USE_H0=h0 is not None, STORE_HT=want_ht, **meta, num_stages=1,
+        )
+        o = torch.empty_like(v)
+        _delta_o_kernel[(triton.cdiv(V, BV), NC, H)](
+            q, k, vn, gc if has_g else q, h, o, cu, indices, scale,
+            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, **meta,
+        )
+        ctx.save_for_backward(q, k, v, beta, gc, h0, ainv, w, u, h, vn, ht, cu, offsets, indices)
+        ctx.meta = (scale, BT, NC, g is not None and g.requires_grad, g.dtype if has_g else None)
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, beta, gc, h0, ainv, w, u, h, vn, ht, cu, offsets, indices = ctx.saved_tensors
+        scale, BT, NC, g_grad, g_dtype = ctx.meta
+        _, _, H, K = q.shape
+        V = v.shape[-1]
+        N = cu.numel() - 1
+        BKf, BVs, BK, BV = _blocks(K, V)
+        acc, _ = _acc(q.dtype)
+        meta = _meta(q)
+        has_g = gc is not None
+        do = do.contiguous()
+        dht = dht.contiguous() if dht is not None else None
+        dh = torch.empty_like(h)
+        dvn = torch.empty(v.shape, dtype=acc, device=v.device)  # dDelta = dU
+        dh0 = torch.empty(N, H, K, V, dtype=acc, device=q.device) if h0 is not None else None
+        _delta_dh_kernel[(triton.cdiv(V, BVs), N * H)](
+            q, k, w, gc if has_g else q, do, dh, dvn, dht if dht is not None else q,
+            dh0 if dh0 is not None else q, cu, offsets, scale,
+            H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVs, HAS_G=has_g, USE_DHT=dht is not None,
+            STORE_DH0=dh0 is not None, **meta, num_stages=1,
+        )
+        dq = torch.empty_like(q)
+        dkp = torch.empty(k.shape, dtype=acc, device=k.device)
+        dw = torch.empty(k.shape, dtype=acc, device=k.device)
+        dgr = torch.empty(beta.shape, dtype=acc, device=q.device) if has_g else q
+        _delta_dqk_kernel[(NC, H)](
+            q, k, vn, gc if has_g else q, h, do, dh, dvn, dq, dkp, dw, dgr, cu, indices, scale,
+            H=H, K=K, V=V, BT=BT, BK=BKf, BV=min(BV, 32), HAS_G=has_g, PRECA=_preca(q.dtype), **meta,
+            num_warps=8 if BKf >= 128 else 4, num_stages=1,
+        )
+        dk, dv = torch.empty_like(k), torch.empty_like(v)
+        dbeta = torch.empty(beta.shape, dtype=acc, device=beta.device)
+        _wy_bwd_kernel[(NC, H)](
+            k, v, beta, gc if has_g else q, ainv, w, u, dvn, dw, dkp, dk, dv, dbeta, dgr, cu, indices,
+            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, ACC=meta["ACC"], PRECA=_preca(q.dtype),
+            num_stages=1,
+        )
+        dg = None
+        if g_grad:
+            if dht is not None and ht is not None:  # e^{Gglob_T} scales the whole final state
+                last = (cu[1:] - 1).long()
+                dgr[0, last] += (dht * ht).sum((-1, -2))
+            dg = _reverse_cumsum(dgr, cu).to(g_dtype)
+        if dh0 is not None:
+            dh0 = dh0.to(h0.dtype)
+        return dq, dk, dv, dbeta.to(beta.dtype), dg, dh0, None, None, None, None
+
+
+def delta_rule_chunk(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    g: Tensor | None = None,
+    *,
+    scale: float = 1.0,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: Tensor | None = None,
+    chunk_size: int = KERNEL_CHUNK,
+) -> tuple[Tensor, Tensor | None]:
+    """The chunked (gated) delta rule on the GPU (inputs already checked by the caller).
+
+    q, k: [B, T, H, K] (k unit-norm, K <= 256); v: [B, T, H, V]; beta: [B, T, H]; g: [B, T, H]
+    log decay (<= 0) or None (DeltaNet); scale: applied to q; initial_state: [N, H, K, V]
+    (N sequences); cu_seqlens: [N+1] int offsets into T for packed variable lengths (B must be 1)
+    or None; chunk_size: 16, 32 or 64 (the result does not depend on it). Returns o [B, T, H, V]
+    (q's dtype) and the final state [N, H, K, V] (float32; float64 for float64 inputs) or None.
+    """
+    if chunk_size not in CHUNK_SIZES:
+        raise ValueError(f"delta_rule_chunk: chunk_size must be one of {CHUNK_SIZES}, got {chunk_size}")
+    B, T, H, _ = q.shape
+    acc, _ = _acc(q.dtype)
+    if cu_seqlens is None:
+        cu = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=q.device)
+        flat = (lambda t: t.reshape(1, B * T, *t.shape[2:])) if B > 1 else (lambda t: t)
+    else:
+        cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
+        flat = lambda t: t
+    q, k, v = (flat(t).contiguous() for t in (q, k, v))
+    beta = flat(beta).to(acc).contiguous()
+    if g is not None:
+        g = flat(g).to(acc).contiguous()
+    h0 = initial_state.to(acc).contiguous() if initial_state is not None else None
+    o, ht = _DeltaRuleFn.apply(q, k, v, beta, g, h0, float(scale), output_final_state, cu, chunk_size)
+    return o.reshape(B, T, H, v.shape[-1]), ht

@@ -1,0 +1,216 @@
+"""The Triton kernels of the chunked (gated) delta rule against the float64 recurrences.
+
+Without CUDA they run in Triton's CPU interpreter in float64 (exact to rounding, tiny sizes); on
+a GPU (marker ``gpu``) in float32 / bfloat16 at realistic sizes. Skipped where Triton is absent.
+Outputs, final states and every gradient (q, k, v, beta, g, initial_state) are compared.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from longctx.ops.deltanet import chunk_delta_rule, naive_delta_rule
+from longctx.ops.gated_deltanet import chunk_gated_delta_rule, naive_gated_delta_rule
+from tests.helpers import assert_close
+from tests.ops.triton_support import DEVICE, HAS_TRITON, ON_CUDA  # first: picks the interpreter
+
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
+gpu = pytest.mark.gpu
+
+# float64 in the interpreter: rounding only. On the GPU float32 (IEEE dots) and bf16 inputs; these
+# GPU tolerances are first guesses, not yet measured on a device.
+TOL = {torch.float64: 1e-10, torch.float32: 2e-4, torch.bfloat16: 5e-2}
+DTYPES = [torch.float64] if not ON_CUDA else [torch.float32, torch.bfloat16]
+# (B, T, H, K, V, chunk): T = 70 is one full chunk of 64 and a partial one
+SIZES = [(2, 70, 2, 16, 24, 64), (1, 37, 2, 16, 16, 16)] if not ON_CUDA else [
+    (2, 67, 4, 64, 64, 64), (1, 1000, 4, 128, 128, 64), (1, 300, 2, 256, 64, 64)]
+NAMES = ("q", "k", "v", "beta", "g", "S0")
+
+
+def _grads(out, inputs, seed: int):
+    """Gradients of a fixed random projection of every output w.r.t. ``inputs``."""
+    gen = torch.Generator().manual_seed(seed)
+    loss = sum((o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device)).sum()
+               for o in out)
+    return torch.autograd.grad(loss, inputs)
+
+
+def _check(name, ref_fn, fn, ref_inputs, dtype, names=NAMES, seed=0):
+    """fn on ``dtype`` copies on DEVICE vs ref_fn in float64 on the CPU: outputs and every gradient."""
+    ref_in = [t.double().requires_grad_() for t in ref_inputs]
+    dev_in = [t.detach().to(DEVICE, dtype if t.is_floating_point() else t.dtype).requires_grad_()
+              for t in ref_inputs]
+    ref_out, out = ref_fn(*ref_in), fn(*dev_in)
+    for i, (r, o) in enumerate(zip(ref_out, out, strict=True)):
+        assert o.device.type == DEVICE
+        assert_close(r, o.double().cpu(), TOL[dtype], f"{name}/out{i}")
+    for n, r, o in zip(names, _grads(ref_out, ref_in, seed), _grads(out, dev_in, seed), strict=True):
+        assert_close(r, o.double().cpu(), TOL[dtype], f"{name}/d{n}")
+
+
+def _inputs(B, T, H, K, V, seed, gate=1.0):
+    """q; unit-norm k; v; beta = 2 sigmoid(x) in (0, 2); g = gate * logsigmoid(x) <= 0; S0."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    q, k, v = rand(B, T, H, K), F.normalize(rand(B, T, H, K), dim=-1), rand(B, T, H, V)
+    beta = 2 * torch.sigmoid(rand(B, T, H))
+    g = F.logsigmoid(rand(B, T, H)) * gate
+    return q, k, v, beta, g, rand(B, H, K, V)
+
+
+def _maybe_gpu(params):
+    return [pytest.param(*p, marks=gpu if ON_CUDA else ()) for p in params]
+
+
+def _acc(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float64 else t.float()
+
+
+@pytest.mark.parametrize(("dtype", "size"), _maybe_gpu([(d, s) for d in DTYPES for s in SIZES]))
+def test_delta_rule_kernel_matches_recurrence(dtype, size) -> None:
+    from longctx.ops.deltanet.triton import triton_delta_rule
+
+    B, T, H, K, V, C = size
+    q, k, v, beta, _, S0 = _inputs(B, T, H, K, V, seed=T)
+    scale = K ** -0.5
+
+    def ref(q, k, v, beta, S0):
+        return naive_delta_rule(q, k, v, beta, scale=scale, initial_state=S0, output_final_state=True)
+
+    def fn(q, k, v, beta, S0):
+        return triton_delta_rule(q, k, v, _acc(beta), scale=scale, initial_state=_acc(S0),
+                                 output_final_state=True, chunk_size=C)
+
+    _check("deltanet", ref, fn, [q, k, v, beta, S0], dtype, names=("q", "k", "v", "beta", "S0"))
+
+
+@pytest.mark.parametrize(("dtype", "size"), _maybe_gpu([(d, s) for d in DTYPES for s in SIZES]))
+def test_gated_delta_rule_kernel_matches_recurrence(dtype, size) -> None:
+    from longctx.ops.gated_deltanet.triton import triton_gated_delta_rule
+
+    B, T, H, K, V, C = size
+    q, k, v, beta, g, S0 = _inputs(B, T, H, K, V, seed=T + 1)
+    scale = K ** -0.5
+
+    def ref(q, k, v, beta, g, S0):
+        return naive_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=S0,
+                                      output_final_state=True)
+
+    def fn(q, k, v, beta, g, S0):
+        return triton_gated_delta_rule(q, k, v, _acc(g), _acc(beta), scale=scale,
+                                       initial_state=_acc(S0), output_final_state=True, chunk_size=C)
+
+    _check("gated_deltanet", ref, fn, [q, k, v, beta, g, S0], dtype)
+
+
+@pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
+def test_without_initial_or_final_state(dtype) -> None:
+    """No initial state and no final state requested (no dS_T seed, no d initial_state)."""
+    from longctx.ops.gated_deltanet.triton import triton_gated_delta_rule
+
+    B, T, H, K, V = (1, 50, 2, 16, 16) if not ON_CUDA else (2, 300, 4, 64, 64)
+    q, k, v, beta, g, _ = _inputs(B, T, H, K, V, seed=5)
+
+    def ref(q, k, v, beta, g):
+        return naive_gated_delta_rule(q, k, v, g, beta, scale=0.5)[:1]
+
+    def fn(q, k, v, beta, g):
+        o, S = triton_gated_delta_rule(q, k, v, _acc(g), _acc(beta), scale=0.5, chunk_size=32)
+        assert S is None
+        return (o,)
+
+    _check("no_state", ref, fn, [q, k, v, beta, g], dtype, names=NAMES[:5])
+
+
+@pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
+@pytest.mark.parametrize("gated", [False, True])
+def test_packed_variable_lengths_equal_separate_calls(dtype, gated) -> None:
+    """cu_seqlens: each packed sequence == its own recurrence (outputs, states, all gradients)."""
+    from longctx.ops.common.triton_delta import delta_rule_chunk
+
+    lens = [5, 70, 1, 20] if not ON_CUDA else [100, 64, 1, 900, 37]
+    H, K, V = (2, 16, 16) if not ON_CUDA else (4, 64, 64)
+    T = sum(lens)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    q, k, v, beta, g, _ = _inputs(1, T, H, K, V, seed=6)
+    S0 = _inputs(len(lens), 1, H, K, V, seed=7)[-1]
+
+    def ref(q, k, v, beta, *rest):
+        g_, S0 = rest if gated else (torch.zeros_like(beta), rest[0])
+        outs, finals = [], []
+        for n, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
+            o, S = naive_gated_delta_rule(q[:, s:e], k[:, s:e], v[:, s:e], g_[:, s:e], beta[:, s:e],
+                                          scale=0.5, initial_state=S0[n:n + 1],
+                                          output_final_state=True)
+            outs.append(o)
+            finals.append(S)
+        return torch.cat(outs, 1), torch.cat(finals)
+
+    def fn(q, k, v, beta, *rest):
+        g_, S0 = rest if gated else (None, rest[0])
+        return delta_rule_chunk(q, k, v, _acc(beta), _acc(g_) if gated else None, scale=0.5,
+                                initial_state=_acc(S0), output_final_state=True,
+                                cu_seqlens=cu.to(q.device))
+
+    inputs = [q, k, v, beta, g, S0] if gated else [q, k, v, beta, S0]
+    names = NAMES if gated else ("q", "k", "v", "beta", "S0")
+    _check("varlen", ref, fn, inputs, dtype, names=names)
+
+
+@pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
+def test_harsh_gates_in_a_partial_chunk_stay_finite(dtype) -> None:
+    """g ~ 5 logsigmoid(x): the chunk's cumulative gate reaches ~-100 (float64 would overflow
+    exp(-G) only past -709, so gates of -30 per token make the padded rows' exponents that large)."""
+    from longctx.ops.gated_deltanet.triton import triton_gated_delta_rule
+
+    B, T, H, K, V = (1, 40, 1, 16, 16) if not ON_CUDA else (2, 100, 4, 64, 64)
+    q, k, v, beta, g, S0 = _inputs(B, T, H, K, V, seed=8, gate=30.0)
+
+    def ref(q, k, v, beta, g, S0):
+        return naive_gated_delta_rule(q, k, v, g, beta, scale=0.5, initial_state=S0,
+                                      output_final_state=True)
+
+    def fn(q, k, v, beta, g, S0):
+        return triton_gated_delta_rule(q, k, v, _acc(g), _acc(beta), scale=0.5,
+                                       initial_state=_acc(S0), output_final_state=True)
+
+    _check("harsh", ref, fn, [q, k, v, beta, g, S0], dtype)
+
+
+@pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
+def test_chunk_functions_dispatch_to_the_kernels(dtype) -> None:
+    """chunk_delta_rule / chunk_gated_delta_rule with backend="triton" (incl. use_qk_l2norm)."""
+    B, T, H, K, V = (2, 20, 2, 16, 16) if not ON_CUDA else (2, 300, 4, 64, 64)
+    q, k, v, beta, g, S0 = _inputs(B, T, H, K, V, seed=9)
+    k = k * 1.7  # not unit-norm: the ops normalise q and k themselves
+
+    def ref(q, k, v, beta, g, S0):
+        o1, s1 = naive_delta_rule(q, k, v, beta, initial_state=S0, output_final_state=True,
+                                  use_qk_l2norm=True)
+        o2, s2 = naive_gated_delta_rule(q, k, v, g, beta, initial_state=S0, output_final_state=True,
+                                        use_qk_l2norm=True)
+        return o1, s1, o2, s2
+
+    def fn(q, k, v, beta, g, S0):
+        kw = {"initial_state": S0, "output_final_state": True, "use_qk_l2norm": True,
+              "backend": "triton"}
+        o1, s1 = chunk_delta_rule(q, k, v, beta, **kw)
+        o2, s2 = chunk_gated_delta_rule(q, k, v, g, beta, **kw)
+        return o1, s1, o2, s2
+
+    _check("dispatch", ref, fn, [q, k, v, beta, g, S0], dtype)
+
+
+def test_auto_backend_keeps_cpu_tensors_on_pytorch_and_rejects_big_keys() -> None:
+    q, k, v, beta, g, _ = _inputs(1, 5, 1, 8, 8, seed=10)
+    o_auto, _ = chunk_gated_delta_rule(q, k, v, g, beta, backend="auto")
+    o_torch, _ = chunk_gated_delta_rule(q, k, v, g, beta, backend="torch")
+    assert torch.equal(o_auto, o_torch)  # CPU tensors: PyTorch, even with the interpreter on
+    q, k, v, beta, g, _ = _inputs(1, 3, 1, 300, 4, seed=11)
+    with pytest.raises(ValueError, match="key / feature dim 300"):
+        chunk_delta_rule(q, k, v, beta, backend="triton")
