@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import Tensor
 
 BACKENDS = ("auto", "torch", "triton")
@@ -92,14 +93,66 @@ def kernel_unsupported(K: int, V: int) -> str | None:
     return None
 
 
+MAX_DECODE_K = 1024  # the fused decode step holds a head's whole key dim in one program
+
+
+def decode_unsupported(K: int) -> str | None:
+    """Why the fused decode-step kernel (``triton_decode``) cannot take key / feature dim ``K``."""
+    return f"key / feature dim {K} > {MAX_DECODE_K}" if K > MAX_DECODE_K else None
+
+
+# -- decode under a CUDA graph --------------------------------------------------------------------
+_inplace = [False]
+
+
+def stream_capturing() -> bool:
+    """A CUDA graph is being captured on the current stream (no host read-back is allowed)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def checkable(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """The tensors themselves; while a CUDA graph is captured, zero CPU stand-ins of the same
+    shapes and dtypes instead. The step ops run their checks on these: shape checks still run,
+    value checks (``(g > 0).any()``, which read back to the host and so cannot be captured) pass
+    on zeros. The values were checked by the eager warm-up step that precedes every capture."""
+    if not stream_capturing():
+        return tensors
+    return tuple(torch.zeros((), dtype=t.dtype).expand(t.shape) for t in tensors)
+
+
+@contextmanager
+def inplace_decode() -> Iterator[None]:
+    """Inside the block, the decode steps that run the fused kernel overwrite their state tensor
+    in place (when it is contiguous and in the compute dtype) instead of returning a new one: a
+    CUDA-graph decoder's static state buffers. Never around code that keeps older states
+    (speculative decoding, tree verification)."""
+    old = _inplace[0]
+    _inplace[0] = True
+    try:
+        yield
+    finally:
+        _inplace[0] = old
+
+
+def decode_inplace(state: Tensor, dtype: torch.dtype) -> bool:
+    """Whether a fused decode step may overwrite ``state`` (see ``inplace_decode``)."""
+    return _inplace[0] and state.dtype == dtype and state.is_contiguous()
+
+
 __all__ = [
     "BACKENDS",
+    "MAX_DECODE_K",
     "MAX_KERNEL_K",
+    "checkable",
+    "decode_inplace",
+    "decode_unsupported",
     "get_backend",
     "has_triton",
+    "inplace_decode",
     "interpreting",
     "kernel_unsupported",
     "set_backend",
+    "stream_capturing",
     "use_backend",
     "wants_triton",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from longctx.ops.common.backend import checkable, decode_unsupported, wants_triton
 from longctx.ops.common.checks import (
     check_gate,
     check_qkv,
@@ -14,6 +15,7 @@ from longctx.ops.common.checks import (
 )
 from longctx.ops.deltanet.checks import check_beta, prepare_qk
 from longctx.ops.deltanet.recurrent import _step as _delta_step
+from longctx.ops.deltanet.recurrent import fused_delta_step, step_qk
 
 
 def _step(
@@ -35,19 +37,24 @@ def gated_delta_rule_step(
     *,
     scale: float | None = None,
     use_qk_l2norm: bool = False,
+    backend: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One decode step. q_t, k_t [B, H, Dk] (k_t unit-norm unless ``use_qk_l2norm``);
     v_t [B, H, Dv]; g_t [B, H] (<= 0); beta_t [B, H] in [0, 2]; state S [B, H, Dk, Dv] or None
-    (zeros). Returns o_t [B, H, Dv] and the new S (float32 for half inputs)."""
+    (zeros). Returns o_t [B, H, Dv] and the new S (float32 for half inputs).
+    ``backend``: "auto" (default) runs the fused Triton step on CUDA tensors (``triton_decode``)."""
     op = "gated_delta_rule_step"
     B, _, H, _, Dk, Dv = check_step_qkv(op, q_t, k_t, v_t)
-    check_gate(op, "g_t", g_t, (B, H), log_space=True)
-    check_beta(op, "beta_t", beta_t, (B, H))
+    g_c, beta_c = checkable(g_t, beta_t)
+    check_gate(op, "g_t", g_c, (B, H), log_space=True)
+    check_beta(op, "beta_t", beta_c, (B, H))
     dtype = torch.promote_types(q_t.dtype, torch.float32)
     if state is None:
         state = q_t.new_zeros(B, H, Dk, Dv, dtype=dtype)
     check_state(op, "state", state, (B, H, Dk, Dv))
-    qc, kc = prepare_qk(op, q_t, k_t, use_qk_l2norm, dtype, "k_t")
+    qc, kc = step_qk(op, q_t, k_t, use_qk_l2norm, dtype)
+    if wants_triton(op, backend, q_t, k_t, v_t, g_t, beta_t, state, supported=decode_unsupported(Dk)):
+        return fused_delta_step(qc, kc, v_t, g_t, beta_t, state.to(dtype), default_scale(scale, Dk), q_t.dtype)
     o, S = _step(
         qc, kc, v_t.to(dtype), g_t.to(dtype), beta_t.to(dtype), state.to(dtype),
         default_scale(scale, Dk),

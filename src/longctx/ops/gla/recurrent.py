@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from longctx.ops.common.backend import checkable, decode_inplace, decode_unsupported, wants_triton
 from longctx.ops.common.checks import (
     check_gate,
     check_qkv,
@@ -32,16 +33,25 @@ def gla_step(
     state: Tensor | None,
     *,
     scale: float | None = None,
+    backend: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One decode step. q_t, k_t, g_t [B, H, Dk] (g_t <= 0); v_t [B, H, Dv]; state
-    S [B, H, Dk, Dv] or None (zeros). Returns o_t [B, H, Dv] and the new S (float32 for half)."""
+    S [B, H, Dk, Dv] or None (zeros). Returns o_t [B, H, Dv] and the new S (float32 for half).
+    ``backend``: "auto" (default) runs the fused Triton step on CUDA tensors (``triton_decode``)."""
     op = "gla_step"
     B, _, H, _, Dk, Dv = check_step_qkv(op, q_t, k_t, v_t)
-    check_gate(op, "g_t", g_t, (B, H, Dk), log_space=True)
+    check_gate(op, "g_t", *checkable(g_t), (B, H, Dk), log_space=True)
     dtype = torch.promote_types(q_t.dtype, torch.float32)
     if state is None:
         state = q_t.new_zeros(B, H, Dk, Dv, dtype=dtype)
     check_state(op, "state", state, (B, H, Dk, Dv))
+    if wants_triton(op, backend, q_t, k_t, v_t, g_t, state, supported=decode_unsupported(Dk)):
+        from longctx.ops.common.triton_decode import fused_recurrent_step
+
+        S = state.to(dtype)
+        o, S, _ = fused_recurrent_step(q_t, k_t, v_t, S, g=g_t, scale=default_scale(scale, Dk),
+                                       inplace=decode_inplace(S, dtype))
+        return o.to(q_t.dtype), S
     o, S = _step(
         q_t.to(dtype), k_t.to(dtype), v_t.to(dtype), g_t.to(dtype), state.to(dtype),
         default_scale(scale, Dk),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from longctx.ops.common.backend import decode_inplace, decode_unsupported, wants_triton
 from longctx.ops.common.checks import check_qkv, check_step_qkv, default_scale
 from longctx.ops.linear_attention.feature_maps import (
     apply_feature_map,
@@ -51,14 +52,25 @@ def linear_attention_step(
     normalize: bool = False,
     scale: float | None = None,
     eps: float = 1e-6,
+    backend: str | None = None,
 ) -> tuple[Tensor, State]:
     """One decode step. q_t, k_t [B, H, Dk]; v_t [B, H, Dv]; state (S [B, H, F, Dv], z [B, H, F])
-    or None (zeros). Returns o_t [B, H, Dv] and the new state (float32 for half inputs)."""
+    or None (zeros). Returns o_t [B, H, Dv] and the new state (float32 for half inputs).
+    ``backend``: "auto" (default) runs the fused Triton step on CUDA tensors (``triton_decode``)."""
     op = "linear_attention_step"
     B, _, H, _, Dk, Dv = check_step_qkv(op, q_t, k_t, v_t)
     check_feature_map(op, feature_map)
     dtype = torch.promote_types(q_t.dtype, torch.float32)
-    S, z = _init(op, "state", state, (B, H, feature_dim(feature_map, Dk), Dv), q_t, dtype)
+    F = feature_dim(feature_map, Dk)
+    S, z = _init(op, "state", state, (B, H, F, Dv), q_t, dtype)
+    if wants_triton(op, backend, q_t, k_t, v_t, S, supported=decode_unsupported(F)):
+        from longctx.ops.common.triton_decode import fused_recurrent_step
+
+        qf = apply_feature_map(q_t.to(dtype) * default_scale(scale, Dk), feature_map)  # [B, H, F]
+        kf = apply_feature_map(k_t.to(dtype), feature_map)
+        o, S, z = fused_recurrent_step(qf, kf, v_t, S, z=z, normalize=normalize, eps=eps,
+                                       inplace=decode_inplace(S, dtype))
+        return o.to(q_t.dtype), (S, z)
     o, S, z = _step(
         q_t.to(dtype), k_t.to(dtype), v_t.to(dtype), S, z,
         feature_map, normalize, default_scale(scale, Dk), eps,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from longctx.ops.common.backend import checkable, decode_inplace, decode_unsupported, wants_triton
 from longctx.ops.common.checks import check_state
 from longctx.ops.mamba2.common import check_ssd_inputs, compute_dtype, expand_groups
 
@@ -30,21 +31,32 @@ def ssd_step(
     state: Tensor | None,
     *,
     D: Tensor | None = None,
+    backend: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One decode step. x_t [B, H, P]; dt_t [B, H] (>= 0); A [H] (<= 0); B_t, C_t [B, G, N];
     state [B, H, P, N] or None (zeros); D [H] or None. Returns y_t [B, H, P] and the new state
-    (float32 for half inputs)."""
+    (float32 for half inputs). ``backend``: "auto" (default) runs the fused Triton step on CUDA
+    tensors (``triton_decode``: q = C, k = B, v = dt x, g = dt A on the transposed state)."""
     op = "ssd_step"
-    Bsz, _, H, P, _, N = check_ssd_inputs(op, x_t, dt_t, A, B_t, C_t, D, step=True)
+    cD = None if D is None else checkable(D)[0]
+    Bsz, _, H, P, _, N = check_ssd_inputs(op, *checkable(x_t, dt_t, A, B_t, C_t), cD, step=True)
     dtype = compute_dtype(x_t)
     if state is None:
         state = x_t.new_zeros(Bsz, H, P, N, dtype=dtype)
     check_state(op, "state", state, (Bsz, H, P, N))
     xc = x_t.to(dtype)
-    y, S = _step(
-        xc, dt_t.to(dtype), A.to(dtype), expand_groups(B_t.to(dtype), H),
-        expand_groups(C_t.to(dtype), H), state.to(dtype),
-    )
+    if wants_triton(op, backend, x_t, dt_t, A, B_t, C_t, state, supported=decode_unsupported(N)):
+        from longctx.ops.common.triton_decode import fused_recurrent_step
+
+        dtc = dt_t.to(dtype)
+        S = state.to(dtype)
+        y, S, _ = fused_recurrent_step(C_t, B_t, dtc[..., None] * xc, S, g=dtc * A.to(dtype),
+                                       transposed=True, inplace=decode_inplace(S, dtype))
+    else:
+        y, S = _step(
+            xc, dt_t.to(dtype), A.to(dtype), expand_groups(B_t.to(dtype), H),
+            expand_groups(C_t.to(dtype), H), state.to(dtype),
+        )
     if D is not None:
         y = y + D.to(dtype)[:, None] * xc
     return y.to(x_t.dtype), S

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from longctx.ops.common.backend import decode_inplace, decode_unsupported, wants_triton
 from longctx.ops.common.checks import check_qkv, check_state, check_step_qkv, default_scale
 from longctx.ops.retention.decay import resolve_log_decay
 
@@ -26,9 +27,11 @@ def retention_step(
     *,
     log_decay: Tensor | None = None,
     scale: float | None = None,
+    backend: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One decode step. q_t, k_t [B, H, Dk]; v_t [B, H, Dv]; state S [B, H, Dk, Dv] or None
-    (zeros); log_decay [H]. Returns o_t [B, H, Dv] and the new S (float32 for half inputs)."""
+    (zeros); log_decay [H]. Returns o_t [B, H, Dv] and the new S (float32 for half inputs).
+    ``backend``: "auto" (default) runs the fused Triton step on CUDA tensors (``triton_decode``)."""
     op = "retention_step"
     B, _, H, _, Dk, Dv = check_step_qkv(op, q_t, k_t, v_t)
     dtype = torch.promote_types(q_t.dtype, torch.float32)
@@ -36,6 +39,13 @@ def retention_step(
     if state is None:
         state = q_t.new_zeros(B, H, Dk, Dv, dtype=dtype)
     check_state(op, "state", state, (B, H, Dk, Dv))
+    if wants_triton(op, backend, q_t, k_t, v_t, state, supported=decode_unsupported(Dk)):
+        from longctx.ops.common.triton_decode import fused_recurrent_step
+
+        S = state.to(dtype)
+        o, S, _ = fused_recurrent_step(q_t, k_t, v_t, S, g=b.expand(B, H), scale=default_scale(scale, Dk),
+                                       inplace=decode_inplace(S, dtype))
+        return o.to(q_t.dtype), S
     o, S = _step(
         q_t.to(dtype), k_t.to(dtype), v_t.to(dtype), state.to(dtype),
         b.exp()[:, None, None], default_scale(scale, Dk),
