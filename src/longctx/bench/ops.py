@@ -112,13 +112,15 @@ def _cotangent(o: Tensor, seed: int) -> Tensor:
     return torch.randn(o.shape, generator=gen, dtype=torch.float32).to(o.device, o.dtype)
 
 
-def _fwdbwd(fn: Form, inputs: Inputs, cot: Tensor | None = None,
-            seed: int = 0) -> tuple[Tensor, ...]:
+def _fwdbwd(fn: Form, inputs: Inputs, cot: Tensor | None = None, seed: int = 0,
+            allow_unused: bool = False) -> tuple[Tensor | None, ...]:
     """Output and gradients of ``(o * cot).sum()`` w.r.t. every input (in the inputs' order).
-    ``cot=None``: a fixed random one from ``seed``."""
+    ``cot=None``: a fixed random one from ``seed``. ``allow_unused``: None for an input ``o`` does
+    not depend on (a layer's parameter that a length does not reach) instead of an error."""
     o = fn(inputs)
     cot = _cotangent(o, seed) if cot is None else cot
-    return (o.detach(), *torch.autograd.grad((o * cot).sum(), list(inputs.values())))
+    return (o.detach(), *torch.autograd.grad((o * cot).sum(), list(inputs.values()),
+                                             allow_unused=allow_unused))
 
 
 def _rel_err(ref: Tensor, out: Tensor) -> float:
@@ -169,22 +171,31 @@ def _time_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> fl
 def _measure(fn: Form, name: str, B: int, T: int, H: int, D: int, dtype: torch.dtype,
              device: torch.device, repeats: int, memory: bool) -> dict[str, Any]:
     inputs = _inputs(name, B, T, H, D, dtype, device, seed=T)
+    return measure_form(fn, inputs, B * T, device, repeats, memory, seed=T)
+
+
+def measure_form(fn: Form, inputs: Inputs, tokens: int, device: torch.device, repeats: int,
+                 memory: bool, seed: int, allow_unused: bool = False) -> dict[str, Any]:
+    """Times and peak memory of ``fn(inputs)``: forward (under ``no_grad``) and forward+backward
+    (gradients of ``(o * cot).sum()`` w.r.t. every input, ``cot`` fixed from ``seed``; with
+    ``allow_unused``, inputs ``o`` does not depend on are skipped); a row of ``bench.json``
+    without its ``form``, ``T`` and ``chunk_size``. ``tokens``: B * T."""
     with torch.no_grad():
-        cot = _cotangent(fn(inputs), seed=T)
+        cot = _cotangent(fn(inputs), seed=seed)
 
     def fwd() -> None:
         with torch.no_grad():
             fn(inputs)
 
     def fwdbwd() -> None:
-        _fwdbwd(fn, inputs, cot)
+        _fwdbwd(fn, inputs, cot, allow_unused=allow_unused)
 
     row: dict[str, Any] = {"fwd_ms": _time_ms(fwd, repeats, device),
                            "fwdbwd_ms": _time_ms(fwdbwd, repeats, device)}
     row["fwd_peak_bytes"] = peak_memory_bytes(fwd, device) if memory else None
     row["fwdbwd_peak_bytes"] = peak_memory_bytes(fwdbwd, device) if memory else None
-    row["tokens_per_s"] = B * T / (row["fwd_ms"] / 1e3)
-    row["fwdbwd_tokens_per_s"] = B * T / (row["fwdbwd_ms"] / 1e3)
+    row["tokens_per_s"] = tokens / (row["fwd_ms"] / 1e3)
+    row["fwdbwd_tokens_per_s"] = tokens / (row["fwdbwd_ms"] / 1e3)
     return row
 
 
@@ -237,13 +248,16 @@ def _positive(name: str, value: object) -> int:
 
 def _validate(ops: Sequence[str] | None, lengths: Sequence[int], device: str | torch.device,
               dtype: str | torch.dtype, batch: int, heads: int, head_dim: int, repeats: int,
-              naive_max_len: int) -> tuple[list[str], list[int], torch.device, torch.dtype]:
+              naive_max_len: int, known: Sequence[str] = OPS,
+              kind: str = "op") -> tuple[list[str], list[int], torch.device, torch.dtype]:
+    """Checked arguments: ``ops`` (None: all of ``known``, names of ``kind``), the sorted
+    distinct lengths, the device and the dtype; BenchError (UnknownNameError for a name) if not."""
     if isinstance(ops, str):
         ops = [ops]
-    names = list(OPS) if not ops else list(dict.fromkeys(ops))
+    names = list(known) if not ops else list(dict.fromkeys(ops))
     for name in names:
-        if name not in OPS:
-            raise unknown_name("op", name, OPS)
+        if name not in known:
+            raise unknown_name(kind, name, known)
     if not lengths:
         raise BenchError("lengths must not be empty")
     lengths = [_positive("every length", T) for T in lengths]
@@ -276,33 +290,13 @@ def run_bench(ops: Sequence[str] | None, lengths: Sequence[int], device: str | t
     """
     from tqdm.auto import tqdm
 
-    from longctx.bench.plots import write_markdown, write_plots
-
     names, lengths, dev, dt = _validate(ops, lengths, device, dtype, batch, heads, head_dim,
                                         repeats, naive_max_len)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / JSON_NAME
-    timing = ("torch.cuda.Event" if dev.type == "cuda" else "time.perf_counter") + (
-        f"; median of {repeats} after 1 warm-up; fwd under torch.no_grad; fwd+bwd = autograd.grad"
-        " of (o * fixed random cotangent).sum() w.r.t. every input")
-    data: dict[str, Any] = {
-        "meta": {
-            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "device": str(dev), "device_name": _device_name(dev), "torch": torch.__version__,
-            "python": platform.python_version(), "threads": torch.get_num_threads(),
-            "dtype": str(dt).removeprefix("torch."), "B": batch, "H": heads, "D": head_dim,
-            "lengths": lengths, "repeats": repeats, "naive_max_len": naive_max_len,
-            "timing": timing,
-            "memory": _MEMORY_TEXT.get(dev.type, "see longctx/bench/memory.py") if memory
-            else "not measured",
-            "loadavg_start": _loadavg(), "loadavg_end": None,  # others' load skews timings
-            "complete": False,
-        },
-        "ops": {name: {"status": "pending", "error": None, "check_rel_err": None,
-                       "check_detail": {}, "params": {}, "results": [], "skipped": []}
-                for name in names},
-    }
+    data = new_results(names, dev, dt, batch, heads, head_dim, lengths, repeats, memory,
+                       grads="every input", naive_max_len=naive_max_len)
     _write_json(data, json_path)
 
     # the gate: import and check every op first, so refusals are known before any timing
@@ -357,11 +351,47 @@ def run_bench(ops: Sequence[str] | None, lengths: Sequence[int], device: str | t
         _write_json(data, json_path)
     bar.close()
 
+    return finish(data, out_dir)
+
+
+def new_results(names: Sequence[str], dev: torch.device, dt: torch.dtype, batch: int, heads: int,
+                head_dim: int, lengths: list[int], repeats: int, memory: bool, grads: str,
+                **extra: Any) -> dict[str, Any]:
+    """The ``bench.json`` dict before any measurement: ``meta`` (``extra`` added to it) and a
+    pending entry per name. ``grads``: what fwd+bwd differentiates w.r.t. (in ``meta.timing``)."""
+    timing = ("torch.cuda.Event" if dev.type == "cuda" else "time.perf_counter") + (
+        f"; median of {repeats} after 1 warm-up; fwd under torch.no_grad; fwd+bwd = autograd.grad"
+        f" of (o * fixed random cotangent).sum() w.r.t. {grads}")
+    return {
+        "meta": {
+            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "device": str(dev), "device_name": _device_name(dev), "torch": torch.__version__,
+            "python": platform.python_version(), "threads": torch.get_num_threads(),
+            "dtype": str(dt).removeprefix("torch."), "B": batch, "H": heads, "D": head_dim,
+            "lengths": lengths, "repeats": repeats, **extra,
+            "timing": timing,
+            "memory": _MEMORY_TEXT.get(dev.type, "see longctx/bench/memory.py") if memory
+            else "not measured",
+            "loadavg_start": _loadavg(), "loadavg_end": None,  # others' load skews timings
+            "complete": False,
+        },
+        "ops": {name: {"status": "pending", "error": None, "check_rel_err": None,
+                       "check_detail": {}, "params": {}, "results": [], "skipped": []}
+                for name in names},
+    }
+
+
+def finish(data: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Mark the run complete, rewrite ``bench.json``, write ``bench.md`` and the plots."""
+    from longctx.bench.plots import write_markdown, write_plots
+
     data["meta"].update(complete=True, loadavg_end=_loadavg())
+    json_path = out_dir / JSON_NAME
     _write_json(data, json_path)
     md = write_markdown(data, out_dir / "bench.md")
     plots = write_plots(data, out_dir)
     return {"json": json_path, "markdown": md, "plots": plots}
 
 
-__all__ = ["FORMS", "OPS", "BenchError", "check_op", "run_bench", "softmax_chunk_size"]
+__all__ = ["FORMS", "OPS", "BenchError", "check_op", "finish", "measure_form", "new_results", "run_bench",
+           "softmax_chunk_size"]

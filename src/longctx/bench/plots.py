@@ -3,12 +3,15 @@
 ``write_plots(data, out_dir)`` writes ``bench_fwd.png`` (forward time vs T), ``bench_fwdbwd.png``
 (forward+backward time vs T) and, when memory was measured, ``bench_memory.png`` (forward+backward
 peak memory vs T), all log-log with one line per (op, form): colour = op, line style = form.
-``write_markdown(data, path)`` writes every number as a table (ms, MiB) plus refused / skipped
-cases. Both use only the data, so they can be rerun from a saved ``bench.json``.
+``write_markdown(data, path)`` writes every number as a table (ms, MiB), the measured growth
+exponents between consecutive lengths (``growth_exponents``) and refused / skipped cases. Both use
+only the data, so they can be rerun from a saved ``bench.json`` (of ops or of layers).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +27,11 @@ PLOTS = {  # file stem: (result key, y label, title, scale of the value)
     "bench_memory": ("fwdbwd_peak_bytes", "peak memory (MiB)", "Forward + backward peak memory",
                      1 / 2**20),
 }
-_STYLES = {"chunk": "-", "sdpa": "-.", "naive": ":"}
-_MARKERS = {"chunk": "o", "sdpa": "^", "naive": "s"}
+# forms of ops, then of layers (longctx.bench.layers); others: "--" and "x"
+_STYLES = {"chunk": "-", "sdpa": "-.", "naive": ":", "layer": "-", "full": "-.", "bilinear": "-",
+           "zoh": "--"}
+_MARKERS = {"chunk": "o", "sdpa": "^", "naive": "s", "layer": "o", "full": "^", "bilinear": "o",
+            "zoh": "D"}
 _RC = {"font.size": 10, "axes.titlesize": 11, "axes.titleweight": "bold",
        "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
        "grid.color": "#dddddd", "legend.frameon": False, "figure.facecolor": "white"}
@@ -44,8 +50,9 @@ def _series(data: dict[str, Any], key: str) -> dict[tuple[str, str], list[tuple[
 
 
 def _subtitle(meta: dict[str, Any]) -> str:
+    d_model = f" d_model={meta['d_model']}" if meta.get("d_model") else ""
     return (f"{meta['device_name']} ({meta['device']}, {meta['threads']} threads), {meta['dtype']}, "
-            f"B={meta['B']} H={meta['H']} D={meta['D']}, torch {meta['torch']}")
+            f"B={meta['B']} H={meta['H']} D={meta['D']}{d_model}, torch {meta['torch']}")
 
 
 def _plot(data: dict[str, Any], key: str, ylabel: str, title: str, scale: float,
@@ -101,6 +108,17 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
     return "–" if value is None else f"{value * scale:,.{digits}f}"
 
 
+def growth_exponents(data: dict[str, Any], key: str) -> dict[tuple[str, str], list[
+        tuple[int, int, float]]]:
+    """Per (op, form): ``(T1, T2, log(v2 / v1) / log(T2 / T1))`` for consecutive measured lengths
+    of the result ``key`` (1: linear in T, 2: quadratic; T log T from 1k to 4k gives ~1.1)."""
+    out: dict[tuple[str, str], list[tuple[int, int, float]]] = {}
+    for series, pts in _series(data, key).items():
+        out[series] = [(t1, t2, math.log(v2 / v1) / math.log(t2 / t1))
+                       for (t1, v1), (t2, v2) in itertools.pairwise(pts)]
+    return {s: e for s, e in out.items() if e}
+
+
 def write_markdown(data: dict[str, Any], path: Path) -> Path:
     """All numbers as a Markdown table, then refused ops and skipped cases."""
     meta = data["meta"]
@@ -118,13 +136,26 @@ def write_markdown(data: dict[str, Any], path: Path) -> Path:
     for op, entry in data["ops"].items():
         if entry["status"] != "ok":
             continue
+        err = entry["check_rel_err"]  # None: no check applies (a bidirectional-only layer)
+        check = "–" if err is None else f"{err:.1e}"
         for r in sorted(entry["results"], key=lambda r: (r["T"], r["form"])):
             lines.append(
                 f"| {op} | {r['form']} | {r['T']} | {r.get('chunk_size') or '–'} "
                 f"| {_fmt(r['fwd_ms'])} | {_fmt(r['fwdbwd_ms'])} "
                 f"| {_fmt(r['fwd_peak_bytes'], 1 / _MIB, 1)} "
                 f"| {_fmt(r['fwdbwd_peak_bytes'], 1 / _MIB, 1)} "
-                f"| {_fmt(r['tokens_per_s'], 1.0, 0)} | {entry['check_rel_err']:.1e} |")
+                f"| {_fmt(r['tokens_per_s'], 1.0, 0)} | {check} |")
+    fwd, fwdbwd = growth_exponents(data, "fwd_ms"), growth_exponents(data, "fwdbwd_ms")
+    if fwd or fwdbwd:
+        lines += ["", "## Growth exponents", "",
+                  ("log(t2 / t1) / log(T2 / T1) of the times between consecutive lengths "
+                   "(1: linear, 2: quadratic)."), "",
+                  "| op | form | T1 -> T2 | fwd | fwd+bwd |", "|---|---|---|---:|---:|"]
+        for (op, form), exps in fwd.items():
+            other = {(t1, t2): e for t1, t2, e in fwdbwd.get((op, form), [])}
+            for t1, t2, e in exps:
+                lines.append(f"| {op} | {form} | {t1} -> {t2} | {e:.2f} "
+                             f"| {_fmt(other.get((t1, t2)))} |")
     refused = [(op, e) for op, e in data["ops"].items() if e["status"] not in ("ok", "pending")]
     if refused:
         lines += ["", "## Refused (not reported)", ""]
@@ -138,4 +169,4 @@ def write_markdown(data: dict[str, Any], path: Path) -> Path:
     return path
 
 
-__all__ = ["PLOTS", "write_markdown", "write_plots"]
+__all__ = ["PLOTS", "growth_exponents", "write_markdown", "write_plots"]
