@@ -239,7 +239,7 @@ def _check_values(where: str, table: dict, fields: dict[str, tuple[Any, Any]], l
             if set(value) != want:
                 raise SuiteError(
                     f"{where}: {key} is a per-length table, so it needs exactly the keys "
-                    f"{sorted(want, key=int)} (the suite's seq_len), got {sorted(value)}"
+                    f"{sorted(want, key=int)} (the seq_len values it applies to), got {sorted(value)}"
                 )
             for v in value.values():
                 _check_type(where, key, v, default, hint)

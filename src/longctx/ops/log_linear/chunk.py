@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from longctx.ops.common.backend import kernel_unsupported, wants_triton
 from longctx.ops.deltanet.chunk import ut_solve
 from longctx.ops.gla.chunk import _intra_chunk_scores, _sub_chunk_size
 from longctx.ops.log_linear.fenwick import (
@@ -171,6 +172,15 @@ def _transport(P: Tensor, X: Tensor) -> Tensor:
     return P[:, :, None] @ X
 
 
+def _triton_unsupported(p: Prepared, output_final_state: bool) -> str | None:
+    """Why the log-linear Triton kernels cannot run this (scalar-gate) call, or None."""
+    if p.t0 != 0:
+        return "an initial_state (positions not starting at 0) is not supported by the kernels yet"
+    if output_final_state:
+        return "output_final_state=True is not supported by the kernels yet"
+    return kernel_unsupported(p.q.shape[-1], p.v.shape[-1])
+
+
 def chunk_log_linear_attention(
     q: Tensor,
     k: Tensor,
@@ -240,8 +250,11 @@ def chunk_log_linear_mamba2(
     initial_state: FenwickState | tuple[Tensor, Tensor] | None = None,
     output_final_state: bool = False,
     chunk_size: int = 64,
+    backend: str | None = None,
 ) -> tuple[Tensor, FenwickState | None]:
-    """Chunked log-linear Mamba-2; arguments as ``naive_log_linear_mamba2``."""
+    """Chunked log-linear Mamba-2; arguments as ``naive_log_linear_mamba2``; ``backend`` "auto" /
+    "torch" / "triton" (``longctx.ops.common.backend``; the kernels take no initial or final
+    state yet: "auto" runs those calls in PyTorch)."""
     op = "chunk_log_linear_mamba2"
     Cs = check_power_of_two(chunk_size)
     p = prepare_mamba2(op, x, dt, A, B, C, D, lambda_levels, initial_state)
@@ -250,6 +263,11 @@ def chunk_log_linear_mamba2(
             x, dt, A, B, C, lambda_levels, D=D, initial_state=initial_state,
             output_final_state=output_final_state,
         )
+    if wants_triton(op, backend, x, dt, A, B, C, D, lambda_levels,
+                    supported=_triton_unsupported(p, output_final_state)):
+        from longctx.ops.log_linear.triton import triton_log_linear_prepared
+
+        return mamba2_output(triton_log_linear_prepared(p, Cs), x, D).to(x.dtype).contiguous(), None
     o, S = _chunk(p, Cs, output_final_state)
     y = mamba2_output(o, x, D).to(x.dtype).contiguous()
     return y, (None if S is None else make_state(S.transpose(-1, -2), p.t0 + x.shape[1]))

@@ -1,0 +1,398 @@
+"""Triton kernels of chunked log-linear attention over a scalar-decay base (log-linear Mamba-2).
+
+Log-linear attention (Guo et al. 2025, §3.3; derivation in ``ops/log_linear/README.md``) over
+``S_t = exp(g_t) S_{t-1} + k_t v_t^T`` (Mamba-2's SSD: q = C, k = B, v = dt x, g = dt A). Chunks of
+C = 2^c tokens, chunk-local cumulative log-gates ``G_i`` (<= 0), ``D_ij = exp(G_i - G_j) [i >= j]``:
+
+    O_[n] = (Q K^T ⊙ D ⊙ Λ) V  +  e^G ⊙ sum_m λ^(c+m) ⊙ (Q Z^(m)_n)
+    Λ_ij  = λ_i^(bit_length(i XOR j))                      (intra-chunk Fenwick level)
+    Z^(m)_{n+1} = e^{G_last,n} [n mod 2^m != 0] Z^(m)_n + [bit m-1 of n = 0] U_n
+    U_n   = (K ⊙ e^{G_last - G})^T V                        (chunk n's sources at its end)
+
+and ``Z^(m)_n`` is read by chunk n only when bit m-1 of n is 1 (stored as zero otherwise). The
+chunk levels m = 1..M are independent recurrences over chunks, so the state kernel runs them in
+parallel (grid K/BK x V/BV x sequences*H*M), each recomputing U_n of the chunks that feed it.
+
+Kernels: ``_fwd_z_kernel`` (level states entering every chunk, [chunks, H, M, K, V]),
+``_fwd_o_kernel`` (output, grid V/BV x chunks x H), ``_bwd_dz_kernel`` (reverse pass per level),
+``_bwd_dqkv_kernel`` (dq, dk, dv, dλ and q.dq - k.dk per token, grid chunks x H).
+
+Backward (derived here). With dZread_n = (Q ⊙ e^G ⊙ λ^(c+m))^T dO_[n] for a chunk that reads
+level m (zero otherwise), the gradient D^(m)_n of the state entering chunk n runs backwards:
+    D^(m)_n = dZread_n + e^{G_last,n} [n mod 2^m != 0] D^(m)_{n+1}
+and chunk n's sources get dH_n = sum_m [bit m-1 of n = 0] D^(m)_{n+1}, used exactly like the
+base's dH_{n+1}: dV += (K ⊙ e^{G_last - G}) dH_n, dK += (V dH_n^T) ⊙ e^{G_last - G}. With
+dP = dO V^T (intra) and X_m = dO Z^(m)_n^T:
+    dq = (dP ⊙ D ⊙ Λ) K + e^G ⊙ sum_m λ^(c+m) ⊙ X_m,        dk = (dP ⊙ D ⊙ Λ)^T Q + inter
+    dv = (Q K^T ⊙ D ⊙ Λ)^T dO + inter
+    dλ_i^(l) = sum_{j: lev(i,j) = l} (Q K^T ⊙ D)_ij dP_ij   (l <= c),
+    dλ_i^(c+m) = e^{G_i} q_i . X_m,i
+The decay enters the output only through q_t e^{Gglob_t} and k_s e^{-Gglob_s} (the level weights
+do not depend on it, and there is no final state), so as for the base
+    dg_s = sum_{t >= s} (q_t . dq_t - k_t . dk_t)     (a reverse cumulative sum per sequence).
+
+Hopper: transposes are their own products, never ``tl.trans`` of a dot result (see
+``triton_scalar_decay``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from longctx.ops.common.triton_scalar_decay import (
+    _acc,
+    _blocks,
+    _chunk_cumsum_kernel,
+    _load_g,
+    _prec,
+    _reverse_cumsum,
+    _sequence,
+    chunk_layout,
+)
+
+
+@triton.jit
+def _lam_col(lam, bos, T, i_t, i_h, col, H: tl.constexpr, L: tl.constexpr, BT: tl.constexpr):
+    """λ^(col) of the chunk's rows [BT] (zero past the end and for col >= L)."""
+    rows = i_t * BT + tl.arange(0, BT)
+    cols = tl.zeros([BT], dtype=tl.int32) + col
+    return tl.load(lam + ((bos + rows) * H + i_h) * L + cols, mask=(rows < T) & (cols < L), other=0.0)
+
+
+@triton.jit
+def _store_col(dlam, bos, T, i_t, i_h, col, x, H: tl.constexpr, L: tl.constexpr, BT: tl.constexpr):
+    """dλ^(col) of the chunk's rows (nothing for col >= L)."""
+    rows = i_t * BT + tl.arange(0, BT)
+    cols = tl.zeros([BT], dtype=tl.int32) + col
+    tl.store(dlam + ((bos + rows) * H + i_h) * L + cols, x, mask=(rows < T) & (cols < L))
+
+
+@triton.jit
+def _level_select(l: tl.constexpr, BT: tl.constexpr):
+    """[BT, BT] mask of the pairs (i, j) of a chunk at Fenwick level l = bit_length(i XOR j)."""
+    idx = tl.arange(0, BT)
+    x = idx[:, None] ^ idx[None, :]
+    if l == 0:
+        sel = x == 0
+    else:
+        sel = (x >= (1 << (l - 1))) & (x < (1 << l))
+    return sel
+
+
+@triton.jit
+def _level_weights(lam, bos, T, i_t, i_h, H: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
+                   LOG2C: tl.constexpr, ACC: tl.constexpr, TRANS: tl.constexpr):
+    """Λ_ij = λ_i^(bit_length(i XOR j)) [BT, BT], or its transpose Λ^T_ji when TRANS."""
+    b_L = tl.zeros([BT, BT], dtype=ACC)
+    for l in tl.static_range(LOG2C + 1):
+        sel = _level_select(l, BT)
+        b_l = _lam_col(lam, bos, T, i_t, i_h, l, H, L, BT).to(ACC)
+        if TRANS:
+            b_L += tl.where(sel, b_l[None, :], 0.0)
+        else:
+            b_L += tl.where(sel, b_l[:, None], 0.0)
+    return b_L
+
+
+@triton.jit
+def _fwd_z_kernel(
+    k, v, gc, z, cu_seqlens, chunk_offsets, M,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """Z^(m) entering every chunk (zero where the chunk does not read it) into z [chunks, H, M,
+    K, V]; grid (K/BK, V/BV, sequences * H * M), one chunk level per program."""
+    i_k, i_v, i_nhm = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_m, i_nh = i_nhm % M, i_nhm // M  # i_m = m - 1
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
+    b_z = tl.zeros([BK, BV], dtype=ACC)
+    for i_t in range(NT):
+        rd = (i_t >> i_m) & 1  # chunk i_t reads level m / else it feeds it
+        keep = ((i_t >> (i_m + 1)) << (i_m + 1)) != i_t  # i_t mod 2^m != 0: no reset
+        p_z = tl.make_block_ptr(z + (((boh + i_t) * H + i_h) * M + i_m) * K * V, (K, V), (V, 1),
+                                (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        tl.store(p_z, tl.where(rd == 1, b_z, 0.0).to(p_z.dtype.element_ty), boundary_check=(0, 1))
+        p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K),
+                                (i_k * BK, i_t * BT), (BK, BT), (0, 1))
+        p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        b_k = tl.load(p_k, boundary_check=(0, 1))
+        b_v = tl.load(p_v, boundary_check=(0, 1))
+        b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
+        b_v = (b_v * tl.exp(g_last - b_g)[:, None]).to(b_k.dtype)  # V ⊙ e^{G_last - G}
+        b_u = tl.dot(b_k, b_v, input_precision=PREC)  # U_n
+        b_z = tl.where(keep, b_z * tl.exp(g_last), 0.0) + tl.where(rd == 0, b_u, 0.0)
+
+
+@triton.jit
+def _fwd_o_kernel(
+    q, k, v, gc, lam, z, o, cu_seqlens, chunk_indices, M,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
+    LOG2C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """O_[n] = (Q K^T ⊙ D ⊙ Λ) V + e^G ⊙ sum_m λ^(c+m) ⊙ (Q Z^(m)_n); grid (V/BV, chunks, H)."""
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
+    i_t = tl.load(chunk_indices + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    b_o = tl.zeros([BT, BV], dtype=ACC)
+    b_A = tl.zeros([BT, BT], dtype=ACC)
+    for i_k in range(tl.cdiv(K, BK)):
+        p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1),
+                                (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K),
+                                (i_k * BK, i_t * BT), (BK, BT), (0, 1))
+        b_A += tl.dot(tl.load(p_q, boundary_check=(0, 1)), tl.load(p_k, boundary_check=(0, 1)),
+                      input_precision=PREC)
+    for i_m in range(M):  # the chunk levels (Z^(m)_n is zero where chunk n does not read it)
+        b_r = tl.zeros([BT, BV], dtype=ACC)
+        for i_k in range(tl.cdiv(K, BK)):
+            p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1),
+                                    (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+            p_z = tl.make_block_ptr(z + ((i_c * H + i_h) * M + i_m) * K * V, (K, V), (V, 1),
+                                    (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+            b_q = tl.load(p_q, boundary_check=(0, 1))
+            b_r += tl.dot(b_q, tl.load(p_z, boundary_check=(0, 1)).to(b_q.dtype), input_precision=PREC)
+        b_lm = _lam_col(lam, bos, T, i_t, i_h, LOG2C + 1 + i_m, H, L, BT).to(ACC)
+        b_o += b_lm[:, None] * b_r
+    b_g, _ = _load_g(gc, bos, T, i_t, i_h, H, BT)
+    b_o *= tl.exp(b_g)[:, None]
+    idx = tl.arange(0, BT)
+    causal = idx[:, None] >= idx[None, :]
+    b_L = _level_weights(lam, bos, T, i_t, i_h, H, L, BT, LOG2C, ACC, False)
+    b_A *= tl.where(causal, tl.exp(b_g[:, None] - b_g[None, :]), 0.0) * b_L
+    p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                            (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+    b_v = tl.load(p_v, boundary_check=(0, 1))
+    b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
+    p_o = tl.make_block_ptr(o + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                            (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+    tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _bwd_dz_kernel(
+    q, do, gc, lam, e, cu_seqlens, chunk_offsets, M,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
+    LOG2C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """Reverse pass of one chunk level: e[n, m] = [bit m-1 of n = 0] D^(m)_{n+1} (the gradient
+    that level m sends to chunk n's sources); grid (K/BK, V/BV, sequences * H * M)."""
+    i_k, i_v, i_nhm = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_m, i_nh = i_nhm % M, i_nhm // M
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
+    b_d = tl.zeros([BK, BV], dtype=ACC)  # D^(m)_{n+1}
+    for i_r in range(NT):
+        i_t = NT - 1 - i_r
+        rd = (i_t >> i_m) & 1
+        keep = ((i_t >> (i_m + 1)) << (i_m + 1)) != i_t
+        p_e = tl.make_block_ptr(e + (((boh + i_t) * H + i_h) * M + i_m) * K * V, (K, V), (V, 1),
+                                (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        tl.store(p_e, tl.where(rd == 0, b_d, 0.0).to(p_e.dtype.element_ty), boundary_check=(0, 1))
+        p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (K, T), (1, H * K),
+                                (i_k * BK, i_t * BT), (BK, BT), (0, 1))
+        p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        b_q = tl.load(p_q, boundary_check=(0, 1))
+        b_do = tl.load(p_do, boundary_check=(0, 1))
+        b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
+        b_w = _lam_col(lam, bos, T, i_t, i_h, LOG2C + 1 + i_m, H, L, BT).to(ACC) * tl.exp(b_g)
+        b_q = (b_q * b_w[None, :]).to(b_do.dtype)  # (Q ⊙ e^G ⊙ λ^(c+m))^T
+        b_dz = tl.dot(b_q, b_do, input_precision=PREC)
+        b_d = tl.where(keep, b_d * tl.exp(g_last), 0.0) + tl.where(rd == 1, b_dz, 0.0)
+
+
+@triton.jit
+def _bwd_dqkv_kernel(
+    q, k, v, gc, lam, z, do, dh, dq, dk, dv, dlam, dgr, cu_seqlens, chunk_indices, M,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
+    LOG2C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """dq, dk, dv, dλ of one chunk (all of K at once, V in blocks) and q.dq - k.dk per token into
+    dgr; dh [chunks, H, K, V] = sum_m [bit m-1 of n = 0] D^(m)_{n+1}. Grid (chunks, H)."""
+    i_c, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
+    i_t = tl.load(chunk_indices + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+    p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+    b_q = tl.load(p_q, boundary_check=(0, 1))
+    b_k = tl.load(p_k, boundary_check=(0, 1))
+    idx = tl.arange(0, BT)
+    causal = idx[:, None] >= idx[None, :]
+    causal_t = idx[:, None] <= idx[None, :]
+    b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
+    # D ⊙ Λ, transposed (the [BT, BT] tiles are rebuilt where needed rather than kept live)
+    b_DLt = tl.where(causal_t, tl.exp(b_g[None, :] - b_g[:, None]), 0.0) * \
+        _level_weights(lam, bos, T, i_t, i_h, H, L, BT, LOG2C, ACC, True)
+    b_kd = (b_k * tl.exp(g_last - b_g)[:, None]).to(b_k.dtype)  # K ⊙ e^{G_last - G}
+    # the forward's weighted scores, transposed, as their own product (never tl.trans of a dot)
+    b_At = tl.dot(b_k, tl.trans(b_q), input_precision=PREC) * b_DLt
+    b_dk = tl.zeros([BT, BK], dtype=ACC)  # V dH^T (inter-chunk part, before e^{G_last - G})
+    b_dP = tl.zeros([BT, BT], dtype=ACC)  # dO V^T
+    b_dPt = tl.zeros([BT, BT], dtype=ACC)  # V dO^T
+    for i_v in range(tl.cdiv(V, BV)):
+        p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_dh = tl.make_block_ptr(dh + (i_c * H + i_h) * K * V, (K, V), (V, 1),
+                                 (0, i_v * BV), (BK, BV), (1, 0))
+        p_dht = tl.make_block_ptr(dh + (i_c * H + i_h) * K * V, (V, K), (1, V),
+                                  (i_v * BV, 0), (BV, BK), (0, 1))
+        b_v = tl.load(p_v, boundary_check=(0, 1))
+        b_do = tl.load(p_do, boundary_check=(0, 1))
+        b_dh = tl.load(p_dh, boundary_check=(0, 1))
+        b_dht = tl.load(p_dht, boundary_check=(0, 1))
+        b_dP += tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
+        b_dPt += tl.dot(b_v, tl.trans(b_do), input_precision=PREC)
+        b_dk += tl.dot(b_v, b_dht.to(b_v.dtype), input_precision=PREC)
+        b_dv = tl.dot(b_At.to(b_do.dtype), b_do, input_precision=PREC)
+        b_dv += tl.dot(b_kd, b_dh.to(b_kd.dtype), input_precision=PREC)
+        p_dv = tl.make_block_ptr(dv + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), boundary_check=(0, 1))
+    b_dk = b_dk * tl.exp(g_last - b_g)[:, None]
+    # the chunk levels: X_m = dO Z^(m)_n^T; dq += e^G λ^(c+m) X_m, dλ^(c+m) = e^G q . X_m
+    b_dq = tl.zeros([BT, BK], dtype=ACC)
+    b_eg = tl.exp(b_g)
+    for i_m in range(M):
+        b_x = tl.zeros([BT, BK], dtype=ACC)
+        for i_v in range(tl.cdiv(V, BV)):
+            p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                     (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+            p_zt = tl.make_block_ptr(z + ((i_c * H + i_h) * M + i_m) * K * V, (V, K), (1, V),
+                                     (i_v * BV, 0), (BV, BK), (0, 1))  # Z^(m)_n^T
+            b_do = tl.load(p_do, boundary_check=(0, 1))
+            b_x += tl.dot(b_do, tl.load(p_zt, boundary_check=(0, 1)).to(b_do.dtype),
+                          input_precision=PREC)
+        b_x = b_x * b_eg[:, None]
+        col = LOG2C + 1 + i_m
+        _store_col(dlam, bos, T, i_t, i_h, col, tl.sum(b_q.to(ACC) * b_x, axis=1), H, L, BT)
+        b_dq += _lam_col(lam, bos, T, i_t, i_h, col, H, L, BT).to(ACC)[:, None] * b_x
+    # intra-chunk: dλ^(l) = row sums of (Q K^T ⊙ D) ⊙ dP over the pairs at level l
+    b_S = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)  # raw scores q_i . k_j
+    b_dP = b_dP * tl.where(causal, tl.exp(b_g[:, None] - b_g[None, :]), 0.0)  # dP ⊙ D
+    b_AdP = b_S * b_dP
+    for l in tl.static_range(LOG2C + 1):
+        sel = _level_select(l, BT)
+        _store_col(dlam, bos, T, i_t, i_h, l, tl.sum(tl.where(sel, b_AdP, 0.0), axis=1), H, L, BT)
+    b_dA = b_dP * _level_weights(lam, bos, T, i_t, i_h, H, L, BT, LOG2C, ACC, False)  # dL/d(q_i . k_j)
+    b_dAt = b_dPt * b_DLt  # the same, transposed
+    # dGglob_t = q_t . dq_t - k_t . dk_t: the intra part as row / column sums of (q_i . k_j) dA_ij
+    b_Pm = b_S * b_dA
+    b_r = tl.sum(b_Pm, axis=1) - tl.sum(b_Pm, axis=0)
+    b_r += tl.sum(b_q.to(ACC) * b_dq - b_k.to(ACC) * b_dk, axis=1)
+    rows = i_t * BT + idx
+    tl.store(dgr + (bos + rows) * H + i_h, b_r, mask=rows < T)
+    b_dq += tl.dot(b_dA.to(b_q.dtype), b_k, input_precision=PREC)
+    b_dk += tl.dot(b_dAt.to(b_q.dtype), b_q, input_precision=PREC)
+    p_dq = tl.make_block_ptr(dq + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+    p_dk = tl.make_block_ptr(dk + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+    tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), boundary_check=(0, 1))
+    tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), boundary_check=(0, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# host side
+
+
+def chunk_levels(max_chunks: int) -> int:
+    """M, the chunk levels read by chunks 0..max_chunks-1: bit_length(max_chunks - 1)."""
+    return max(max_chunks - 1, 0).bit_length()
+
+
+class _LogLinearScalarDecayFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, g, lam, cu, chunk_size):
+        offsets, indices, NC = chunk_layout(cu, chunk_size)
+        _, _, H, K = q.shape
+        V, L = v.shape[-1], lam.shape[-1]
+        N = cu.numel() - 1
+        M = chunk_levels(-(-int((cu[1:] - cu[:-1]).max()) // chunk_size))  # chunks of the longest
+        LOG2C = chunk_size.bit_length() - 1
+        _, BK, BV = _blocks(K, V)
+        acc, ACC = _acc(q.dtype)
+        prec = _prec(q.dtype)
+        gc = torch.empty(g.shape, dtype=acc, device=g.device)
+        _chunk_cumsum_kernel[(NC, H)](g, gc, cu, indices, H=H, BT=chunk_size)
+        z = q.new_empty(NC, H, M, K, V, dtype=acc) if M else q  # q: an unread placeholder
+        if M:
+            _fwd_z_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H * M)](
+                k, v, gc, z, cu, offsets, M, H=H, K=K, V=V, BT=chunk_size, BK=BK, BV=BV, ACC=ACC,
+                PREC=prec,
+            )
+        o = torch.empty_like(v)
+        _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](
+            q, k, v, gc, lam, z, o, cu, indices, M, H=H, K=K, V=V, L=L, BT=chunk_size, LOG2C=LOG2C,
+            BK=BK, BV=BV, ACC=ACC, PREC=prec,
+        )
+        ctx.save_for_backward(q, k, v, gc, lam, z, cu, offsets, indices)
+        ctx.meta = (chunk_size, NC, M, g.dtype)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, gc, lam, z, cu, offsets, indices = ctx.saved_tensors
+        BT, NC, M, g_dtype = ctx.meta
+        _, _, H, K = q.shape
+        V, L = v.shape[-1], lam.shape[-1]
+        N = cu.numel() - 1
+        LOG2C = BT.bit_length() - 1
+        BKf, BK, BV = _blocks(K, V)
+        acc, ACC = _acc(q.dtype)
+        prec = _prec(q.dtype)
+        do = do.contiguous()
+        if M:
+            e = q.new_empty(NC, H, M, K, V, dtype=acc)
+            _bwd_dz_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H * M)](
+                q, do, gc, lam, e, cu, offsets, M, H=H, K=K, V=V, L=L, BT=BT, LOG2C=LOG2C, BK=BK,
+                BV=BV, ACC=ACC, PREC=prec,
+            )
+            dh = e.sum(2)  # [chunks, H, K, V]: what all the levels send to each chunk's sources
+        else:
+            dh = q.new_zeros(NC, H, K, V, dtype=acc)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dlam = torch.zeros_like(lam)
+        dgr = torch.empty(q.shape[:3], dtype=acc, device=q.device)
+        _bwd_dqkv_kernel[(NC, H)](
+            q, k, v, gc, lam, z, do, dh, dq, dk, dv, dlam, dgr, cu, indices, M,
+            H=H, K=K, V=V, L=L, BT=BT, LOG2C=LOG2C, BK=BKf, BV=min(BV, 32), ACC=ACC, PREC=prec,
+            num_warps=4, num_stages=1,
+        )
+        dg = _reverse_cumsum(dgr, cu).to(g_dtype)
+        return dq, dk, dv, dg, dlam, None, None
+
+
+def log_linear_scalar_decay_chunk(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    lam: Tensor,
+    *,
+    chunk_size: int = 64,
+) -> Tensor:
+    """Chunked log-linear attention over a scalar decay, on the GPU (inputs checked by the caller;
+    no initial state, no final state, positions start at 0).
+
+    q, k: [B, T, H, K] (q already scaled); v: [B, T, H, V]; g: [B, T, H] log decay (<= 0);
+    lam: [B, T, H, L] level weights, L >= bit_length(T - 1) + 1 (levels past it are unused);
+    chunk_size: a power of two >= 16 (a kernel tile: results do not depend on it). Returns
+    o [B, T, H, V] in q's dtype. fp32 accumulation and states for half inputs (fp64 for fp64).
+    """
+    B, T, H, _ = q.shape
+    cu = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=q.device)
+    q, k, v, g, lam = (t.reshape(1, B * T, *t.shape[2:]).contiguous() for t in (q, k, v, g, lam))
+    o = _LogLinearScalarDecayFn.apply(q, k, v, g, lam, cu, chunk_size)
+    return o.reshape(B, T, H, v.shape[-1])
+
+
+__all__ = ["chunk_levels", "log_linear_scalar_decay_chunk"]

@@ -1,0 +1,99 @@
+"""The Triton kernels of chunked log-linear Mamba-2 against the float64 matrix form.
+
+Without CUDA they run in Triton's CPU interpreter in float64 (exact to rounding, tiny sizes, chunks
+of 16 so a few chunk levels are exercised); on a GPU (marker ``gpu``) in float32 / bfloat16.
+Output and the gradients of x, dt, A, B, C, D and lambda_levels are compared.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from longctx.ops.log_linear import (
+    FenwickState,
+    chunk_log_linear_mamba2,
+    naive_log_linear_mamba2,
+    required_levels,
+)
+from tests.helpers import assert_close
+from tests.ops.triton_support import DEVICE, HAS_TRITON, ON_CUDA  # first: picks the interpreter
+
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
+gpu = pytest.mark.gpu
+F64 = torch.float64
+
+TOL = {torch.float64: 1e-10, torch.float32: 2e-4, torch.bfloat16: 3e-2}
+# A is shared by every token: its gradient sums nearly cancelling q.dq - k.dk terms over T (as for
+# SSD in test_triton_kernels.py)
+TOL_A = {torch.float64: 1e-10, torch.float32: 2e-4, torch.bfloat16: 0.15}
+NAMES = ("x", "dt", "A", "B", "C", "lambda_levels", "D")
+
+
+def _inputs(Bsz: int, T: int, H: int, G: int, N: int, P: int, seed: int, extra_levels: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    L = required_levels(T - 1) + extra_levels
+    return {
+        "x": torch.randn(Bsz, T, H, P, generator=gen, dtype=F64),
+        "dt": F.softplus(torch.randn(Bsz, T, H, generator=gen, dtype=F64) - 1),
+        "A": -torch.rand(H, generator=gen, dtype=F64) - 0.1,
+        "B": torch.randn(Bsz, T, G, N, generator=gen, dtype=F64),
+        "C": torch.randn(Bsz, T, G, N, generator=gen, dtype=F64),
+        "lambda_levels": torch.rand(Bsz, T, H, L, generator=gen, dtype=F64) + 0.1,
+        "D": torch.randn(H, generator=gen, dtype=F64),
+    }
+
+
+def _check(inputs: dict, dtype: torch.dtype, chunk_size: int, monkeypatch) -> None:
+    import longctx.ops.log_linear.triton as ll_triton
+
+    ran = []
+    kernel = ll_triton.triton_log_linear_prepared
+    monkeypatch.setattr(ll_triton, "triton_log_linear_prepared", lambda *a: ran.append(1) or kernel(*a))
+    ref_in = {n: t.clone().requires_grad_() for n, t in inputs.items()}
+    dev_in = {n: t.detach().to(DEVICE, dtype).requires_grad_() for n, t in inputs.items()}
+    ref, _ = naive_log_linear_mamba2(**ref_in)
+    out, state = chunk_log_linear_mamba2(**dev_in, chunk_size=chunk_size, backend="triton")
+    assert ran == [1], "the Triton path did not run"
+    assert state is None and out.dtype == dtype and out.device.type == DEVICE
+    assert_close(ref, out.double().cpu(), TOL[dtype], "y")
+    cot = torch.randn(ref.shape, generator=torch.Generator().manual_seed(99), dtype=F64)
+    ref_g = torch.autograd.grad((ref * cot).sum(), [ref_in[n] for n in NAMES])
+    dev_g = torch.autograd.grad((out.double() * cot.to(DEVICE)).sum(), [dev_in[n] for n in NAMES])
+    for n, r, o in zip(NAMES, ref_g, dev_g, strict=True):
+        assert_close(r, o.double().cpu(), (TOL_A if n == "A" else TOL)[dtype], f"d{n}")
+
+
+# T = 71 with chunks of 16: 5 chunks, the last partial, chunk levels m = 1, 2, 3 (chunk 4 reads
+# chunks 0-3 at level c + 3); T = 11: a single partial chunk (no chunk level); T = 48: 3 full ones
+CPU_CASES = [(2, 71, 2, 1, 16, 8, 16), (1, 11, 2, 2, 16, 16, 16), (1, 48, 1, 1, 8, 16, 16)]
+
+
+@pytest.mark.skipif(ON_CUDA, reason="the interpreter cases (a GPU runs the gpu-marked ones)")
+@pytest.mark.parametrize("case", CPU_CASES)
+def test_log_linear_mamba2_kernel_matches_naive(case, monkeypatch) -> None:
+    Bsz, T, H, G, N, P, chunk = case
+    _check(_inputs(Bsz, T, H, G, N, P, seed=T, extra_levels=1), F64, chunk, monkeypatch)
+
+
+@gpu
+@pytest.mark.skipif(not ON_CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("size", [(2, 300, 4, 2, 64, 64, 64), (1, 1000, 2, 1, 128, 64, 64),
+                                  (1, 133, 2, 1, 16, 32, 16)])
+def test_log_linear_mamba2_kernel_gpu(dtype, size, monkeypatch) -> None:
+    Bsz, T, H, G, N, P, chunk = size
+    _check(_inputs(Bsz, T, H, G, N, P, seed=T), dtype, chunk, monkeypatch)
+
+
+def test_backend_dispatch_and_fallbacks() -> None:
+    x = _inputs(1, 20, 2, 1, 16, 8, seed=1)
+    ref, _ = naive_log_linear_mamba2(**x)
+    auto, _ = chunk_log_linear_mamba2(**x, chunk_size=16)  # CPU tensors: "auto" is PyTorch
+    assert_close(ref, auto, 1e-10)
+    S0 = FenwickState(torch.zeros(1, 3, 2, 8, 16, dtype=F64), torch.tensor(5))
+    with pytest.raises(ValueError, match="cannot run this call: an initial_state"):
+        chunk_log_linear_mamba2(**x, initial_state=S0, backend="triton")
+    with pytest.raises(ValueError, match="cannot run this call: output_final_state=True"):
+        chunk_log_linear_mamba2(**x, output_final_state=True, backend="triton")
