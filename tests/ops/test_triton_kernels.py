@@ -187,6 +187,22 @@ def test_backend_choice_and_errors() -> None:
         use_backend("fast").__enter__()
 
 
+def test_auto_picks_only_kernels_verified_on_a_gpu(monkeypatch) -> None:
+    """On CUDA tensors "auto" runs a kernel only once its gpu tests have passed on a GPU; the
+    others (exact in the interpreter) need backend="triton"."""
+    from types import SimpleNamespace
+
+    from longctx.ops.common import backend
+
+    monkeypatch.setattr(backend, "has_triton", lambda: True)
+    on_cuda = SimpleNamespace(is_cuda=True)
+    assert wants_triton("chunk_gla", "auto", on_cuda)
+    assert "chunk_gla" in backend.GPU_VERIFIED
+    for op in ("chunk_delta_rule", "chunk_log_linear_mamba2", "gla_step"):
+        assert not wants_triton(op, "auto", on_cuda)
+        assert wants_triton(op, "triton", on_cuda)
+
+
 @pytest.mark.parametrize("dtype", _maybe_gpu([(torch.float32,)]))
 def test_harsh_decay_in_a_partial_chunk_stays_finite(dtype) -> None:
     """A decay of e^-6 per token drives a chunk's cumulative G past fp32's e^-88 inside the last,

@@ -64,7 +64,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
         check_fits_training(policy, streamer.trained_len, _rope(args), what=Path(args.model).name)
     streamer.policy = policy
-    if str(args.device).startswith("cuda") and not args.no_cuda_graph:
+    if str(args.device).startswith("cuda") and args.cuda_graph:
         from longctx.generate.cuda_graph import graph_streamer
 
         streamer, why_not = graph_streamer(streamer)
@@ -191,8 +191,9 @@ def add_parsers(sub) -> None:
     g.add_argument("--landmark-top-k", type=int, default=None,
                    help="--cache landmark: blocks retrieved per head (landmark_attention models)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--no-cuda-graph", action="store_true",
-                   help="decode eagerly on CUDA (default: replay a CUDA graph when every layer has a fixed-size state)")
+    g.add_argument("--cuda-graph", action="store_true",
+                   help="on CUDA, replay a captured decode step when every layer has a fixed-size state "
+                        "(experimental: its gpu tests have not run on a GPU yet)")
     g.set_defaults(fn=_cmd_generate)
 
     s = sub.add_parser("stream-ppl", help="loss vs position of a long text streamed under cache policies (StreamingLLM)")

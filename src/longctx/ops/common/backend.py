@@ -58,18 +58,25 @@ def use_backend(name: str) -> Iterator[None]:
         _default[0] = old
 
 
+# The ops whose kernels have passed their `gpu` tests (vs the float64 references) on an H100:
+# "auto" picks a kernel only for these. The others (exact in Triton's CPU interpreter, never run
+# on a GPU yet) run only with backend="triton" until their gpu tests have passed there.
+GPU_VERIFIED = frozenset({"chunk_retention", "chunk_linear_attention", "chunk_ssd", "chunk_gla"})
+
+
 def wants_triton(op: str, backend: str | None, *tensors: Tensor | None, supported: str | None = None) -> bool:
     """True when ``op`` should run its Triton kernel on ``tensors``.
 
     ``supported``: None when the kernel handles this call, else the reason it does not (e.g. a
     head dim over the kernel's limit); ``"auto"`` then falls back to PyTorch, ``"triton"`` raises.
+    ``"auto"`` also stays on PyTorch for kernels not yet verified on a GPU (``GPU_VERIFIED``).
     """
     name = get_backend() if backend is None else _check(backend, op)
     if name == "torch":
         return False
     on_cuda = all(t.is_cuda for t in tensors if t is not None)
     if name == "auto":
-        return on_cuda and supported is None and has_triton()
+        return on_cuda and supported is None and has_triton() and op in GPU_VERIFIED
     on_device = on_cuda or interpreting()
     if not has_triton():
         raise RuntimeError(f"{op}: backend='triton' but Triton is not installed (pip install triton)")
@@ -141,6 +148,7 @@ def decode_inplace(state: Tensor, dtype: torch.dtype) -> bool:
 
 __all__ = [
     "BACKENDS",
+    "GPU_VERIFIED",
     "MAX_DECODE_K",
     "MAX_KERNEL_K",
     "checkable",
