@@ -130,7 +130,7 @@ def _fwd_o_kernel(
     if HAS_G:
         b_g, _ = _load_g(gc, bos, T, i_t, i_h, H, BT)
         b_o *= tl.exp(b_g)[:, None]
-        b_A *= tl.where(causal, tl.exp(b_g[:, None] - b_g[None, :]), 0.0)
+        b_A *= tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], float("-inf")))  # no exp(+x)
     else:
         b_A = tl.where(causal, b_A, 0.0)
     p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
@@ -201,8 +201,8 @@ def _bwd_dqkv_kernel(
     causal_t = idx[:, None] <= idx[None, :]  # D^T: row j, column i >= j
     if HAS_G:
         b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
-        b_D = tl.where(causal, tl.exp(b_g[:, None] - b_g[None, :]), 0.0) * scale
-        b_Dt = tl.where(causal_t, tl.exp(b_g[None, :] - b_g[:, None]), 0.0) * scale
+        b_D = tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], float("-inf"))) * scale
+        b_Dt = tl.exp(tl.where(causal_t, b_g[None, :] - b_g[:, None], float("-inf"))) * scale
         b_kd = (b_k * tl.exp(g_last - b_g)[:, None]).to(b_k.dtype)  # K ⊙ e^{G_last - G}
     else:
         b_D = causal.to(ACC) * scale
