@@ -155,6 +155,21 @@ def _plot(lns: list[Line], path: Path, metric: str = "accuracy") -> None:
     fig.savefig(path, dpi=150, metadata={"Software": None})
 
 
+def _reach(ln: Line, holds) -> int:
+    """The longest length up to which every point from the trained length on satisfies
+    ``holds(value)`` (at least the trained length)."""
+    reach = ln.trained_len
+    for n in sorted(ln.points):
+        if n >= ln.trained_len and not holds(ln.points[n]):
+            break
+        reach = max(reach, n)
+    return reach
+
+
+def _kind(ln: Line) -> str:
+    return "fine-tuned" if ln.finetuned else "zero-shot"
+
+
 def _notes(lns: list[Line]) -> list[str]:
     """One sentence per line: its accuracy at the longest length, and how far it keeps 90% of
     its in-length accuracy."""
@@ -165,14 +180,9 @@ def _notes(lns: list[Line]) -> list[str]:
             continue
         base = ln.points[t]
         longest = max(ln.points)
-        reach = t
-        for n in sorted(ln.points):  # the longest length up to which every point holds
-            if n >= t and ln.points[n] < 0.9 * base:
-                break
-            reach = max(reach, n)
-        kind = "fine-tuned" if ln.finetuned else "zero-shot"
+        reach = _reach(ln, lambda a, base=base: a >= 0.9 * base)
         notes.append(
-            f"{ln.label} ({kind}): {100 * base:.1f}% at the trained length {t:,}, "
+            f"{ln.label} ({_kind(ln)}): {100 * base:.1f}% at the trained length {t:,}, "
             f"{100 * ln.points[longest]:.1f}% at {longest:,}; keeps 90% of it up to "
             f"{reach:,} ({reach / t:g}x)."
         )
@@ -188,13 +198,8 @@ def _ppl_notes(lns: list[Line]) -> list[str]:
         if t not in ln.points:
             continue
         base, xs = ln.points[t], sorted(ln.points)
-        reach = t
-        for n in xs:
-            if n >= t and ln.points[n] > 1.1 * base:
-                break
-            reach = max(reach, n)
-        kind = "fine-tuned" if ln.finetuned else "zero-shot"
-        notes.append(f"{ln.label} ({kind}): perplexity {base:.2f} at the trained length {t:,}, "
+        reach = _reach(ln, lambda p, base=base: p <= 1.1 * base)
+        notes.append(f"{ln.label} ({_kind(ln)}): perplexity {base:.2f} at the trained length {t:,}, "
                      f"{ln.points[xs[0]]:.2f} at {xs[0]:,} and {ln.points[xs[-1]]:.2f} at "
                      f"{xs[-1]:,}; within 10% of it up to {reach:,} ({reach / t:g}x).")
     return notes

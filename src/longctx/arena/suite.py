@@ -314,8 +314,7 @@ def parse_suite(data: dict, path: str = "<suite>") -> Suite:
     _check_keys(path, data, SECTIONS)
     suite = _check_keys(f"{path} [suite]", data.get("suite", {}), SUITE_KEYS)
     grid = _grid(path, suite)
-    task_model = _task_models(path, data.get("grid", {}), grid["tasks"])
-    task_grid = _task_grids(path, suite, grid, data.get("grid", {}))
+    task_grid, task_model = _task_grids(path, suite, grid, data.get("grid", {}))
     every = [grid, *task_grid.values()]
     all_mixers = list(dict.fromkeys(m for g in every for m in g["mixers"]))
     all_lengths = sorted({n for g in every for n in g["seq_len"]})
@@ -354,30 +353,25 @@ def parse_suite(data: dict, path: str = "<suite>") -> Suite:
     return out
 
 
-def _task_grids(path: str, suite: dict, grid: dict[str, list], table: Any) -> dict[str, dict]:
+def _task_grids(path: str, suite: dict, grid: dict[str, list],
+                table: Any) -> tuple[dict[str, dict], dict[str, dict]]:
     """``[grid.<task>]``: the task's own ``mixers`` / ``d_model`` / ``seq_len`` / ``lr`` /
-    ``seeds`` in place of the suite's (e.g. every mixer on MQAR, a few on passkey); each task
-    grid is checked as a whole, like ``[suite]``."""
+    ``seeds`` in place of the suite's (e.g. every mixer on MQAR, a few on passkey), each task
+    grid checked as a whole like ``[suite]``; and its ``model`` table (checked with the whole
+    model table by ``_model_tables``). Returns (task -> grid, task -> model table)."""
     tables = _check_keys(f"{path} [grid]", table, grid["tasks"])
-    out = {}
+    grids, models = {}, {}
     for task, over in tables.items():
         _check_keys(f"{path} [grid.{task}]", over, TASK_GRID_KEYS)
+        if "model" in over:
+            if not isinstance(over["model"], dict):
+                raise SuiteError(f"{path} [grid.{task}]: model must be a table, got {over['model']!r}")
+            models[task] = over["model"]
         raw = {k: suite[k] for k in GRID_KEYS} | {k: v for k, v in over.items() if k != "model"}
         if isinstance(raw["lr"], dict) and "lr" not in over and isinstance(over.get("mixers"), list):
             raw["lr"] = {m: v for m, v in raw["lr"].items() if m == "default" or m in over["mixers"]}
-        out[task] = _grid(path, raw, f"grid.{task}")
-    return out
-
-
-def _task_models(path: str, table: Any, tasks: list[str]) -> dict[str, dict]:
-    """The ``model`` tables of ``[grid.<task>]`` (checked with the whole model table later)."""
-    out = {}
-    for task, over in (table.items() if isinstance(table, dict) else ()):
-        if isinstance(over, dict) and "model" in over:
-            if not isinstance(over["model"], dict):
-                raise SuiteError(f"{path} [grid.{task}]: model must be a table, got {over['model']!r}")
-            out[task] = over["model"]
-    return out
+        grids[task] = _grid(path, raw, f"grid.{task}")
+    return grids, models
 
 
 def _model_tables(where: str, table: Any, mixers: list[str],

@@ -39,9 +39,9 @@ from typing import NoReturn
 import torch
 from torch import Tensor, nn
 
-from longctx.layers import Mixer, build, config_class, make_config
+from longctx.layers import Mixer, build, make_config
 from longctx.layers.base import dtype_bytes
-from longctx.models.lm import LongCtxLM, SwiGLU, chunked_feed_forward
+from longctx.models.lm import LongCtxLM, SwiGLU, chunked_feed_forward, layer_mixers
 
 POOLINGS = ("mean", "last")
 
@@ -62,16 +62,7 @@ class ClassifierConfig:
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        if isinstance(self.mixer, str):
-            self.mixer = [self.mixer] * self.n_layers
-        self.mixer = list(self.mixer)
-        if len(self.mixer) != self.n_layers:
-            raise ValueError(f"{name}.mixer lists {len(self.mixer)} mixers but n_layers={self.n_layers}")
-        for m in self.mixer_options:
-            if m not in self.mixer:
-                raise ValueError(f"{name}.mixer_options has options for {m!r}, which no layer uses")
-        for m in self.mixer:
-            config_class(m)  # unknown name -> error listing the known ones
+        self.mixer = layer_mixers(name, self.mixer, self.n_layers, self.mixer_options)
         if self.pooling not in POOLINGS:
             raise ValueError(f"{name}.pooling must be one of {', '.join(map(repr, POOLINGS))}, "
                              f"got {self.pooling!r}")

@@ -26,6 +26,20 @@ from longctx.layers.softmax_attention import SoftmaxAttention
 from longctx.layers.tree import check_parents, tree_depths
 
 
+def layer_mixers(owner: str, mixer: str | list[str], n_layers: int, mixer_options: dict) -> list[str]:
+    """A model config's ``mixer`` as one registered name per layer (a single name repeats);
+    ``mixer_options`` may only name mixers some layer uses. Errors name ``owner``'s field."""
+    mixers = [mixer] * n_layers if isinstance(mixer, str) else list(mixer)
+    if len(mixers) != n_layers:
+        raise ValueError(f"{owner}.mixer lists {len(mixers)} mixers but n_layers={n_layers}")
+    for name in mixer_options:
+        if name not in mixers:
+            raise ValueError(f"{owner}.mixer_options has options for {name!r}, which no layer uses")
+    for name in mixers:
+        config_class(name)  # unknown name -> error listing the known ones
+    return mixers
+
+
 @dataclass
 class LMConfig:
     vocab_size: int = 256  # tokens
@@ -41,16 +55,7 @@ class LMConfig:
     ff_chunk_size: int = 0  # > 0: the MLP runs over sequence chunks of this size (O(chunk) memory)
 
     def __post_init__(self) -> None:
-        if isinstance(self.mixer, str):
-            self.mixer = [self.mixer] * self.n_layers
-        self.mixer = list(self.mixer)
-        if len(self.mixer) != self.n_layers:
-            raise ValueError(f"LMConfig.mixer lists {len(self.mixer)} mixers but n_layers={self.n_layers}")
-        for name in self.mixer_options:
-            if name not in self.mixer:
-                raise ValueError(f"LMConfig.mixer_options has options for {name!r}, which no layer uses")
-        for name in self.mixer:
-            config_class(name)  # unknown name -> error listing the known ones
+        self.mixer = layer_mixers("LMConfig", self.mixer, self.n_layers, self.mixer_options)
         if not isinstance(self.ff_chunk_size, int) or self.ff_chunk_size < 0:
             raise ValueError(f"LMConfig.ff_chunk_size must be 0 (off) or a positive int, got {self.ff_chunk_size!r}")
         if self.short_conv == 1 or self.short_conv < 0:
