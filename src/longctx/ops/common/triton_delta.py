@@ -14,7 +14,7 @@ Gated DeltaNet §3.3):
 Kernels (everything below runs in Triton; the host only allocates, launches and reverse-sums dg):
   forward   _chunk_cumsum_kernel (shared) -> _wy_fwd_kernel (A, X, W, U per chunk; grid chunks x H)
             -> _delta_h_kernel (S_n and Delta, sequential over chunks; grid V/BV x N*H)
-            -> _delta_o_kernel (O per chunk; grid V/BV x chunks x H)
+            -> triton_scalar_decay._fwd_o_kernel with V = Delta (O per chunk; grid V/BV x chunks x H)
   backward  _delta_dh_kernel (dS_{n+1} and dDelta, reverse over chunks; grid V/BV x N*H)
             -> _delta_dqk_kernel (dq, the attention part of dk, dW; grid chunks x H)
             -> _wy_bwd_kernel (dk, dv, dbeta through the UT transform; grid chunks x H)
@@ -61,32 +61,15 @@ from torch import Tensor
 
 from longctx.ops.common.triton_scalar_decay import (
     _acc,
+    _chunk,
     _chunk_cumsum_kernel,
+    _fwd_o_kernel,
+    _load_g,
     _prec,
     _reverse_cumsum,
     _sequence,
     chunk_layout,
 )
-
-
-@triton.jit
-def _chunk(cu_seqlens, chunk_indices, i_c):
-    """Chunk i_c's index within its sequence, the sequence's first token and its length."""
-    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
-    i_t = tl.load(chunk_indices + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
-    return i_t, bos, T
-
-
-@triton.jit
-def _gates(gc, bos, T, i_t, i_h, H: tl.constexpr, BT: tl.constexpr):
-    """The chunk's cumulative gates G [BT] with padded rows set to G_last, and G_last."""
-    rows = i_t * BT + tl.arange(0, BT)
-    last = tl.minimum(i_t * BT + BT, T) - 1
-    g_last = tl.load(gc + (bos + last) * H + i_h)
-    b_g = tl.load(gc + (bos + rows) * H + i_h, mask=rows < T, other=0.0)
-    return tl.where(rows < T, b_g, g_last), g_last
 
 
 @triton.jit
@@ -131,7 +114,7 @@ def _wy_fwd_kernel(
         b_A += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)  # K K^T
     strict = idx[:, None] > idx[None, :]
     if HAS_G:
-        b_g, _ = _gates(gc, bos, T, i_t, i_h, H, BT)
+        b_g, _ = _load_g(gc, bos, T, i_t, i_h, H, BT)
         b_A *= tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], float("-inf")))
         b_kscale = b_beta * tl.exp(b_g)  # diag(beta) e^G
     else:
@@ -190,53 +173,13 @@ def _delta_h_kernel(
                                  (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         tl.store(p_vn, b_d.to(p_vn.dtype.element_ty), boundary_check=(0, 1))
         if HAS_G:
-            b_g, g_last = _gates(gc, bos, T, i_t, i_h, H, BT)
+            b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
             b_h *= tl.exp(g_last)
             b_kt = (b_kt * tl.exp(g_last - b_g)[None, :]).to(b_kt.dtype)  # (K ⊙ e^{G_last - G})^T
         b_h += tl.dot(b_kt, b_d.to(b_kt.dtype), input_precision=PREC)
     if STORE_HT:
         p_ht = tl.make_block_ptr(ht + i_nh * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
         tl.store(p_ht, b_h.to(p_ht.dtype.element_ty), boundary_check=(0, 1))
-
-
-@triton.jit
-def _delta_o_kernel(
-    q, k, vn, gc, h, o, cu_seqlens, chunk_indices, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
-):
-    """O = scale ((Q ⊙ e^G) S_n + (Q K^T ⊙ Gam ⊙ [i >= j]) Delta); grid (V/BV, chunks, H)."""
-    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
-    b_o = tl.zeros([BT, BV], dtype=ACC)
-    b_P = tl.zeros([BT, BT], dtype=ACC)
-    for i_k in range(tl.cdiv(K, BK)):
-        p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1),
-                                (i_t * BT, i_k * BK), (BT, BK), (1, 0))
-        p_kt = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K),
-                                 (i_k * BK, i_t * BT), (BK, BT), (0, 1))
-        p_h = tl.make_block_ptr(h + (i_c * H + i_h) * K * V, (K, V), (V, 1),
-                                (i_k * BK, i_v * BV), (BK, BV), (1, 0))
-        b_q = tl.load(p_q, boundary_check=(0, 1))
-        b_kt = tl.load(p_kt, boundary_check=(0, 1))
-        b_h = tl.load(p_h, boundary_check=(0, 1))
-        b_o += tl.dot(b_q, b_h.to(b_q.dtype), input_precision=PREC)
-        b_P += tl.dot(b_q, b_kt, input_precision=PREC)
-    idx = tl.arange(0, BT)
-    causal = idx[:, None] >= idx[None, :]
-    if HAS_G:
-        b_g, _ = _gates(gc, bos, T, i_t, i_h, H, BT)
-        b_o *= tl.exp(b_g)[:, None]
-        b_P *= tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], float("-inf")))
-    else:
-        b_P = tl.where(causal, b_P, 0.0)
-    p_vn = tl.make_block_ptr(vn + (bos * H + i_h) * V, (T, V), (H * V, 1),
-                             (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-    b_vn = tl.load(p_vn, boundary_check=(0, 1))
-    b_o = (b_o + tl.dot(b_P.to(b_vn.dtype), b_vn, input_precision=PREC)) * scale
-    p_o = tl.make_block_ptr(o + (bos * H + i_h) * V, (T, V), (H * V, 1),
-                            (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-    tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0, 1))
 
 
 @triton.jit
@@ -273,7 +216,7 @@ def _delta_dh_kernel(
         b_do = tl.load(p_do, boundary_check=(0, 1))
         b_Pt = tl.dot(b_k, b_qt, input_precision=PREC)  # [j, i] = k_j . q_i, the scores transposed
         if HAS_G:
-            b_g, g_last = _gates(gc, bos, T, i_t, i_h, H, BT)
+            b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
             b_Pt *= tl.exp(tl.where(causal_t, b_g[None, :] - b_g[:, None], float("-inf"))) * scale
             b_kd = (b_k * tl.exp(g_last - b_g)[:, None]).to(b_k.dtype)
             b_qt = (b_qt * (tl.exp(b_g) * scale)[None, :]).to(b_do.dtype)  # (Q ⊙ e^G)^T scale
@@ -337,7 +280,7 @@ def _delta_dqk_kernel(
     causal = idx[:, None] >= idx[None, :]
     causal_t = idx[:, None] <= idx[None, :]
     if HAS_G:
-        b_g, g_last = _gates(gc, bos, T, i_t, i_h, H, BT)
+        b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
         b_dA *= tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], float("-inf"))) * scale
         b_dAt *= tl.exp(tl.where(causal_t, b_g[None, :] - b_g[:, None], float("-inf"))) * scale
         b_dq = b_dq * (tl.exp(b_g) * scale)[:, None]
@@ -378,7 +321,7 @@ def _wy_bwd_kernel(
     strict = idx[:, None] > idx[None, :]
     strict_t = idx[:, None] < idx[None, :]  # [j, i]: i > j
     if HAS_G:
-        b_g, _ = _gates(gc, bos, T, i_t, i_h, H, BT)
+        b_g, _ = _load_g(gc, bos, T, i_t, i_h, H, BT)
         b_eg = tl.exp(b_g)
         b_Gam = tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], float("-inf")))
         b_Gamt = tl.exp(tl.where(strict_t, b_g[None, :] - b_g[:, None], float("-inf")))
@@ -515,7 +458,7 @@ class _DeltaRuleFn(torch.autograd.Function):
             USE_H0=h0 is not None, STORE_HT=want_ht, **meta, num_stages=1,
         )
         o = torch.empty_like(v)
-        _delta_o_kernel[(triton.cdiv(V, BV), NC, H)](
+        _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](  # the scalar-decay outputs, v = Delta
             q, k, vn, gc if has_g else q, h, o, cu, indices, scale,
             H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, **meta,
         )

@@ -52,6 +52,7 @@ from torch import Tensor
 from longctx.ops.common.triton_scalar_decay import (
     KERNEL_CHUNK,
     _acc,
+    _chunk,
     _prec,
     _reverse_cumsum,
     _sequence,
@@ -62,23 +63,13 @@ SUB_CHUNK = 16  # rows of a sub-chunk (§4.3); the smallest tl.dot tile
 
 
 @triton.jit
-def _chunk_bounds(cu_seqlens, chunk_indices, i_c):
-    """Global chunk i_c's sequence start (token), length and chunk index within the sequence."""
-    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
-    i_t = tl.load(chunk_indices + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
-    return bos, T, i_t
-
-
-@triton.jit
 def _chunk_cumsum_kernel(g, gc, cu_seqlens, chunk_indices, H: tl.constexpr, K: tl.constexpr,
                          BT: tl.constexpr, BK: tl.constexpr):
     """gc = the cumulative sum of g [T, H, K] within each chunk, in gc's dtype (fp32 or fp64);
     grid (K/BK, chunks, H). (``triton_scalar_decay``'s cumsum would do as g viewed [T, H*K], but
     with one program and one strided column per (chunk, head, key dim).)"""
     i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos, T, i_t = _chunk_bounds(cu_seqlens, chunk_indices, i_c)
+    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
     p_g = tl.make_block_ptr(g + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
     p_gc = tl.make_block_ptr(gc + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
     b_g = tl.load(p_g, boundary_check=(0, 1), padding_option="zero").to(gc.dtype.element_ty)
@@ -168,7 +159,7 @@ def _fwd_A_kernel(
     NS: tl.constexpr = BT // BC
     i_cs, i_h = tl.program_id(0), tl.program_id(1)
     i_c, i_s = i_cs // NS, i_cs % NS
-    bos, T, i_t = _chunk_bounds(cu_seqlens, chunk_indices, i_c)
+    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
     r0 = i_t * BT + i_s * BC  # the sub-chunk's first row: the reference point r
     if r0 >= T:
         return
@@ -215,7 +206,7 @@ def _fwd_o_kernel(
 ):
     """O_[n] = scale (Q ⊙ e^G) S_n + A V; grid (V/BV, chunks, H)."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos, T, i_t = _chunk_bounds(cu_seqlens, chunk_indices, i_c)
+    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
     b_o = tl.zeros([BT, BV], dtype=ACC)
     for i_k in range(tl.cdiv(K, BK)):
         p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1),
@@ -282,7 +273,7 @@ def _bwd_dv_dA_kernel(
     """dV = A^T dO + (K ⊙ e^{G_last - G}) dH_{n+1} and dA = scale (dO V^T) [i >= j] (into
     dA [T, H, BT] like A); grid (chunks, H)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    bos, T, i_t = _chunk_bounds(cu_seqlens, chunk_indices, i_c)
+    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
     p_At = tl.make_block_ptr(A + (bos * H + i_h) * BT, (BT, T), (1, H * BT), (0, i_t * BT), (BT, BT), (0, 1))
     b_At = tl.load(p_At, boundary_check=(1,), padding_option="zero")  # A^T, loaded transposed
     b_dA = tl.zeros([BT, BT], dtype=ACC)
@@ -326,7 +317,7 @@ def _bwd_dqk_kernel(
     NS: tl.constexpr = BT // BC
     i_k, i_cs, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_c, i_s = i_cs // NS, i_cs % NS
-    bos, T, i_t = _chunk_bounds(cu_seqlens, chunk_indices, i_c)
+    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
     r0 = i_t * BT + i_s * BC  # first row of the sub-chunk
     if r0 >= T:
         return

@@ -45,6 +45,7 @@ from torch import Tensor
 from longctx.ops.common.triton_scalar_decay import (
     _acc,
     _blocks,
+    _chunk,
     _chunk_cumsum_kernel,
     _load_g,
     _prec,
@@ -136,10 +137,7 @@ def _fwd_o_kernel(
 ):
     """O_[n] = (Q K^T ⊙ D ⊙ Λ) V + e^G ⊙ sum_m λ^(c+m) ⊙ (Q Z^(m)_n); grid (V/BV, chunks, H)."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
-    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
-    i_t = tl.load(chunk_indices + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
     b_o = tl.zeros([BT, BV], dtype=ACC)
     b_A = tl.zeros([BT, BT], dtype=ACC)
     for i_k in range(tl.cdiv(K, BK)):
@@ -217,10 +215,7 @@ def _bwd_dqkv_kernel(
     """dq, dk, dv, dλ of one chunk (all of K at once, V in blocks) and q.dq - k.dk per token into
     dgr; dh [chunks, H, K, V] = sum_m [bit m-1 of n = 0] D^(m)_{n+1}. Grid (chunks, H)."""
     i_c, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1)
-    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
-    i_t = tl.load(chunk_indices + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
     p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
     p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
     b_q = tl.load(p_q, boundary_check=(0, 1))

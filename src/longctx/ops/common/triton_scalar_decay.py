@@ -34,10 +34,7 @@ from torch import Tensor
 def _chunk_cumsum_kernel(g, gc, cu_seqlens, chunk_indices, H: tl.constexpr, BT: tl.constexpr):
     """gc = the cumulative sum of g within each chunk (fp32); grid (chunks, H)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
-    i_t = tl.load(chunk_indices + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
     rows = i_t * BT + tl.arange(0, BT)
     m = rows < T
     b_g = tl.load(g + (bos + rows) * H + i_h, mask=m, other=0.0)
@@ -50,6 +47,17 @@ def _sequence(cu_seqlens, chunk_offsets, i_n, BT: tl.constexpr):
     bos = tl.load(cu_seqlens + i_n).to(tl.int64)
     T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
     return bos, T, tl.cdiv(T, BT), tl.load(chunk_offsets + i_n).to(tl.int64)
+
+
+@triton.jit
+def _chunk(cu_seqlens, chunk_indices, i_c):
+    """Global chunk i_c (of ``chunk_layout``'s indices): its index within its sequence, the
+    sequence's first token and its length."""
+    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
+    i_t = tl.load(chunk_indices + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    return i_t, bos, T
 
 
 @triton.jit
@@ -107,10 +115,7 @@ def _fwd_o_kernel(
 ):
     """O_[n] = scale ((Q K^T ⊙ D) V + (Q ⊙ e^G) S_n); grid (V/BV, chunks, H)."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
-    i_t = tl.load(chunk_indices + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
     b_o = tl.zeros([BT, BV], dtype=ACC)
     b_A = tl.zeros([BT, BT], dtype=ACC)
     for i_k in range(tl.cdiv(K, BK)):
@@ -188,10 +193,7 @@ def _bwd_dqkv_kernel(
     """dq, dk, dv of one chunk (all of K at once, V in blocks), and q.dq - k.dk per token into
     dgr when there is a decay; grid (chunks, H)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
-    i_t = tl.load(chunk_indices + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    T = (tl.load(cu_seqlens + i_n + 1).to(tl.int64) - bos).to(tl.int32)
+    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
     p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
     p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
     b_q = tl.load(p_q, boundary_check=(0, 1))
