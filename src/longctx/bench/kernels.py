@@ -19,20 +19,33 @@ from typing import Any
 import torch
 from torch import Tensor
 
-KERNEL_OPS = ("linear_attention", "simple_gla", "retention", "ssd")
+KERNEL_OPS = ("linear_attention", "simple_gla", "retention", "ssd", "gla", "deltanet",
+              "gated_deltanet", "log_linear")
+# log_linear: log-linear attention over a scalar decay (the log-linear Mamba-2 core; Guo et al.
+# 2025), L = log2(T) + 1 levels; the delta-rule ops take unit-norm keys and beta in (0, 1).
 
 
 def _ours(op: str) -> Callable[..., Tensor]:
+    from longctx.ops.common.triton_delta import delta_rule_chunk
+    from longctx.ops.common.triton_gla import gla_chunk
+    from longctx.ops.common.triton_log_linear import log_linear_scalar_decay_chunk
     from longctx.ops.common.triton_scalar_decay import scalar_decay_chunk
     from longctx.ops.mamba2 import chunk_ssd
 
-    if op == "linear_attention":
-        return lambda q, k, v, g: scalar_decay_chunk(q, k, v, None, scale=q.shape[-1] ** -0.5)[0]
-    if op in ("simple_gla", "retention"):
-        return lambda q, k, v, g: scalar_decay_chunk(q, k, v, g, scale=q.shape[-1] ** -0.5)[0]
-    if op == "ssd":
-        return lambda x, dt, A, B, C: chunk_ssd(x, dt, A, B, C, backend="triton")[0]
-    raise ValueError(f"unknown kernel op {op!r}; choose from {', '.join(KERNEL_OPS)}")
+    scale = lambda q: q.shape[-1] ** -0.5
+    ops: dict[str, Callable[..., Tensor]] = {
+        "linear_attention": lambda q, k, v, g: scalar_decay_chunk(q, k, v, None, scale=scale(q))[0],
+        "simple_gla": lambda q, k, v, g: scalar_decay_chunk(q, k, v, g, scale=scale(q))[0],
+        "retention": lambda q, k, v, g: scalar_decay_chunk(q, k, v, g, scale=scale(q))[0],
+        "ssd": lambda x, dt, A, B, C: chunk_ssd(x, dt, A, B, C, backend="triton")[0],
+        "gla": lambda q, k, v, g: gla_chunk(q, k, v, g, scale=scale(q))[0],
+        "deltanet": lambda q, k, v, beta: delta_rule_chunk(q, k, v, beta, scale=scale(q))[0],
+        "gated_deltanet": lambda q, k, v, g, beta: delta_rule_chunk(q, k, v, beta, g, scale=scale(q))[0],
+        "log_linear": lambda q, k, v, g, lam: log_linear_scalar_decay_chunk(q * scale(q), k, v, g, lam),
+    }
+    if op not in ops:
+        raise ValueError(f"unknown kernel op {op!r}; choose from {', '.join(KERNEL_OPS)}")
+    return ops[op]
 
 
 def _fla(op: str) -> Callable[..., Tensor] | None:
@@ -45,26 +58,56 @@ def _fla(op: str) -> Callable[..., Tensor] | None:
         from fla.ops.simple_gla import chunk_simple_gla
 
         return lambda q, k, v, g: chunk_simple_gla(q, k, v, g)[0]
+    if op == "gla":
+        from fla.ops.gla import chunk_gla
+
+        return lambda q, k, v, g: chunk_gla(q, k, v, g)[0]
+    if op == "deltanet":
+        from fla.ops.delta_rule import chunk_delta_rule
+
+        return lambda q, k, v, beta: chunk_delta_rule(q, k, v, beta)[0]
+    if op == "gated_deltanet":
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+        return lambda q, k, v, g, beta: chunk_gated_delta_rule(q, k, v, g, beta)[0]
+    if op == "log_linear":
+        from fla.ops.log_linear_attn import chunk_log_linear_attn
+
+        return lambda q, k, v, g, lam: chunk_log_linear_attn(q, k, v, g, lam, scale=None)[0]
     return None  # retention: fla's g_gamma path autotunes anew (minutes); simple_gla covers it
 
 
-def _inputs(op: str, B: int, T: int, H: int, D: int, dtype: torch.dtype, seed: int) -> list[Tensor]:
-    gen = torch.Generator(device="cuda").manual_seed(seed)
+def _inputs(op: str, B: int, T: int, H: int, D: int, dtype: torch.dtype, seed: int,
+            device: str = "cuda") -> list[Tensor]:
+    """``op``'s inputs (the order its functions take them), gates in float32 (float64 for float64)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    f32 = torch.float64 if dtype == torch.float64 else torch.float32
 
     def rand(*shape: int, dt: torch.dtype = dtype) -> Tensor:
-        return torch.randn(*shape, device="cuda", dtype=dt, generator=gen)
+        return torch.randn(*shape, device=device, dtype=dt, generator=gen)
 
     if op == "ssd":  # Mamba-2 with P = N = D, one group
         x = rand(B, T, H, D)
-        dt = torch.nn.functional.softplus(rand(B, T, H, dt=torch.float32) - 2)
-        A = -torch.rand(H, device="cuda", generator=gen) - 0.5
+        dt = torch.nn.functional.softplus(rand(B, T, H, dt=f32) - 2)
+        A = -torch.rand(H, device=device, dtype=f32, generator=gen) - 0.5
         return [x, dt, A, rand(B, T, 1, D) * D ** -0.5, rand(B, T, 1, D) * D ** -0.5]
     q, k, v = rand(B, T, H, D), rand(B, T, H, D) * D ** -0.5, rand(B, T, H, D)
+    gate = lambda *s: torch.nn.functional.logsigmoid(rand(*s, dt=f32) + 4) / 16
+    if op in ("deltanet", "gated_deltanet"):
+        k = torch.nn.functional.normalize(k.to(f32), dim=-1).to(dtype)
+        beta = torch.sigmoid(rand(B, T, H, dt=f32)).to(dtype)
+        return [q, k, v, beta] if op == "deltanet" else [q, k, v, gate(B, T, H), beta]
+    if op == "gla":
+        return [q, k, v, gate(B, T, H, D)]
+    if op == "log_linear":
+        L = max(T - 1, 1).bit_length() + 1
+        lam = torch.nn.functional.softplus(rand(B, T, H, L, dt=f32)).to(dtype)
+        return [q, k, v, gate(B, T, H), lam]
     if op == "retention":  # RetNet's fixed decays, one per head, given per token
-        gamma = 1 - 2.0 ** (-5 - torch.arange(H, device="cuda", dtype=torch.float32))
+        gamma = 1 - 2.0 ** (-5 - torch.arange(H, device=device, dtype=f32))
         g = gamma.log().view(1, 1, H).expand(B, T, H).contiguous()
     else:
-        g = torch.nn.functional.logsigmoid(rand(B, T, H, dt=torch.float32) + 4) / 16
+        g = gate(B, T, H)
     return [q, k, v, g]
 
 

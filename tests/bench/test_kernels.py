@@ -1,0 +1,62 @@
+"""``longctx.bench.kernels`` (``longctx bench --device cuda --compare fla,sdpa``): every op's inputs
+and our kernel call, checked against the float64 definitions before GPU time is spent on them.
+
+On CPU the kernels run in Triton's interpreter (float64, tiny sizes); the timing itself needs CUDA
+and is not tested here. Skipped where Triton is absent.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from tests.ops.triton_support import HAS_TRITON, ON_CUDA  # first: picks the interpreter
+
+pytestmark = pytest.mark.skipif(not HAS_TRITON or ON_CUDA, reason="CPU interpreter check (needs Triton)")
+
+B, T, H, D = 1, 37, 2, 16
+
+
+def _reference(op: str, inputs: list[Tensor]) -> Tensor:
+    """The op by its float64 definition (``naive.py`` of each family)."""
+    from longctx.ops.deltanet import naive_delta_rule
+    from longctx.ops.gated_deltanet import naive_gated_delta_rule
+    from longctx.ops.gla import naive_gla
+    from longctx.ops.log_linear.naive import naive_log_linear_attention
+    from longctx.ops.mamba2 import naive_ssd
+
+    if op == "ssd":
+        return naive_ssd(*inputs)[0]
+    q, k, v = inputs[:3]
+    scale = D ** -0.5
+    if op == "deltanet":
+        return naive_delta_rule(q, k, v, inputs[3], scale=scale)[0]
+    if op == "gated_deltanet":
+        return naive_gated_delta_rule(q, k, v, inputs[3], inputs[4], scale=scale)[0]
+    if op == "log_linear":
+        return naive_log_linear_attention(q, k, v, inputs[4], g=inputs[3], scale=scale)[0]
+    g = inputs[3] if op != "linear_attention" else torch.zeros_like(q[..., 0])
+    g = g if g.dim() == 4 else g.unsqueeze(-1).expand_as(q)  # scalar decays as GLA's per-key gate
+    return naive_gla(q, k, v, g, scale=scale)[0]
+
+
+@pytest.mark.parametrize("op", ["linear_attention", "simple_gla", "retention", "ssd", "gla",
+                                "deltanet", "gated_deltanet", "log_linear"])
+def test_bench_op_matches_its_definition(op: str) -> None:
+    from longctx.bench.kernels import KERNEL_OPS, _inputs, _ours
+
+    assert op in KERNEL_OPS
+    inputs = _inputs(op, B, T, H, D, torch.float64, seed=0, device="cpu")
+    with torch.no_grad():
+        out = _ours(op)(*inputs)
+        ref = _reference(op, inputs)
+    assert out.shape == ref.shape == (B, T, H, D)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_unknown_op_is_named() -> None:
+    from longctx.bench.kernels import _ours
+
+    with pytest.raises(ValueError, match="unknown kernel op 'mamba3'"):
+        _ours("mamba3")
