@@ -23,7 +23,10 @@ def _reference(op: str, inputs: list[Tensor]) -> Tensor:
     from longctx.ops.deltanet import naive_delta_rule
     from longctx.ops.gated_deltanet import naive_gated_delta_rule
     from longctx.ops.gla import naive_gla
-    from longctx.ops.log_linear.naive import naive_log_linear_attention
+    from longctx.ops.log_linear.naive import (
+        naive_log_linear_attention,
+        naive_log_linear_gated_deltanet,
+    )
     from longctx.ops.mamba2 import naive_ssd
 
     if op == "ssd":
@@ -36,13 +39,15 @@ def _reference(op: str, inputs: list[Tensor]) -> Tensor:
         return naive_gated_delta_rule(q, k, v, inputs[3], inputs[4], scale=scale)[0]
     if op == "log_linear":
         return naive_log_linear_attention(q, k, v, inputs[4], g=inputs[3], scale=scale)[0]
+    if op == "log_linear_gdn":
+        return naive_log_linear_gated_deltanet(q, k, v, *inputs[3:], scale=scale)[0]
     g = inputs[3] if op != "linear_attention" else torch.zeros_like(q[..., 0])
     g = g if g.dim() == 4 else g.unsqueeze(-1).expand_as(q)  # scalar decays as GLA's per-key gate
     return naive_gla(q, k, v, g, scale=scale)[0]
 
 
 @pytest.mark.parametrize("op", ["linear_attention", "simple_gla", "retention", "ssd", "gla",
-                                "deltanet", "gated_deltanet", "log_linear"])
+                                "deltanet", "gated_deltanet", "log_linear", "log_linear_gdn"])
 def test_bench_op_matches_its_definition(op: str) -> None:
     from longctx.bench.kernels import KERNEL_OPS, _inputs, _ours
 

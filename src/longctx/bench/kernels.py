@@ -20,9 +20,10 @@ import torch
 from torch import Tensor
 
 KERNEL_OPS = ("linear_attention", "simple_gla", "retention", "ssd", "gla", "deltanet",
-              "gated_deltanet", "log_linear")
+              "gated_deltanet", "log_linear", "log_linear_gdn")
 # log_linear: log-linear attention over a scalar decay (the log-linear Mamba-2 core; Guo et al.
-# 2025), L = log2(T) + 1 levels; the delta-rule ops take unit-norm keys and beta in (0, 1).
+# 2025) and log_linear_gdn over Gated DeltaNet (the public op, input checks included), with
+# L = log2(T) + 1 levels; the delta-rule ops take unit-norm keys and beta in (0, 1).
 
 
 def _ours(op: str) -> Callable[..., Tensor]:
@@ -30,6 +31,7 @@ def _ours(op: str) -> Callable[..., Tensor]:
     from longctx.ops.common.triton_gla import gla_chunk
     from longctx.ops.common.triton_log_linear import log_linear_scalar_decay_chunk
     from longctx.ops.common.triton_scalar_decay import scalar_decay_chunk
+    from longctx.ops.log_linear import chunk_log_linear_gated_deltanet
     from longctx.ops.mamba2 import chunk_ssd
 
     scale = lambda q: q.shape[-1] ** -0.5
@@ -42,6 +44,8 @@ def _ours(op: str) -> Callable[..., Tensor]:
         "deltanet": lambda q, k, v, beta: delta_rule_chunk(q, k, v, beta, scale=scale(q))[0],
         "gated_deltanet": lambda q, k, v, g, beta: delta_rule_chunk(q, k, v, beta, g, scale=scale(q))[0],
         "log_linear": lambda q, k, v, g, lam: log_linear_scalar_decay_chunk(q * scale(q), k, v, g, lam),
+        "log_linear_gdn": lambda q, k, v, g, beta, lam: chunk_log_linear_gated_deltanet(
+            q, k, v, g, beta, lam, backend="triton")[0],
     }
     if op not in ops:
         raise ValueError(f"unknown kernel op {op!r}; choose from {', '.join(KERNEL_OPS)}")
@@ -93,16 +97,18 @@ def _inputs(op: str, B: int, T: int, H: int, D: int, dtype: torch.dtype, seed: i
         return [x, dt, A, rand(B, T, 1, D) * D ** -0.5, rand(B, T, 1, D) * D ** -0.5]
     q, k, v = rand(B, T, H, D), rand(B, T, H, D) * D ** -0.5, rand(B, T, H, D)
     gate = lambda *s: torch.nn.functional.logsigmoid(rand(*s, dt=f32) + 4) / 16
-    if op in ("deltanet", "gated_deltanet"):
+    L = max(T - 1, 1).bit_length() + 1
+    lam = lambda: torch.nn.functional.softplus(rand(B, T, H, L, dt=f32)).to(dtype)
+    if op in ("deltanet", "gated_deltanet", "log_linear_gdn"):
         k = torch.nn.functional.normalize(k.to(f32), dim=-1).to(dtype)
         beta = torch.sigmoid(rand(B, T, H, dt=f32)).to(dtype)
+        if op == "log_linear_gdn":
+            return [q, k, v, gate(B, T, H), beta, lam()]
         return [q, k, v, beta] if op == "deltanet" else [q, k, v, gate(B, T, H), beta]
     if op == "gla":
         return [q, k, v, gate(B, T, H, D)]
     if op == "log_linear":
-        L = max(T - 1, 1).bit_length() + 1
-        lam = torch.nn.functional.softplus(rand(B, T, H, L, dt=f32)).to(dtype)
-        return [q, k, v, gate(B, T, H), lam]
+        return [q, k, v, gate(B, T, H), lam()]
     if op == "retention":  # RetNet's fixed decays, one per head, given per token
         gamma = 1 - 2.0 ** (-5 - torch.arange(H, device=device, dtype=f32))
         g = gamma.log().view(1, 1, H).expand(B, T, H).contiguous()

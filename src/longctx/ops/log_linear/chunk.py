@@ -52,6 +52,31 @@ def _chunked(x: Tensor, C: int, r0: int, N: int) -> Tensor:
     return torch.cat([before, x, after], dim=2).reshape(B, H, N, C, *x.shape[3:])
 
 
+def _decay_matrix(G: Tensor) -> Tensor:
+    """D_ij = exp(G_i - G_j) for i >= j, else 0 (masked before the exp): G [..., C] -> [..., C, C]."""
+    C = G.shape[-1]
+    causal = torch.ones(C, C, dtype=torch.bool, device=G.device).tril()
+    return torch.where(causal, G[..., :, None] - G[..., None, :], float("-inf")).exp()
+
+
+def delta_intra_scores(q: Tensor, k: Tensor, g: Tensor, beta: Tensor) -> Tensor:
+    """The gated delta rule's intra-chunk matrix W = (Q K^T ⊙ D) T_b alone (``_delta_pieces``
+    without the chunk transitions): q, k [B, H, N, C, Dk]; g, beta [B, H, N, C] -> [.., C, C]."""
+    C = q.shape[3]
+    D = _decay_matrix(g.cumsum(dim=3))
+    eye = torch.eye(C, dtype=q.dtype, device=q.device).expand(*q.shape[:3], C, C)
+    return ((q @ k.transpose(-1, -2)) * D) @ ut_solve(k, beta, D, eye)
+
+
+def intra_output(W: Tensor, lam: Tensor, v: Tensor) -> Tensor:
+    """The Fenwick levels inside a chunk: O = (W ⊙ M^H) V with M^H_ij = lambda_i^(bit_length(i XOR j)).
+    W [B, H, N, C, C]; lam [B, H, N, C, L] (L > log2 C); v [B, H, N, C, Dv] -> [B, H, N, C, Dv]."""
+    C = W.shape[-1]
+    i = torch.arange(C, device=W.device)
+    lev = bit_length(i[:, None] ^ i[None, :]).expand(*W.shape)
+    return (W * torch.gather(lam, -1, lev)) @ v
+
+
 def _gated_pieces(q: Tensor, k: Tensor, g: Tensor | None):
     """Diagonal transitions A_t = diag(exp(g_t)) (GLA §4.2; Mamba-2 §6 for a scalar gate).
     q, k [B, H, N, C, Dk]; g None, [B, H, N, C] or [B, H, N, C, Dk] (padding has g = 0).
@@ -64,10 +89,8 @@ def _gated_pieces(q: Tensor, k: Tensor, g: Tensor | None):
     G = g.cumsum(dim=3)  # chunk-local cumulative log-gate, <= 0 and non-increasing
     if g.dim() == 5:  # per key dim: GLA's stable secondary chunking builds W
         W = _intra_chunk_scores(q, k, G, _sub_chunk_size(C))
-    else:  # scalar per head: W_ij = q_i.k_j exp(G_i - G_j), masked before the exp
-        causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-        diff = torch.where(causal, G[..., :, None] - G[..., None, :], float("-inf"))
-        W = (q @ k.transpose(-1, -2)) * diff.exp()
+    else:  # scalar per head: W_ij = q_i.k_j exp(G_i - G_j)
+        W = (q @ k.transpose(-1, -2)) * _decay_matrix(G)
         G = G[..., None]  # [B, H, N, C, 1], broadcast over Dk
     G_last = G[..., -1, :]  # [B, H, N, Dk or 1]
     Ksrc = (k * (G_last[..., None, :] - G).exp()).transpose(-1, -2)  # K ⊙ exp(G_{C-1} - G)
@@ -83,8 +106,7 @@ def _delta_pieces(q: Tensor, k: Tensor, g: Tensor, beta: Tensor):
     """
     C = q.shape[3]
     G = g.cumsum(dim=3)
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    D = torch.where(causal, G[..., :, None] - G[..., None, :], float("-inf")).exp()
+    D = _decay_matrix(G)
     eye = torch.eye(C, dtype=q.dtype, device=q.device)
     sol = ut_solve(k, beta, D, torch.cat([eye.expand(*q.shape[:3], C, C), k * G[..., None].exp()], -1))
     Tb, Wk = sol.split([C, q.shape[-1]], dim=-1)  # [.., C, C], [.., C, Dk]
@@ -117,10 +139,7 @@ def _chunk(p: Prepared, C: int, output_final_state: bool) -> tuple[Tensor, Tenso
     lam = chunked(p.lam)  # [B, H, N, C, L]; pad the levels the padded tokens may address
     lam = torch.cat([lam, lam.new_zeros(*lam.shape[:-1], max(0, c + M + 1 - lam.shape[-1]))], -1)
 
-    # intra-chunk: O = (W ⊙ M^H) V with M^H_ij = lambda_i^(bit_length(i XOR j))
-    i = torch.arange(C, device=dev)
-    lev = bit_length(i[:, None] ^ i[None, :]).expand(B, H, N, C, C)
-    o = (W * torch.gather(lam, -1, lev)) @ v  # [B, H, N, C, Dv]
+    o = intra_output(W, lam, v)  # [B, H, N, C, Dv]
 
     # chunk levels: chunk n reads Z^(m) iff bit m-1 of n is set; Z^(m) is fed while it is 0
     n_abs = n0 + torch.arange(N, device=dev)
@@ -160,6 +179,7 @@ def _chunk(p: Prepared, C: int, output_final_state: bool) -> tuple[Tensor, Tenso
     use = torch.cat([((n1_abs >> (m - 1)) & 1).bool(), m.new_ones(L0, dtype=torch.bool)])
     S = X.new_zeros(B, H, n_out, Dk, Dv).index_add(2, slot[use], X[:, :, use])
     if r1:  # the sources of the last chunk before t1, by level bit_length(r1 XOR j)
+        i = torch.arange(C, device=dev)
         onehot = (bit_length(r1 ^ i)[:, None] - 1 == torch.arange(n_out, device=dev)) & (i < r1)[:, None]
         S = S + torch.einsum("bhdj,bhje,jl->bhlde", Ksrc[:, :, n1], v[:, :, n1], onehot.to(v.dtype))
     return o, S.transpose(1, 2)
@@ -192,11 +212,14 @@ def chunk_log_linear_attention(
     initial_state: FenwickState | tuple[Tensor, Tensor] | None = None,
     output_final_state: bool = False,
     chunk_size: int = 64,
+    backend: str | None = None,
 ) -> tuple[Tensor, FenwickState | None]:
     """Chunked log-linear attention (linear attention for g None, else a gated base).
 
     q, k: [B, T, H, Dk]; v: [B, T, H, Dv]; lambda_levels: [B, T, H, L]; g: None, [B, T, H] or
-    [B, T, H, Dk] (<= 0); initial_state: FenwickState; chunk_size: a power of two.
+    [B, T, H, Dk] (<= 0); initial_state: FenwickState; chunk_size: a power of two; backend:
+    "auto" / "torch" / "triton" (``longctx.ops.common.backend``; the kernels take no initial or
+    final state yet: "auto" runs those calls in PyTorch).
     Returns o [B, T, H, Dv] and the final FenwickState or None.
     """
     op = "chunk_log_linear_attention"
@@ -207,6 +230,18 @@ def chunk_log_linear_attention(
             q, k, v, lambda_levels, g=g, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state,
         )
+    return _chunk_or_kernel(op, p, C, output_final_state, backend, q, k, v, g, lambda_levels)
+
+
+def _chunk_or_kernel(op: str, p: Prepared, C: int, output_final_state: bool, backend: str | None,
+                     *tensors: Tensor | None) -> tuple[Tensor, FenwickState | None]:
+    """A prepared (non-Mamba-2) base through the Triton kernels where ``backend`` asks for them and
+    they can run it, else the PyTorch chunked form; o in the inputs' dtype."""
+    q = tensors[0]
+    if wants_triton(op, backend, *tensors, supported=_triton_unsupported(p, output_final_state)):
+        from longctx.ops.log_linear.triton import triton_log_linear_prepared
+
+        return triton_log_linear_prepared(p, C, io_dtype=q.dtype).to(q.dtype).contiguous(), None
     o, S = _chunk(p, C, output_final_state)
     return o.to(q.dtype).contiguous(), (None if S is None else make_state(S, p.t0 + q.shape[1]))
 
@@ -224,8 +259,10 @@ def chunk_log_linear_gated_deltanet(
     output_final_state: bool = False,
     chunk_size: int = 64,
     use_qk_l2norm: bool = False,
+    backend: str | None = None,
 ) -> tuple[Tensor, FenwickState | None]:
-    """Chunked log-linear Gated DeltaNet; arguments as ``naive_log_linear_gated_deltanet``."""
+    """Chunked log-linear Gated DeltaNet; arguments as ``naive_log_linear_gated_deltanet``;
+    ``backend`` as ``chunk_log_linear_attention``'s."""
     op = "chunk_log_linear_gated_deltanet"
     C = check_power_of_two(chunk_size)
     p = prepare_delta(op, q, k, v, g, beta, lambda_levels, scale, initial_state, use_qk_l2norm)
@@ -234,8 +271,7 @@ def chunk_log_linear_gated_deltanet(
             q, k, v, g, beta, lambda_levels, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state, use_qk_l2norm=use_qk_l2norm,
         )
-    o, S = _chunk(p, C, output_final_state)
-    return o.to(q.dtype).contiguous(), (None if S is None else make_state(S, p.t0 + q.shape[1]))
+    return _chunk_or_kernel(op, p, C, output_final_state, backend, q, k, v, g, beta, lambda_levels)
 
 
 def chunk_log_linear_mamba2(

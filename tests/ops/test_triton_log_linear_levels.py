@@ -1,0 +1,110 @@
+"""Log-linear attention over Gated DeltaNet and GLA on the GPU path (``log_linear_by_levels``: the
+levels inside chunks in PyTorch, one call of the base's Triton kernel per chunk level) against the
+float64 matrix form: the output and every gradient (q, k, v, g, beta, lambda_levels).
+
+Without CUDA the kernels run in Triton's CPU interpreter in float64 (exact to rounding; chunks of
+16 so several chunk levels run); on a GPU (marker ``gpu``) in float32 / bfloat16.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from longctx.ops.log_linear import (
+    chunk_log_linear_attention,
+    chunk_log_linear_gated_deltanet,
+    naive_log_linear_attention,
+    naive_log_linear_gated_deltanet,
+    required_levels,
+)
+from tests.helpers import assert_close
+from tests.ops.triton_support import DEVICE, HAS_TRITON, ON_CUDA  # first: picks the interpreter
+
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
+F64 = torch.float64
+TOL = {torch.float64: 1e-10, torch.float32: 3e-4, torch.bfloat16: 4e-2}
+# the gates' gradients sum nearly cancelling terms over the sequence (see test_triton_gla.py)
+TOL_G = {torch.float64: 1e-10, torch.float32: 2e-3, torch.bfloat16: 0.2}
+
+
+def _inputs(base: str, B: int, T: int, H: int, K: int, V: int, seed: int) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=F64)
+    x = {"q": r(B, T, H, K), "k": r(B, T, H, K), "v": r(B, T, H, V),
+         "lambda_levels": torch.rand(B, T, H, required_levels(T - 1) + 1, generator=gen, dtype=F64) + 0.1}
+    if base == "gated_deltanet":
+        x["g"] = F.logsigmoid(r(B, T, H) + 3)
+        x["beta"] = torch.sigmoid(r(B, T, H))
+    elif base == "gla":
+        x["k"] = x["k"] * K ** -0.5
+        x["g"] = F.logsigmoid(r(B, T, H, K) + 3)
+    return x
+
+
+def _run(base: str, x: dict, **kw):
+    if base == "gated_deltanet":
+        naive, chunk = naive_log_linear_gated_deltanet, chunk_log_linear_gated_deltanet
+        kw["use_qk_l2norm"] = True
+    else:
+        naive, chunk = naive_log_linear_attention, chunk_log_linear_attention
+    return naive if kw.pop("naive", False) else chunk, kw
+
+
+def _check(base: str, x: dict, dtype: torch.dtype, chunk_size: int, monkeypatch) -> None:
+    import longctx.ops.log_linear.triton as ll_triton
+
+    ran = []
+    levels = ll_triton.log_linear_by_levels
+    monkeypatch.setattr(ll_triton, "log_linear_by_levels", lambda *a: ran.append(1) or levels(*a))
+    names = list(x)
+    ref_in = {n: t.clone().requires_grad_() for n, t in x.items()}
+    dev_in = {n: t.detach().to(DEVICE, dtype).requires_grad_() for n, t in x.items()}
+    naive, kw = _run(base, x, naive=True)
+    chunk, _ = _run(base, x)
+    ref, _ = naive(**ref_in, **kw)
+    out, state = chunk(**dev_in, **kw, chunk_size=chunk_size, backend="triton")
+    assert ran == [1], "the level path did not run"
+    assert state is None and out.dtype == dtype and out.device.type == DEVICE
+    assert_close(ref, out.double().cpu(), TOL[dtype], "o")
+    cot = torch.randn(ref.shape, generator=torch.Generator().manual_seed(7), dtype=F64)
+    ref_g = torch.autograd.grad((ref * cot).sum(), [ref_in[n] for n in names])
+    dev_g = torch.autograd.grad((out.double() * cot.to(DEVICE)).sum(), [dev_in[n] for n in names])
+    for n, r, o in zip(names, ref_g, dev_g, strict=True):
+        assert_close(r, o.double().cpu(), (TOL_G if n == "g" else TOL)[dtype], f"d{n}")
+
+
+# T = 71, chunks of 16: 5 chunks (the last partial), chunk levels m = 1..3; T = 11: one chunk
+CPU_CASES = [(2, 71, 2, 16, 8, 16), (1, 11, 1, 8, 16, 16)]
+
+
+@pytest.mark.skipif(ON_CUDA, reason="the interpreter cases (a GPU runs the gpu-marked ones)")
+@pytest.mark.parametrize("base", ["gated_deltanet", "gla"])
+@pytest.mark.parametrize("case", CPU_CASES, ids=str)
+def test_levels_match_naive(base: str, case, monkeypatch) -> None:
+    B, T, H, K, V, chunk = case
+    _check(base, _inputs(base, B, T, H, K, V, seed=T), F64, chunk, monkeypatch)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("base", ["gated_deltanet", "gla"])
+@pytest.mark.parametrize("size", [(2, 300, 4, 64, 64, 64), (1, 1000, 2, 128, 64, 64), (1, 133, 2, 32, 16, 16)],
+                         ids=str)
+def test_levels_gpu(base: str, size, dtype, monkeypatch) -> None:
+    B, T, H, K, V, chunk = size
+    _check(base, _inputs(base, B, T, H, K, V, seed=T), dtype, chunk, monkeypatch)
+
+
+def test_level_dispatch_and_fallbacks() -> None:
+    x = _inputs("gated_deltanet", 1, 20, 2, 8, 8, seed=1)
+    ref, _ = naive_log_linear_gated_deltanet(**x, use_qk_l2norm=True)
+    auto, _ = chunk_log_linear_gated_deltanet(**x, use_qk_l2norm=True, chunk_size=16)  # CPU: PyTorch
+    assert_close(ref, auto, 1e-10)
+    with pytest.raises(ValueError, match="cannot run this call: output_final_state=True"):
+        chunk_log_linear_gated_deltanet(**x, use_qk_l2norm=True, output_final_state=True, backend="triton")
+    y = _inputs("gla", 1, 20, 2, 8, 8, seed=1)
+    with pytest.raises(ValueError, match="cannot run this call: output_final_state=True"):
+        chunk_log_linear_attention(**y, output_final_state=True, backend="triton")
