@@ -95,5 +95,24 @@ def test_backend_dispatch_and_fallbacks() -> None:
     S0 = FenwickState(torch.zeros(1, 3, 2, 8, 16, dtype=F64), torch.tensor(5))
     with pytest.raises(ValueError, match="cannot run this call: an initial_state"):
         chunk_log_linear_mamba2(**x, initial_state=S0, backend="triton")
-    with pytest.raises(ValueError, match="cannot run this call: output_final_state=True"):
-        chunk_log_linear_mamba2(**x, output_final_state=True, backend="triton")
+
+
+
+@pytest.mark.parametrize("T", [71, 64])
+def test_log_linear_mamba2_final_state(T: int) -> None:
+    """With a final state the Triton path runs the level decomposition over the scalar-decay kernel
+    (``log_linear_by_levels``): output and the state (in SSD's [P, N] layout) match, and gradients
+    through the state too. (On a GPU in float32; in the interpreter in float64.)"""
+    dtype = torch.float32 if ON_CUDA else F64
+    x = _inputs(1, T, 2, 1, 16, 8, seed=T)
+    ref_in = {n: t.clone().requires_grad_() for n, t in x.items()}
+    dev_in = {n: t.detach().to(DEVICE, dtype).requires_grad_() for n, t in x.items()}
+    ref, ref_s = naive_log_linear_mamba2(**ref_in, output_final_state=True)
+    out, s = chunk_log_linear_mamba2(**dev_in, chunk_size=16, output_final_state=True, backend="triton")
+    assert int(s.t) == T and s.S.shape == ref_s.S.shape
+    assert_close(ref, out.double().cpu(), TOL[dtype], "y")
+    assert_close(ref_s.S, s.S.double().cpu(), TOL[dtype], "S")
+    ref_g = torch.autograd.grad(ref_s.S.sum() + ref.sum(), [ref_in[n] for n in NAMES])
+    dev_g = torch.autograd.grad(s.S.double().sum() + out.double().sum(), [dev_in[n] for n in NAMES])
+    for n, r, o in zip(NAMES, ref_g, dev_g, strict=True):
+        assert_close(r, o.double().cpu(), (TOL_A if n == "A" else TOL)[dtype], f"d{n}")

@@ -1,6 +1,8 @@
-"""Log-linear attention over Gated DeltaNet and GLA on the GPU path (``log_linear_by_levels``: the
-levels inside chunks in PyTorch, one call of the base's Triton kernel per chunk level) against the
-float64 matrix form: the output and every gradient (q, k, v, g, beta, lambda_levels).
+"""Log-linear attention on the level path (``log_linear_by_levels``: the levels inside chunks in
+PyTorch, one call of the base's Triton kernel per chunk level) against the float64 matrix form:
+the output, the final Fenwick state and every gradient (q, k, v, g, beta, lambda_levels), over
+Gated DeltaNet and GLA, and over a scalar decay / none when a final state is asked for (without
+one those run the fused kernels of test_triton_log_linear.py).
 
 Without CUDA the kernels run in Triton's CPU interpreter in float64 (exact to rounding; chunks of
 16 so several chunk levels run); on a GPU (marker ``gpu``) in float32 / bfloat16.
@@ -37,9 +39,12 @@ def _inputs(base: str, B: int, T: int, H: int, K: int, V: int, seed: int) -> dic
     if base == "gated_deltanet":
         x["g"] = F.logsigmoid(r(B, T, H) + 3)
         x["beta"] = torch.sigmoid(r(B, T, H))
-    elif base == "gla":
+    else:
         x["k"] = x["k"] * K ** -0.5
+    if base == "gla":
         x["g"] = F.logsigmoid(r(B, T, H, K) + 3)
+    elif base == "scalar":
+        x["g"] = F.logsigmoid(r(B, T, H) + 3)
     return x
 
 
@@ -52,7 +57,7 @@ def _run(base: str, x: dict, **kw):
     return naive if kw.pop("naive", False) else chunk, kw
 
 
-def _check(base: str, x: dict, dtype: torch.dtype, chunk_size: int, monkeypatch) -> None:
+def _check(base: str, x: dict, dtype: torch.dtype, chunk_size: int, monkeypatch, final: bool = False) -> None:
     import longctx.ops.log_linear.triton as ll_triton
 
     ran = []
@@ -63,28 +68,48 @@ def _check(base: str, x: dict, dtype: torch.dtype, chunk_size: int, monkeypatch)
     dev_in = {n: t.detach().to(DEVICE, dtype).requires_grad_() for n, t in x.items()}
     naive, kw = _run(base, x, naive=True)
     chunk, _ = _run(base, x)
-    ref, _ = naive(**ref_in, **kw)
-    out, state = chunk(**dev_in, **kw, chunk_size=chunk_size, backend="triton")
+    ref, ref_state = naive(**ref_in, **kw, output_final_state=final)
+    out, state = chunk(**dev_in, **kw, chunk_size=chunk_size, backend="triton", output_final_state=final)
     assert ran == [1], "the level path did not run"
-    assert state is None and out.dtype == dtype and out.device.type == DEVICE
+    assert out.dtype == dtype and out.device.type == DEVICE
     assert_close(ref, out.double().cpu(), TOL[dtype], "o")
-    cot = torch.randn(ref.shape, generator=torch.Generator().manual_seed(7), dtype=F64)
-    ref_g = torch.autograd.grad((ref * cot).sum(), [ref_in[n] for n in names])
-    dev_g = torch.autograd.grad((out.double() * cot.to(DEVICE)).sum(), [dev_in[n] for n in names])
+    gen = torch.Generator().manual_seed(7)
+    loss_ref, loss_dev = 0, 0
+    if final:
+        assert int(state.t) == int(ref_state.t) == x["q"].shape[1]
+        assert_close(ref_state.S, state.S.double().cpu(), TOL[dtype], "S")
+        cot_s = torch.randn(ref_state.S.shape, generator=gen, dtype=F64)
+        loss_ref, loss_dev = (ref_state.S * cot_s).sum(), (state.S.double() * cot_s.to(DEVICE)).sum()
+    else:
+        assert state is None
+    cot = torch.randn(ref.shape, generator=gen, dtype=F64)
+    ref_g = torch.autograd.grad((ref * cot).sum() + loss_ref, [ref_in[n] for n in names])
+    dev_g = torch.autograd.grad((out.double() * cot.to(DEVICE)).sum() + loss_dev, [dev_in[n] for n in names])
     for n, r, o in zip(names, ref_g, dev_g, strict=True):
         assert_close(r, o.double().cpu(), (TOL_G if n == "g" else TOL)[dtype], f"d{n}")
 
 
-# T = 71, chunks of 16: 5 chunks (the last partial), chunk levels m = 1..3; T = 11: one chunk
+# T = 71, chunks of 16: 5 chunks (the last partial), chunk levels m = 1..3, final state with levels
+# inside the last chunk; T = 11: one chunk; T = 64: 4 full chunks (position 64 reads one level)
 CPU_CASES = [(2, 71, 2, 16, 8, 16), (1, 11, 1, 8, 16, 16)]
+CPU_FINAL = [(1, 71, 2, 8, 8, 16), (1, 64, 1, 8, 8, 16), (2, 11, 1, 8, 8, 16)]
+interpreter = pytest.mark.skipif(ON_CUDA, reason="the interpreter cases (a GPU runs the gpu-marked ones)")
 
 
-@pytest.mark.skipif(ON_CUDA, reason="the interpreter cases (a GPU runs the gpu-marked ones)")
+@interpreter
 @pytest.mark.parametrize("base", ["gated_deltanet", "gla"])
 @pytest.mark.parametrize("case", CPU_CASES, ids=str)
 def test_levels_match_naive(base: str, case, monkeypatch) -> None:
     B, T, H, K, V, chunk = case
     _check(base, _inputs(base, B, T, H, K, V, seed=T), F64, chunk, monkeypatch)
+
+
+@interpreter
+@pytest.mark.parametrize("base", ["gated_deltanet", "gla", "scalar", "linear"])
+@pytest.mark.parametrize("case", CPU_FINAL, ids=str)
+def test_levels_final_state_matches_naive(base: str, case, monkeypatch) -> None:
+    B, T, H, K, V, chunk = case
+    _check(base, _inputs(base, B, T, H, K, V, seed=T + 1), F64, chunk, monkeypatch, final=True)
 
 
 @pytest.mark.gpu
@@ -98,13 +123,26 @@ def test_levels_gpu(base: str, size, dtype, monkeypatch) -> None:
     _check(base, _inputs(base, B, T, H, K, V, seed=T), dtype, chunk, monkeypatch)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("base", ["gated_deltanet", "gla", "scalar", "linear"])
+@pytest.mark.parametrize("size", [(2, 300, 4, 64, 64, 64), (1, 1024, 2, 64, 64, 64)], ids=str)
+def test_levels_final_state_gpu(base: str, size, dtype, monkeypatch) -> None:
+    B, T, H, K, V, chunk = size
+    _check(base, _inputs(base, B, T, H, K, V, seed=T + 1), dtype, chunk, monkeypatch, final=True)
+
+
 def test_level_dispatch_and_fallbacks() -> None:
     x = _inputs("gated_deltanet", 1, 20, 2, 8, 8, seed=1)
     ref, _ = naive_log_linear_gated_deltanet(**x, use_qk_l2norm=True)
     auto, _ = chunk_log_linear_gated_deltanet(**x, use_qk_l2norm=True, chunk_size=16)  # CPU: PyTorch
     assert_close(ref, auto, 1e-10)
-    with pytest.raises(ValueError, match="cannot run this call: output_final_state=True"):
-        chunk_log_linear_gated_deltanet(**x, use_qk_l2norm=True, output_final_state=True, backend="triton")
+    _, S0 = naive_log_linear_gated_deltanet(**x, use_qk_l2norm=True, output_final_state=True)
+    with pytest.raises(ValueError, match="cannot run this call: an initial_state"):
+        chunk_log_linear_gated_deltanet(**x, use_qk_l2norm=True, initial_state=S0, backend="triton")
     y = _inputs("gla", 1, 20, 2, 8, 8, seed=1)
-    with pytest.raises(ValueError, match="cannot run this call: output_final_state=True"):
-        chunk_log_linear_attention(**y, output_final_state=True, backend="triton")
+    with pytest.raises(ValueError, match="cannot run this call: key / feature dim 300"):
+        z = _inputs("gla", 1, 4, 1, 300, 8, seed=1)
+        chunk_log_linear_attention(**z, backend="triton")
+    assert chunk_log_linear_attention(**y, backend="torch")[0].shape == (1, 20, 2, 8)

@@ -192,12 +192,10 @@ def _transport(P: Tensor, X: Tensor) -> Tensor:
     return P[:, :, None] @ X
 
 
-def _triton_unsupported(p: Prepared, output_final_state: bool) -> str | None:
-    """Why the log-linear Triton kernels cannot run this (scalar-gate) call, or None."""
+def _triton_unsupported(p: Prepared) -> str | None:
+    """Why the log-linear Triton paths cannot run this call, or None."""
     if p.t0 != 0:
         return "an initial_state (positions not starting at 0) is not supported by the kernels yet"
-    if output_final_state:
-        return "output_final_state=True is not supported by the kernels yet"
     return kernel_unsupported(p.q.shape[-1], p.v.shape[-1])
 
 
@@ -218,8 +216,8 @@ def chunk_log_linear_attention(
 
     q, k: [B, T, H, Dk]; v: [B, T, H, Dv]; lambda_levels: [B, T, H, L]; g: None, [B, T, H] or
     [B, T, H, Dk] (<= 0); initial_state: FenwickState; chunk_size: a power of two; backend:
-    "auto" / "torch" / "triton" (``longctx.ops.common.backend``; the kernels take no initial or
-    final state yet: "auto" runs those calls in PyTorch).
+    "auto" / "torch" / "triton" (``longctx.ops.common.backend``; the kernels take no initial
+    state yet: "auto" runs those calls in PyTorch).
     Returns o [B, T, H, Dv] and the final FenwickState or None.
     """
     op = "chunk_log_linear_attention"
@@ -230,20 +228,20 @@ def chunk_log_linear_attention(
             q, k, v, lambda_levels, g=g, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state,
         )
-    return _chunk_or_kernel(op, p, C, output_final_state, backend, q, k, v, g, lambda_levels)
+    o, S = _chunk_or_kernel(op, p, C, output_final_state, backend, q, k, v, g, lambda_levels)
+    return o.to(q.dtype).contiguous(), (None if S is None else make_state(S, p.t0 + q.shape[1]))
 
 
 def _chunk_or_kernel(op: str, p: Prepared, C: int, output_final_state: bool, backend: str | None,
-                     *tensors: Tensor | None) -> tuple[Tensor, FenwickState | None]:
-    """A prepared (non-Mamba-2) base through the Triton kernels where ``backend`` asks for them and
-    they can run it, else the PyTorch chunked form; o in the inputs' dtype."""
-    q = tensors[0]
-    if wants_triton(op, backend, *tensors, supported=_triton_unsupported(p, output_final_state)):
+                     *tensors: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """A prepared base through the Triton kernels where ``backend`` asks for them and they can run
+    it, else the PyTorch chunked form: o [B, T, H, Dv] (compute dtype) and the final level states
+    [B, bit_length(t0 + T), H, Dk, Dv] or None."""
+    if wants_triton(op, backend, *tensors, supported=_triton_unsupported(p)):
         from longctx.ops.log_linear.triton import triton_log_linear_prepared
 
-        return triton_log_linear_prepared(p, C, io_dtype=q.dtype).to(q.dtype).contiguous(), None
-    o, S = _chunk(p, C, output_final_state)
-    return o.to(q.dtype).contiguous(), (None if S is None else make_state(S, p.t0 + q.shape[1]))
+        return triton_log_linear_prepared(p, C, tensors[0].dtype, output_final_state)
+    return _chunk(p, C, output_final_state)
 
 
 def chunk_log_linear_gated_deltanet(
@@ -271,7 +269,8 @@ def chunk_log_linear_gated_deltanet(
             q, k, v, g, beta, lambda_levels, scale=scale, initial_state=initial_state,
             output_final_state=output_final_state, use_qk_l2norm=use_qk_l2norm,
         )
-    return _chunk_or_kernel(op, p, C, output_final_state, backend, q, k, v, g, beta, lambda_levels)
+    o, S = _chunk_or_kernel(op, p, C, output_final_state, backend, q, k, v, g, beta, lambda_levels)
+    return o.to(q.dtype).contiguous(), (None if S is None else make_state(S, p.t0 + q.shape[1]))
 
 
 def chunk_log_linear_mamba2(
@@ -289,8 +288,8 @@ def chunk_log_linear_mamba2(
     backend: str | None = None,
 ) -> tuple[Tensor, FenwickState | None]:
     """Chunked log-linear Mamba-2; arguments as ``naive_log_linear_mamba2``; ``backend`` "auto" /
-    "torch" / "triton" (``longctx.ops.common.backend``; the kernels take no initial or final
-    state yet: "auto" runs those calls in PyTorch)."""
+    "torch" / "triton" (``longctx.ops.common.backend``; the kernels take no initial state yet:
+    "auto" runs those calls in PyTorch)."""
     op = "chunk_log_linear_mamba2"
     Cs = check_power_of_two(chunk_size)
     p = prepare_mamba2(op, x, dt, A, B, C, D, lambda_levels, initial_state)
@@ -299,12 +298,7 @@ def chunk_log_linear_mamba2(
             x, dt, A, B, C, lambda_levels, D=D, initial_state=initial_state,
             output_final_state=output_final_state,
         )
-    if wants_triton(op, backend, x, dt, A, B, C, D, lambda_levels,
-                    supported=_triton_unsupported(p, output_final_state)):
-        from longctx.ops.log_linear.triton import triton_log_linear_prepared
-
-        return mamba2_output(triton_log_linear_prepared(p, Cs), x, D).to(x.dtype).contiguous(), None
-    o, S = _chunk(p, Cs, output_final_state)
+    o, S = _chunk_or_kernel(op, p, Cs, output_final_state, backend, x, dt, A, B, C, D, lambda_levels)
     y = mamba2_output(o, x, D).to(x.dtype).contiguous()
     return y, (None if S is None else make_state(S.transpose(-1, -2), p.t0 + x.shape[1]))
 
