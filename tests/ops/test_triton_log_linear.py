@@ -92,9 +92,15 @@ def test_backend_dispatch_and_fallbacks() -> None:
     ref, _ = naive_log_linear_mamba2(**x)
     auto, _ = chunk_log_linear_mamba2(**x, chunk_size=16)  # CPU tensors: "auto" is PyTorch
     assert_close(ref, auto, 1e-10)
-    S0 = FenwickState(torch.zeros(1, 3, 2, 8, 16, dtype=F64), torch.tensor(5))
-    with pytest.raises(ValueError, match="cannot run this call: an initial_state"):
-        chunk_log_linear_mamba2(**x, initial_state=S0, backend="triton")
+    S0 = FenwickState(torch.randn(1, 3, 2, 8, 16, dtype=F64), torch.tensor(5))  # SSD's [P, N]
+    lam = torch.rand(1, 20, 2, required_levels(24) + 1, dtype=F64)
+    ref, ref_s = naive_log_linear_mamba2(**{**x, "lambda_levels": lam}, initial_state=S0, output_final_state=True)
+    dev = {n: t.to(DEVICE) for n, t in {**x, "lambda_levels": lam}.items()}
+    S0_dev = FenwickState(S0.S.to(DEVICE), S0.t)
+    out, s = chunk_log_linear_mamba2(**dev, initial_state=S0_dev, output_final_state=True, chunk_size=16,
+                                     backend="triton")  # the level path, from position 5
+    assert_close(ref, out.double().cpu(), 1e-10 if not ON_CUDA else 1e-4)
+    assert_close(ref_s.S, s.S.double().cpu(), 1e-10 if not ON_CUDA else 1e-4)
 
 
 

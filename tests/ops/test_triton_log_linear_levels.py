@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from longctx.ops.log_linear import (
+    FenwickState,
     chunk_log_linear_attention,
     chunk_log_linear_gated_deltanet,
     naive_log_linear_attention,
@@ -57,26 +58,39 @@ def _run(base: str, x: dict, **kw):
     return naive if kw.pop("naive", False) else chunk, kw
 
 
-def _check(base: str, x: dict, dtype: torch.dtype, chunk_size: int, monkeypatch, final: bool = False) -> None:
+def _check(base: str, x: dict, dtype: torch.dtype, chunk_size: int, monkeypatch, final: bool = False,
+           t0: int = 0) -> None:
+    """Run ``x`` (float64) through the level path in ``dtype`` and the matrix form; with t0 > 0 the
+    first t0 tokens make an initial FenwickState (by the matrix form) that both continue from."""
     import longctx.ops.log_linear.triton as ll_triton
 
     ran = []
     levels = ll_triton.log_linear_by_levels
     monkeypatch.setattr(ll_triton, "log_linear_by_levels", lambda *a: ran.append(1) or levels(*a))
+    naive, kw = _run(base, x, naive=True)
+    chunk, _ = _run(base, x)
+    if t0:
+        S0 = naive(**{n: t[:, :t0] for n, t in x.items()}, **kw, output_final_state=True)[1]
+        x = {**{n: t[:, t0:] for n, t in x.items()}, "S0": S0.S}
     names = list(x)
     ref_in = {n: t.clone().requires_grad_() for n, t in x.items()}
     dev_in = {n: t.detach().to(DEVICE, dtype).requires_grad_() for n, t in x.items()}
-    naive, kw = _run(base, x, naive=True)
-    chunk, _ = _run(base, x)
-    ref, ref_state = naive(**ref_in, **kw, output_final_state=final)
-    out, state = chunk(**dev_in, **kw, chunk_size=chunk_size, backend="triton", output_final_state=final)
+
+    def call(fn, inputs, **more):
+        args = {n: t for n, t in inputs.items() if n != "S0"}
+        if t0:
+            more["initial_state"] = FenwickState(inputs["S0"], torch.tensor(t0))
+        return fn(**args, **kw, output_final_state=final, **more)
+
+    ref, ref_state = call(naive, ref_in)
+    out, state = call(chunk, dev_in, chunk_size=chunk_size, backend="triton")
     assert ran == [1], "the level path did not run"
     assert out.dtype == dtype and out.device.type == DEVICE
     assert_close(ref, out.double().cpu(), TOL[dtype], "o")
     gen = torch.Generator().manual_seed(7)
     loss_ref, loss_dev = 0, 0
     if final:
-        assert int(state.t) == int(ref_state.t) == x["q"].shape[1]
+        assert int(state.t) == int(ref_state.t) == t0 + x["q"].shape[1]
         assert_close(ref_state.S, state.S.double().cpu(), TOL[dtype], "S")
         cot_s = torch.randn(ref_state.S.shape, generator=gen, dtype=F64)
         loss_ref, loss_dev = (ref_state.S * cot_s).sum(), (state.S.double() * cot_s.to(DEVICE)).sum()
@@ -112,6 +126,31 @@ def test_levels_final_state_matches_naive(base: str, case, monkeypatch) -> None:
     _check(base, _inputs(base, B, T, H, K, V, seed=T + 1), F64, chunk, monkeypatch, final=True)
 
 
+# (B, t0, T, H, K, V, chunk): t0 = 21 (mid-chunk, levels 1..5 in the state), T = 50 crosses
+# chunk-level blocks; t0 = 64 (a block boundary), T = 7 stays inside one chunk
+CPU_INITIAL = [(1, 21, 50, 2, 8, 8, 16), (2, 64, 7, 1, 8, 8, 16)]
+
+
+@interpreter
+@pytest.mark.parametrize("base", ["gated_deltanet", "gla", "scalar"])
+@pytest.mark.parametrize("case", CPU_INITIAL, ids=str)
+def test_levels_initial_state_matches_naive(base: str, case, monkeypatch) -> None:
+    B, t0, T, H, K, V, chunk = case
+    x = _inputs(base, B, t0 + T, H, K, V, seed=t0)
+    _check(base, x, F64, chunk, monkeypatch, final=True, t0=t0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("base", ["gated_deltanet", "gla", "scalar"])
+@pytest.mark.parametrize("case", [(2, 300, 333, 4, 64, 64, 64), (1, 1024, 129, 2, 64, 64, 16)], ids=str)
+def test_levels_initial_state_gpu(base: str, case, dtype, monkeypatch) -> None:
+    B, t0, T, H, K, V, chunk = case
+    x = _inputs(base, B, t0 + T, H, K, V, seed=t0)
+    _check(base, x, dtype, chunk, monkeypatch, final=True, t0=t0)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not ON_CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -138,9 +177,6 @@ def test_level_dispatch_and_fallbacks() -> None:
     ref, _ = naive_log_linear_gated_deltanet(**x, use_qk_l2norm=True)
     auto, _ = chunk_log_linear_gated_deltanet(**x, use_qk_l2norm=True, chunk_size=16)  # CPU: PyTorch
     assert_close(ref, auto, 1e-10)
-    _, S0 = naive_log_linear_gated_deltanet(**x, use_qk_l2norm=True, output_final_state=True)
-    with pytest.raises(ValueError, match="cannot run this call: an initial_state"):
-        chunk_log_linear_gated_deltanet(**x, use_qk_l2norm=True, initial_state=S0, backend="triton")
     y = _inputs("gla", 1, 20, 2, 8, 8, seed=1)
     with pytest.raises(ValueError, match="cannot run this call: key / feature dim 300"):
         z = _inputs("gla", 1, 4, 1, 300, 8, seed=1)

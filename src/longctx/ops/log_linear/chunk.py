@@ -194,8 +194,6 @@ def _transport(P: Tensor, X: Tensor) -> Tensor:
 
 def _triton_unsupported(p: Prepared) -> str | None:
     """Why the log-linear Triton paths cannot run this call, or None."""
-    if p.t0 != 0:
-        return "an initial_state (positions not starting at 0) is not supported by the kernels yet"
     return kernel_unsupported(p.q.shape[-1], p.v.shape[-1])
 
 
@@ -216,8 +214,7 @@ def chunk_log_linear_attention(
 
     q, k: [B, T, H, Dk]; v: [B, T, H, Dv]; lambda_levels: [B, T, H, L]; g: None, [B, T, H] or
     [B, T, H, Dk] (<= 0); initial_state: FenwickState; chunk_size: a power of two; backend:
-    "auto" / "torch" / "triton" (``longctx.ops.common.backend``; the kernels take no initial
-    state yet: "auto" runs those calls in PyTorch).
+    "auto" / "torch" / "triton" (``longctx.ops.common.backend``).
     Returns o [B, T, H, Dv] and the final FenwickState or None.
     """
     op = "chunk_log_linear_attention"
@@ -288,8 +285,7 @@ def chunk_log_linear_mamba2(
     backend: str | None = None,
 ) -> tuple[Tensor, FenwickState | None]:
     """Chunked log-linear Mamba-2; arguments as ``naive_log_linear_mamba2``; ``backend`` "auto" /
-    "torch" / "triton" (``longctx.ops.common.backend``; the kernels take no initial state yet:
-    "auto" runs those calls in PyTorch)."""
+    "torch" / "triton" (``longctx.ops.common.backend``)."""
     op = "chunk_log_linear_mamba2"
     Cs = check_power_of_two(chunk_size)
     p = prepare_mamba2(op, x, dt, A, B, C, D, lambda_levels, initial_state)

@@ -17,11 +17,13 @@
   stay in PyTorch: O = (W ⊙ Λ) V with the base's intra-chunk matrix W (``chunk.intra_output``).
   Work: the base's chunked pass M = bit_length(N - 1) times for N chunks (O(T log T)).
 
-The final state (``output_final_state``) comes from the level path for every base: level c + m
-of position T is the final state of the last block of the level-m call (when bit c+m-1 of T is
-set, else empty), the levels 1..c from the last partial chunk in PyTorch. Positions start at 0
-(no ``initial_state``) and there are no packed variable lengths: the chunk ops fall back to
-PyTorch for those calls.
+States, for every base through the level path: an initial FenwickState at position t0 aligns the
+chunks and blocks to absolute positions (the first ones shorter); its level l is read by the query
+at t at level max(l, bit_length(t XOR t0)) (``fenwick.init_levels``), carried by one more call of
+the base's kernel from that initial state with no writes. The final state: level c + m of t1 is
+the final state of the last block of the level-m call (when bit c+m-1 of t1 is set, else empty)
+plus the initial levels that land there, the levels 1..c come from the last chunk in PyTorch.
+No packed variable lengths (``cu_seqlens``) for log-linear attention yet.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from longctx.ops.log_linear.chunk import (
     delta_intra_scores,
     intra_output,
 )
+from longctx.ops.log_linear.fenwick import init_levels
 from longctx.ops.log_linear.inputs import Prepared, mamba2_output, prepare_mamba2
 
 MIN_KERNEL_CHUNK, MAX_KERNEL_CHUNK = 16, 64  # tl.dot needs tiles >= 16; [C, C] tiles stay small
@@ -54,93 +57,105 @@ def kernel_chunk(chunk_size: int) -> int:
 def triton_log_linear_prepared(
     p: Prepared, chunk_size: int = 64, io_dtype: torch.dtype | None = None, output_final_state: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
-    """o [B, T, H, Dv] (the compute dtype) and the final level states [B, bit_length(T), H, Dk, Dv]
-    or None, of a prepared base whose positions start at 0: the fused kernels for a scalar gate or
-    none without a final state, else ``log_linear_by_levels``. ``io_dtype``: the dtype the base
+    """o [B, T, H, Dv] (the compute dtype) and the final level states [B, bit_length(t0 + T), H,
+    Dk, Dv] or None, of a prepared base: the fused kernels for a scalar gate or none from position
+    0 without a final state, else ``log_linear_by_levels``. ``io_dtype``: the dtype the base
     kernels read q / k / v in (the caller's, e.g. bf16; default the compute dtype)."""
-    if p.t0 != 0:
-        raise ValueError("triton_log_linear_prepared: positions must start at 0 (no initial state)")
     C = kernel_chunk(chunk_size)
-    if p.beta is None and (p.g is None or p.g.dim() == 3) and not output_final_state:
+    if p.beta is None and (p.g is None or p.g.dim() == 3) and not output_final_state and p.t0 == 0:
         g = p.g if p.g is not None else torch.zeros_like(p.q[..., 0])  # linear attention: no decay
         return log_linear_scalar_decay_chunk(p.q, p.k, p.v, g, p.lam, chunk_size=C), None
     return log_linear_by_levels(p, C, io_dtype or p.q.dtype, output_final_state)
 
 
-def _bit(T: int, level: int, device: torch.device) -> Tensor:
-    """[T, 1, 1]: bit level-1 of each position t (1: t reads Fenwick level ``level`` >= 1; 0: t
-    is one of the level's sources)."""
-    return ((torch.arange(T, device=device) >> (level - 1)) & 1).view(T, 1, 1)
+def _blocks(B: int, T: int, t0: int, block: int, device: torch.device) -> Tensor:
+    """cu_seqlens [n + 1] (int32) of B sequences of T tokens (positions t0..t0+T-1) packed end to
+    end, each cut at the positions that are multiples of ``block``."""
+    starts = torch.tensor([0, *range((t0 // block + 1) * block - t0, T, block)], device=device)
+    starts = (torch.arange(B, device=device)[:, None] * T + starts).flatten()
+    return torch.cat([starts, starts.new_full((1,), B * T)]).to(torch.int32)
 
 
-def _blocks(B: int, T: int, block: int, device: torch.device) -> Tensor:
-    """cu_seqlens [n + 1] (int32) of B sequences of T tokens packed end to end, each cut into
-    blocks of ``block`` tokens (the last one shorter)."""
-    starts = torch.arange(B, device=device)[:, None] * T + torch.arange(0, T, block, device=device)
-    end = torch.tensor([B * T], device=device)
-    return torch.cat([starts.flatten(), end]).to(torch.int32)
-
-
-def _base_kernel(p: Prepared, qk: list[Tensor], v: Tensor, cu: Tensor, C: int, final: bool):
-    """The base's chunked kernel on packed [1, B*T, ...] inputs and blocks ``cu``: (o, ht | None)."""
-    packed = lambda x: x.reshape(1, -1, *x.shape[2:])
+def _base_kernel(p: Prepared, qk: list[Tensor], v: Tensor, C: int, final: bool,
+                 cu: Tensor | None = None, initial_state: Tensor | None = None):
+    """The base's chunked kernel on packed [1, B*T, ...] inputs, sequences ``cu`` (None: the B
+    rows) and an initial state [sequences, H, Dk, Dv] or None: (o, final state | None)."""
+    B, T = p.q.shape[:2]
+    if cu is None:
+        cu = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=p.q.device)
+    packed = lambda x: None if x is None else x.reshape(1, -1, *x.shape[2:])
+    kw = {"cu_seqlens": cu, "chunk_size": C, "output_final_state": final, "initial_state": initial_state}
     if p.beta is not None:  # (gated) delta rule
-        g = None if p.g is None else packed(p.g)
-        return delta_rule_chunk(*qk, v, packed(p.beta), g, cu_seqlens=cu, chunk_size=C, output_final_state=final)
+        return delta_rule_chunk(*qk, v, packed(p.beta), packed(p.g), **kw)
     if p.g is not None and p.g.dim() == 4:  # GLA's per-key gate
-        return gla_chunk(*qk, v, packed(p.g), cu_seqlens=cu, chunk_size=C, output_final_state=final)
-    g = None if p.g is None else packed(p.g)  # scalar decay or none
-    return scalar_decay_chunk(*qk, v, g, cu_seqlens=cu, chunk_size=C, output_final_state=final)
+        return gla_chunk(*qk, v, packed(p.g), **kw)
+    return scalar_decay_chunk(*qk, v, packed(p.g), **kw)  # scalar decay or none
 
 
 def _intra(p: Prepared, C: int, output_final_state: bool = False):
-    """The levels inside chunks of C tokens (PyTorch): o [B, T, H, Dv] and, for the final state,
-    the levels 1..c of position T from the last chunk's tokens ([B, bit_length(T), H, Dk, Dv],
-    chunk levels zero) or None."""
+    """The levels inside chunks of C tokens aligned to absolute positions (PyTorch): o [B, T, H,
+    Dv] and, for the final state, the levels 1..c of position t1 = t0 + T from the last chunk's
+    tokens ([B, bit_length(t1), H, Dk, Dv], other levels zero) or None."""
     B, T, H, _ = p.q.shape
-    N = -(-T // C)
-    q, k, v, g = (None if x is None else _chunked(x, C, 0, N) for x in (p.q, p.k, p.v, p.g))
+    r0 = p.t0 % C
+    N = -(-(r0 + T) // C)
+    q, k, v, g = (None if x is None else _chunked(x, C, r0, N) for x in (p.q, p.k, p.v, p.g))
     if p.beta is not None:
-        W = delta_intra_scores(q, k, g, _chunked(p.beta, C, 0, N))
+        W = delta_intra_scores(q, k, g, _chunked(p.beta, C, r0, N))
     else:
         W = _gated_pieces(q, k, g)[0]
-    o = intra_output(W, _chunked(p.lam, C, 0, N), v)  # [B, H, N, C, Dv]
-    o = o.reshape(B, H, N * C, -1)[:, :, :T].transpose(1, 2)
-    r1 = T % C
+    o = intra_output(W, _chunked(p.lam, C, r0, N), v)  # [B, H, N, C, Dv]
+    o = o.reshape(B, H, N * C, -1)[:, :, r0 : r0 + T].transpose(1, 2)
+    r1 = (p.t0 + T) % C
     if not output_final_state or r1 == 0:  # a chunk boundary: the levels 1..c are empty
         return o, None
-    last = lambda x: None if x is None else x[:, T - r1 :]
-    tail = Prepared(last(p.q), last(p.k), last(p.v), last(p.g), last(p.beta), last(p.lam), None, T - r1)
+    i = max(T - r1, 0)  # the last chunk's tokens of this call (the earlier ones are in S0)
+    last = lambda x: None if x is None else x[:, i:]
+    tail = Prepared(last(p.q), last(p.k), last(p.v), last(p.g), last(p.beta), last(p.lam), None, p.t0 + i)
     return o, _chunk(tail, C, True)[1]
 
 
 def log_linear_by_levels(p: Prepared, C: int, io_dtype: torch.dtype, output_final_state: bool = False):
-    """Log-linear attention over any base with a chunked kernel, positions from 0: the levels
-    inside chunks of C tokens in PyTorch, each chunk level by one call of the base's kernel with
-    the level's blocks as ``cu_seqlens`` (module header). p: prepared (q scaled); C: a power of two
-    in [16, 64]. Returns o [B, T, H, Dv] in the compute dtype and the final level states
-    [B, bit_length(T), H, Dk, Dv] (the FenwickState's S) or None."""
+    """Log-linear attention over any base with a chunked kernel: the levels inside chunks of C
+    tokens in PyTorch, each chunk level by one call of the base's kernel with the level's blocks as
+    ``cu_seqlens``, and each level of an initial state by one call that carries it (no writes) from
+    position t0 (module header). p: prepared (q scaled); C: a power of two in [16, 64]. Returns
+    o [B, T, H, Dv] in the compute dtype and the final level states [B, bit_length(t0 + T), H, Dk,
+    Dv] (the FenwickState's S) or None."""
     B, T, H, Dk = p.q.shape
-    N, c = -(-T // C), C.bit_length() - 1
+    Dv, dev, t0, t1, c = p.v.shape[-1], p.q.device, p.t0, p.t0 + T, C.bit_length() - 1
     o, S = _intra(p, C, output_final_state)
-    if output_final_state and S is None:
-        S = p.q.new_zeros(B, T.bit_length(), H, Dk, p.v.shape[-1])
-    S_levels = None if S is None else list(S.unbind(1))
+    S_levels = None
+    if output_final_state:
+        S = p.q.new_zeros(B, t1.bit_length(), H, Dk, Dv) if S is None else S
+        S_levels = list(S.unbind(1))
     qk = [x.to(io_dtype).reshape(1, B * T, H, -1) for x in (p.q, p.k)]
     v_io = p.v.to(io_dtype)
-    out_levels = (N - 1).bit_length()  # chunk levels some query reads
-    state_levels = max(T.bit_length() - c, 0) if output_final_state else 0
+    pos = t0 + torch.arange(T, device=dev)
+    out_levels = ((t1 - 1) >> c).bit_length()  # chunk levels read by some query (chunk index bits)
+    state_levels = max(t1.bit_length() - c, 0) if output_final_state else 0
     for m in range(1, max(out_levels, state_levels) + 1):
-        bit = _bit(T, c + m, p.q.device)
-        final = m <= state_levels and bool((T >> (c + m - 1)) & 1)  # position T reads level c + m
-        if m > out_levels and not final:
+        bit = ((pos >> (c + m - 1)) & 1).view(T, 1, 1)  # 1: reads level c + m; 0: one of its sources
+        final = m <= state_levels and bool((t1 >> (c + m - 1)) & 1)  # position t1 reads it
+        reads = m <= out_levels and bool(bit.any())
+        if not (reads or final):
             continue
-        v_m = (v_io * (1 - bit).to(io_dtype)).reshape(1, B * T, H, -1)  # writes: bit c+m-1 is 0
-        o_m, ht = _base_kernel(p, qk, v_m, _blocks(B, T, C << m, p.q.device), C, final)
-        if m <= out_levels:
-            o = o + (p.lam[..., c + m, None] * bit) * o_m.view(B, T, H, -1).to(o.dtype)
-        if final:  # the last block of each sequence holds level c + m of position T
-            S_levels[c + m - 1] = S_levels[c + m - 1] + ht.view(B, -1, H, Dk, ht.shape[-1])[:, -1].to(S.dtype)
+        v_m = (v_io * (1 - bit).to(io_dtype)).reshape(1, B * T, H, Dv)
+        o_m, ht = _base_kernel(p, qk, v_m, C, final, cu=_blocks(B, T, t0, C << m, dev))
+        if reads:
+            o = o + (p.lam[..., c + m, None] * bit) * o_m.view(B, T, H, Dv).to(o.dtype)
+        if final:  # the last block of each sequence holds level c + m of position t1
+            S_levels[c + m - 1] = S_levels[c + m - 1] + ht.view(B, -1, H, Dk, Dv)[:, -1].to(S.dtype)
+    if p.S0 is not None:  # level l of the state at t0 is read at level max(l, bit_length(t XOR t0))
+        zeros = v_io.new_zeros(1, B * T, H, Dv)
+        lev0 = init_levels(pos, t0, p.S0.shape[1])  # [T, L0]
+        slot0 = init_levels(torch.tensor([t1], device=dev), t0, p.S0.shape[1])[0] - 1
+        for l in range(p.S0.shape[1]):
+            o_l, ht = _base_kernel(p, qk, zeros, C, output_final_state, initial_state=p.S0[:, l])
+            lam_l = torch.gather(p.lam, -1, lev0[:, l].view(1, T, 1, 1).expand(B, T, H, 1))
+            o = o + lam_l * o_l.view(B, T, H, Dv).to(o.dtype)
+            if output_final_state:
+                S_levels[slot0[l]] = S_levels[slot0[l]] + ht.to(S.dtype)
     return o, (None if S is None else torch.stack(S_levels, dim=1))
 
 
