@@ -65,3 +65,24 @@ def test_unknown_op_is_named() -> None:
 
     with pytest.raises(ValueError, match="unknown kernel op 'mamba3'"):
         _ours("mamba3")
+
+
+def test_plots_from_a_saved_result(tmp_path) -> None:
+    """The plots come from the JSON alone (rows as ``run_kernel_bench`` writes them): a library
+    that refused keeps its error and no point; SDPA is its own line."""
+    from longctx.bench.kernels import plot_data, write_kernel_plots
+
+    rows = [{"op": "gla", "T": T, "ours_fwd": {"ms": 0.1 * T / 4096}, "ours_fwdbwd": {"ms": 0.5 * T / 4096},
+             "fla_fwd": {"ms": 0.2 * T / 4096}, "fla_fwdbwd": {"ms": None, "error": "refused"}}
+            for T in (4096, 16384)]
+    rows.append({"op": "sdpa_causal", "T": 4096, "sdpa_fwd": {"ms": 0.15}, "sdpa_fwdbwd": {"ms": 0.64}})
+    res = {"device": "GPU", "torch": "2.x", "triton": "3.x", "fla": "0.6.0", "B": 1, "H": 16, "D": 128,
+           "dtype": "torch.bfloat16", "rows": rows}
+    data = plot_data(res)
+    forms = {(op, r["form"]) for op, e in data["ops"].items() for r in e["results"]}
+    assert forms == {("gla", "ours"), ("gla", "fla"), ("sdpa_causal", "sdpa")}
+    fla = [r for r in data["ops"]["gla"]["results"] if r["form"] == "fla"]
+    assert [r["fwdbwd_ms"] for r in fla] == [None, None] and fla[1]["fwd_ms"] == 0.2 * 4
+    paths = write_kernel_plots(res, tmp_path)
+    assert sorted(p.name for p in paths) == ["bench_fwd.png", "bench_fwdbwd.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)

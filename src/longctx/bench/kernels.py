@@ -241,7 +241,34 @@ def run_kernel_bench(
         tmp = path / "kernels.json.tmp"
         tmp.write_text(json.dumps(results, indent=1))
         tmp.replace(path / "kernels.json")
+        write_kernel_plots(results, path)
     return results
+
+
+def plot_data(results: dict[str, Any]) -> dict[str, Any]:
+    """The kernel bench's rows in ``bench.plots``' layout: one op per kernel, one form per library
+    (ours / fla / sdpa), fwd_ms and fwdbwd_ms per length."""
+    ops: dict[str, Any] = {}
+    for r in results["rows"]:
+        for lib in ("ours", "fla", "sdpa"):
+            fwd, fwdbwd = (r.get(f"{lib}_{k}", {}).get("ms") for k in ("fwd", "fwdbwd"))
+            if fwd is None and fwdbwd is None:
+                continue
+            op = ops.setdefault(r["op"], {"status": "ok", "results": []})
+            op["results"].append({"T": r["T"], "form": lib, "fwd_ms": fwd, "fwdbwd_ms": fwdbwd})
+    meta = {"device_name": results["device"], "device": "cuda", "threads": "-", "dtype": results["dtype"],
+            "B": results["B"], "H": results["H"], "D": results["D"],
+            "torch": f"{results['torch']}, triton {results['triton']}, fla {results.get('fla')}",
+            "memory": "not measured"}
+    return {"ops": ops, "meta": meta}
+
+
+def write_kernel_plots(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """``bench_fwd.png`` / ``bench_fwdbwd.png`` (time vs T, log-log; colour = kernel, line style =
+    library) from a kernel bench result (rerunnable from a saved ``kernels.json``)."""
+    from longctx.bench.plots import write_plots
+
+    return write_plots(plot_data(results), Path(out_dir))
 
 
 def _ms(entry: dict | None) -> str:

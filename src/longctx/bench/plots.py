@@ -28,10 +28,11 @@ PLOTS = {  # file stem: (result key, y label, title, scale of the value)
                      1 / 2**20),
 }
 # forms of ops, then of layers (longctx.bench.layers); others: "--" and "x"
+# and of libraries (longctx.bench.kernels: ours / fla / sdpa)
 _STYLES = {"chunk": "-", "sdpa": "-.", "naive": ":", "layer": "-", "full": "-.", "bilinear": "-",
-           "zoh": "--"}
+           "zoh": "--", "ours": "-", "fla": "--"}
 _MARKERS = {"chunk": "o", "sdpa": "^", "naive": "s", "layer": "o", "full": "^", "bilinear": "o",
-            "zoh": "D"}
+            "zoh": "D", "ours": "o", "fla": "s"}
 _RC = {"font.size": 10, "axes.titlesize": 11, "axes.titleweight": "bold",
        "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
        "grid.color": "#dddddd", "legend.frameon": False, "figure.facecolor": "white"}
