@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One device call that does issue 8's and issue 9's GPU work in two phases (run by the `device`
+# tool from the repo root; .snap/ = `git archive HEAD` of the same commit, .whl/ = the fla wheels
+# and the corpora's packages). At most 8 files come back, so logs are merged.
+#  A (PHASE_A s): the GPU tests of the kernels (vs float64 references) and, beside them, the
+#    zoology-mqar d_model 64/128 half on the same GPU (ZJOBS workers; resumes from .snap/runs).
+#  B (PHASE_B s): the kernel bench alone on the GPU (ours vs fla vs SDPA; kernels.json is
+#    rewritten after every row, so a timeout keeps what finished), then the decode latency.
+set -u
+export PYTHONUNBUFFERED=1
+R=$PWD
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
+python -c "import torch, triton, sys; print(sys.version); print('torch', torch.__version__, 'triton', triton.__version__)" >> "$OUT/gpu.txt"
+python -m pip install -q --no-deps --no-index .whl/*.whl >> "$OUT/gpu.txt" 2>&1
+python -c "import fla; print('fla', fla.__version__)" >> "$OUT/gpu.txt" 2>&1
+git rev-parse HEAD >> "$OUT/gpu.txt" 2>/dev/null
+TA=${PHASE_A:-270}; TB=${PHASE_B:-230}
+( PYTHONPATH=src timeout "$TA" python -m pytest -m gpu ${TESTS:-tests/ops/test_triton_delta.py tests/ops/test_triton_log_linear.py tests/ops/test_triton_log_linear_levels.py tests/ops/test_triton_decode.py tests/generate/test_cuda_graph.py} \
+    -q -p no:cacheprovider -rfE --maxfail=40 > "$OUT/gpu_tests.txt" 2>&1
+  PYTHONPATH=src timeout 60 python -m pytest tests/ops/test_triton_decode.py -m "not slow" -q -p no:cacheprovider -rfE >> "$OUT/gpu_tests.txt" 2>&1 ) &
+if [ "${ZJOBS:-8}" -gt 0 ]; then
+  ( cd .snap && OUT=/tmp/zoo && mkdir -p /tmp/zoo && OUT=/tmp/zoo ZJOBS=${ZJOBS:-8} ARENA_TIMEOUT=$((TA - 15)) bash benchmarks/scripts/issue8_device.sh > /tmp/zoo/summary.txt 2>&1
+    cp /tmp/zoo/zoology-mqar.sqlite "$OUT/" 2>/dev/null; cat /tmp/zoo/summary.txt /tmp/zoo/zoology.log /tmp/zoo/*failures* > "$OUT/zoology.log" 2>/dev/null ) &
+fi
+wait
+grep -E "passed|failed|error" "$OUT/gpu_tests.txt" | tail -3
+PYTHONPATH=src timeout "$TB" python - <<'PY' > "$OUT/bench.log" 2>&1
+import os
+from longctx.bench.kernels import run_kernel_bench, summary_table
+ops = os.environ.get("OPS", "gla,deltanet,gated_deltanet,log_linear,log_linear_gdn,linear_attention,simple_gla,ssd").split(",")
+res = run_kernel_bench(ops, [4096, 16384, 65536], out="/tmp/kb")
+print(summary_table(res))
+PY
+cp /tmp/kb/kernels.json "$OUT/" 2>/dev/null
+tail -25 "$OUT/bench.log"
+PYTHONPATH=src timeout "${PHASE_C:-60}" python - <<'PY' >> "$OUT/bench.log" 2>&1
+import json, os, torch
+from longctx.bench.decode import decode_latency, decode_model, format_rows
+rows = {}
+for mixer in ("gated_deltanet", "mamba2"):
+    model = decode_model(mixer, d_model=1024, n_layers=4)
+    rows[mixer] = decode_latency(model, (1024, 65536), steps=50)
+    print(mixer, "(4 layers, d_model 1024)"); print(format_rows(rows[mixer]), flush=True)
+    json.dump(rows, open(os.environ["OUT"] + "/decode.json", "w"), indent=1)
+PY
+tail -14 "$OUT/bench.log"
