@@ -76,20 +76,22 @@ def _blocks(B: int, T: int, t0: int, block: int, device: torch.device) -> Tensor
     return torch.cat([starts, starts.new_full((1,), B * T)]).to(torch.int32)
 
 
-def _base_kernel(p: Prepared, qk: list[Tensor], v: Tensor, C: int, final: bool,
-                 cu: Tensor | None = None, initial_state: Tensor | None = None):
-    """The base's chunked kernel on packed [1, B*T, ...] inputs, sequences ``cu`` (None: the B
-    rows) and an initial state [sequences, H, Dk, Dv] or None: (o, final state | None)."""
-    B, T = p.q.shape[:2]
-    if cu is None:
-        cu = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=p.q.device)
-    packed = lambda x: None if x is None else x.reshape(1, -1, *x.shape[2:])
+def _base_kernel(p: Prepared, io_dtype: torch.dtype, v: Tensor, cu: Tensor, C: int, final: bool,
+                 initial_state: Tensor | None = None):
+    """One call of the base's chunked kernel over n copies of the B sequences packed end to end:
+    v [1, n*B*T, H, Dv] (each copy its own writes), q / k / gates repeated n times, sequences
+    ``cu`` (int32) and an initial state [sequences, H, Dk, Dv] or None. Returns (o, final state or
+    None) in the packed layout."""
+    n = v.shape[1] // (p.q.shape[0] * p.q.shape[1])
+    rep = lambda x, dt=None: None if x is None else x.to(dt or x.dtype).reshape(1, -1, *x.shape[2:]).repeat(
+        1, n, *(1,) * (x.dim() - 2))
+    q, k = rep(p.q, io_dtype), rep(p.k, io_dtype)
     kw = {"cu_seqlens": cu, "chunk_size": C, "output_final_state": final, "initial_state": initial_state}
     if p.beta is not None:  # (gated) delta rule
-        return delta_rule_chunk(*qk, v, packed(p.beta), packed(p.g), **kw)
+        return delta_rule_chunk(q, k, v, rep(p.beta), rep(p.g), **kw)
     if p.g is not None and p.g.dim() == 4:  # GLA's per-key gate
-        return gla_chunk(*qk, v, packed(p.g), **kw)
-    return scalar_decay_chunk(*qk, v, packed(p.g), **kw)  # scalar decay or none
+        return gla_chunk(q, k, v, rep(p.g), **kw)
+    return scalar_decay_chunk(q, k, v, rep(p.g), **kw)  # scalar decay or none
 
 
 def _intra(p: Prepared, C: int, output_final_state: bool = False):
@@ -118,8 +120,9 @@ def _intra(p: Prepared, C: int, output_final_state: bool = False):
 def log_linear_by_levels(p: Prepared, C: int, io_dtype: torch.dtype, output_final_state: bool = False):
     """Log-linear attention over any base with a chunked kernel: the levels inside chunks of C
     tokens in PyTorch, each chunk level by one call of the base's kernel with the level's blocks as
-    ``cu_seqlens``, and each level of an initial state by one call that carries it (no writes) from
-    position t0 (module header). p: prepared (q scaled); C: a power of two in [16, 64]. Returns
+    ``cu_seqlens`` (all levels in one call, as copies of the sequences packed end to end, so they
+    run in parallel), and the levels of an initial state by one more call that carries each (no
+    writes) from position t0 (module header). p: prepared (q scaled); C: a power of two in [16, 64]. Returns
     o [B, T, H, Dv] in the compute dtype and the final level states [B, bit_length(t0 + T), H, Dk,
     Dv] (the FenwickState's S) or None."""
     B, T, H, Dk = p.q.shape
@@ -129,33 +132,45 @@ def log_linear_by_levels(p: Prepared, C: int, io_dtype: torch.dtype, output_fina
     if output_final_state:
         S = p.q.new_zeros(B, t1.bit_length(), H, Dk, Dv) if S is None else S
         S_levels = list(S.unbind(1))
-    qk = [x.to(io_dtype).reshape(1, B * T, H, -1) for x in (p.q, p.k)]
     v_io = p.v.to(io_dtype)
     pos = t0 + torch.arange(T, device=dev)
     out_levels = ((t1 - 1) >> c).bit_length()  # chunk levels read by some query (chunk index bits)
     state_levels = max(t1.bit_length() - c, 0) if output_final_state else 0
+    calls = []  # (m, bit, reads, final): every chunk level in one kernel call, copies end to end
     for m in range(1, max(out_levels, state_levels) + 1):
         bit = ((pos >> (c + m - 1)) & 1).view(T, 1, 1)  # 1: reads level c + m; 0: one of its sources
         final = m <= state_levels and bool((t1 >> (c + m - 1)) & 1)  # position t1 reads it
         reads = m <= out_levels and bool(bit.any())
-        if not (reads or final):
-            continue
-        v_m = (v_io * (1 - bit).to(io_dtype)).reshape(1, B * T, H, Dv)
-        o_m, ht = _base_kernel(p, qk, v_m, C, final, cu=_blocks(B, T, t0, C << m, dev))
-        if reads:
-            o = o + (p.lam[..., c + m, None] * bit) * o_m.view(B, T, H, Dv).to(o.dtype)
-        if final:  # the last block of each sequence holds level c + m of position t1
-            S_levels[c + m - 1] = S_levels[c + m - 1] + ht.view(B, -1, H, Dk, Dv)[:, -1].to(S.dtype)
+        if reads or final:
+            calls.append((m, bit, reads, final))
+    if calls:
+        v_all = torch.stack([v_io * (1 - bit).to(io_dtype) for _, bit, _, _ in calls])  # [n, B, T, H, Dv]
+        cus = [_blocks(B, T, t0, C << m, dev) for m, *_ in calls]
+        cu = torch.cat([cus[0]] + [x[1:] + i * B * T for i, x in enumerate(cus) if i])
+        want_ht = any(final for *_, final in calls)
+        o_all, ht = _base_kernel(p, io_dtype, v_all.reshape(1, -1, H, Dv), cu, C, want_ht)
+        o_all = o_all.view(len(calls), B, T, H, Dv)
+        ends = torch.tensor([len(x) - 1 for x in cus]).cumsum(0).tolist()  # sequences per call
+        for i, (m, bit, reads, final) in enumerate(calls):
+            if reads:
+                o = o + (p.lam[..., c + m, None] * bit) * o_all[i].to(o.dtype)
+            if final:  # the last block of each sequence holds level c + m of position t1
+                per_call = ht[ends[i] - (len(cus[i]) - 1) : ends[i]].view(B, -1, H, Dk, Dv)
+                S_levels[c + m - 1] = S_levels[c + m - 1] + per_call[:, -1].to(S.dtype)
     if p.S0 is not None:  # level l of the state at t0 is read at level max(l, bit_length(t XOR t0))
-        zeros = v_io.new_zeros(1, B * T, H, Dv)
-        lev0 = init_levels(pos, t0, p.S0.shape[1])  # [T, L0]
-        slot0 = init_levels(torch.tensor([t1], device=dev), t0, p.S0.shape[1])[0] - 1
-        for l in range(p.S0.shape[1]):
-            o_l, ht = _base_kernel(p, qk, zeros, C, output_final_state, initial_state=p.S0[:, l])
+        L0 = p.S0.shape[1]  # one copy of the sequences per initial level, carried with no writes
+        cu = torch.arange(0, (L0 * B + 1) * T, T, dtype=torch.int32, device=dev)
+        h0 = p.S0.transpose(0, 1).reshape(L0 * B, H, Dk, Dv)
+        o_init, ht = _base_kernel(p, io_dtype, v_io.new_zeros(1, L0 * B * T, H, Dv), cu, C,
+                                  output_final_state, initial_state=h0)
+        o_init = o_init.view(L0, B, T, H, Dv)
+        lev0 = init_levels(pos, t0, L0)  # [T, L0]
+        slot0 = init_levels(torch.tensor([t1], device=dev), t0, L0)[0] - 1
+        for l in range(L0):
             lam_l = torch.gather(p.lam, -1, lev0[:, l].view(1, T, 1, 1).expand(B, T, H, 1))
-            o = o + lam_l * o_l.view(B, T, H, Dv).to(o.dtype)
+            o = o + lam_l * o_init[l].to(o.dtype)
             if output_final_state:
-                S_levels[slot0[l]] = S_levels[slot0[l]] + ht.to(S.dtype)
+                S_levels[slot0[l]] = S_levels[slot0[l]] + ht.view(L0, B, H, Dk, Dv)[l].to(S.dtype)
     return o, (None if S is None else torch.stack(S_levels, dim=1))
 
 
