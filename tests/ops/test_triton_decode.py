@@ -39,6 +39,8 @@ def _dev(x):
     """float64 CPU reference inputs -> the kernel's device and dtype (states stay nested)."""
     if isinstance(x, tuple):
         return tuple(_dev(t) for t in x)
+    if isinstance(x, dict):
+        return {n: _dev(t) for n, t in x.items()}
     return x.to(DEVICE, DTYPE) if isinstance(x, Tensor) else x
 
 
@@ -135,8 +137,13 @@ SIZES = [(5, 37), (16, 8)] if not ON_CUDA else [(5, 37), (64, 64), (128, 128)]
 @pytest.mark.parametrize("K,V", SIZES)
 @pytest.mark.parametrize("name", list(CASES))
 def test_step_matches_torch_step_and_naive(name: str, K: int, V: int) -> None:
-    """backend="triton" step == backend="torch" step at every token, and T steps == naive."""
+    """backend="triton" step == backend="torch" step at every token, and T steps == naive (a
+    feature dim over the kernel's limit, e.g. Taylor's 1 + K + K^2 at K = 64, is refused)."""
     x, s0, step, naive = CASES[name](K, V)
+    if "taylor" in name and 1 + K + K * K > MAX_DECODE_K:
+        with pytest.raises(ValueError, match="cannot run this call: key / feature dim"):
+            step({n: (v[:, 0] if v.dim() > 1 else v) for n, v in _dev(x).items()}, _dev(s0), "triton")
+        return
     ref_o, ref_s = naive(x, s0)
     s, outs = _dev(s0), []
     for t in range(T):
