@@ -86,3 +86,20 @@ def test_plots_from_a_saved_result(tmp_path) -> None:
     paths = write_kernel_plots(res, tmp_path)
     assert sorted(p.name for p in paths) == ["bench_fwd.png", "bench_fwdbwd.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_isolated_rows_record_failures_and_crashes() -> None:
+    """Each (op, length) runs in its own process: an exception and a hard crash (as a CUDA fault
+    leaves the context) become the row's error, and the table shows it."""
+    import os
+
+    from longctx.bench.kernels import _isolated, summary_table
+
+    assert _isolated(dict, [("ours_fwd", {"ms": 1.0})]) == {"ours_fwd": {"ms": 1.0}}
+    assert _isolated(int, "x")["error"].startswith("ValueError: invalid literal")
+    assert "died" in _isolated(os._exit, 3)["error"]
+    rows = [{"op": "deltanet", "T": 4096, "error": "RuntimeError: illegal memory access"},
+            {"op": "sdpa_causal", "T": 4096, "error": "the process running it died"}]
+    table = summary_table({"rows": rows})
+    assert "| deltanet | 4096 | RuntimeError: illegal memory access |" in table
+    assert "| sdpa_causal | 4096 | the process running it died |" in table

@@ -180,8 +180,11 @@ def run_kernel_bench(
     dtype: torch.dtype = torch.bfloat16,
     out: str | Path | None = None,
     progress: bool = True,
+    isolate: bool = True,
 ) -> dict[str, Any]:
-    """Time our kernels against ``compare`` libraries on CUDA; returns (and writes) the JSON."""
+    """Time our kernels against ``compare`` libraries on CUDA; returns (and writes) the JSON.
+    ``isolate``: each (op, length) in its own process (``_isolated``), so a faulting kernel costs
+    one row, not the run."""
     if not torch.cuda.is_available():
         raise RuntimeError("longctx bench --compare needs a CUDA device")
     for op in ops:
@@ -201,52 +204,79 @@ def run_kernel_bench(
         results["fla"] = fla.__version__
     except ImportError:
         results["fla"] = None
-    libs = {"ours": _ours}
-    if "fla" in compare:
-        libs["fla"] = _fla
+    run = _isolated if isolate else (lambda fn, *a: fn(*a))
     for T in lengths:
         for op in ops:
             if progress:
                 print(f"  [{time.strftime('%H:%M:%S')}] {op} T={T}", flush=True)
-            inputs = _inputs(op, B, T, H, D, dtype, seed=T)
-            row: dict[str, Any] = {"op": op, "T": T}
-            outs = {}
-            for lib, get in libs.items():
-                try:
-                    fn = get(op)
-                except ImportError as e:
-                    fn, row[f"{lib}_error"] = None, str(e)
-                row[f"{lib}_fwd"] = _entry(fn, inputs, backward=False)
-                skip = FLA_SKIP_BACKWARD.get(op) if lib == "fla" else None
-                row[f"{lib}_fwdbwd"] = {"ms": None, "error": skip} if skip else _entry(fn, inputs, backward=True)
-                if fn is not None and row[f"{lib}_fwd"]["ms"] is not None:
-                    with torch.no_grad():
-                        outs[lib] = fn(*inputs)
-            if "fla" in outs:
-                row["rel_err_vs_fla"] = _rel(outs["ours"], outs["fla"])
-            if op != "ssd":
-                nbytes = sum(t.numel() * t.element_size() for t in inputs[:3]) + inputs[2].numel() * 2
-                row["hbm_floor_ms"] = nbytes / bw * 1e3
-            results["rows"].append(row)
-            if out is not None:
-                _save(results, out)
-            if progress:
-                print(_line(row), flush=True)
-            del inputs, outs
-            torch.cuda.empty_cache()
+            row = {"op": op, "T": T, **run(_op_row, op, T, B, H, D, dtype, "fla" in compare, bw)}
+            _add_row(results, row, out, progress)
         if "sdpa" in compare:
-            inputs = _inputs("linear_attention", B, T, H, D, dtype, seed=T)
-            row = {"op": "sdpa_causal", "T": T, "sdpa_fwd": _entry(_sdpa, inputs, False),
-                   "sdpa_fwdbwd": _entry(_sdpa, inputs, True)}
-            results["rows"].append(row)
-            if progress:
-                print(_line(row), flush=True)
-            del inputs
-            torch.cuda.empty_cache()
+            _add_row(results, {"op": "sdpa_causal", "T": T, **run(_sdpa_row, T, B, H, D, dtype)}, out, progress)
     if out is not None:
         _save(results, out)
         write_kernel_plots(results, Path(out))
     return results
+
+
+def _op_row(op: str, T: int, B: int, H: int, D: int, dtype: torch.dtype, with_fla: bool,
+            bw: float) -> dict[str, Any]:
+    """One op at one length: ours (and fla's) fwd / fwd+bwd, their relative difference, the HBM
+    floor of the forward. Returns the row's fields (no tensors: it may run in a child process)."""
+    inputs = _inputs(op, B, T, H, D, dtype, seed=T)
+    libs = {"ours": _ours, **({"fla": _fla} if with_fla else {})}
+    row: dict[str, Any] = {}
+    outs = {}
+    for lib, get in libs.items():
+        try:
+            fn = get(op)
+        except ImportError as e:
+            fn, row[f"{lib}_error"] = None, str(e)
+        row[f"{lib}_fwd"] = _entry(fn, inputs, backward=False)
+        skip = FLA_SKIP_BACKWARD.get(op) if lib == "fla" else None
+        row[f"{lib}_fwdbwd"] = {"ms": None, "error": skip} if skip else _entry(fn, inputs, backward=True)
+        if fn is not None and row[f"{lib}_fwd"]["ms"] is not None:
+            with torch.no_grad():
+                outs[lib] = fn(*inputs)
+    if "fla" in outs:
+        row["rel_err_vs_fla"] = _rel(outs["ours"], outs["fla"])
+    if op != "ssd":
+        nbytes = sum(t.numel() * t.element_size() for t in inputs[:3]) + inputs[2].numel() * 2
+        row["hbm_floor_ms"] = nbytes / bw * 1e3
+    del inputs, outs
+    torch.cuda.empty_cache()
+    return row
+
+
+def _sdpa_row(T: int, B: int, H: int, D: int, dtype: torch.dtype) -> dict[str, Any]:
+    inputs = _inputs("linear_attention", B, T, H, D, dtype, seed=T)
+    row = {"sdpa_fwd": _entry(_sdpa, inputs, False), "sdpa_fwdbwd": _entry(_sdpa, inputs, True)}
+    del inputs
+    torch.cuda.empty_cache()
+    return row
+
+
+def _isolated(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """``fn(*args)`` in a fresh (spawned) process: a kernel that faults poisons only that
+    process's CUDA context, and the row records the error instead of ending the bench."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    try:
+        with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+            return pool.submit(fn, *args).result()
+    except cf.process.BrokenProcessPool:
+        return {"error": "the process running it died (a crash, not an exception)"}
+    except Exception as e:  # noqa: BLE001 - e.g. a CUDA fault: recorded, the bench goes on
+        return {"error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"}
+
+
+def _add_row(results: dict[str, Any], row: dict[str, Any], out: str | Path | None, progress: bool) -> None:
+    results["rows"].append(row)
+    if out is not None:
+        _save(results, out)
+    if progress:
+        print(_line(row), flush=True)
 
 
 def _save(results: dict[str, Any], out: str | Path) -> None:
@@ -299,6 +329,8 @@ def _line(row: dict[str, Any]) -> str:
         parts.append(f"err={row['rel_err_vs_fla']:.1e}")
     if "hbm_floor_ms" in row:
         parts.append(f"floor={row['hbm_floor_ms']:.3f}")
+    if "error" in row:
+        parts.append(f"error: {row['error']}")
     return " ".join(parts)
 
 
@@ -307,7 +339,7 @@ def summary_table(results: dict[str, Any]) -> str:
     lines = ["| op | T | ours fwd | fla fwd | fla/ours | ours fwd+bwd | fla fwd+bwd | fla/ours | fwd / HBM floor |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
-        if r["op"] == "sdpa_causal":
+        if r["op"] == "sdpa_causal" and "error" not in r:
             lines.append(f"| SDPA causal | {r['T']} | {_ms(r['sdpa_fwd'])} | | | {_ms(r['sdpa_fwdbwd'])} | | | |")
             continue
 
@@ -315,6 +347,9 @@ def summary_table(results: dict[str, Any]) -> str:
             x, y = r.get(a, {}).get("ms"), r.get(b, {}).get("ms")
             return f"{x / y:.2f}x" if x and y else "-"
 
+        if "error" in r:
+            lines.append(f"| {r['op']} | {r['T']} | {r['error']} | | | | | | |")
+            continue
         floor = r.get("hbm_floor_ms")
         of = r["ours_fwd"].get("ms")
         lines.append(
