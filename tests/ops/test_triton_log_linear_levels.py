@@ -103,73 +103,40 @@ def _check(base: str, x: dict, dtype: torch.dtype, chunk_size: int, monkeypatch,
         assert_close(r, o.double().cpu(), (TOL_G if n == "g" else TOL)[dtype], f"d{n}")
 
 
-# T = 71, chunks of 16: 5 chunks (the last partial), chunk levels m = 1..3, final state with levels
-# inside the last chunk; T = 11: one chunk; T = 64: 4 full chunks (position 64 reads one level)
-CPU_CASES = [(2, 71, 2, 16, 8, 16), (1, 11, 1, 8, 16, 16)]
-CPU_FINAL = [(1, 71, 2, 8, 8, 16), (1, 64, 1, 8, 8, 16), (2, 11, 1, 8, 8, 16)]
-interpreter = pytest.mark.skipif(ON_CUDA, reason="the interpreter cases (a GPU runs the gpu-marked ones)")
+def _cases(bases: list[str], sizes: list[tuple], final: bool, on_gpu: bool) -> list:
+    """pytest params (base, dtype, (B, t0, T, H, K, V, chunk), final): float64 in the CPU
+    interpreter, or float32 and bfloat16 on a GPU (marker ``gpu``)."""
+    if on_gpu:
+        marks = [pytest.mark.gpu, pytest.mark.skipif(not ON_CUDA, reason="needs CUDA")]
+        dtypes = [torch.float32, torch.bfloat16]
+    else:
+        marks = [pytest.mark.skipif(ON_CUDA, reason="the interpreter cases (a GPU runs the gpu-marked ones)")]
+        dtypes = [F64]
+    return [pytest.param(b, dt, size, final, marks=marks, id=f"{b}-{str(dt)[6:]}-{size}-{'final' if final else 'o'}")
+            for b in bases for dt in dtypes for size in sizes]
 
 
-@interpreter
-@pytest.mark.parametrize("base", ["gated_deltanet", "gla"])
-@pytest.mark.parametrize("case", CPU_CASES, ids=str)
-def test_levels_match_naive(base: str, case, monkeypatch) -> None:
-    B, T, H, K, V, chunk = case
-    _check(base, _inputs(base, B, T, H, K, V, seed=T), F64, chunk, monkeypatch)
+BASES, ALL = ["gated_deltanet", "gla"], ["gated_deltanet", "gla", "scalar", "linear"]
+CASES = [
+    # T = 71, chunks of 16: 5 chunks (the last partial), chunk levels m = 1..3; T = 11: one chunk
+    *_cases(BASES, [(2, 0, 71, 2, 16, 8, 16), (1, 0, 11, 1, 8, 16, 16)], False, on_gpu=False),
+    # final states: levels inside the last chunk (T = 71), position 64 reads one level, one chunk
+    *_cases(ALL, [(1, 0, 71, 2, 8, 8, 16), (1, 0, 64, 1, 8, 8, 16), (2, 0, 11, 1, 8, 8, 16)], True, on_gpu=False),
+    # from an initial state: t0 = 21 (mid-chunk, levels 1..5 in the state), T = 50 crosses
+    # chunk-level blocks; t0 = 64 (a block boundary), T = 7 stays inside one chunk
+    *_cases(ALL[:3], [(1, 21, 50, 2, 8, 8, 16), (2, 64, 7, 1, 8, 8, 16)], True, on_gpu=False),
+    *_cases(BASES, [(2, 0, 300, 4, 64, 64, 64), (1, 0, 1000, 2, 128, 64, 64), (1, 0, 133, 2, 32, 16, 16)],
+            False, on_gpu=True),
+    *_cases(ALL, [(2, 0, 300, 4, 64, 64, 64), (1, 0, 1024, 2, 64, 64, 64)], True, on_gpu=True),
+    *_cases(ALL[:3], [(2, 300, 333, 4, 64, 64, 64), (1, 1024, 129, 2, 64, 64, 16)], True, on_gpu=True),
+]
 
 
-@interpreter
-@pytest.mark.parametrize("base", ["gated_deltanet", "gla", "scalar", "linear"])
-@pytest.mark.parametrize("case", CPU_FINAL, ids=str)
-def test_levels_final_state_matches_naive(base: str, case, monkeypatch) -> None:
-    B, T, H, K, V, chunk = case
-    _check(base, _inputs(base, B, T, H, K, V, seed=T + 1), F64, chunk, monkeypatch, final=True)
-
-
-# (B, t0, T, H, K, V, chunk): t0 = 21 (mid-chunk, levels 1..5 in the state), T = 50 crosses
-# chunk-level blocks; t0 = 64 (a block boundary), T = 7 stays inside one chunk
-CPU_INITIAL = [(1, 21, 50, 2, 8, 8, 16), (2, 64, 7, 1, 8, 8, 16)]
-
-
-@interpreter
-@pytest.mark.parametrize("base", ["gated_deltanet", "gla", "scalar"])
-@pytest.mark.parametrize("case", CPU_INITIAL, ids=str)
-def test_levels_initial_state_matches_naive(base: str, case, monkeypatch) -> None:
-    B, t0, T, H, K, V, chunk = case
-    x = _inputs(base, B, t0 + T, H, K, V, seed=t0)
-    _check(base, x, F64, chunk, monkeypatch, final=True, t0=t0)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not ON_CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("base", ["gated_deltanet", "gla", "scalar"])
-@pytest.mark.parametrize("case", [(2, 300, 333, 4, 64, 64, 64), (1, 1024, 129, 2, 64, 64, 16)], ids=str)
-def test_levels_initial_state_gpu(base: str, case, dtype, monkeypatch) -> None:
-    B, t0, T, H, K, V, chunk = case
-    x = _inputs(base, B, t0 + T, H, K, V, seed=t0)
-    _check(base, x, dtype, chunk, monkeypatch, final=True, t0=t0)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not ON_CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("base", ["gated_deltanet", "gla"])
-@pytest.mark.parametrize("size", [(2, 300, 4, 64, 64, 64), (1, 1000, 2, 128, 64, 64), (1, 133, 2, 32, 16, 16)],
-                         ids=str)
-def test_levels_gpu(base: str, size, dtype, monkeypatch) -> None:
-    B, T, H, K, V, chunk = size
-    _check(base, _inputs(base, B, T, H, K, V, seed=T), dtype, chunk, monkeypatch)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not ON_CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("base", ["gated_deltanet", "gla", "scalar", "linear"])
-@pytest.mark.parametrize("size", [(2, 300, 4, 64, 64, 64), (1, 1024, 2, 64, 64, 64)], ids=str)
-def test_levels_final_state_gpu(base: str, size, dtype, monkeypatch) -> None:
-    B, T, H, K, V, chunk = size
-    _check(base, _inputs(base, B, T, H, K, V, seed=T + 1), dtype, chunk, monkeypatch, final=True)
+@pytest.mark.parametrize("base,dtype,size,final", CASES)
+def test_levels_match_naive(base: str, dtype: torch.dtype, size: tuple, final: bool, monkeypatch) -> None:
+    B, t0, T, H, K, V, chunk = size
+    x = _inputs(base, B, t0 + T, H, K, V, seed=t0 + T + final)
+    _check(base, x, dtype, chunk, monkeypatch, final=final, t0=t0)
 
 
 def test_level_dispatch_and_fallbacks() -> None:
