@@ -10,6 +10,8 @@ Without CUDA the kernels run in Triton's CPU interpreter in float64 (exact to ro
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -103,15 +105,14 @@ def _check(base: str, x: dict, dtype: torch.dtype, chunk_size: int, monkeypatch,
         assert_close(r, o.double().cpu(), (TOL_G if n == "g" else TOL)[dtype], f"d{n}")
 
 
+interpreter = pytest.mark.skipif(ON_CUDA, reason="the interpreter cases (a GPU runs the gpu-marked ones)")
+GPU_MARKS = [pytest.mark.gpu, pytest.mark.skipif(not ON_CUDA, reason="needs CUDA")]
+
+
 def _cases(bases: list[str], sizes: list[tuple], final: bool, on_gpu: bool) -> list:
     """pytest params (base, dtype, (B, t0, T, H, K, V, chunk), final): float64 in the CPU
     interpreter, or float32 and bfloat16 on a GPU (marker ``gpu``)."""
-    if on_gpu:
-        marks = [pytest.mark.gpu, pytest.mark.skipif(not ON_CUDA, reason="needs CUDA")]
-        dtypes = [torch.float32, torch.bfloat16]
-    else:
-        marks = [pytest.mark.skipif(ON_CUDA, reason="the interpreter cases (a GPU runs the gpu-marked ones)")]
-        dtypes = [F64]
+    marks, dtypes = (GPU_MARKS, [torch.float32, torch.bfloat16]) if on_gpu else ([interpreter], [F64])
     return [pytest.param(b, dt, size, final, marks=marks, id=f"{b}-{str(dt)[6:]}-{size}-{'final' if final else 'o'}")
             for b in bases for dt in dtypes for size in sizes]
 
@@ -149,3 +150,80 @@ def test_level_dispatch_and_fallbacks() -> None:
         z = _inputs("gla", 1, 4, 1, 300, 8, seed=1)
         chunk_log_linear_attention(**z, backend="triton")
     assert chunk_log_linear_attention(**y, backend="torch")[0].shape == (1, 20, 2, 8)
+
+
+# packed variable lengths: sequences of 23, 40, 1 and 37 tokens (chunks of 16), one row
+LENS = [23, 40, 1, 37]
+
+
+def _packed_vs_each(fn, naive, x: dict, per_token: set[str], dtype: torch.dtype, **kw) -> None:
+    """``fn`` on the sequences packed with cu_seqlens == ``naive`` on each sequence alone: output
+    and the gradient of every input (tensors named in ``per_token`` are [1, total, ...])."""
+    cu = torch.tensor([0, *itertools.accumulate(LENS)])
+    ref_in = {n: t.clone().requires_grad_() for n, t in x.items()}
+    outs = []
+    for a, b in itertools.pairwise(cu.tolist()):
+        part = {n: (t[:, a:b] if n in per_token else t) for n, t in ref_in.items()}
+        if "lambda_levels" in part:
+            part["lambda_levels"] = part["lambda_levels"][..., : required_levels(b - a - 1)]
+        outs.append(naive(**part, **kw)[0])
+    ref = torch.cat(outs, dim=1)
+    dev_in = {n: t.detach().to(DEVICE, dtype).requires_grad_() for n, t in x.items()}
+    out = fn(**dev_in, **kw, chunk_size=16, cu_seqlens=cu.to(DEVICE))
+    assert_close(ref, out.double().cpu(), TOL[dtype], "o")
+    cot = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3), dtype=F64)
+    ref_g = torch.autograd.grad((ref * cot).sum(), list(ref_in.values()))
+    dev_g = torch.autograd.grad((out.double() * cot.to(DEVICE)).sum(), list(dev_in.values()))
+    for n, r, o in zip(ref_in, ref_g, dev_g, strict=True):
+        assert_close(r, o.double().cpu(), (TOL_G if n in ("g", "A") else TOL)[dtype], f"d{n}")
+
+
+VARLEN_DTYPES = [pytest.param(F64, marks=interpreter)] + [
+    pytest.param(dt, marks=GPU_MARKS) for dt in (torch.float32, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("dtype", VARLEN_DTYPES)
+@pytest.mark.parametrize("base", ["gated_deltanet", "gla", "scalar", "linear"])
+def test_packed_sequences_match_each_alone(base: str, dtype: torch.dtype) -> None:
+    from longctx.ops.log_linear.triton import (
+        triton_log_linear_attention,
+        triton_log_linear_gated_deltanet,
+    )
+
+    x = _inputs(base, 1, sum(LENS), 2, 16, 8, seed=5)
+    if base == "gated_deltanet":
+        _packed_vs_each(triton_log_linear_gated_deltanet, naive_log_linear_gated_deltanet, x, set(x), dtype,
+                        use_qk_l2norm=True)
+    else:
+        _packed_vs_each(triton_log_linear_attention, naive_log_linear_attention, x, set(x), dtype)
+
+
+@pytest.mark.parametrize("dtype", VARLEN_DTYPES)
+def test_packed_sequences_mamba2(dtype: torch.dtype) -> None:
+    from longctx.ops.log_linear import naive_log_linear_mamba2
+    from longctx.ops.log_linear.triton import triton_log_linear_mamba2
+
+    gen = torch.Generator().manual_seed(8)
+    T = sum(LENS)
+    x = {"x": torch.randn(1, T, 2, 8, generator=gen, dtype=F64),
+         "dt": F.softplus(torch.randn(1, T, 2, generator=gen, dtype=F64) - 1),
+         "A": -torch.rand(2, generator=gen, dtype=F64) - 0.1,
+         "B": torch.randn(1, T, 1, 16, generator=gen, dtype=F64),
+         "C": torch.randn(1, T, 1, 16, generator=gen, dtype=F64),
+         "lambda_levels": torch.rand(1, T, 2, required_levels(T - 1), generator=gen, dtype=F64),
+         "D": torch.randn(2, generator=gen, dtype=F64)}
+    _packed_vs_each(triton_log_linear_mamba2, naive_log_linear_mamba2, x,
+                    {"x", "dt", "B", "C", "lambda_levels"}, dtype)
+
+
+def test_cu_seqlens_errors_name_the_argument() -> None:
+    from longctx.ops.log_linear.triton import triton_log_linear_attention
+
+    x = _inputs("linear", 1, 20, 1, 8, 8, seed=1)
+    for cu, match in [(torch.tensor([0, 5, 19]), "from 0 to T = 20"), (torch.tensor([0, 12, 8, 20]), "decreasing"),
+                      (torch.tensor([[0, 20]]), "1-D integer tensor"), (torch.tensor([0.0, 20.0]), "1-D integer")]:
+        with pytest.raises(ValueError, match=f"triton_log_linear_attention: cu_seqlens must.*{match}"):
+            triton_log_linear_attention(**x, cu_seqlens=cu)
+    y = _inputs("linear", 2, 10, 1, 8, 8, seed=1)
+    with pytest.raises(ValueError, match="B must be 1, got 2"):
+        triton_log_linear_attention(**y, cu_seqlens=torch.tensor([0, 20]))

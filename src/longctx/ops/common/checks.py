@@ -5,6 +5,8 @@ Checks run once at the entry of an op (not inside loops), so they cost nothing m
 
 from __future__ import annotations
 
+import itertools
+
 from torch import Tensor
 
 
@@ -123,6 +125,21 @@ def check_bidirectional(op: str, causal: object, initial_state: object,
     return causal
 
 
+def check_cu_seqlens(op: str, cu_seqlens: object, B: int, T: int) -> None:
+    """Offsets of packed variable-length sequences: a 1-D integer tensor [N+1] from 0 to T, never
+    decreasing, with the sequences packed into one row (B = 1)."""
+    if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 \
+            or cu_seqlens.is_floating_point() or cu_seqlens.is_complex():
+        raise ValueError(f"{op}: cu_seqlens must be a 1-D integer tensor [N+1] of sequence offsets, "
+                         f"got {_shape(cu_seqlens) if isinstance(cu_seqlens, Tensor) else type(cu_seqlens).__name__}")
+    if B != 1:
+        raise ValueError(f"{op}: with cu_seqlens the sequences are packed into one row: B must be 1, got {B}")
+    cu = cu_seqlens.tolist()
+    if cu[0] != 0 or cu[-1] != T or any(b < a for a, b in itertools.pairwise(cu)):
+        raise ValueError(f"{op}: cu_seqlens must run from 0 to T = {T} without decreasing, got {cu[:8]}"
+                         f"{' ...' if len(cu) > 8 else ''}")
+
+
 def default_scale(scale: float | None, head_dim: int) -> float:
     """``scale`` if given, else ``head_dim ** -0.5`` (Vaswani et al. 2017)."""
     return head_dim**-0.5 if scale is None else float(scale)
@@ -131,6 +148,7 @@ def default_scale(scale: float | None, head_dim: int) -> float:
 __all__ = [
     "check_bidirectional",
     "check_chunk_size",
+    "check_cu_seqlens",
     "check_gate",
     "check_positive_int",
     "check_qkv",

@@ -374,17 +374,22 @@ def log_linear_scalar_decay_chunk(
     lam: Tensor,
     *,
     chunk_size: int = 64,
+    cu_seqlens: Tensor | None = None,
 ) -> Tensor:
     """Chunked log-linear attention over a scalar decay, on the GPU (inputs checked by the caller;
     no initial state, no final state, positions start at 0).
 
     q, k: [B, T, H, K] (q already scaled); v: [B, T, H, V]; g: [B, T, H] log decay (<= 0);
     lam: [B, T, H, L] level weights, L >= bit_length(T - 1) + 1 (levels past it are unused);
-    chunk_size: a power of two >= 16 (a kernel tile: results do not depend on it). Returns
-    o [B, T, H, V] in q's dtype. fp32 accumulation and states for half inputs (fp64 for fp64).
+    chunk_size: a power of two >= 16 (a kernel tile: results do not depend on it); cu_seqlens:
+    [N+1] int offsets of packed sequences in T (B = 1; positions restart at 0 in each) or None.
+    Returns o [B, T, H, V] in q's dtype. fp32 accumulation and states for half inputs (fp64 for fp64).
     """
     B, T, H, _ = q.shape
-    cu = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=q.device)
+    if cu_seqlens is not None:
+        cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
+    else:
+        cu = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=q.device)
     q, k, v, g, lam = (t.reshape(1, B * T, *t.shape[2:]).contiguous() for t in (q, k, v, g, lam))
     o = _LogLinearScalarDecayFn.apply(q, k, v, g, lam, cu, chunk_size)
     return o.reshape(B, T, H, v.shape[-1])

@@ -1,11 +1,11 @@
 """Log-linear attention on the GPU (import needs Triton), two ways:
 
-* a scalar decay or none (Mamba-2, retention, linear attention): the fused kernels of
+* a scalar decay or none (Mamba-2, retention, linear attention), no state in or out: the fused kernels of
   ``ops/common/triton_log_linear.py``. SSD maps onto this base (Dao & Gu 2024, §5): q = C, k = B,
   v = dt x, g = dt A, scale 1 (``inputs.prepare_mamba2``, groups expanded to heads); the map and the
   skip connection ``D x`` stay in PyTorch, so autograd carries the gradients to x, dt, A, B, C, D.
-* any other base with a chunked kernel that takes ``cu_seqlens`` (Gated DeltaNet, GLA): one call
-  of the base's own kernel per chunk level (``log_linear_by_levels``). The sources of a query t at
+* every other call (Gated DeltaNet, GLA; any base with a state in or out): the base's own
+  chunked kernel (it takes ``cu_seqlens``) per chunk level (``log_linear_by_levels``). The sources of a query t at
   Fenwick level l are the tokens of t's 2^l-aligned block whose bit l-1 is 0, while t's bit l-1 is
   1 (Guo et al. 2025, §3.1), so the level-l outputs are the base's recurrence run with writes from
   those tokens only, restarted at every block:
@@ -15,7 +15,8 @@
   For the chunk levels l = c + m (C = 2^c, m = 1..M) the blocks are whole chunks: one kernel call
   with ``cu_seqlens`` = the blocks, forward and backward in Triton. The levels 0..c inside a chunk
   stay in PyTorch: O = (W ⊙ Λ) V with the base's intra-chunk matrix W (``chunk.intra_output``).
-  Work: the base's chunked pass M = bit_length(N - 1) times for N chunks (O(T log T)).
+  Work: the base's chunked pass M = bit_length(N - 1) times for N chunks (O(T log T)), all M
+  levels in one launch (M copies of the sequences packed end to end) so they run in parallel.
 
 States, for every base through the level path: an initial FenwickState at position t0 aligns the
 chunks and blocks to absolute positions (the first ones shorter); its level l is read by the query
@@ -23,14 +24,18 @@ at t at level max(l, bit_length(t XOR t0)) (``fenwick.init_levels``), carried by
 the base's kernel from that initial state with no writes. The final state: level c + m of t1 is
 the final state of the last block of the level-m call (when bit c+m-1 of t1 is set, else empty)
 plus the initial levels that land there, the levels 1..c come from the last chunk in PyTorch.
-No packed variable lengths (``cu_seqlens``) for log-linear attention yet.
+Packed variable lengths (``cu_seqlens``, no states): ``triton_log_linear_attention`` /
+``triton_log_linear_gated_deltanet`` / ``triton_log_linear_mamba2``.
 """
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor
 
+from longctx.ops.common.checks import check_cu_seqlens
 from longctx.ops.common.triton_delta import delta_rule_chunk
 from longctx.ops.common.triton_gla import gla_chunk
 from longctx.ops.common.triton_log_linear import log_linear_scalar_decay_chunk
@@ -43,7 +48,13 @@ from longctx.ops.log_linear.chunk import (
     intra_output,
 )
 from longctx.ops.log_linear.fenwick import init_levels
-from longctx.ops.log_linear.inputs import Prepared, mamba2_output, prepare_mamba2
+from longctx.ops.log_linear.inputs import (
+    Prepared,
+    mamba2_output,
+    prepare_delta,
+    prepare_linear,
+    prepare_mamba2,
+)
 
 MIN_KERNEL_CHUNK, MAX_KERNEL_CHUNK = 16, 64  # tl.dot needs tiles >= 16; [C, C] tiles stay small
 
@@ -56,24 +67,26 @@ def kernel_chunk(chunk_size: int) -> int:
 
 def triton_log_linear_prepared(
     p: Prepared, chunk_size: int = 64, io_dtype: torch.dtype | None = None, output_final_state: bool = False,
+    cu_seqlens: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """o [B, T, H, Dv] (the compute dtype) and the final level states [B, bit_length(t0 + T), H,
     Dk, Dv] or None, of a prepared base: the fused kernels for a scalar gate or none from position
     0 without a final state, else ``log_linear_by_levels``. ``io_dtype``: the dtype the base
-    kernels read q / k / v in (the caller's, e.g. bf16; default the compute dtype)."""
+    kernels read q / k / v in (the caller's, e.g. bf16; default the compute dtype); cu_seqlens:
+    packed sequences (B = 1, no states) or None."""
     C = kernel_chunk(chunk_size)
     if p.beta is None and (p.g is None or p.g.dim() == 3) and not output_final_state and p.t0 == 0:
         g = p.g if p.g is not None else torch.zeros_like(p.q[..., 0])  # linear attention: no decay
-        return log_linear_scalar_decay_chunk(p.q, p.k, p.v, g, p.lam, chunk_size=C), None
-    return log_linear_by_levels(p, C, io_dtype or p.q.dtype, output_final_state)
+        return log_linear_scalar_decay_chunk(p.q, p.k, p.v, g, p.lam, chunk_size=C, cu_seqlens=cu_seqlens), None
+    return log_linear_by_levels(p, C, io_dtype or p.q.dtype, output_final_state, cu_seqlens)
 
 
-def _blocks(B: int, T: int, t0: int, block: int, device: torch.device) -> Tensor:
-    """cu_seqlens [n + 1] (int32) of B sequences of T tokens (positions t0..t0+T-1) packed end to
-    end, each cut at the positions that are multiples of ``block``."""
-    starts = torch.tensor([0, *range((t0 // block + 1) * block - t0, T, block)], device=device)
-    starts = (torch.arange(B, device=device)[:, None] * T + starts).flatten()
-    return torch.cat([starts, starts.new_full((1,), B * T)]).to(torch.int32)
+def _blocks(starts: list[int], lens: list[int], t0: int, block: int, device: torch.device) -> Tensor:
+    """cu_seqlens [n + 1] (int32) of sequences packed end to end (first tokens ``starts``, lengths
+    ``lens``, positions t0..t0+len-1), each cut at the positions that are multiples of ``block``."""
+    first = (t0 // block + 1) * block - t0
+    cuts = [s + j for s, n in zip(starts, lens, strict=True) for j in (0, *range(first, n, block))]
+    return torch.tensor([*cuts, starts[-1] + lens[-1]], dtype=torch.int32, device=device)
 
 
 def _base_kernel(p: Prepared, io_dtype: torch.dtype, v: Tensor, cu: Tensor, C: int, final: bool,
@@ -117,24 +130,56 @@ def _intra(p: Prepared, C: int, output_final_state: bool = False):
     return o, _chunk(tail, C, True)[1]
 
 
-def log_linear_by_levels(p: Prepared, C: int, io_dtype: torch.dtype, output_final_state: bool = False):
+def _intra_packed(p: Prepared, C: int, starts: list[int], lens: list[int]) -> Tensor:
+    """``_intra`` of packed sequences (p [1, total, ...], positions from 0 in each): through a
+    zero-padded batch [N, max len] (padding comes after each sequence, so it changes nothing)."""
+    dev = p.q.device
+    lens_t = torch.tensor(lens, device=dev)
+    ar = torch.arange(max(lens), device=dev)
+    valid = ar[None, :] < lens_t[:, None]  # [N, Tmax]
+    src = (torch.tensor(starts, device=dev)[:, None] + ar[None, :]).clamp(max=p.q.shape[1] - 1)
+
+    def pad(x: Tensor | None) -> Tensor | None:
+        if x is None:
+            return None
+        x = x[0, src]  # [N, Tmax, ...]
+        return x * valid.view(*valid.shape, *(1,) * (x.dim() - 2)).to(x.dtype)
+
+    padded = Prepared(pad(p.q), pad(p.k), pad(p.v), pad(p.g), pad(p.beta), pad(p.lam), None, 0)
+    return _intra(padded, C)[0][valid].unsqueeze(0)
+
+
+def log_linear_by_levels(p: Prepared, C: int, io_dtype: torch.dtype, output_final_state: bool = False,
+                         cu_seqlens: Tensor | None = None):
     """Log-linear attention over any base with a chunked kernel: the levels inside chunks of C
     tokens in PyTorch, each chunk level by one call of the base's kernel with the level's blocks as
     ``cu_seqlens`` (all levels in one call, as copies of the sequences packed end to end, so they
     run in parallel), and the levels of an initial state by one more call that carries each (no
-    writes) from position t0 (module header). p: prepared (q scaled); C: a power of two in [16, 64]. Returns
-    o [B, T, H, Dv] in the compute dtype and the final level states [B, bit_length(t0 + T), H, Dk,
-    Dv] (the FenwickState's S) or None."""
+    writes) from position t0 (module header). p: prepared (q scaled); C: a power of two in [16, 64];
+    cu_seqlens: [N+1] offsets of packed sequences in T (B = 1; positions from 0 in each, no initial
+    or final state) or None. Returns o [B, T, H, Dv] in the compute dtype and the final level
+    states [B, bit_length(t0 + T), H, Dk, Dv] (the FenwickState's S) or None."""
     B, T, H, Dk = p.q.shape
     Dv, dev, t0, t1, c = p.v.shape[-1], p.q.device, p.t0, p.t0 + T, C.bit_length() - 1
-    o, S = _intra(p, C, output_final_state)
+    if cu_seqlens is None:
+        starts, lens = [b * T for b in range(B)], [T] * B
+        pos = t0 + torch.arange(T, device=dev)  # [T]: every row alike
+        o, S = _intra(p, C, output_final_state)
+    else:
+        if B != 1 or p.S0 is not None or output_final_state:
+            raise ValueError("log_linear_by_levels: packed sequences (cu_seqlens) take B = 1 and no "
+                             "initial or final state")
+        cu = cu_seqlens.tolist()
+        starts, lens = cu[:-1], [b - a for a, b in itertools.pairwise(cu)]
+        seq = torch.repeat_interleave(torch.arange(len(lens), device=dev), torch.tensor(lens, device=dev))
+        pos = torch.arange(T, device=dev) - torch.tensor(starts, device=dev)[seq]  # within its sequence
+        o, S = _intra_packed(p, C, starts, lens), None
     S_levels = None
     if output_final_state:
         S = p.q.new_zeros(B, t1.bit_length(), H, Dk, Dv) if S is None else S
         S_levels = list(S.unbind(1))
     v_io = p.v.to(io_dtype)
-    pos = t0 + torch.arange(T, device=dev)
-    out_levels = ((t1 - 1) >> c).bit_length()  # chunk levels read by some query (chunk index bits)
+    out_levels = max((((t0 + n - 1) >> c).bit_length() for n in lens if n), default=0)  # levels read
     state_levels = max(t1.bit_length() - c, 0) if output_final_state else 0
     calls = []  # (m, bit, reads, final): every chunk level in one kernel call, copies end to end
     for m in range(1, max(out_levels, state_levels) + 1):
@@ -145,7 +190,7 @@ def log_linear_by_levels(p: Prepared, C: int, io_dtype: torch.dtype, output_fina
             calls.append((m, bit, reads, final))
     if calls:
         v_all = torch.stack([v_io * (1 - bit).to(io_dtype) for _, bit, _, _ in calls])  # [n, B, T, H, Dv]
-        cus = [_blocks(B, T, t0, C << m, dev) for m, *_ in calls]
+        cus = [_blocks(starts, lens, t0, C << m, dev) for m, *_ in calls]
         cu = torch.cat([cus[0]] + [x[1:] + i * B * T for i, x in enumerate(cus) if i])
         want_ht = any(final for *_, final in calls)
         o_all, ht = _base_kernel(p, io_dtype, v_all.reshape(1, -1, H, Dv), cu, C, want_ht)
@@ -184,14 +229,72 @@ def triton_log_linear_mamba2(
     *,
     D: Tensor | None = None,
     chunk_size: int = 64,
+    cu_seqlens: Tensor | None = None,
 ) -> Tensor:
-    """Log-linear Mamba-2 on the GPU, positions from 0, no state in or out.
+    """Log-linear Mamba-2 on the GPU, positions from 0, no state in or out (the chunk op takes
+    states); for training on packed variable-length sequences.
 
     x: [B, T, H, P]; dt: [B, T, H] (>= 0); A: [H] (<= 0); B, C: [B, T, G, N], G | H; D: [H] or
-    None; lambda_levels: [B, T, H, L], L >= bit_length(T - 1) + 1. Returns y [B, T, H, P].
+    None; lambda_levels: [B, T, H, L], L >= bit_length(T - 1) + 1; cu_seqlens: [N+1] offsets of
+    sequences packed into T (B = 1; positions restart at 0 in each) or None. Returns y [B, T, H, P].
     """
-    p = prepare_mamba2("triton_log_linear_mamba2", x, dt, A, B, C, D, lambda_levels, None)
-    return mamba2_output(triton_log_linear_prepared(p, chunk_size)[0], x, D).to(x.dtype)
+    op = "triton_log_linear_mamba2"
+    if cu_seqlens is not None:
+        check_cu_seqlens(op, cu_seqlens, x.shape[0], x.shape[1])
+    p = prepare_mamba2(op, x, dt, A, B, C, D, lambda_levels, None)
+    o = triton_log_linear_prepared(p, chunk_size, x.dtype, cu_seqlens=cu_seqlens)[0]
+    return mamba2_output(o, x, D).to(x.dtype)
 
 
-__all__ = ["kernel_chunk", "log_linear_by_levels", "triton_log_linear_mamba2", "triton_log_linear_prepared"]
+def triton_log_linear_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lambda_levels: Tensor,
+    *,
+    g: Tensor | None = None,
+    scale: float | None = None,
+    chunk_size: int = 64,
+    cu_seqlens: Tensor | None = None,
+) -> Tensor:
+    """Log-linear attention on the GPU over linear attention (g None), a scalar decay (g [B, T, H])
+    or GLA (g [B, T, H, Dk]); positions from 0, no state; cu_seqlens as
+    ``triton_log_linear_mamba2``'s. Returns o [B, T, H, Dv] in q's dtype."""
+    op = "triton_log_linear_attention"
+    if cu_seqlens is not None:
+        check_cu_seqlens(op, cu_seqlens, q.shape[0], q.shape[1])
+    p = prepare_linear(op, q, k, v, lambda_levels, g, scale, None)
+    return triton_log_linear_prepared(p, chunk_size, q.dtype, cu_seqlens=cu_seqlens)[0].to(q.dtype)
+
+
+def triton_log_linear_gated_deltanet(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    beta: Tensor,
+    lambda_levels: Tensor,
+    *,
+    scale: float | None = None,
+    chunk_size: int = 64,
+    cu_seqlens: Tensor | None = None,
+    use_qk_l2norm: bool = False,
+) -> Tensor:
+    """Log-linear Gated DeltaNet on the GPU, positions from 0, no state; arguments as
+    ``naive_log_linear_gated_deltanet``, cu_seqlens as ``triton_log_linear_mamba2``'s. Returns
+    o [B, T, H, Dv] in q's dtype."""
+    op = "triton_log_linear_gated_deltanet"
+    if cu_seqlens is not None:
+        check_cu_seqlens(op, cu_seqlens, q.shape[0], q.shape[1])
+    p = prepare_delta(op, q, k, v, g, beta, lambda_levels, scale, None, use_qk_l2norm)
+    return triton_log_linear_prepared(p, chunk_size, q.dtype, cu_seqlens=cu_seqlens)[0].to(q.dtype)
+
+
+__all__ = [
+    "kernel_chunk",
+    "log_linear_by_levels",
+    "triton_log_linear_attention",
+    "triton_log_linear_gated_deltanet",
+    "triton_log_linear_mamba2",
+    "triton_log_linear_prepared",
+]
