@@ -149,6 +149,65 @@ def _intra_packed(p: Prepared, C: int, starts: list[int], lens: list[int]) -> Te
     return _intra(padded, C)[0][valid].unsqueeze(0)
 
 
+def _chunk_levels(p: Prepared, C: int, io_dtype: torch.dtype, starts: list[int], lens: list[int],
+                  pos: Tensor, S_levels: list[Tensor] | None) -> Tensor:
+    """The chunk levels c + m (m >= 1) of every query, [B, T, H, Dv], in one call of the base's
+    kernel (one copy of the sequences per level, each with its own writes and blocks); with
+    ``S_levels`` (the final state's levels, a list) the levels of position t0 + T are added to it."""
+    B, T, H, Dk = p.q.shape
+    Dv, t0, t1, c = p.v.shape[-1], p.t0, p.t0 + T, C.bit_length() - 1
+    out_levels = max((((t0 + n - 1) >> c).bit_length() for n in lens if n), default=0)  # levels read
+    state_levels = max(t1.bit_length() - c, 0) if S_levels is not None else 0
+    calls = []  # (m, bit, reads, final)
+    for m in range(1, max(out_levels, state_levels) + 1):
+        bit = ((pos >> (c + m - 1)) & 1).view(T, 1, 1)  # 1: reads level c + m; 0: one of its sources
+        final = m <= state_levels and bool((t1 >> (c + m - 1)) & 1)  # position t1 reads it
+        reads = m <= out_levels and bool(bit.any())
+        if reads or final:
+            calls.append((m, bit, reads, final))
+    o = p.v.new_zeros(B, T, H, Dv)
+    if not calls:
+        return o
+    v_io = p.v.to(io_dtype)
+    v_all = torch.stack([v_io * (1 - bit).to(io_dtype) for _, bit, _, _ in calls])  # [n, B, T, H, Dv]
+    cus = [_blocks(starts, lens, t0, C << m, p.q.device) for m, *_ in calls]
+    cu = torch.cat([cus[0]] + [x[1:] + i * B * T for i, x in enumerate(cus) if i])
+    o_all, ht = _base_kernel(p, io_dtype, v_all.reshape(1, -1, H, Dv), cu, C, state_levels > 0)
+    o_all = o_all.view(len(calls), B, T, H, Dv)
+    ends = torch.tensor([len(x) - 1 for x in cus]).cumsum(0).tolist()  # sequences up to each call
+    for i, (m, bit, reads, final) in enumerate(calls):
+        if reads:
+            o = o + (p.lam[..., c + m, None] * bit) * o_all[i].to(o.dtype)
+        if final:  # the last block of each sequence holds level c + m of position t1
+            blocks = ht[ends[i] - (len(cus[i]) - 1) : ends[i]].view(B, -1, H, Dk, Dv)
+            S_levels[c + m - 1] = S_levels[c + m - 1] + blocks[:, -1].to(S_levels[0].dtype)
+    return o
+
+
+def _initial_levels(p: Prepared, C: int, io_dtype: torch.dtype, pos: Tensor,
+                    S_levels: list[Tensor] | None) -> Tensor:
+    """What the queries read of the initial state's levels, [B, T, H, Dv]: level l of the state at
+    t0 is read at level max(l, bit_length(t XOR t0)), carried by the base with no writes (one copy
+    of the sequences per level, one call); with ``S_levels`` each carried level is added to the
+    final state's level it lands in."""
+    B, T, H, Dk = p.q.shape
+    Dv, t0, L0, dev = p.v.shape[-1], p.t0, p.S0.shape[1], p.q.device
+    cu = torch.arange(0, (L0 * B + 1) * T, T, dtype=torch.int32, device=dev)
+    h0 = p.S0.transpose(0, 1).reshape(L0 * B, H, Dk, Dv)
+    zeros = p.v.new_zeros(1, L0 * B * T, H, Dv, dtype=io_dtype)
+    o_init, ht = _base_kernel(p, io_dtype, zeros, cu, C, S_levels is not None, initial_state=h0)
+    o_init = o_init.view(L0, B, T, H, Dv)
+    lev0 = init_levels(pos, t0, L0)  # [T, L0]
+    slot0 = init_levels(torch.tensor([t0 + T], device=dev), t0, L0)[0] - 1
+    o = p.v.new_zeros(B, T, H, Dv)
+    for l in range(L0):
+        lam_l = torch.gather(p.lam, -1, lev0[:, l].view(1, T, 1, 1).expand(B, T, H, 1))
+        o = o + lam_l * o_init[l].to(o.dtype)
+        if S_levels is not None:
+            S_levels[slot0[l]] = S_levels[slot0[l]] + ht.view(L0, B, H, Dk, Dv)[l].to(S_levels[0].dtype)
+    return o
+
+
 def log_linear_by_levels(p: Prepared, C: int, io_dtype: torch.dtype, output_final_state: bool = False,
                          cu_seqlens: Tensor | None = None):
     """Log-linear attention over any base with a chunked kernel: the levels inside chunks of C
@@ -160,7 +219,7 @@ def log_linear_by_levels(p: Prepared, C: int, io_dtype: torch.dtype, output_fina
     or final state) or None. Returns o [B, T, H, Dv] in the compute dtype and the final level
     states [B, bit_length(t0 + T), H, Dk, Dv] (the FenwickState's S) or None."""
     B, T, H, Dk = p.q.shape
-    Dv, dev, t0, t1, c = p.v.shape[-1], p.q.device, p.t0, p.t0 + T, C.bit_length() - 1
+    Dv, dev, t0, t1 = p.v.shape[-1], p.q.device, p.t0, p.t0 + T
     if cu_seqlens is None:
         starts, lens = [b * T for b in range(B)], [T] * B
         pos = t0 + torch.arange(T, device=dev)  # [T]: every row alike
@@ -178,44 +237,9 @@ def log_linear_by_levels(p: Prepared, C: int, io_dtype: torch.dtype, output_fina
     if output_final_state:
         S = p.q.new_zeros(B, t1.bit_length(), H, Dk, Dv) if S is None else S
         S_levels = list(S.unbind(1))
-    v_io = p.v.to(io_dtype)
-    out_levels = max((((t0 + n - 1) >> c).bit_length() for n in lens if n), default=0)  # levels read
-    state_levels = max(t1.bit_length() - c, 0) if output_final_state else 0
-    calls = []  # (m, bit, reads, final): every chunk level in one kernel call, copies end to end
-    for m in range(1, max(out_levels, state_levels) + 1):
-        bit = ((pos >> (c + m - 1)) & 1).view(T, 1, 1)  # 1: reads level c + m; 0: one of its sources
-        final = m <= state_levels and bool((t1 >> (c + m - 1)) & 1)  # position t1 reads it
-        reads = m <= out_levels and bool(bit.any())
-        if reads or final:
-            calls.append((m, bit, reads, final))
-    if calls:
-        v_all = torch.stack([v_io * (1 - bit).to(io_dtype) for _, bit, _, _ in calls])  # [n, B, T, H, Dv]
-        cus = [_blocks(starts, lens, t0, C << m, dev) for m, *_ in calls]
-        cu = torch.cat([cus[0]] + [x[1:] + i * B * T for i, x in enumerate(cus) if i])
-        want_ht = any(final for *_, final in calls)
-        o_all, ht = _base_kernel(p, io_dtype, v_all.reshape(1, -1, H, Dv), cu, C, want_ht)
-        o_all = o_all.view(len(calls), B, T, H, Dv)
-        ends = torch.tensor([len(x) - 1 for x in cus]).cumsum(0).tolist()  # sequences per call
-        for i, (m, bit, reads, final) in enumerate(calls):
-            if reads:
-                o = o + (p.lam[..., c + m, None] * bit) * o_all[i].to(o.dtype)
-            if final:  # the last block of each sequence holds level c + m of position t1
-                per_call = ht[ends[i] - (len(cus[i]) - 1) : ends[i]].view(B, -1, H, Dk, Dv)
-                S_levels[c + m - 1] = S_levels[c + m - 1] + per_call[:, -1].to(S.dtype)
-    if p.S0 is not None:  # level l of the state at t0 is read at level max(l, bit_length(t XOR t0))
-        L0 = p.S0.shape[1]  # one copy of the sequences per initial level, carried with no writes
-        cu = torch.arange(0, (L0 * B + 1) * T, T, dtype=torch.int32, device=dev)
-        h0 = p.S0.transpose(0, 1).reshape(L0 * B, H, Dk, Dv)
-        o_init, ht = _base_kernel(p, io_dtype, v_io.new_zeros(1, L0 * B * T, H, Dv), cu, C,
-                                  output_final_state, initial_state=h0)
-        o_init = o_init.view(L0, B, T, H, Dv)
-        lev0 = init_levels(pos, t0, L0)  # [T, L0]
-        slot0 = init_levels(torch.tensor([t1], device=dev), t0, L0)[0] - 1
-        for l in range(L0):
-            lam_l = torch.gather(p.lam, -1, lev0[:, l].view(1, T, 1, 1).expand(B, T, H, 1))
-            o = o + lam_l * o_init[l].to(o.dtype)
-            if output_final_state:
-                S_levels[slot0[l]] = S_levels[slot0[l]] + ht.view(L0, B, H, Dk, Dv)[l].to(S.dtype)
+    o = o + _chunk_levels(p, C, io_dtype, starts, lens, pos, S_levels)
+    if p.S0 is not None:
+        o = o + _initial_levels(p, C, io_dtype, pos, S_levels)
     return o, (None if S is None else torch.stack(S_levels, dim=1))
 
 
