@@ -286,3 +286,38 @@ def test_bench_files_given_found_or_refused(tmp_path: Path) -> None:
 
     assert main(["report", str(d), "--bench", str(tmp_path / "a.json")]) == 0
     assert main(["report", str(d), "--bench", str(tmp_path / "missing.json")]) == 2
+
+
+def test_kernel_bench_in_the_report(tmp_path: Path) -> None:
+    """A ``longctx bench --compare`` result (``kernels.json``) found in the suite directory is a
+    bench section of its own setting: one row per (kernel, library), tokens/s from the median ms;
+    a library that refused has no point; a damaged file is named."""
+    import json
+
+    from tests.arena.report_store import fake_rows
+
+    d = tmp_path / "suite"
+    with ResultsStore(d / "results.sqlite") as store:
+        for row in fake_rows()[:4]:
+            store.add(row)
+    rows = [{"op": "gla", "T": T, "ours_fwd": {"ms": 0.5 * T / 4096}, "ours_fwdbwd": {"ms": 2.0 * T / 4096},
+             "fla_fwd": {"ms": 0.25 * T / 4096}, "fla_fwdbwd": {"ms": None, "error": "refused"}}
+            for T in (4096, 16384)]
+    rows.append({"op": "sdpa_causal", "T": 4096, "sdpa_fwd": {"ms": 0.15}, "sdpa_fwdbwd": {"ms": 0.64}})
+    kernels = {"device": "NVIDIA H100 80GB HBM3", "torch": "2.11", "triton": "3.6.0", "fla": "0.6.0",
+               "B": 1, "H": 16, "D": 128, "dtype": "torch.bfloat16", "copy_bandwidth_GBps": 2983.0,
+               "date": "2026-12-06", "rows": rows}
+    (d / "kernels.json").write_text(json.dumps(kernels), encoding="utf-8")
+    paths = write_report(d)
+    assert "bench_vs_length" in paths
+    section = md_section(paths["markdown"].read_text(encoding="utf-8"),
+                         "Throughput and memory vs length (longctx bench)")
+    table = {(r["Op"], r["Form"]): r for r in md_table(section)}
+    assert set(table) == {("gla", "ours"), ("gla", "fla"), ("sdpa_causal", "sdpa")}
+    assert table[("gla", "ours")]["T = 4,096"] == "8.19M/s"  # 4096 tokens in 0.5 ms
+    assert table[("gla", "fla")]["T = 16,384"] == "16.4M/s"
+    del kernels["rows"][0]["ours_fwd"]
+    kernels["rows"][0]["fla_fwd"] = 3  # not an entry
+    (d / "kernels.json").write_text(json.dumps(kernels), encoding="utf-8")
+    with pytest.raises(ValueError, match="kernels.json is a damaged kernel bench result"):
+        write_report(d, bench=d / "kernels.json")

@@ -1,7 +1,8 @@
-"""The report's throughput and memory vs length, from ``longctx bench`` results (``bench.json``).
+"""The report's throughput and memory vs length, from ``longctx bench`` results (``bench.json``,
+and ``kernels.json`` of ``longctx bench --compare``: ours / fla / sdpa as forms).
 
 The report takes bench files given to ``write_report(..., bench=...)`` or, by default, every
-``bench*.json`` in the suite directory. Files measured with the same settings (device, dtype,
+``bench*.json`` and ``kernels*.json`` in the suite directory. Files measured with the same settings (device, dtype,
 B, H, D) are merged, an op measured in several of them taken from the file with the most results
 (ties: the latest); each setting gets one plot — forward tokens/s, forward+backward tokens/s and
 forward+backward peak memory against T — and one table. The reference ``naive`` form is drawn
@@ -27,14 +28,14 @@ from longctx.arena.report_plots import save
 
 PLOT = "bench_vs_length"
 TITLE = "Throughput and memory vs length (longctx bench)"
-PATTERN = "bench*.json"
+PATTERNS = ("bench*.json", "kernels*.json")  # longctx bench: ops / layers, and --compare
 _SETTING = ("device", "device_name", "dtype", "B", "H", "D")
 # panel: (result key, y label, scale)
 _PANELS = (("tokens_per_s", "forward tokens / s", 1.0),
            ("fwdbwd_tokens_per_s", "forward + backward tokens / s", 1.0),
            ("fwdbwd_peak_bytes", "forward + backward peak memory (MiB)", 1 / 2**20))
-_STYLES = {"chunk": "-", "sdpa": "-.", "naive": ":"}
-_MARKERS = {"chunk": "o", "sdpa": "^", "naive": "s"}
+_STYLES = {"chunk": "-", "sdpa": "-.", "naive": ":", "ours": "-", "fla": "--"}
+_MARKERS = {"chunk": "o", "sdpa": "^", "naive": "s", "ours": "o", "fla": "s"}
 
 
 @dataclass
@@ -53,6 +54,13 @@ def load(path: Path) -> dict[str, Any]:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"bench: cannot read {path} as JSON ({e})") from e
+    if isinstance(data, dict) and isinstance(data.get("rows"), list) and "copy_bandwidth_GBps" in data:
+        from longctx.bench.kernels import plot_data  # a kernel bench (``--compare``): ours / fla / sdpa
+
+        try:
+            return plot_data(data)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"bench: {path} is a damaged kernel bench result ({type(e).__name__}: {e})") from e
     if not (isinstance(data, dict) and isinstance(data.get("meta"), dict)
             and isinstance(data.get("ops"), dict)):
         raise ValueError(f"bench: {path} is not a `longctx bench` result "  # noqa: TRY004
@@ -178,8 +186,8 @@ def _finding(bench: Bench) -> str | None:
 
 
 def find_files(store_dir: Path) -> list[Path]:
-    """The ``bench*.json`` files of a suite directory, sorted by name."""
-    return sorted(p for p in Path(store_dir).glob(PATTERN) if p.is_file())
+    """The ``bench*.json`` and ``kernels*.json`` files of a suite directory, sorted by name."""
+    return sorted({p for pat in PATTERNS for p in Path(store_dir).glob(pat) if p.is_file()})
 
 
 def section_blocks(paths: list[Path], store_dir: Path, colours: dict[str, Any],

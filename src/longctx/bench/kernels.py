@@ -289,18 +289,21 @@ def _save(results: dict[str, Any], out: str | Path) -> None:
 
 
 def plot_data(results: dict[str, Any]) -> dict[str, Any]:
-    """The kernel bench's rows in ``bench.plots``' layout: one op per kernel, one form per library
-    (ours / fla / sdpa), fwd_ms and fwdbwd_ms per length."""
+    """The kernel bench's rows in ``bench.plots``' layout (also read by the arena report): one op
+    per kernel, one form per library (ours / fla / sdpa), ms and tokens/s per length."""
     ops: dict[str, Any] = {}
     for r in results["rows"]:
         for lib in ("ours", "fla", "sdpa"):
             fwd, fwdbwd = (r.get(f"{lib}_{k}", {}).get("ms") for k in ("fwd", "fwdbwd"))
             if fwd is None and fwdbwd is None:
                 continue
+            tokens = results["B"] * r["T"]
             op = ops.setdefault(r["op"], {"status": "ok", "results": []})
-            op["results"].append({"T": r["T"], "form": lib, "fwd_ms": fwd, "fwdbwd_ms": fwdbwd})
+            op["results"].append({"T": r["T"], "form": lib, "fwd_ms": fwd, "fwdbwd_ms": fwdbwd,
+                                  "tokens_per_s": tokens / (fwd * 1e-3) if fwd else None,
+                                  "fwdbwd_tokens_per_s": tokens / (fwdbwd * 1e-3) if fwdbwd else None})
     meta = {"device_name": results["device"], "device": "cuda", "threads": "-", "dtype": results["dtype"],
-            "B": results["B"], "H": results["H"], "D": results["D"],
+            "B": results["B"], "H": results["H"], "D": results["D"], "date": results.get("date", ""),
             "torch": f"{results['torch']}, triton {results['triton']}, fla {results.get('fla')}",
             "memory": "not measured"}
     return {"ops": ops, "meta": meta}
