@@ -55,7 +55,9 @@ def load(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"bench: cannot read {path} as JSON ({e})") from e
     if isinstance(data, dict) and isinstance(data.get("rows"), list) and "copy_bandwidth_GBps" in data:
-        from longctx.bench.kernels import plot_data  # a kernel bench (``--compare``): ours / fla / sdpa
+        from longctx.bench.kernels import (
+            plot_data,  # a kernel bench (``--compare``): ours / fla / sdpa
+        )
 
         try:
             return plot_data(data)
