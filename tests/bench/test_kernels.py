@@ -103,3 +103,19 @@ def test_isolated_rows_record_failures_and_crashes() -> None:
     table = summary_table({"rows": rows})
     assert "| deltanet | 4096 | RuntimeError: illegal memory access |" in table
     assert "| sdpa_causal | 4096 | the process running it died |" in table
+
+
+def test_cli_compare_refuses_clearly(monkeypatch, capsys) -> None:
+    """``longctx bench --compare`` without CUDA, or with a kernel it does not have: one line
+    naming the problem (exit status 1), no stack trace."""
+    import torch
+
+    from longctx.cli.main import main
+
+    for argv, message in [(["--device", "cpu"], "add --device cuda"),
+                          (["--device", "cuda"], "no CUDA device")]:
+        with pytest.raises(SystemExit, match=message):
+            main(["bench", "--compare", "fla,sdpa", "--lengths", "4096", *argv])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(SystemExit, match="no kernel mamba3; choose from linear_attention"):
+        main(["bench", "--device", "cuda", "--compare", "fla", "--ops", "gla", "mamba3"])

@@ -104,6 +104,12 @@ def _bench_kernels(args: argparse.Namespace) -> int:
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(args.dtype)
     if dtype is None:
         raise SystemExit(f"longctx bench: --compare runs bfloat16 / float16 / float32, not {args.dtype}")
+    if not torch.cuda.is_available():
+        raise SystemExit("longctx bench: --compare times GPU kernels, and this machine has no CUDA device")
+    unknown = sorted(set(args.ops or ()) - set(KERNEL_OPS))
+    if unknown:
+        raise SystemExit(f"longctx bench: --compare has no kernel {', '.join(unknown)}; "
+                         f"choose from {', '.join(KERNEL_OPS)}")
     res = run_kernel_bench(args.ops or KERNEL_OPS, args.lengths, compare, B=args.batch, H=args.heads,
                            D=args.head_dim, dtype=dtype, out=args.out)
     print(summary_table(res))
