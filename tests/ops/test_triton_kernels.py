@@ -198,9 +198,15 @@ def test_auto_picks_only_kernels_verified_on_a_gpu(monkeypatch) -> None:
     on_cuda = SimpleNamespace(is_cuda=True)
     assert wants_triton("chunk_gla", "auto", on_cuda)
     assert "chunk_gla" in backend.GPU_VERIFIED
-    for op in ("chunk_delta_rule", "chunk_log_linear_mamba2", "gla_step"):
+    for op in ("chunk_delta_rule", "chunk_log_linear_mamba2", "chunk_log_linear_gated_deltanet", "gla_step"):
         assert not wants_triton(op, "auto", on_cuda)
         assert wants_triton(op, "triton", on_cuda)
+    # the fused decode steps: only while a CUDA graph is captured (faster there, slower eagerly)
+    monkeypatch.setattr(backend, "stream_capturing", lambda: True)
+    for op in ("gla_step", "gated_delta_rule_step", "ssd_step", "retention_step"):
+        assert op in backend.GRAPH_VERIFIED_STEPS and wants_triton(op, "auto", on_cuda)
+    assert not wants_triton("chunk_delta_rule", "auto", on_cuda)
+    assert not wants_triton("gla_step", "auto", SimpleNamespace(is_cuda=False))
 
 
 @pytest.mark.parametrize("dtype", _maybe_gpu([(torch.float32,)]))

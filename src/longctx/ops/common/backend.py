@@ -62,6 +62,12 @@ def use_backend(name: str) -> Iterator[None]:
 # "auto" picks a kernel only for these. The others (exact in Triton's CPU interpreter, never run
 # on a GPU yet) run only with backend="triton" until their gpu tests have passed there.
 GPU_VERIFIED = frozenset({"chunk_retention", "chunk_linear_attention", "chunk_ssd", "chunk_gla"})
+# The fused one-token steps (``triton_decode``) passed their tests on an H100 (2026-12-06), but
+# they pay off only inside a CUDA graph (H100, 4-layer d_model 1024 LM: graph 0.485 -> graph +
+# fused 0.411 ms/token for Gated DeltaNet; eagerly 4.6 -> 7.1 ms, Triton's launcher costing more
+# than the PyTorch ops it replaces): "auto" picks them only while a graph is being captured.
+GRAPH_VERIFIED_STEPS = frozenset({"linear_attention_step", "retention_step", "gla_step",
+                                  "delta_rule_step", "gated_delta_rule_step", "ssd_step"})
 
 
 def wants_triton(op: str, backend: str | None, *tensors: Tensor | None, supported: str | None = None) -> bool:
@@ -69,14 +75,16 @@ def wants_triton(op: str, backend: str | None, *tensors: Tensor | None, supporte
 
     ``supported``: None when the kernel handles this call, else the reason it does not (e.g. a
     head dim over the kernel's limit); ``"auto"`` then falls back to PyTorch, ``"triton"`` raises.
-    ``"auto"`` also stays on PyTorch for kernels not yet verified on a GPU (``GPU_VERIFIED``).
+    ``"auto"`` also stays on PyTorch for kernels not yet verified on a GPU (``GPU_VERIFIED``), and
+    runs the fused decode steps only while a CUDA graph is captured (``GRAPH_VERIFIED_STEPS``).
     """
     name = get_backend() if backend is None else _check(backend, op)
     if name == "torch":
         return False
     on_cuda = all(t.is_cuda for t in tensors if t is not None)
     if name == "auto":
-        return on_cuda and supported is None and has_triton() and op in GPU_VERIFIED
+        verified = op in GPU_VERIFIED or (op in GRAPH_VERIFIED_STEPS and stream_capturing())
+        return on_cuda and supported is None and has_triton() and verified
     on_device = on_cuda or interpreting()
     if not has_triton():
         raise RuntimeError(f"{op}: backend='triton' but Triton is not installed (pip install triton)")
@@ -149,6 +157,7 @@ def decode_inplace(state: Tensor, dtype: torch.dtype) -> bool:
 __all__ = [
     "BACKENDS",
     "GPU_VERIFIED",
+    "GRAPH_VERIFIED_STEPS",
     "MAX_DECODE_K",
     "MAX_KERNEL_K",
     "checkable",
