@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,6 @@ import torch
 from torch import Tensor
 
 from longctx.bench.ops import (
-    CHECK_TOL,
     JSON_NAME,
     _cotangent,
     _fwdbwd,
@@ -40,6 +40,7 @@ from longctx.bench.ops import (
     _validate,
     _write_json,
     finish,
+    gate,
     measure_form,
     new_results,
 )
@@ -142,6 +143,12 @@ def check_layer(name: str, form: str) -> dict[str, float]:
     return {"split": max(_rel_err(r, o) for r, o in pairs)}
 
 
+
+def _check_forms(name: str, forms: dict[str, LayerForm]) -> dict[str, float]:
+    """``check_layer`` of every form, keyed ``"<form>/<part>"``."""
+    return {f"{f}/{k}": e for f in forms for k, e in check_layer(name, f).items()}
+
+
 def _chunk_size(layer: Mixer) -> int | None:
     """The layer's segment / block / chunk size (None: none, or MEGA's 0 = full attention)."""
     for opt in CHUNK_OPTIONS:
@@ -176,23 +183,9 @@ def run_layer_bench(layers: Sequence[str] | None, lengths: Sequence[int],
         entry["params"] = {f: {"n_heads": heads, **lf.options,
                                **({"max_len": lf.max_len} if lf.max_len else {})}
                            for f, lf in forms.items()}
-        try:
-            detail = {f"{f}/{k}": e for f in forms for k, e in check_layer(name, f).items()}
-        except Exception as e:  # noqa: BLE001 - a layer that raises on the check is not reported
-            entry.update(status="check_failed", error=f"check raised {type(e).__name__}: {e}")
-            print(f"bench: refusing to report {name}: correctness check failed: {entry['error']}")
-            continue
-        worst = max(detail.values(), default=None)
-        entry.update(check_detail=detail, check_rel_err=worst)
-        if worst is not None and not worst <= CHECK_TOL:  # also catches NaN
-            bad = ", ".join(f"{f} {e:.2e}" for f, e in detail.items() if not e <= CHECK_TOL)
-            entry.update(status="check_failed",
-                         error=f"one pass != two pieces with state (float64, T={CHECK_T}): "
-                               f"relative error {bad} > {CHECK_TOL:.0e}")
-            print(f"bench: refusing to report {name}: correctness check failed: {entry['error']}")
-            continue
-        entry["status"] = "ok"
-        ok.append(name)
+        if gate(entry, name, partial(_check_forms, name, forms),
+                f"one pass != two pieces with state (float64, T={CHECK_T})"):
+            ok.append(name)
     _write_json(data, json_path)
 
     jobs = [(name, form) for name in ok for form in layer_forms(name)]

@@ -36,6 +36,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -232,6 +233,29 @@ def _loadavg() -> list[float] | None:
         return None
 
 
+def gate(entry: dict, name: str, check: Callable[[], dict[str, float]], what: str,
+         **recorded: Callable[[], object]) -> bool:
+    """The correctness gate before timing: run ``check`` (relative error per form / part), record
+    it (and ``recorded``'s values) in ``entry`` and pass (status "ok") when every error is <=
+    CHECK_TOL; else the entry says why (``what`` names the comparison) and the refusal is printed.
+    A check that raises refuses too (nothing of ``recorded`` is kept)."""
+    try:
+        detail = check()
+    except Exception as e:  # noqa: BLE001 - an op that raises on the check is not reported
+        entry.update(status="check_failed", error=f"check raised {type(e).__name__}: {e}")
+        print(f"bench: refusing to report {name}: correctness check failed: {entry['error']}")
+        return False
+    worst = max(detail.values(), default=None)
+    entry.update(check_detail=detail, check_rel_err=worst, **{k: f() for k, f in recorded.items()})
+    if worst is not None and not worst <= CHECK_TOL:  # also catches NaN
+        bad = ", ".join(f"{f} {e:.2e}" for f, e in detail.items() if not e <= CHECK_TOL)
+        entry.update(status="check_failed", error=f"{what}: relative error {bad} > {CHECK_TOL:.0e}")
+        print(f"bench: refusing to report {name}: correctness check failed: {entry['error']}")
+        return False
+    entry["status"] = "ok"
+    return True
+
+
 def _write_json(data: dict, path: Path) -> None:
     """Write atomically: a temporary file in the same folder, then ``os.replace``."""
     tmp = path.with_name(path.name + ".tmp")
@@ -309,23 +333,9 @@ def run_bench(ops: Sequence[str] | None, lengths: Sequence[int], device: str | t
             entry.update(status="import_error", error=f"{type(e).__name__}: {e}")
             print(f"bench: refusing to report {name}: import failed: {entry['error']}")
             continue
-        try:
-            detail = check_op(name, mod)
-        except Exception as e:  # noqa: BLE001 - an op that raises on the check is not reported
-            entry.update(status="check_failed", error=f"check raised {type(e).__name__}: {e}")
-            print(f"bench: refusing to report {name}: correctness check failed: {entry['error']}")
-            continue
-        worst = max(detail.values())
-        entry.update(check_detail=detail, check_rel_err=worst, params=_params(name))
-        if not worst <= CHECK_TOL:  # also catches NaN
-            bad = ", ".join(f"{f} {e:.2e}" for f, e in detail.items() if not e <= CHECK_TOL)
-            entry.update(status="check_failed",
-                         error=f"fast form != naive (float64, T={CHECK_T}): relative error "
-                               f"{bad} > {CHECK_TOL:.0e}")
-            print(f"bench: refusing to report {name}: correctness check failed: {entry['error']}")
-            continue
-        entry["status"] = "ok"
-        modules[name] = mod
+        if gate(entry, name, partial(check_op, name, mod), f"fast form != naive (float64, T={CHECK_T})",
+                params=partial(_params, name)):
+            modules[name] = mod
     _write_json(data, json_path)
 
     jobs = [(name, T, form) for name in modules for T in lengths for form in FORMS[name]]
@@ -393,5 +403,5 @@ def finish(data: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     return {"json": json_path, "markdown": md, "plots": plots}
 
 
-__all__ = ["FORMS", "OPS", "BenchError", "check_op", "finish", "measure_form", "new_results", "run_bench",
+__all__ = ["FORMS", "OPS", "BenchError", "check_op", "finish", "gate", "measure_form", "new_results", "run_bench",
            "softmax_chunk_size"]
