@@ -160,10 +160,13 @@ def _chunk_levels(p: Prepared, C: int, io_dtype: torch.dtype, starts: list[int],
     state_levels = max(t1.bit_length() - c, 0) if S_levels is not None else 0
     calls = []  # (m, bit, reads, final)
     for m in range(1, max(out_levels, state_levels) + 1):
-        bit = ((pos >> (c + m - 1)) & 1).view(T, 1, 1)  # 1: reads level c + m; 0: one of its sources
-        final = m <= state_levels and bool((t1 >> (c + m - 1)) & 1)  # position t1 reads it
-        reads = m <= out_levels and bool(bit.any())
+        j = c + m - 1
+        final = m <= state_levels and bool((t1 >> j) & 1)  # position t1 reads it
+        # some query reads level c + m: a position in [t0, t0 + n) has bit j (from the bounds, on
+        # the host: no device read-back per level)
+        reads = m <= out_levels and any((t0 >> j) & 1 or (t0 + n - 1) >> j > t0 >> j for n in lens if n)
         if reads or final:
+            bit = ((pos >> j) & 1).view(T, 1, 1)  # 1: reads level c + m; 0: one of its sources
             calls.append((m, bit, reads, final))
     o = p.v.new_zeros(B, T, H, Dv)
     if not calls:
@@ -174,7 +177,7 @@ def _chunk_levels(p: Prepared, C: int, io_dtype: torch.dtype, starts: list[int],
     cu = torch.cat([cus[0]] + [x[1:] + i * B * T for i, x in enumerate(cus) if i])
     o_all, ht = _base_kernel(p, io_dtype, v_all.reshape(1, -1, H, Dv), cu, C, state_levels > 0)
     o_all = o_all.view(len(calls), B, T, H, Dv)
-    ends = torch.tensor([len(x) - 1 for x in cus]).cumsum(0).tolist()  # sequences up to each call
+    ends = list(itertools.accumulate(len(x) - 1 for x in cus))  # sequences up to each call
     for i, (m, bit, reads, final) in enumerate(calls):
         if reads:
             o = o + (p.lam[..., c + m, None] * bit) * o_all[i].to(o.dtype)
