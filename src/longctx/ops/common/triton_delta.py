@@ -69,6 +69,7 @@ from longctx.ops.common.triton_scalar_decay import (
     _reverse_cumsum,
     _sequence,
     chunk_layout,
+    packed_sequences,
 )
 
 
@@ -540,12 +541,7 @@ def delta_rule_chunk(
         raise ValueError(f"delta_rule_chunk: chunk_size must be one of {CHUNK_SIZES}, got {chunk_size}")
     B, T, H, _ = q.shape
     acc, _ = _acc(q.dtype)
-    if cu_seqlens is None:
-        cu = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=q.device)
-        flat = (lambda t: t.reshape(1, B * T, *t.shape[2:])) if B > 1 else (lambda t: t)
-    else:
-        cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
-        flat = lambda t: t
+    cu, flat = packed_sequences(B, T, q.device, cu_seqlens)
     q, k, v = (flat(t).contiguous() for t in (q, k, v))
     beta = flat(beta).to(acc).contiguous()
     if g is not None:

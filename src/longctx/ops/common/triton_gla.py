@@ -57,6 +57,7 @@ from longctx.ops.common.triton_scalar_decay import (
     _reverse_cumsum,
     _sequence,
     chunk_layout,
+    packed_sequences,
 )
 
 SUB_CHUNK = 16  # rows of a sub-chunk (§4.3); the smallest tl.dot tile
@@ -508,12 +509,7 @@ def gla_chunk(
         raise ValueError(f"gla_chunk: chunk_size {chunk_size} and sub_chunk {sub_chunk} must be powers of "
                          "two, sub_chunk <= chunk_size")
     B, T, H, _ = q.shape
-    if cu_seqlens is None:
-        cu = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=q.device)
-        flat = (lambda t: t.reshape(1, B * T, *t.shape[2:])) if B > 1 else (lambda t: t)
-    else:
-        cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
-        flat = lambda t: t
+    cu, flat = packed_sequences(B, T, q.device, cu_seqlens)
     q, k, v, g = (flat(t).contiguous() for t in (q, k, v, g))
     h0 = initial_state.contiguous() if initial_state is not None else None
     o, ht = _GlaFn.apply(q, k, v, g, h0, float(scale), output_final_state, cu, chunk_size, sub_chunk)

@@ -52,6 +52,7 @@ from longctx.ops.common.triton_scalar_decay import (
     _reverse_cumsum,
     _sequence,
     chunk_layout,
+    packed_sequences,
 )
 
 
@@ -386,11 +387,8 @@ def log_linear_scalar_decay_chunk(
     Returns o [B, T, H, V] in q's dtype. fp32 accumulation and states for half inputs (fp64 for fp64).
     """
     B, T, H, _ = q.shape
-    if cu_seqlens is not None:
-        cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
-    else:
-        cu = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=q.device)
-    q, k, v, g, lam = (t.reshape(1, B * T, *t.shape[2:]).contiguous() for t in (q, k, v, g, lam))
+    cu, flat = packed_sequences(B, T, q.device, cu_seqlens)
+    q, k, v, g, lam = (flat(t).contiguous() for t in (q, k, v, g, lam))
     o = _LogLinearScalarDecayFn.apply(q, k, v, g, lam, cu, chunk_size)
     return o.reshape(B, T, H, v.shape[-1])
 

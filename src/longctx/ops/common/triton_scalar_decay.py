@@ -383,6 +383,17 @@ def _reverse_cumsum(x: Tensor, cu: Tensor) -> Tensor:
 KERNEL_CHUNK = 64  # tokens per chunk in the kernels (a performance choice; results do not depend on it)
 
 
+def packed_sequences(B: int, T: int, device: torch.device, cu_seqlens: Tensor | None = None):
+    """The kernels' layout: every sequence packed into one row. Returns cu_seqlens (int32: the
+    given offsets, B = 1, or the B rows of T tokens each) and the map of a [B, T, ...] tensor to
+    [1, B*T, ...]."""
+    if cu_seqlens is not None:
+        cu = cu_seqlens.to(device=device, dtype=torch.int32)
+    else:
+        cu = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=device)
+    return cu, lambda t: t.reshape(1, B * T, *t.shape[2:])
+
+
 def scalar_decay_chunk(
     q: Tensor,
     k: Tensor,
@@ -403,12 +414,7 @@ def scalar_decay_chunk(
     final state [N, H, K, V] (float32) or None. fp32 accumulation and states for half inputs.
     """
     B, T, H, _ = q.shape
-    if cu_seqlens is None:
-        cu = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=q.device)
-        flat = (lambda t: t.reshape(1, B * T, *t.shape[2:])) if B > 1 else (lambda t: t)
-    else:
-        cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
-        flat = lambda t: t
+    cu, flat = packed_sequences(B, T, q.device, cu_seqlens)
     q, k, v = (flat(t).contiguous() for t in (q, k, v))
     if g is not None:
         g = flat(g).contiguous()

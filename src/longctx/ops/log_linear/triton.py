@@ -39,7 +39,7 @@ from longctx.ops.common.checks import check_cu_seqlens
 from longctx.ops.common.triton_delta import delta_rule_chunk
 from longctx.ops.common.triton_gla import gla_chunk
 from longctx.ops.common.triton_log_linear import log_linear_scalar_decay_chunk
-from longctx.ops.common.triton_scalar_decay import scalar_decay_chunk
+from longctx.ops.common.triton_scalar_decay import packed_sequences, scalar_decay_chunk
 from longctx.ops.log_linear.chunk import (
     _chunk,
     _chunked,
@@ -195,7 +195,7 @@ def _initial_levels(p: Prepared, C: int, io_dtype: torch.dtype, pos: Tensor,
     final state's level it lands in."""
     B, T, H, Dk = p.q.shape
     Dv, t0, L0, dev = p.v.shape[-1], p.t0, p.S0.shape[1], p.q.device
-    cu = torch.arange(0, (L0 * B + 1) * T, T, dtype=torch.int32, device=dev)
+    cu = packed_sequences(L0 * B, T, dev)[0]
     h0 = p.S0.transpose(0, 1).reshape(L0 * B, H, Dk, Dv)
     zeros = p.v.new_zeros(1, L0 * B * T, H, Dv, dtype=io_dtype)
     o_init, ht = _base_kernel(p, io_dtype, zeros, cu, C, S_levels is not None, initial_state=h0)
