@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from longctx.ops.deltanet import chunk_delta_rule, naive_delta_rule
 from longctx.ops.gated_deltanet import chunk_gated_delta_rule, naive_gated_delta_rule
-from tests.helpers import assert_close
-from tests.ops.triton_support import DEVICE, HAS_TRITON, ON_CUDA  # first: picks the interpreter
+from tests.ops.test_triton_kernels import _check as check_kernel
+from tests.ops.triton_support import HAS_TRITON, ON_CUDA  # first: picks the interpreter
 
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
 gpu = pytest.mark.gpu
@@ -29,25 +29,10 @@ SIZES = [(2, 70, 2, 16, 24, 64), (1, 37, 2, 16, 16, 16)] if not ON_CUDA else [
 NAMES = ("q", "k", "v", "beta", "g", "S0")
 
 
-def _grads(out, inputs, seed: int):
-    """Gradients of a fixed random projection of every output w.r.t. ``inputs``."""
-    gen = torch.Generator().manual_seed(seed)
-    loss = sum((o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device)).sum()
-               for o in out)
-    return torch.autograd.grad(loss, inputs)
-
-
 def _check(name, ref_fn, fn, ref_inputs, dtype, names=NAMES, seed=0):
-    """fn on ``dtype`` copies on DEVICE vs ref_fn in float64 on the CPU: outputs and every gradient."""
-    ref_in = [t.double().requires_grad_() for t in ref_inputs]
-    dev_in = [t.detach().to(DEVICE, dtype if t.is_floating_point() else t.dtype).requires_grad_()
-              for t in ref_inputs]
-    ref_out, out = ref_fn(*ref_in), fn(*dev_in)
-    for i, (r, o) in enumerate(zip(ref_out, out, strict=True)):
-        assert o.device.type == DEVICE
-        assert_close(r, o.double().cpu(), TOL[dtype], f"{name}/out{i}")
-    for n, r, o in zip(names, _grads(ref_out, ref_in, seed), _grads(out, dev_in, seed), strict=True):
-        assert_close(r, o.double().cpu(), TOL[dtype], f"{name}/d{n}")
+    """fn on ``dtype`` copies on DEVICE vs ref_fn in float64 on the CPU: outputs and every gradient
+    (``test_triton_kernels._check`` with this file's tolerances and input names)."""
+    check_kernel(name, ref_fn, fn, ref_inputs, dtype, seed=seed, names=names, tol=TOL)
 
 
 def _inputs(B, T, H, K, V, seed, gate=1.0):

@@ -38,19 +38,20 @@ def _grads(out, inputs, seed: int):
     return torch.autograd.grad(loss, inputs)
 
 
-def _check(name, ref_fn, fn, ref_inputs, dtype, seed=0, shared_decay=None):
+def _check(name, ref_fn, fn, ref_inputs, dtype, seed=0, shared_decay=None, names=None, tol=TOL):
     """fn on ``dtype`` copies on DEVICE vs ref_fn in float64 on the CPU: outputs and every gradient
-    (input number ``shared_decay`` with the looser ``TOL_SHARED_DECAY``)."""
+    (input number ``shared_decay`` with the looser ``TOL_SHARED_DECAY``); ``names``: the inputs'
+    names for the messages; ``tol``: the tolerance per dtype."""
     ref_in = [t.double().requires_grad_() for t in ref_inputs]
     dev_in = [t.detach().to(DEVICE, dtype if t.is_floating_point() else t.dtype).requires_grad_()
               for t in ref_inputs]
     ref_out, out = ref_fn(*ref_in), fn(*dev_in)
     for i, (r, o) in enumerate(zip(ref_out, out, strict=True)):
         assert o.device.type == DEVICE
-        assert_close(r, o.double().cpu(), TOL[dtype], f"{name}/out{i}")
+        assert_close(r, o.double().cpu(), tol[dtype], f"{name}/out{i}")
     for i, (r, o) in enumerate(zip(_grads(ref_out, ref_in, seed), _grads(out, dev_in, seed), strict=True)):
-        tol = TOL_SHARED_DECAY[dtype] if i == shared_decay else TOL[dtype]
-        assert_close(r, o.double().cpu(), tol, f"{name}/grad{i}")
+        rtol = TOL_SHARED_DECAY[dtype] if i == shared_decay else tol[dtype]
+        assert_close(r, o.double().cpu(), rtol, f"{name}/d{names[i]}" if names else f"{name}/grad{i}")
 
 
 def _rand(*shape, gen):
