@@ -1,25 +1,33 @@
 """Isolate the delta-rule backward's illegal memory access on the H100 (2026-12-06, see
 benchmarks/results/2026-12-06-h100-kernels-decode/README.md): launch `_delta_dh_kernel` ALONE on
 synthetic inputs of the bench's shape, under launch configurations, each in its own process (a
-fault poisons the CUDA context), with CUDA_LAUNCH_BLOCKING=1.
+fault poisons the CUDA context; all variants run at once: Triton compiles on the CPU), with
+CUDA_LAUNCH_BLOCKING=1. Each line gives the compiled kernel's registers and spills.
 
-    python benchmarks/scripts/bisect_delta_bwd.py            # every variant, one line each
-    python benchmarks/scripts/bisect_delta_bwd.py one W BV   # one variant (num_warps W, BV)
+    python benchmarks/scripts/bisect_delta_bwd.py                   # every variant, one line each
+    python benchmarks/scripts/bisect_delta_bwd.py one W BV G THREAD # one variant
 
-If every variant passes alone, the fault is not this kernel's: look at what runs before it
-(the forward's saved tensors, the autograd thread). Runs in Triton's CPU interpreter too
-(TRITON_INTERPRET=1, tiny sizes) as a check of the script itself.
+W = num_warps, BV = the V block, G = 1 for the gated form, THREAD = 1 to launch from a new
+thread (as autograd's backward does). If every variant passes alone, the fault is not this
+kernel's: look at what runs before it. Runs in Triton's CPU interpreter too (TRITON_INTERPRET=1,
+tiny sizes) as a check of the script itself.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
+import threading
 
 
-def one(num_warps: int, BV: int) -> None:
+def one(num_warps: int, BV: int, gated: bool) -> None:
     import torch
+
+    if not torch.cuda.is_available():  # the interpreter, with the tests' numpy patch, first
+        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+        import tests.ops.triton_support  # noqa: F401
 
     from longctx.ops.common.triton_delta import _delta_dh_kernel
     from longctx.ops.common.triton_scalar_decay import _acc, _prec, chunk_layout
@@ -32,29 +40,45 @@ def one(num_warps: int, BV: int) -> None:
     acc, ACC = _acc(dtype)
     r = lambda *s: torch.randn(*s, device=dev, dtype=dtype)
     q, k, w, do = r(1, T, H, K), r(1, T, H, K), r(1, T, H, K), r(1, T, H, V)
+    gc = -torch.rand(1, T, H, device=dev, dtype=acc).cumsum(1) if gated else q
     dh = torch.empty(NC, H, K, V, dtype=acc, device=dev)
     dvn = torch.empty(1, T, H, V, dtype=acc, device=dev)
-    _delta_dh_kernel[(-(-V // BV), H)](
-        q, k, w, q, do, dh, dvn, q, q, cu, offsets, K ** -0.5,
-        H=H, K=K, V=V, BT=BT, BK=K, BV=BV, HAS_G=False, USE_DHT=False, STORE_DH0=False,
+    compiled = _delta_dh_kernel[(-(-V // BV), H)](
+        q, k, w, gc, do, dh, dvn, q, q, cu, offsets, K ** -0.5,
+        H=H, K=K, V=V, BT=BT, BK=K, BV=BV, HAS_G=gated, USE_DHT=False, STORE_DH0=False,
         ACC=ACC, PREC=_prec(dtype), num_warps=num_warps, num_stages=1,
     )
     if cuda:
         torch.cuda.synchronize()
-    print(f"num_warps={num_warps} BV={BV}: ok, |dh| = {float(dh.float().norm()):.4g}", flush=True)
+    regs = f"regs={getattr(compiled, 'n_regs', '?')} spills={getattr(compiled, 'n_spills', '?')}"
+    print(f"ok, {regs}, |dh| = {float(dh.float().norm()):.4g}", flush=True)
 
 
 def main() -> None:
     if sys.argv[1:2] == ["one"]:
-        one(int(sys.argv[2]), int(sys.argv[3]))
+        w, bv, g, thread = (int(a) for a in sys.argv[2:6])
+        if thread:
+            t = threading.Thread(target=one, args=(w, bv, bool(g)))
+            t.start()
+            t.join()
+        else:
+            one(w, bv, bool(g))
         return
     env = {**os.environ, "CUDA_LAUNCH_BLOCKING": "1"}
-    for num_warps in (4, 8):
-        for BV in (16, 32, 64):
-            p = subprocess.run([sys.executable, __file__, "one", str(num_warps), str(BV)],
-                               capture_output=True, text=True, env=env, timeout=300, check=False)
-            last = (p.stdout + p.stderr).strip().splitlines()
-            print(f"num_warps={num_warps} BV={BV}: rc={p.returncode} {last[-1] if last else ''}", flush=True)
+    variants = [(w, bv, g, 0) for w, bv, g in itertools.product((4, 8), (16, 32), (0, 1))]
+    variants.append((4, 32, 0, 1))
+    procs = {v: subprocess.Popen([sys.executable, __file__, "one", *map(str, v)], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for v in variants}
+    for (w, bv, g, th), p in procs.items():
+        try:
+            out, _ = p.communicate(timeout=400)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out = "timed out"
+        lines = [s for s in out.strip().splitlines() if s.strip()]
+        tail = " | ".join(lines[-2:]) if p.returncode else (lines[-1] if lines else "")
+        print(f"num_warps={w} BV={bv} gated={g} thread={th}: rc={p.returncode} {tail}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,50 +1,73 @@
 #!/usr/bin/env bash
-# One device call that does issue 8's and issue 9's GPU work in two phases (run by the `device`
-# tool from the repo root; .snap/ = `git archive HEAD` of the same commit, .whl/ = the fla wheels
-# and the corpora's packages). At most 8 files come back, so logs are merged.
-#  A (PHASE_A s): the GPU tests of the kernels (vs float64 references) and, beside them, the
-#    zoology-mqar d_model 64/128 half on the same GPU (ZJOBS workers; resumes from .snap/runs).
-#    Triton compiles the delta-rule kernels slowly (~1 min a configuration on the H100's host in
-#    the 2026-12-06 run): give the tests time, or fewer files (TESTS=...), or ZJOBS=0.
-#  B (PHASE_B s): the kernel bench alone on the GPU (ours vs fla vs SDPA; kernels.json is
-#    rewritten after every row, so a timeout keeps what finished), then the decode latency.
+# One device call that does issue 8's and issue 9's GPU work at once (run by the `device` tool
+# from the repo root; .snap/ = `git archive HEAD` of the same commit, .whl/ = the fla wheels and
+# the corpora's packages; carry [".snap", ".whl"]). At most 8 files come back, so logs are merged.
+#  - zoology-mqar, d_model 64/128 half, ZJOBS workers on the GPU, in the background for the whole
+#    call (TOTAL s); resumes from .snap/runs (copy the returned zoology-mqar.sqlite there).
+#  - DIAG=1: the delta-rule backward's fault (bisect_delta_bwd.py; compute-sanitizer if present).
+#  - the GPU tests (vs float64 references): one pytest process per ';'-separated entry of TESTS,
+#    all at once (Triton compiles on the CPU, one kernel at a time per process), PHASE_A s.
+#  - the kernel bench (OPS; kernels.json is rewritten after every row, so a timeout keeps what
+#    finished), then the decode latency if PHASE_C > 0.
 set -u
 export PYTHONUNBUFFERED=1
 R=$PWD
+TOTAL=${TOTAL:-570}
+START=$(date +%s)
+left() { echo $((TOTAL - $(date +%s) + START)); }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
 python -c "import torch, triton, sys; print(sys.version); print('torch', torch.__version__, 'triton', triton.__version__)" >> "$OUT/gpu.txt"
 python -m pip install -q --no-deps --no-index .whl/*.whl >> "$OUT/gpu.txt" 2>&1
 python -c "import fla; print('fla', fla.__version__)" >> "$OUT/gpu.txt" 2>&1
 git rev-parse HEAD >> "$OUT/gpu.txt" 2>/dev/null
-TA=${PHASE_A:-270}; TB=${PHASE_B:-230}
-# one pytest process per file, all at once: Triton compiles on the CPU, one kernel at a time per
-# process, and the host has 16 cores; the logs are merged into one file afterwards
-TESTS=${TESTS:-tests/ops/test_triton_delta.py tests/ops/test_triton_log_linear.py tests/ops/test_triton_log_linear_levels.py tests/ops/test_triton_decode.py tests/generate/test_cuda_graph.py}
-mkdir -p /tmp/gt
-for f in $TESTS; do
-  ( PYTHONPATH=src timeout "$TA" python -m pytest -m "gpu or not slow" "$f" -q -p no:cacheprovider -rfE \
-      > "/tmp/gt/$(basename "$f" .py).txt" 2>&1 ) &
-done
+
 if [ "${ZJOBS:-8}" -gt 0 ]; then
-  # issue8_device.sh writes into its own $OUT (/tmp/zoo, set for that command only); the store
-  # and one merged log are copied into this call's $OUT afterwards
-  ( mkdir -p /tmp/zoo && cd .snap && OUT=/tmp/zoo ZJOBS=${ZJOBS:-8} ARENA_TIMEOUT=$((TA - 15)) bash benchmarks/scripts/issue8_device.sh > /tmp/zoo/summary.txt 2>&1
+  # issue8_device.sh writes into its own $OUT (/tmp/zoo); the store and one merged log are
+  # copied into this call's $OUT at the end
+  ( mkdir -p /tmp/zoo && cd .snap && OUT=/tmp/zoo ZJOBS=$ZJOBS ARENA_TIMEOUT=$((TOTAL - 30)) bash benchmarks/scripts/issue8_device.sh > /tmp/zoo/summary.txt 2>&1
     cp /tmp/zoo/zoology-mqar.sqlite "$R/zoology-mqar.sqlite.tmp" 2>/dev/null && mv "$R/zoology-mqar.sqlite.tmp" "$OUT/zoology-mqar.sqlite"
     cat /tmp/zoo/summary.txt /tmp/zoo/zoology.log /tmp/zoo/*failures* > "$OUT/zoology.log" 2>/dev/null ) &
+  ZPID=$!
 fi
-wait
-for f in /tmp/gt/*.txt; do echo "=== $f"; cat "$f"; done > "$OUT/gpu_tests.txt"
+
+if [ "${DIAG:-1}" = 1 ]; then
+  ( PYTHONPATH=src timeout 400 python benchmarks/scripts/bisect_delta_bwd.py
+    CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+    echo "compute-sanitizer: ${CS:-none}"
+    if [ -n "$CS" ]; then
+      PYTHONPATH=src timeout 300 "$CS" --tool memcheck --print-limit 5 python benchmarks/scripts/repro_delta_bwd.py deltanet 128 2>&1 | tail -60
+    fi ) > "$OUT/delta_diag.txt" 2>&1 &
+  DPID=$!
+fi
+
+TESTS=${TESTS:-tests/ops/test_triton_log_linear.py;tests/ops/test_triton_log_linear_levels.py -k 'not gated_deltanet';tests/generate/test_cuda_graph.py}
+mkdir -p /tmp/gt
+pids=()
+i=0
+IFS=';' read -ra entries <<< "$TESTS"
+for e in "${entries[@]}"; do
+  i=$((i + 1))
+  ( eval "PYTHONPATH=src timeout ${PHASE_A:-270} python -m pytest -m 'gpu or not slow' $e -q -p no:cacheprovider -rfE" > "/tmp/gt/$i.txt" 2>&1 ) &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
+i=0
+for e in "${entries[@]}"; do i=$((i + 1)); echo "=== $e"; cat "/tmp/gt/$i.txt"; done > "$OUT/gpu_tests.txt"
 grep -E "^=== |passed|failed|error" "$OUT/gpu_tests.txt" | grep -v "^E " | tail -20
-PYTHONPATH=src timeout "$TB" python - <<'PY' > "$OUT/bench.log" 2>&1
+
+TB=$(( $(left) - ${PHASE_C:-0} - 40 ))
+if [ "$TB" -gt 30 ] && [ -n "${OPS-x}" ]; then
+  PYTHONPATH=src OPS="${OPS:-gla,linear_attention,simple_gla,ssd,log_linear,deltanet,gated_deltanet,log_linear_gdn}" timeout "$TB" python - <<'PY' > "$OUT/bench.log" 2>&1
 import os
 from longctx.bench.kernels import run_kernel_bench, summary_table
-ops = os.environ.get("OPS", "gla,deltanet,gated_deltanet,log_linear,log_linear_gdn,linear_attention,simple_gla,ssd").split(",")
-res = run_kernel_bench(ops, [4096, 16384, 65536], out="/tmp/kb")
+res = run_kernel_bench(os.environ["OPS"].split(","), [int(t) for t in os.environ.get("LENGTHS", "4096,16384,65536").split(",")], out="/tmp/kb")
 print(summary_table(res))
 PY
-cp /tmp/kb/kernels.json "$OUT/" 2>/dev/null
-tail -25 "$OUT/bench.log"
-PYTHONPATH=src timeout "${PHASE_C:-60}" python - <<'PY' >> "$OUT/bench.log" 2>&1
+  cp /tmp/kb/kernels.json "$OUT/" 2>/dev/null
+  tail -25 "$OUT/bench.log"
+fi
+if [ "${PHASE_C:-0}" -gt 0 ]; then
+  PYTHONPATH=src timeout "$PHASE_C" python - <<'PY' >> "$OUT/bench.log" 2>&1
 import json, os, torch
 from longctx.bench.decode import decode_latency, decode_model, format_rows
 rows = {}
@@ -54,4 +77,7 @@ for mixer in ("gated_deltanet", "mamba2"):
     print(mixer, "(4 layers, d_model 1024)"); print(format_rows(rows[mixer]), flush=True)
     json.dump(rows, open(os.environ["OUT"] + "/decode.json", "w"), indent=1)
 PY
-tail -14 "$OUT/bench.log"
+  tail -14 "$OUT/bench.log"
+fi
+[ -n "${DPID-}" ] && wait "$DPID" && cat "$OUT/delta_diag.txt"
+[ -n "${ZPID-}" ] && wait "$ZPID" && tail -5 "$OUT/zoology.log"

@@ -59,6 +59,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from longctx.ops.common.triton_launch import launch_options
 from longctx.ops.common.triton_scalar_decay import (
     _acc,
     _chunk,
@@ -448,7 +449,7 @@ class _DeltaRuleFn(torch.autograd.Function):
         _wy_fwd_kernel[(NC, H)](
             k, v, beta, gc if has_g else q, ainv, w, u, cu, indices,
             H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, PRECA=_preca(q.dtype), **meta,
-            num_stages=1,
+            **launch_options("delta.wy_fwd", num_warps=4, num_stages=1),
         )
         h = q.new_empty(NC, H, K, V, dtype=acc)
         vn = torch.empty_like(v)
@@ -456,12 +457,14 @@ class _DeltaRuleFn(torch.autograd.Function):
         _delta_h_kernel[(triton.cdiv(V, BVs), N * H)](
             k, w, u, gc if has_g else q, h, vn, h0 if h0 is not None else q, ht if want_ht else q,
             cu, offsets, H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVs, HAS_G=has_g,
-            USE_H0=h0 is not None, STORE_HT=want_ht, **meta, num_stages=1,
+            USE_H0=h0 is not None, STORE_HT=want_ht, **meta,
+            **launch_options("delta.delta_h", num_warps=4, num_stages=1),
         )
         o = torch.empty_like(v)
         _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](  # the scalar-decay outputs, v = Delta
             q, k, vn, gc if has_g else q, h, o, cu, indices, scale,
             H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, **meta,
+            **launch_options("delta.fwd_o", num_warps=4, num_stages=3),
         )
         ctx.save_for_backward(q, k, v, beta, gc, h0, ainv, w, u, h, vn, ht, cu, offsets, indices)
         ctx.meta = (scale, BT, NC, g is not None and g.requires_grad, g.dtype if has_g else None)
@@ -487,7 +490,8 @@ class _DeltaRuleFn(torch.autograd.Function):
             q, k, w, gc if has_g else q, do, dh, dvn, dht if dht is not None else q,
             dh0 if dh0 is not None else q, cu, offsets, scale,
             H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVs, HAS_G=has_g, USE_DHT=dht is not None,
-            STORE_DH0=dh0 is not None, **meta, num_stages=1,
+            STORE_DH0=dh0 is not None, **meta,
+            **launch_options("delta.delta_dh", num_warps=4, num_stages=1),
         )
         dq = torch.empty_like(q)
         dkp = torch.empty(k.shape, dtype=acc, device=k.device)
@@ -496,14 +500,14 @@ class _DeltaRuleFn(torch.autograd.Function):
         _delta_dqk_kernel[(NC, H)](
             q, k, vn, gc if has_g else q, h, do, dh, dvn, dq, dkp, dw, dgr, cu, indices, scale,
             H=H, K=K, V=V, BT=BT, BK=BKf, BV=min(BV, 32), HAS_G=has_g, PRECA=_preca(q.dtype), **meta,
-            num_warps=8 if BKf >= 128 else 4, num_stages=1,
+            **launch_options("delta.delta_dqk", num_warps=8 if BKf >= 128 else 4, num_stages=1),
         )
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         dbeta = torch.empty(beta.shape, dtype=acc, device=beta.device)
         _wy_bwd_kernel[(NC, H)](
             k, v, beta, gc if has_g else q, ainv, w, u, dvn, dw, dkp, dk, dv, dbeta, dgr, cu, indices,
             H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, ACC=meta["ACC"], PRECA=_preca(q.dtype),
-            num_stages=1,
+            **launch_options("delta.wy_bwd", num_warps=4, num_stages=1),
         )
         dg = None
         if g_grad:

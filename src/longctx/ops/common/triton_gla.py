@@ -49,6 +49,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from longctx.ops.common.triton_launch import launch_options
 from longctx.ops.common.triton_scalar_decay import (
     KERNEL_CHUNK,
     _acc,
@@ -427,14 +428,17 @@ class _GlaFn(torch.autograd.Function):
         _fwd_h_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
             k, v, gc, h, h0 if h0 is not None else q, ht if want_ht else q, cu, offsets,
             H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec, USE_H0=h0 is not None, STORE_HT=want_ht,
+            **launch_options("gla.fwd_h", num_warps=4, num_stages=3),
         )
         A = q.new_empty(q.shape[1], H, BT, dtype=acc)  # [T, H, BT]
         _fwd_A_kernel[(NC * (BT // BC), H)](
             q, k, gc, A, cu, indices, scale, H=H, K=K, BT=BT, BC=BC, BK=BK, ACC=ACC, PREC=prec,
+            **launch_options("gla.fwd_A", num_warps=4, num_stages=3),
         )
         o = torch.empty_like(v)
         _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](
             q, v, gc, h, A, o, cu, indices, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, ACC=ACC, PREC=prec,
+            **launch_options("gla.fwd_o", num_warps=4, num_stages=3),
         )
         ctx.save_for_backward(q, k, v, gc, h0, h, A, ht, cu, offsets, indices)
         ctx.meta = (scale, BT, BC, NC, g.requires_grad, g.dtype)
@@ -457,18 +461,21 @@ class _GlaFn(torch.autograd.Function):
         _bwd_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
             q, do, gc, dh, dht if dht is not None else q, dh0 if dh0 is not None else q, cu, offsets, scale,
             H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec, USE_DHT=dht is not None, STORE_DH0=dh0 is not None,
+            **launch_options("gla.bwd_dh", num_warps=4, num_stages=3),
         )
         dv = torch.empty_like(v)
         dA = torch.empty(T, H, BT, dtype=acc, device=q.device)
         _bwd_dv_dA_kernel[(NC, H)](
             k, v, gc, A, do, dh, dv, dA, cu, indices, scale,
             H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, ACC=ACC, PREC=prec,
+            **launch_options("gla.bwd_dv_dA", num_warps=4, num_stages=3),
         )
         dq, dk = torch.empty_like(q), torch.empty_like(k)
         dgr = torch.empty(q.shape, dtype=acc, device=q.device)  # [1, T, H, K]
         _bwd_dqk_kernel[(triton.cdiv(K, BK), NC * (BT // BC), H)](
             q, k, v, gc, h, do, dh, dA, dq, dk, dgr, cu, indices, scale,
             H=H, K=K, V=V, BT=BT, BC=BC, BK=BK, BV=BV, ACC=ACC, PREC=prec,
+            **launch_options("gla.bwd_dqk", num_warps=4, num_stages=3),
         )
         dg = None
         if g_grad:

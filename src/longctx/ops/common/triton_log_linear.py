@@ -42,6 +42,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from longctx.ops.common.triton_launch import launch_options
 from longctx.ops.common.triton_scalar_decay import (
     _acc,
     _blocks,
@@ -324,11 +325,13 @@ class _LogLinearScalarDecayFn(torch.autograd.Function):
             _fwd_z_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H * M)](
                 k, v, gc, z, cu, offsets, M, H=H, K=K, V=V, BT=chunk_size, BK=BK, BV=BV, ACC=ACC,
                 PREC=prec,
+                **launch_options("log_linear.fwd_z", num_warps=4, num_stages=3),
             )
         o = torch.empty_like(v)
         _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](
             q, k, v, gc, lam, z, o, cu, indices, M, H=H, K=K, V=V, L=L, BT=chunk_size, LOG2C=LOG2C,
             BK=BK, BV=BV, ACC=ACC, PREC=prec,
+            **launch_options("log_linear.fwd_o", num_warps=4, num_stages=3),
         )
         ctx.save_for_backward(q, k, v, gc, lam, z, cu, offsets, indices)
         ctx.meta = (chunk_size, NC, M, g.dtype)
@@ -351,6 +354,7 @@ class _LogLinearScalarDecayFn(torch.autograd.Function):
             _bwd_dz_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H * M)](
                 q, do, gc, lam, e, cu, offsets, M, H=H, K=K, V=V, L=L, BT=BT, LOG2C=LOG2C, BK=BK,
                 BV=BV, ACC=ACC, PREC=prec,
+                **launch_options("log_linear.bwd_dz", num_warps=4, num_stages=3),
             )
             dh = e.sum(2)  # [chunks, H, K, V]: what all the levels send to each chunk's sources
         else:
@@ -361,7 +365,7 @@ class _LogLinearScalarDecayFn(torch.autograd.Function):
         _bwd_dqkv_kernel[(NC, H)](
             q, k, v, gc, lam, z, do, dh, dq, dk, dv, dlam, dgr, cu, indices, M,
             H=H, K=K, V=V, L=L, BT=BT, LOG2C=LOG2C, BK=BKf, BV=min(BV, 32), ACC=ACC, PREC=prec,
-            num_warps=4, num_stages=1,
+            **launch_options("log_linear.bwd_dqkv", num_warps=4, num_stages=1),
         )
         dg = _reverse_cumsum(dgr, cu).to(g_dtype)
         return dq, dk, dv, dg, dlam, None, None

@@ -29,6 +29,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from longctx.ops.common.triton_launch import launch_options
+
 
 @triton.jit
 def _chunk_cumsum_kernel(g, gc, cu_seqlens, chunk_indices, H: tl.constexpr, BT: tl.constexpr):
@@ -310,11 +312,13 @@ def _forward(q, k, v, gc, scale, h0, want_ht, cu, offsets, indices, NC, BT):
         k, v, gc if has_g else q, h, h0 if h0 is not None else q, ht if want_ht else q, cu, offsets,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, ACC=ACC, PREC=_prec(q.dtype), USE_H0=h0 is not None,
         STORE_HT=want_ht,
+        **launch_options("scalar_decay.fwd_h", num_warps=4, num_stages=3),
     )
     o = torch.empty_like(v)
     _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](
         q, k, v, gc if has_g else q, h, o, cu, indices, scale,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, ACC=ACC, PREC=_prec(q.dtype),
+        **launch_options("scalar_decay.fwd_o", num_warps=4, num_stages=3),
     )
     return o, h, ht
 
@@ -351,13 +355,14 @@ class _ScalarDecayFn(torch.autograd.Function):
             q, do, gc if has_g else q, dh, dht if dht is not None else q, dh0 if dh0 is not None else q,
             cu, offsets, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, ACC=ACC, PREC=_prec(q.dtype),
             USE_DHT=dht is not None, STORE_DH0=dh0 is not None,
+            **launch_options("scalar_decay.bwd_dh", num_warps=4, num_stages=3),
         )
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dgr = torch.empty(q.shape[:3], dtype=acc, device=q.device) if has_g else q
         _bwd_dqkv_kernel[(NC, H)](
             q, k, v, gc if has_g else q, h, do, dh, dq, dk, dv, dgr, cu, indices, scale,
             H=H, K=K, V=V, BT=BT, BK=BKf, BV=min(BV, 32), HAS_G=has_g, ACC=ACC, PREC=_prec(q.dtype),
-            num_warps=4, num_stages=1,
+            **launch_options("scalar_decay.bwd_dqkv", num_warps=4, num_stages=1),
         )
         dg = None
         if g_grad:

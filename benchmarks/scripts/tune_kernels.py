@@ -1,0 +1,88 @@
+"""Sweep the Triton kernels' launch settings (num_warps x num_stages) on the GPU, one kernel at a
+time with the others at their defaults, timing the whole op (forward for forward kernels,
+forward+backward for backward ones) with `triton.testing.do_bench`, B=1 H=16 D=128 bf16 as the
+kernel bench. Each setting's output must equal the default's (the settings only schedule the same
+arithmetic): a mismatch is reported, not ignored.
+
+    python benchmarks/scripts/tune_kernels.py OUT.json [op ...] [--T 4096]
+
+Writes every row to OUT.json as it goes (atomically), then prints each kernel's best setting
+and the range of times over the settings. The defaults live at the call sites (`launch_options` in
+src/longctx/ops/common/triton_*.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+
+import torch
+
+KERNELS = {  # op -> (kernel name, backward?) in launch order
+    "gla": [("gla.fwd_h", 0), ("gla.fwd_A", 0), ("gla.fwd_o", 0),
+            ("gla.bwd_dh", 1), ("gla.bwd_dv_dA", 1), ("gla.bwd_dqk", 1)],
+    "simple_gla": [("scalar_decay.fwd_h", 0), ("scalar_decay.fwd_o", 0),
+                   ("scalar_decay.bwd_dh", 1), ("scalar_decay.bwd_dqkv", 1)],
+    "gated_deltanet": [("delta.wy_fwd", 0), ("delta.delta_h", 0), ("delta.fwd_o", 0),
+                       ("delta.delta_dh", 1), ("delta.delta_dqk", 1), ("delta.wy_bwd", 1)],
+}
+SETTINGS = [{"num_warps": w, "num_stages": s} for w, s in itertools.product((2, 4, 8), (1, 2, 3))]
+
+
+def _run(op: str, T: int, backward: bool):
+    from longctx.bench.kernels import _inputs, _ours
+
+    fn = _ours(op)
+    ins = _inputs(op, 1, T, 16, 128, torch.bfloat16, seed=0)
+    diff = [t.requires_grad_() for t in ins if t.is_floating_point() and t.dim() >= 3]
+    o = fn(*ins)
+    do = torch.randn_like(o)
+    if backward:
+        return lambda: torch.autograd.grad(fn(*ins), diff, do, allow_unused=True)
+    return lambda: (fn(*ins).detach(),)
+
+
+def main() -> None:
+    import triton.testing
+
+    from longctx.ops.common.triton_launch import launch_overrides
+
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    p.add_argument("ops", nargs="*", default=list(KERNELS))
+    p.add_argument("--T", type=int, default=4096)
+    a = p.parse_args()
+    rows: list[dict] = []
+    for op in a.ops:
+        for kernel, bwd in KERNELS[op]:
+            run = _run(op, a.T, bool(bwd))
+            ref = [t.float() for t in run() if t is not None]
+            for s in SETTINGS:
+                row = {"op": op, "T": a.T, "kernel": kernel, **s}
+                try:
+                    with launch_overrides({kernel: s}):
+                        got = [t.float() for t in run() if t is not None]
+                        row["ms"] = float(triton.testing.do_bench(run, warmup=10, rep=50, return_mode="median"))
+                    row["max_diff"] = max(float((x - y).abs().max()) for x, y in zip(got, ref))
+                except Exception as e:  # noqa: BLE001 - a setting that fails to compile is a result
+                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                with open(a.out + ".tmp", "w") as f:
+                    json.dump(rows, f, indent=1)
+                os.replace(a.out + ".tmp", a.out)
+    print(f"{'kernel':24} {'best':>10} {'ms':>9}")
+    for kernel in dict.fromkeys(r["kernel"] for r in rows):
+        ok = [r for r in rows if r["kernel"] == kernel and "ms" in r]
+        if not ok:
+            continue
+        best = min(ok, key=lambda r: r["ms"])
+        print(f"{kernel:24} w{best['num_warps']} s{best['num_stages']:<6} {best['ms']:9.3f}"
+              f"  (range {min(r['ms'] for r in ok):.3f}-{max(r['ms'] for r in ok):.3f})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
