@@ -288,6 +288,31 @@ def test_source_commit_is_unknown_outside_a_checkout_and_never_fails(tmp_path: P
     assert runner.source_commit() == "unknown"
 
 
+def test_source_commit_of_a_git_archive(tmp_path: Path) -> None:
+    """`git archive` (the GPU runs' snapshots) substitutes the commit into ARCHIVE_COMMIT."""
+    root = Path(runner.__file__).resolve().parents[3]
+    if not (root / ".git").exists():
+        pytest.skip("needs this project's git checkout")
+    archive = subprocess.run(["git", "-C", str(root), "archive", "HEAD", "src/longctx/arena"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive, check=True)
+    code = f"import runpy; print(runpy.run_path({str(tmp_path / 'src/longctx/arena/runner.py')!r}, run_name='x')['source_commit']())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    commit = out.stdout.strip()
+    assert commit.endswith("+archive"), commit
+    assert len(commit) > 12 and _git("rev-parse", "HEAD").startswith(commit.removesuffix("+archive"))
+
+
+def test_archive_commit_placeholder_is_unknown(tmp_path: Path) -> None:
+    d = tmp_path / "src" / "longctx" / "arena"
+    d.mkdir(parents=True)
+    assert runner._archive_commit(tmp_path) == "unknown"  # no file
+    (d / "ARCHIVE_COMMIT").write_text("$Format:%h$\n")
+    assert runner._archive_commit(tmp_path) == "unknown"
+    (d / "ARCHIVE_COMMIT").write_text("9a70822\n")
+    assert runner._archive_commit(tmp_path) == "9a70822+archive"
+
+
 def test_device_description_and_check() -> None:
     assert runner.device_description("cpu") == "cpu"
     assert runner.check_device("cpu") == "cpu"

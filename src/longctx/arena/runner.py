@@ -50,12 +50,13 @@ UNKNOWN_COMMIT = "unknown"
 
 
 def source_commit() -> str:
-    """The git commit of the source tree (``+dirty`` when tracked files are modified), or
-    ``"unknown"`` when the package is not inside a git checkout of this project (an installed
-    wheel, no git, a broken repository). Never raises."""
+    """The git commit of the source tree (``+dirty`` when tracked files are modified); in a
+    ``git archive`` of the project (no .git), the commit git wrote into ``ARCHIVE_COMMIT``
+    (export-subst in .gitattributes); else ``"unknown"`` (an installed wheel, no git, a broken
+    repository). Never raises."""
     root = Path(__file__).resolve().parents[3]  # <root>/src/longctx/arena/runner.py
-    if not (root / ".git").exists():  # not our checkout (a wheel inside some other repo, say)
-        return UNKNOWN_COMMIT
+    if not (root / ".git").exists():  # an archive, or not our checkout (a wheel, say)
+        return _archive_commit(root)
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
                               capture_output=True, text=True, timeout=10, check=False)
@@ -66,6 +67,17 @@ def source_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return UNKNOWN_COMMIT
     return head.stdout.strip() + ("+dirty" if dirty.returncode != 0 or dirty.stdout.strip() else "")
+
+
+def _archive_commit(root: Path) -> str:
+    """The commit ``git archive`` substituted into ``ARCHIVE_COMMIT`` (marked ``+archive``), or
+    ``"unknown"`` (no file, or the unsubstituted ``$Format`` placeholder of a checkout)."""
+    try:
+        text = (root / "src" / "longctx" / "arena" / "ARCHIVE_COMMIT").read_text().strip()
+    except OSError:
+        return UNKNOWN_COMMIT
+    ok = text and all(c in "0123456789abcdef" for c in text)
+    return text + "+archive" if ok else UNKNOWN_COMMIT
 
 
 def check_device(device: str) -> str:
