@@ -1,5 +1,9 @@
-import sys, torch
+import sys
+
+import torch
+
 from longctx.bench.kernels import _inputs, _ours
+
 op, T = sys.argv[1], int(sys.argv[2])
 ins = _inputs(op, 1, T, 16, 128, torch.bfloat16, seed=0)
 diff = [t.requires_grad_() for t in ins if t.dim() >= 3]

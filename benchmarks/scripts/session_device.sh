@@ -4,7 +4,7 @@
 # the corpora's packages; carry [".snap", ".whl"]). At most 8 files come back, so logs are merged.
 #  - zoology-mqar, d_model 64/128 half, ZJOBS workers on the GPU, in the background for the whole
 #    call (TOTAL s); resumes from .snap/runs (copy the returned zoology-mqar.sqlite there).
-#  - DIAG=1: the delta-rule backward's fault (bisect_delta_bwd.py; compute-sanitizer if present).
+#  - DIAG=1: the delta-rule backward's fault (delta_bwd_diag.sh).
 #  - the GPU tests (vs float64 references): one pytest process per ';'-separated entry of TESTS,
 #    all at once (Triton compiles on the CPU, one kernel at a time per process), PHASE_A s.
 #  - the kernel bench (OPS; kernels.json is rewritten after every row, so a timeout keeps what
@@ -31,16 +31,12 @@ if [ "${ZJOBS:-8}" -gt 0 ]; then
 fi
 
 if [ "${DIAG:-1}" = 1 ]; then
-  ( PYTHONPATH=src timeout 400 python benchmarks/scripts/bisect_delta_bwd.py
-    CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
-    echo "compute-sanitizer: ${CS:-none}"
-    if [ -n "$CS" ]; then
-      PYTHONPATH=src timeout 300 "$CS" --tool memcheck --print-limit 5 python benchmarks/scripts/repro_delta_bwd.py deltanet 128 2>&1 | tail -60
-    fi ) > "$OUT/delta_diag.txt" 2>&1 &
+  ( bash benchmarks/scripts/delta_bwd_diag.sh > "$OUT/delta_diag.txt" 2>&1 ) &
   DPID=$!
 fi
 
-TESTS=${TESTS:-tests/ops/test_triton_log_linear.py;tests/ops/test_triton_log_linear_levels.py -k 'not gated_deltanet';tests/generate/test_cuda_graph.py}
+DEFAULT_TESTS="tests/ops/test_triton_log_linear.py;tests/ops/test_triton_log_linear_levels.py -k 'not gated_deltanet';tests/generate/test_cuda_graph.py"
+TESTS=${TESTS:-$DEFAULT_TESTS}
 mkdir -p /tmp/gt
 pids=()
 i=0

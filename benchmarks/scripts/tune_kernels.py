@@ -30,6 +30,9 @@ KERNELS = {  # op -> (kernel name, backward?) in launch order
                        ("delta.delta_dh", 1), ("delta.delta_dqk", 1), ("delta.wy_bwd", 1)],
 }
 SETTINGS = [{"num_warps": w, "num_stages": s} for w, s in itertools.product((2, 4, 8), (1, 2, 3))]
+# settings not tried, and why: a fault poisons the process for every later row
+SKIP = {("delta.delta_dh", 8): "illegal memory access on the H100 under 2 of 4 variants at num_warps 8 "
+                               "(bisect_delta_bwd.py, 2026-12-06, reproduced)"}
 
 
 def _run(op: str, T: int, backward: bool):
@@ -62,6 +65,10 @@ def main() -> None:
             ref = [t.float() for t in run() if t is not None]
             for s in SETTINGS:
                 row = {"op": op, "T": a.T, "kernel": kernel, **s}
+                if (kernel, s["num_warps"]) in SKIP:
+                    row["error"] = "skipped: " + SKIP[kernel, s["num_warps"]]
+                    rows.append(row)
+                    continue
                 try:
                     with launch_overrides({kernel: s}):
                         got = [t.float() for t in run() if t is not None]

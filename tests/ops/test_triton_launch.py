@@ -17,14 +17,13 @@ def test_overrides_apply_inside_the_block_only() -> None:
 
 
 def test_overrides_restored_after_an_error() -> None:
-    with pytest.raises(RuntimeError, match="inside"):
-        with launch_overrides({"delta.delta_dh": {"num_warps": 8}}):
-            raise RuntimeError("inside")
+    with pytest.raises(RuntimeError, match="inside"), launch_overrides({"delta.delta_dh": {"num_warps": 8}}):
+        raise RuntimeError("inside")
     assert OVERRIDES == {}
 
 
 def test_unknown_setting_is_named() -> None:
-    with pytest.raises(ValueError, match=r"gla.fwd_h: unknown setting\(s\) \['BV'\]"):
-        with launch_overrides({"gla.fwd_h": {"BV": 32}}):
-            pass
+    with pytest.raises(ValueError, match=r"gla.fwd_h: unknown setting\(s\) \['BV'\]"), \
+            launch_overrides({"gla.fwd_h": {"BV": 32}}):
+        pass
     assert OVERRIDES == {}

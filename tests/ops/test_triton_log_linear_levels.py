@@ -126,10 +126,12 @@ CASES = [
     # from an initial state: t0 = 21 (mid-chunk, levels 1..5 in the state), T = 50 crosses
     # chunk-level blocks; t0 = 64 (a block boundary), T = 7 stays inside one chunk
     *_cases(ALL[:3], [(1, 21, 50, 2, 8, 8, 16), (2, 64, 7, 1, 8, 8, 16)], True, on_gpu=False),
-    *_cases(BASES, [(2, 0, 300, 4, 64, 64, 64), (1, 0, 1000, 2, 128, 64, 64), (1, 0, 133, 2, 32, 16, 16)],
-            False, on_gpu=True),
+    *_cases(BASES, [(2, 0, 300, 4, 64, 64, 64), (1, 0, 1000, 2, 128, 64, 64)], False, on_gpu=True),
     *_cases(ALL, [(2, 0, 300, 4, 64, 64, 64), (1, 0, 1024, 2, 64, 64, 64)], True, on_gpu=True),
-    *_cases(ALL[:3], [(2, 300, 333, 4, 64, 64, 64), (1, 1024, 129, 2, 64, 64, 16)], True, on_gpu=True),
+    *_cases(ALL[:3], [(2, 300, 333, 4, 64, 64, 64)], True, on_gpu=True),
+    # chunks of 16 on a GPU: not with the GLA base (refused there, see the test below)
+    *_cases(["gated_deltanet"], [(1, 0, 133, 2, 32, 16, 16)], False, on_gpu=True),
+    *_cases(["gated_deltanet", "scalar"], [(1, 1024, 129, 2, 64, 64, 16)], True, on_gpu=True),
 ]
 
 
@@ -147,16 +149,34 @@ def test_level_dispatch_and_fallbacks() -> None:
     assert_close(ref, auto, 1e-10)
     y = _inputs("gla", 1, 20, 2, 8, 8, seed=1)
     with pytest.raises(ValueError, match="cannot run this call: key / feature dim 300"):
-        z = _inputs("gla", 1, 4, 1, 300, 8, seed=1)
-        chunk_log_linear_attention(**z, backend="triton")
+        z = _inputs("gla", 1, 4, 1, 300, 8, seed=1)  # on the kernels' device (else: "needs CUDA")
+        chunk_log_linear_attention(**{n: t.to(DEVICE) for n, t in z.items()}, backend="triton")
     assert chunk_log_linear_attention(**y, backend="torch")[0].shape == (1, 20, 2, 8)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_CUDA, reason="needs CUDA")
+def test_gla_base_refuses_small_chunks_on_a_gpu() -> None:
+    """The GLA kernel with chunks of 16 failed these tests on an H100 (2026-12-06): a GPU runs
+    the GLA base with chunks of 64 only; "auto" falls back to PyTorch, "triton" says why."""
+    from longctx.ops.log_linear.triton import triton_log_linear_attention
+
+    x = {n: t.to(DEVICE, torch.float32) for n, t in _inputs("gla", 1, 40, 2, 16, 8, seed=2).items()}
+    with pytest.raises(ValueError, match="GLA base runs on a GPU with chunk_size 64 only"):
+        chunk_log_linear_attention(**x, chunk_size=16, backend="triton")
+    with pytest.raises(ValueError, match="GLA base runs on a GPU with chunk_size 64 only"):
+        triton_log_linear_attention(**x, chunk_size=16)
+    ref, _ = naive_log_linear_attention(**{n: t.double().cpu() for n, t in x.items()})
+    out, _ = chunk_log_linear_attention(**x, chunk_size=16, backend="auto")
+    assert_close(ref, out.double().cpu(), TOL[torch.float32], "o")
 
 
 # packed variable lengths: sequences of 23, 40, 1 and 37 tokens (chunks of 16), one row
 LENS = [23, 40, 1, 37]
 
 
-def _packed_vs_each(fn, naive, x: dict, per_token: set[str], dtype: torch.dtype, **kw) -> None:
+def _packed_vs_each(fn, naive, x: dict, per_token: set[str], dtype: torch.dtype, chunk_size: int = 16,
+                    **kw) -> None:
     """``fn`` on the sequences packed with cu_seqlens == ``naive`` on each sequence alone: output
     and the gradient of every input (tensors named in ``per_token`` are [1, total, ...])."""
     cu = torch.tensor([0, *itertools.accumulate(LENS)])
@@ -169,7 +189,7 @@ def _packed_vs_each(fn, naive, x: dict, per_token: set[str], dtype: torch.dtype,
         outs.append(naive(**part, **kw)[0])
     ref = torch.cat(outs, dim=1)
     dev_in = {n: t.detach().to(DEVICE, dtype).requires_grad_() for n, t in x.items()}
-    out = fn(**dev_in, **kw, chunk_size=16, cu_seqlens=cu.to(DEVICE))
+    out = fn(**dev_in, **kw, chunk_size=chunk_size, cu_seqlens=cu.to(DEVICE))
     assert_close(ref, out.double().cpu(), TOL[dtype], "o")
     cot = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3), dtype=F64)
     ref_g = torch.autograd.grad((ref * cot).sum(), list(ref_in.values()))
@@ -195,7 +215,9 @@ def test_packed_sequences_match_each_alone(base: str, dtype: torch.dtype) -> Non
         _packed_vs_each(triton_log_linear_gated_deltanet, naive_log_linear_gated_deltanet, x, set(x), dtype,
                         use_qk_l2norm=True)
     else:
-        _packed_vs_each(triton_log_linear_attention, naive_log_linear_attention, x, set(x), dtype)
+        # the GLA base: chunks of 64 on a GPU (see test_gla_base_refuses_small_chunks_on_a_gpu)
+        chunk = 64 if base == "gla" and ON_CUDA else 16
+        _packed_vs_each(triton_log_linear_attention, naive_log_linear_attention, x, set(x), dtype, chunk)
 
 
 @pytest.mark.parametrize("dtype", VARLEN_DTYPES)

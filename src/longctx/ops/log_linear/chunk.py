@@ -192,9 +192,18 @@ def _transport(P: Tensor, X: Tensor) -> Tensor:
     return P[:, :, None] @ X
 
 
-def _triton_unsupported(p: Prepared) -> str | None:
-    """Why the log-linear Triton paths cannot run this call, or None."""
-    return kernel_unsupported(p.q.shape[-1], p.v.shape[-1])
+def gla_base_unsupported(p: Prepared, C: int) -> str | None:
+    """Why the GLA base cannot run on the GPU with chunks of ``C``, or None. The GLA kernel with
+    chunks of 16 failed the level path's GPU tests on an H100 (2026-12-06; exact in the
+    interpreter, float32 included): a GPU runs the chunks of 64 that passed."""
+    if p.g is not None and p.g.dim() == 4 and p.q.is_cuda and C < 64:
+        return f"the GLA base runs on a GPU with chunk_size 64 only (got {C}: smaller chunks failed its GPU tests)"
+    return None
+
+
+def _triton_unsupported(p: Prepared, C: int) -> str | None:
+    """Why the log-linear Triton paths cannot run this call (chunks of ``C``), or None."""
+    return gla_base_unsupported(p, C) or kernel_unsupported(p.q.shape[-1], p.v.shape[-1])
 
 
 def chunk_log_linear_attention(
@@ -234,7 +243,7 @@ def _chunk_or_kernel(op: str, p: Prepared, C: int, output_final_state: bool, bac
     """A prepared base through the Triton kernels where ``backend`` asks for them and they can run
     it, else the PyTorch chunked form: o [B, T, H, Dv] (compute dtype) and the final level states
     [B, bit_length(t0 + T), H, Dk, Dv] or None."""
-    if wants_triton(op, backend, *tensors, supported=_triton_unsupported(p)):
+    if wants_triton(op, backend, *tensors, supported=_triton_unsupported(p, C)):
         from longctx.ops.log_linear.triton import triton_log_linear_prepared
 
         return triton_log_linear_prepared(p, C, tensors[0].dtype, output_final_state)

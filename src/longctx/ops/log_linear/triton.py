@@ -45,6 +45,7 @@ from longctx.ops.log_linear.chunk import (
     _chunked,
     _gated_pieces,
     delta_intra_scores,
+    gla_base_unsupported,
     intra_output,
 )
 from longctx.ops.log_linear.fenwick import init_levels
@@ -75,6 +76,9 @@ def triton_log_linear_prepared(
     kernels read q / k / v in (the caller's, e.g. bf16; default the compute dtype); cu_seqlens:
     packed sequences (B = 1, no states) or None."""
     C = kernel_chunk(chunk_size)
+    reason = gla_base_unsupported(p, C)
+    if reason is not None:
+        raise ValueError(f"log-linear attention (Triton): {reason}")
     if p.beta is None and (p.g is None or p.g.dim() == 3) and not output_final_state and p.t0 == 0:
         g = p.g if p.g is not None else torch.zeros_like(p.q[..., 0])  # linear attention: no decay
         return log_linear_scalar_decay_chunk(p.q, p.k, p.v, g, p.lam, chunk_size=C, cu_seqlens=cu_seqlens), None

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The delta-rule backward's illegal memory access (issue 9), from the repo root on a GPU machine:
+#  1. bisect_delta_bwd.py: _delta_dh_kernel alone under 9 launch variants (2026-12-06: 2 of 9
+#     faulted, num_warps 8 only, and not the same BV / gate in both; each passes elsewhere);
+#  2. the whole op (repro_delta_bwd.py, T = 4096) under compute-sanitizer memcheck with
+#     PyTorch's caching allocator off, so an access past a tensor's end is caught (inside one of
+#     the allocator's segments memcheck cannot see it: that would explain a fault that comes
+#     and goes with where the tensors land);
+#  3. the same without the sanitizer (does the fault reproduce with each tensor its own
+#     allocation?).
+set -u
+export PYTHONPATH=src CUDA_LAUNCH_BLOCKING=1
+CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+( timeout 300 python benchmarks/scripts/bisect_delta_bwd.py > /tmp/diag_bisect.txt 2>&1 ) &
+for op in deltanet gated_deltanet; do
+  ( PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 300 "$CS" --tool memcheck --print-limit 4 \
+      python benchmarks/scripts/repro_delta_bwd.py $op 4096 > "/tmp/diag_memcheck_$op.txt" 2>&1
+    for i in 1 2 3; do
+      PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 100 python benchmarks/scripts/repro_delta_bwd.py $op 4096 2>&1 | tail -1
+    done > "/tmp/diag_nocache_$op.txt" ) &
+done
+wait
+for f in /tmp/diag_bisect.txt /tmp/diag_memcheck_*.txt /tmp/diag_nocache_*.txt; do
+  echo "=== $f"; grep -v "^\s*$" "$f" | tail -40
+done
