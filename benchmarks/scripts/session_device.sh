@@ -65,9 +65,13 @@ fi
 if [ "${PHASE_C:-0}" -gt 0 ]; then
   PYTHONPATH=src timeout "$PHASE_C" python - <<'PY' >> "$OUT/bench.log" 2>&1
 import json, os, torch
-from longctx.bench.decode import decode_latency, decode_model, format_rows
+from longctx.bench.decode import block_latency, decode_latency, decode_model, format_rows
 rows = {}
 for mixer in ("gated_deltanet", "mamba2"):
+    # one block's step (mixer + MLP + norms: issue 9's per-layer target bounds the mixer), then
+    # the whole 4-layer model at 1k and 64k context
+    rows[mixer + "/block"] = block_latency(mixer, layers=(1, 5), d_model=1024, n_heads=8)
+    print(mixer, "per block:", rows[mixer + "/block"], flush=True)
     model = decode_model(mixer, d_model=1024, n_layers=4)
     rows[mixer] = decode_latency(model, (1024, 65536), steps=50)
     print(mixer, "(4 layers, d_model 1024)"); print(format_rows(rows[mixer]), flush=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longctx.bench.decode import MODES, decode_latency, decode_model, format_rows
+from longctx.bench.decode import MODES, block_latency, decode_latency, decode_model, format_rows
 from longctx.cli.main import main
 from longctx.generate.cuda_graph import (
     GRAPH_MIXERS,
@@ -86,6 +86,17 @@ def test_decode_latency_cpu_eager_only() -> None:
     assert "| 20 |" in format_rows(rows)
     with pytest.raises(ValueError, match="unknown mode"):
         decode_latency(model, [8], modes=["fast"])
+
+
+def test_block_latency_is_the_slope_between_two_depths() -> None:
+    rows = block_latency("gla", layers=(1, 3), context=8, modes=["eager", "graph"], device="cpu",
+                         steps=2, warmup=1, d_model=32, n_heads=2, vocab_size=17)
+    eager, graph = rows
+    t1, t3 = eager["ms_per_token"][1], eager["ms_per_token"][3]
+    assert eager["error"] is None and eager["ms_per_block"] == pytest.approx((t3 - t1) / 2)
+    assert graph["ms_per_block"] is None and "CUDA" in graph["error"]  # no graph on the CPU
+    with pytest.raises(ValueError, match="0 < a < b"):
+        block_latency("gla", layers=(3, 3), device="cpu")
 
 
 # -- GPU ---------------------------------------------------------------------------------------

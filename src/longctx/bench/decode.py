@@ -118,6 +118,33 @@ def decode_latency(model: LongCtxLM, context_lengths: Sequence[int] = CONTEXTS, 
     return rows
 
 
+def block_latency(mixer: str, *, layers: tuple[int, int] = (1, 5), context: int = 1024,
+                  modes: Sequence[str] = ("graph", "graph+fused"), device: str = "cuda",
+                  steps: int = 100, warmup: int = 10, **model_kw) -> list[dict]:
+    """ms per decoded token of ONE block (mixer, MLP, norms): the slope between two models of
+    ``layers`` = (a, b) blocks, ``(t_b - t_a) / (b - a)``, which cancels the embedding, the LM
+    head and the argmax (each model random, ``decode_model(mixer, **model_kw)``). An upper bound
+    on the mixer's own step. One row per mode: ``{"mode", "ms_per_block", "ms_per_token": {a: t_a,
+    b: t_b}, "error"}``."""
+    a, b = layers
+    if not 0 < a < b:
+        raise ValueError(f"block_latency: layers must be (a, b) with 0 < a < b, got {layers}")
+    times: dict[int, dict[str, dict]] = {}
+    for n in (a, b):
+        model = decode_model(mixer, n_layers=n, device=device, **model_kw)
+        rows = decode_latency(model, [context], modes=modes, steps=steps, warmup=warmup,
+                              prefill_chunk=min(context, 4096))
+        times[n] = {r["mode"]: r for r in rows}
+        del model
+    out = []
+    for m in modes:
+        ta, tb = times[a][m]["ms_per_token"], times[b][m]["ms_per_token"]
+        err = times[a][m]["error"] or times[b][m]["error"]
+        out.append({"mode": m, "ms_per_block": None if err else (tb - ta) / (b - a),
+                    "ms_per_token": {a: ta, b: tb}, "error": err})
+    return out
+
+
 def format_rows(rows: list[dict]) -> str:
     """A Markdown table: one line per context length, one column per mode."""
     modes = list(dict.fromkeys(r["mode"] for r in rows))
@@ -131,4 +158,4 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["CONTEXTS", "MODES", "decode_latency", "decode_model", "format_rows"]
+__all__ = ["CONTEXTS", "MODES", "block_latency", "decode_latency", "decode_model", "format_rows"]
