@@ -35,7 +35,9 @@ if [ "${DIAG:-1}" = 1 ]; then
   DPID=$!
 fi
 
-DEFAULT_TESTS="tests/ops/test_triton_log_linear.py;tests/ops/test_triton_log_linear_levels.py -k 'not gated_deltanet';tests/generate/test_cuda_graph.py"
+# default: what had not run on a GPU after 2026-12-06 (the delta-rule kernels, in three processes;
+# the GDN level cases; GLA at other tiles)
+DEFAULT_TESTS="tests/ops/test_triton_delta.py -k 'delta_rule_kernel_matches and not gated';tests/ops/test_triton_delta.py -k gated_delta_rule_kernel_matches;tests/ops/test_triton_delta.py -k 'not kernel_matches';tests/ops/test_triton_log_linear_levels.py -k 'gated_deltanet or refuses';tests/ops/test_triton_gla.py -k other_tiles"
 TESTS=${TESTS:-$DEFAULT_TESTS}
 mkdir -p /tmp/gt
 pids=()
