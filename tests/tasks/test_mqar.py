@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from longctx.errors import UnknownNameError
 from longctx.tasks import IGNORE_INDEX, MQARConfig, build_task, make_mqar, task_names
+from longctx.tasks.mqar import _distinct, _examples
 
 CFG = {"vocab_size": 64, "seq_len": 48, "num_kv_pairs": 6, "num_train": 40, "num_test": 20}
 
@@ -85,6 +87,35 @@ def test_queries_favour_early_positions() -> None:
     ctx = 8
     middle = ctx + (96 - ctx) / 2
     assert (pos < middle).float().mean() > 0.5  # power law with alpha 0.01 prefers short gaps
+
+
+@pytest.mark.parametrize("size", [7, 5])  # k(k-1) = 6 <= 7: redraw rows with repeats; > 5: permutations
+def test_distinct_draws_are_uniform_over_ordered_tuples(size: int) -> None:
+    n, k = 60_000, 3
+    x = _distinct(np.random.default_rng(0), n, k, 10, 10 + size)
+    assert x.shape == (n, k) and x.min() >= 10 and x.max() < 10 + size
+    assert (np.sort(x, 1)[:, 1:] != np.sort(x, 1)[:, :-1]).all(), "a row repeats a value"
+    _, counts = np.unique(x, axis=0, return_counts=True)
+    cells = size * (size - 1) * (size - 2)
+    assert len(counts) == cells
+    expected = n / cells
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < cells - 1 + 6 * (2 * (cells - 1)) ** 0.5, f"chi2 {chi2:.0f} over {cells} cells"
+
+
+def test_query_gaps_follow_weighted_sampling_without_replacement() -> None:
+    # each gap's inclusion frequency matches numpy's sequential weighted draw (rng.choice with p)
+    cfg = MQARConfig(vocab_size=64, seq_len=28, num_kv_pairs=3, num_train=1, num_test=1, power_a=0.5)
+    n, ctx = 40_000, 6
+    pos = (_examples(cfg, n, np.random.default_rng(1)).targets != IGNORE_INDEX).nonzero()[:, 1]
+    ours = np.bincount((pos.numpy() - ctx) // 2, minlength=11) / n  # target at the query key
+    space = (cfg.seq_len - ctx) // 2
+    p = np.arange(1, space + 1, dtype=np.float64) ** (cfg.power_a - 1)
+    rng = np.random.default_rng(2)
+    ref = np.bincount(np.concatenate([rng.choice(space, 3, replace=False, p=p / p.sum()) for _ in range(n)]),
+                      minlength=space) / n
+    assert ours.shape == ref.shape
+    assert np.abs(ours - ref).max() < 0.015, (ours.round(3), ref.round(3))
 
 
 def test_minimal_config() -> None:

@@ -45,17 +45,39 @@ class MQARConfig:
             )
 
 
+def _distinct(rng: np.random.Generator, n: int, k: int, low: int, high: int) -> np.ndarray:
+    """[n, k] int64: per row, k distinct integers drawn uniformly from [low, high) (ordered)."""
+    size = high - low
+    if k * (k - 1) <= size:  # a row repeats with probability <= k(k-1)/(2 size) <= 1/2: redraw it
+        out = rng.integers(low, high, size=(n, k))
+        bad = np.arange(n)
+        while True:
+            srt = np.sort(out[bad], axis=1)
+            bad = bad[(srt[:, 1:] == srt[:, :-1]).any(axis=1)]
+            if bad.size == 0:
+                return out
+            out[bad] = rng.integers(low, high, size=(bad.size, k))
+    # dense case: the first k of a random permutation per row, a block of rows at a time (memory)
+    block = max(1, (1 << 22) // size)
+    out = np.empty((n, k), dtype=np.int64)
+    for i in range(0, n, block):
+        j = min(n, i + block)
+        out[i:j] = np.argsort(rng.random((j - i, size)), axis=1)[:, :k] + low
+    return out
+
+
 def _examples(cfg: MQARConfig, n: int, rng: np.random.Generator) -> Batch:
     ctx = 2 * cfg.num_kv_pairs
     half = cfg.vocab_size // 2
-    # distinct keys / values per example: argsort of uniform noise = a random permutation
-    keys = np.argsort(rng.random((n, half - 1)), axis=1)[:, : cfg.num_kv_pairs] + 1
-    values = np.argsort(rng.random((n, cfg.vocab_size - half)), axis=1)[:, : cfg.num_kv_pairs] + half
+    keys = _distinct(rng, n, cfg.num_kv_pairs, 1, half)
+    values = _distinct(rng, n, cfg.num_kv_pairs, half, cfg.vocab_size)
     # query slots: (seq_len - ctx) // 2 even offsets after the context, chosen without replacement
+    # with weights p; the k largest u^(1/p) are such a draw (Efraimidis & Spirakis 2006, A-Res)
     space = (cfg.seq_len - ctx) // 2
     p = cfg.power_a * np.arange(1, space + 1, dtype=np.float64) ** (cfg.power_a - 1)
     p /= p.sum()
-    gaps = np.stack([rng.choice(space, size=cfg.num_kv_pairs, replace=False, p=p) for _ in range(n)])
+    score = np.log(rng.random((n, space))) / p  # log u / p: monotone in u^(1/p)
+    gaps = np.argpartition(-score, cfg.num_kv_pairs - 1, axis=1)[:, : cfg.num_kv_pairs]
     seq = np.zeros((n, cfg.seq_len + 1), dtype=np.int64)
     seq[:, 0:ctx:2] = keys
     seq[:, 1:ctx:2] = values
