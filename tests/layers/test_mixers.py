@@ -6,6 +6,7 @@ boundaries, so the chunked, carried-state and decode paths are all exercised.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import io
@@ -13,7 +14,9 @@ import io
 import pytest
 import torch
 
+import longctx.layers.base
 from longctx.layers import State, build, config_class, names
+from longctx.ops.common import check_values
 from tests.helpers import assert_close
 
 D_MODEL, N_HEADS, B, T = 32, 2, 3, 11
@@ -99,6 +102,27 @@ def test_forward_shape_and_no_state(mixer) -> None:
     assert state is None
     assert torch.isfinite(y).all()
     assert y.abs().max() > 0
+
+
+def test_mixer_call_skips_the_ops_value_checks(mixer) -> None:
+    seen = []
+    mixer.register_forward_pre_hook(lambda *_: seen.append(check_values()))
+    mixer(inputs())
+    assert seen == [False]  # inside the call: no read-back per op (a GPU synchronisation each)
+    assert check_values()  # restored after it
+
+
+def test_mixer_inputs_pass_the_ops_value_checks(mixer, monkeypatch) -> None:
+    # what the trust above rests on: with the checks on, every mixer's gates, betas, keys and
+    # steps pass them, in the chunked forward and in the decode steps
+    monkeypatch.setattr(longctx.layers.base, "trusted_values", contextlib.nullcontext)
+    seen = []
+    mixer.register_forward_pre_hook(lambda *_: seen.append(check_values()))
+    x = inputs()
+    _, state = mixer(x[:, :5], mixer.init_state(B, dtype=torch.float64))
+    for t in range(5, 7):
+        _, state = mixer(x[:, t : t + 1], state)
+    assert seen == [True] * 3
 
 
 @pytest.mark.parametrize("with_state", [False, True])

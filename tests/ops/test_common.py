@@ -12,8 +12,10 @@ from longctx.ops.common import (
     check_qkv,
     check_state,
     check_step_qkv,
+    check_values,
     default_scale,
     pad_to_multiple,
+    trusted_values,
 )
 
 
@@ -74,6 +76,22 @@ def test_check_gate_shape_and_sign() -> None:
     with pytest.raises(ValueError, match="log-space forget gate and must be <= 0"):
         check_gate("gla", "g", g.abs() + 0.1, (2, 5, 4, 8), log_space=True)
     check_gate("op", "beta", g.abs(), (2, 5, 4, 8), log_space=False)
+
+
+def test_value_checks_skipped_only_inside_trusted_values() -> None:
+    positive = torch.full((1, 3, 2), 0.5)
+    assert check_values()
+    with trusted_values():
+        assert not check_values()
+        check_gate("gla", "g", positive, (1, 3, 2), log_space=True)  # the value is not read
+        with pytest.raises(ValueError, match="must have shape"):  # shapes still are
+            check_gate("gla", "g", positive, (1, 3, 3), log_space=True)
+        with pytest.raises(RuntimeError, match="inner"), trusted_values():
+            raise RuntimeError("inner")
+        assert not check_values()  # the inner block's exit restored the outer one's setting
+    assert check_values()
+    with pytest.raises(ValueError, match="log-space forget gate"):
+        check_gate("gla", "g", positive, (1, 3, 2), log_space=True)
 
 
 def test_check_state() -> None:

@@ -230,3 +230,37 @@ def test_harsh_decay_in_a_partial_chunk_stays_finite(dtype) -> None:
         return triton_simple_gla(q, k, v, g.float(), scale=K ** -0.5, output_final_state=True)
 
     _check("harsh_decay", ref, fn, [q, k, v, g], dtype)
+
+
+@pytest.mark.parametrize(("B", "T", "chunk"), [(3, 37, 16), (1, 64, 64), (2, 1, 16), (4, 0, 16)])
+def test_uniform_layout_is_the_layout_of_its_offsets(B: int, T: int, chunk: int) -> None:
+    # rows of one length: offsets and chunk layout made on the device from (B, T), no read-back;
+    # they must equal what the offsets give when read (a clone is not recognised as uniform)
+    from longctx.ops.common.triton_scalar_decay import (
+        chunk_layout,
+        max_seqlen,
+        packed_sequences,
+        uniform_rows,
+    )
+
+    cu = packed_sequences(B, T, torch.device("cpu"))[0]
+    assert cu is packed_sequences(B, T, torch.device("cpu"))[0]  # kept
+    given = cu.clone()
+    assert uniform_rows(cu) == (B, T) and uniform_rows(given) is None
+    assert cu.tolist() == [b * T for b in range(B + 1)] and cu.dtype == torch.int32
+    fast, slow = chunk_layout(cu, chunk), chunk_layout(given, chunk)
+    assert fast[2] == slow[2] == B * -(-T // chunk)
+    for a, b in zip(fast[:2], slow[:2], strict=True):
+        assert a.dtype == b.dtype == torch.int32 and torch.equal(a, b)
+    assert max_seqlen(cu) == max_seqlen(given) == T
+
+
+def test_uniform_offsets_cache_is_bounded() -> None:
+    from longctx.ops.common import triton_scalar_decay as sd
+
+    first = sd.packed_sequences(1, 12345, torch.device("cpu"))[0]
+    for T in range(1, sd._UNIFORM_MAX + 1):
+        sd.packed_sequences(1, 20000 + T, torch.device("cpu"))
+    assert len(sd._UNIFORM) <= sd._UNIFORM_MAX and len(sd._UNIFORM_OF) == len(sd._UNIFORM)
+    assert sd.uniform_rows(first) is None  # evicted: read like given offsets from now on
+    assert sd.chunk_layout(first, 16)[2] == -(-12345 // 16)

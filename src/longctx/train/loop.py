@@ -56,6 +56,9 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # [{"step", "accuracy", "loss"}]
 
 
+LOSS_READ_EVERY = 25  # steps between read-backs of the training loss for the progress bar
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warmup to ``cfg.lr``, then cosine decay to ``min_lr_frac * lr`` at ``cfg.steps``."""
     warmup = int(cfg.warmup_frac * cfg.steps)
@@ -94,25 +97,41 @@ def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on ``device``; to a GPU through pinned memory, without waiting for the GPU (a copy
+    from pageable memory synchronises the stream, once per step)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Batch, batch_size: int = 256) -> tuple[float, float]:
     """(accuracy, mean loss) over the scored positions of ``data``."""
     was_training = model.training
     model.eval()
-    correct = total = 0
-    loss_sum = 0.0
     device = next(model.parameters()).device
+    # sums kept on the device: one read-back at the end, not three per batch
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    total = torch.zeros((), dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for i in range(0, len(data), batch_size):
-        x = data.inputs[i : i + batch_size].to(device)
-        y = data.targets[i : i + batch_size].to(device)
+        x = _to_device(data.inputs[i : i + batch_size], device)
+        y = _to_device(data.targets[i : i + batch_size], device)
         logits, _ = model(x)
         y = aligned_targets(logits, y)  # [B, L]
         mask = y != IGNORE_INDEX
-        n = int(mask.sum())
-        correct += int((logits.argmax(-1)[mask] == y[mask]).sum())
-        loss_sum += float(_loss(logits, y)) * n
+        n = mask.sum()
+        correct += ((logits.argmax(-1) == y) & mask).sum()
+        loss_sum += torch.where(n > 0, _loss(logits, y).double() * n, 0.0)  # (a mean over none is NaN)
         total += n
     model.train(was_training)
+    correct, total, loss_sum = int(correct), int(total), float(loss_sum)
     if total == 0:
         raise ValueError("evaluate: the data has no scored positions (all targets are IGNORE_INDEX)")
     return correct / total, loss_sum / total
@@ -120,7 +139,11 @@ def evaluate(model: nn.Module, data: Batch, batch_size: int = 256) -> tuple[floa
 
 def train(model: nn.Module, data: TaskData, cfg: TrainConfig, progress: bool = True,
           desc: str = "train") -> TrainResult:
-    """Train ``model`` on ``data.train`` and evaluate on ``data.test``."""
+    """Train ``model`` on ``data.train`` and evaluate on ``data.test``.
+
+    On a GPU the steps run ahead of the device: a training loss is read back every
+    ``LOSS_READ_EVERY`` steps (progress bar) and at evaluations, and ``train_time_s`` is the wall
+    time of the steps up to a synchronisation before each evaluation."""
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     device = next(model.parameters()).device
@@ -129,19 +152,19 @@ def train(model: nn.Module, data: TaskData, cfg: TrainConfig, progress: bool = T
     n_train = len(data.train)
     order = torch.randperm(n_train, generator=gen)
     cursor, train_time, tokens = 0, 0.0, 0
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []  # on the device
     history: list[dict] = []
     model.train()
     bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     step = 0
+    t0 = time.perf_counter()
     for step in bar:
         if cursor + cfg.batch_size > n_train:  # new epoch, new order
             order, cursor = torch.randperm(n_train, generator=gen), 0
         idx = order[cursor : cursor + cfg.batch_size]
         cursor += cfg.batch_size
         batch = data.train.slice(idx)
-        x, y = batch.inputs.to(device), batch.targets.to(device)
-        t0 = time.perf_counter()
+        x, y = _to_device(batch.inputs, device), _to_device(batch.targets, device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         logits, _ = model(x)
@@ -151,21 +174,27 @@ def train(model: nn.Module, data: TaskData, cfg: TrainConfig, progress: bool = T
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        train_time += time.perf_counter() - t0
         tokens += x.numel()
-        losses.append(loss.detach().item())
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        losses.append(loss.detach())
+        if progress and (step + 1) % LOSS_READ_EVERY == 0:
+            bar.set_postfix(loss=f"{float(losses[-1]):.3f}")
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            _sync(device)
+            train_time += time.perf_counter() - t0
             acc, ev_loss = evaluate(model, data.test, cfg.eval_batch_size)
             history.append({"step": step + 1, "accuracy": acc, "loss": ev_loss})
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{acc:.3f}")
+            bar.set_postfix(loss=f"{float(losses[-1]):.3f}", acc=f"{acc:.3f}")
+            t0 = time.perf_counter()
             if cfg.target_accuracy is not None and acc >= cfg.target_accuracy:
                 break
+    else:
+        _sync(device)
+        train_time += time.perf_counter() - t0
     bar.close()
     acc, ev_loss = evaluate(model, data.test, cfg.eval_batch_size)
     history.append({"step": step + 1, "accuracy": acc, "loss": ev_loss})
-    tail = losses[-max(1, len(losses) // 10):]
+    tail = torch.stack(losses[-max(1, len(losses) // 10):]).double().mean().item() if losses else math.nan
     return TrainResult(
-        accuracy=acc, loss=ev_loss, train_loss=sum(tail) / len(tail), steps=step + 1,
+        accuracy=acc, loss=ev_loss, train_loss=tail, steps=step + 1,
         train_time_s=train_time, tokens_per_s=tokens / max(train_time, 1e-9), history=history,
     )

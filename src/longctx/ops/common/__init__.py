@@ -5,7 +5,9 @@ from longctx.ops.common.checks import (
     check_qkv,
     check_state,
     check_step_qkv,
+    check_values,
     default_scale,
+    trusted_values,
 )
 from longctx.ops.common.chunking import pad_to_multiple
 
@@ -16,6 +18,8 @@ __all__ = [
     "check_qkv",
     "check_state",
     "check_step_qkv",
+    "check_values",
     "default_scale",
     "pad_to_multiple",
+    "trusted_values",
 ]

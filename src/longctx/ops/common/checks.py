@@ -1,13 +1,40 @@
 """Input validation shared by every op: clear errors that name the argument and what was expected.
 
-Checks run once at the entry of an op (not inside loops), so they cost nothing measurable.
+Checks run once at the entry of an op (not inside loops). Checks of shapes, dtypes and devices
+read nothing from the tensors; checks of *values* (a log gate <= 0, beta in [0, 2], unit-norm keys,
+dt >= 0) read a reduction back to the host, a device synchronisation per call on a GPU, and are
+skipped inside ``trusted_values()``, which every mixer enters (its gates are valid by construction).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from torch import Tensor
+
+_VALUES_TRUSTED: ContextVar[bool] = ContextVar("longctx_values_trusted", default=False)
+
+
+@contextmanager
+def trusted_values() -> Iterator[None]:
+    """Inside the block the ops skip their checks of input values (each reads a reduction back to
+    the host: on a GPU a synchronisation that stalls the launch queue, several per layer and step).
+    Shapes, dtypes and devices are still checked. ``Mixer.__call__`` enters it: a mixer builds its
+    gates, betas and keys so that they are valid (logsigmoid, sigmoid, l2norm); a direct call of an
+    op checks everything."""
+    token = _VALUES_TRUSTED.set(True)
+    try:
+        yield
+    finally:
+        _VALUES_TRUSTED.reset(token)
+
+
+def check_values() -> bool:
+    """Whether the ops check input values now (False inside ``trusted_values()``)."""
+    return not _VALUES_TRUSTED.get()
 
 
 def _shape(t: Tensor) -> str:
@@ -94,7 +121,7 @@ def check_gate(op: str, name: str, g: Tensor, expected: tuple[int, ...], *, log_
         raise ValueError(
             f"{op}: {name} must have shape [{', '.join(map(str, expected))}], got {_shape(g)}"
         )
-    if log_space and g.numel() and bool((g > 0).any()):
+    if log_space and g.numel() and check_values() and bool((g > 0).any()):
         raise ValueError(
             f"{op}: {name} is a log-space forget gate and must be <= 0 (log of a decay in (0, 1]); "
             f"got max {g.max().item():.4g}. Pass e.g. F.logsigmoid(x), not sigmoid(x)."
@@ -154,5 +181,7 @@ __all__ = [
     "check_qkv",
     "check_state",
     "check_step_qkv",
+    "check_values",
     "default_scale",
+    "trusted_values",
 ]

@@ -53,6 +53,7 @@ from longctx.ops.common.triton_scalar_decay import (
     _reverse_cumsum,
     _sequence,
     chunk_layout,
+    max_seqlen,
     packed_sequences,
 )
 
@@ -313,7 +314,7 @@ class _LogLinearScalarDecayFn(torch.autograd.Function):
         _, _, H, K = q.shape
         V, L = v.shape[-1], lam.shape[-1]
         N = cu.numel() - 1
-        M = chunk_levels(-(-int((cu[1:] - cu[:-1]).max()) // chunk_size))  # chunks of the longest
+        M = chunk_levels(-(-max_seqlen(cu) // chunk_size))  # chunks of the longest
         LOG2C = chunk_size.bit_length() - 1
         _, BK, BV = _blocks(K, V)
         acc, ACC = _acc(q.dtype)

@@ -24,11 +24,14 @@ and the decay's gradient from the identity that the loss sees the decays only th
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from longctx.ops.common.backend import stream_capturing
 from longctx.ops.common.triton_launch import launch_options
 
 
@@ -270,9 +273,62 @@ def _bwd_dqkv_kernel(
 # host side
 
 
+# Rows of one length (no cu_seqlens) are the common case. Their offsets and chunk layouts are
+# built on the device from (B, T) and kept, so that no call reads an offset back to the host (a
+# synchronisation per op call, i.e. per layer and step, that stalls the launch queue).
+_UNIFORM_MAX = 64
+_UNIFORM: dict[tuple[int, int, torch.device], Tensor] = {}  # (B, T, device) -> cu, oldest first
+_UNIFORM_OF: dict[int, tuple[Tensor, int, int]] = {}  # id(cu) -> (cu, B, T) for the tensors above
+
+
+def _uniform_cu(B: int, T: int, device: torch.device) -> Tensor:
+    """``[0, T, 2T, ..., BT]`` (int32 on ``device``), one tensor per (B, T, device)."""
+    key = (B, T, torch.device(device))
+    cu = _UNIFORM.get(key)
+    if cu is None:
+        cu = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=device) if T else \
+            torch.zeros(B + 1, dtype=torch.int32, device=device)
+        if stream_capturing():  # memory of a graph's pool: not kept past the capture
+            return cu
+        if len(_UNIFORM) >= _UNIFORM_MAX:
+            old = _UNIFORM.pop(next(iter(_UNIFORM)))
+            del _UNIFORM_OF[id(old)]
+        _UNIFORM[key] = cu
+        _UNIFORM_OF[id(cu)] = (cu, B, T)
+    return cu
+
+
+def uniform_rows(cu_seqlens: Tensor) -> tuple[int, int] | None:
+    """(B, T) if ``cu_seqlens`` is the layout ``packed_sequences`` made for B rows of T tokens,
+    else None (offsets given by the caller)."""
+    hit = _UNIFORM_OF.get(id(cu_seqlens))
+    return hit[1:] if hit is not None and hit[0] is cu_seqlens else None
+
+
+def max_seqlen(cu_seqlens: Tensor) -> int:
+    """The longest sequence's length (read back from the device only for given offsets)."""
+    rows = uniform_rows(cu_seqlens)
+    if rows is not None:
+        return rows[1]
+    return int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) if cu_seqlens.numel() > 1 else 0
+
+
+@functools.lru_cache(maxsize=_UNIFORM_MAX)
+def _uniform_layout(B: int, T: int, chunk_size: int, device: torch.device) -> tuple[Tensor, Tensor, int]:
+    nc = -(-T // chunk_size)
+    offsets = (torch.arange(B + 1, device=device) * nc).to(torch.int32)
+    seq = torch.arange(B, device=device).repeat_interleave(nc)
+    local = torch.arange(nc, device=device).repeat(B)
+    return offsets, torch.stack([seq, local], dim=1).to(torch.int32).contiguous(), B * nc
+
+
 def chunk_layout(cu_seqlens: Tensor, chunk_size: int) -> tuple[Tensor, Tensor, int]:
     """``chunk_offsets [N+1]`` (first chunk of each sequence) and ``chunk_indices [chunks, 2]``
     (sequence, chunk within it) as int32 on the device of ``cu_seqlens``, and the chunk count."""
+    rows = uniform_rows(cu_seqlens)
+    if rows is not None:  # while a graph is captured: built in its pool, not kept
+        build = _uniform_layout.__wrapped__ if stream_capturing() else _uniform_layout
+        return build(*rows, chunk_size, cu_seqlens.device)
     lens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
     per_seq = [-(-n // chunk_size) for n in lens]
     dev = cu_seqlens.device
@@ -395,7 +451,7 @@ def packed_sequences(B: int, T: int, device: torch.device, cu_seqlens: Tensor | 
     if cu_seqlens is not None:
         cu = cu_seqlens.to(device=device, dtype=torch.int32)
     else:
-        cu = torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=device)
+        cu = _uniform_cu(B, T, device)
     return cu, lambda t: t.reshape(1, B * T, *t.shape[2:])
 
 

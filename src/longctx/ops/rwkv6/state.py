@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from longctx.ops.common.checks import check_values
+
 
 def _shape(t: Tensor) -> str:
     return "[" + ", ".join(str(s) for s in t.shape) + "]"
@@ -46,7 +48,7 @@ def check_rwkv6(op: str, r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor,
     _check_tensor(op, "v", v, (B, T, H, V), r, "[B, T, H, V]")
     _check_tensor(op, "w", w, (B, T, H, K), r, "[B, T, H, K] like r")
     _check_tensor(op, "u", u, (H, K), r, "[H, K]")
-    if w.numel() and bool((w > 0).any()):
+    if w.numel() and check_values() and bool((w > 0).any()):
         raise ValueError(
             f"{op}: w is the log of the decay, log w_t = -exp(d_t), and must be <= 0; got max "
             f"{w.max().item():.4g}. Pass -exp(d), not the decay exp(-exp(d)) itself or d.")
