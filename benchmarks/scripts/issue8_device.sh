@@ -8,6 +8,7 @@
 # $OUT at the end; stopping at ARENA_TIMEOUT loses only the runs in flight.
 set -u
 export PYTHONPATH="$PWD/src:$PWD/../.whl/site" PYTHONUNBUFFERED=1
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True  # a dozen workers share one GPU
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
 python -c "import torch, sys; print(sys.version); print('torch', torch.__version__)" >> "$OUT/gpu.txt"
 lscpu | grep -E "Model name|^CPU\(s\)" >> "$OUT/gpu.txt"

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from longctx.ops.deltanet import chunk_delta_rule, naive_delta_rule
 from longctx.ops.gated_deltanet import chunk_gated_delta_rule, naive_gated_delta_rule
 from tests.ops.test_triton_kernels import _check as check_kernel
-from tests.ops.triton_support import HAS_TRITON, ON_CUDA  # first: picks the interpreter
+from tests.ops.triton_support import DEVICE, HAS_TRITON, ON_CUDA  # first: picks the interpreter
 
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
 gpu = pytest.mark.gpu
@@ -196,6 +196,19 @@ def test_auto_backend_keeps_cpu_tensors_on_pytorch_and_rejects_big_keys() -> Non
     o_auto, _ = chunk_gated_delta_rule(q, k, v, g, beta, backend="auto")
     o_torch, _ = chunk_gated_delta_rule(q, k, v, g, beta, backend="torch")
     assert torch.equal(o_auto, o_torch)  # CPU tensors: PyTorch, even with the interpreter on
-    q, k, v, beta, g, _ = _inputs(1, 3, 1, 300, 4, seed=11)
-    with pytest.raises(ValueError, match="key / feature dim 300"):
+    q, k, v, beta, g, _ = (t.to(DEVICE) for t in _inputs(1, 3, 1, 300, 4, seed=11))
+    with pytest.raises(ValueError, match="key / feature dim 300"):  # on the GPU, or interpreted
         chunk_delta_rule(q, k, v, beta, backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_CUDA, reason="a GPU-only refusal")
+def test_half_ungated_kernel_over_64_key_dims_is_refused_on_a_gpu() -> None:
+    # wrong states after the first chunk on Hopper (2026-12-06): "auto" runs PyTorch, "triton" says why
+    q, k, v, beta, _, _ = (t.to(DEVICE) for t in _inputs(1, 130, 2, 128, 32, seed=12))
+    q, k, v = (t.bfloat16() for t in (q, k, v))
+    with pytest.raises(ValueError, match="wrong states in torch.bfloat16 with key dims over 64"):
+        chunk_delta_rule(q, k, v, beta.float(), backend="triton")
+    o_auto, _ = chunk_delta_rule(q, k, v, beta.float(), backend="auto")
+    o_torch, _ = chunk_delta_rule(q, k, v, beta.float(), backend="torch")
+    assert torch.equal(o_auto, o_torch)

@@ -7,6 +7,7 @@ where it stopped: finished runs are skipped by their config hash, an interrupted
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import multiprocessing as mp
 import platform
@@ -182,10 +183,14 @@ def _attempt(config: dict[str, Any], suite: str, device: str, progress: bool,
     try:
         return execute_run(config, suite, device, progress=progress, threads=threads)
     except Exception as e:  # noqa: BLE001 - one run's failure must not stop the suite
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
         frames = "".join(traceback.format_tb(e.__traceback__)[-3:])
         return RunFailure(config_hash(config), config, f"{type(e).__name__}: {e}\n{frames}")
+    finally:
+        # give the run's cached blocks back: a pool worker keeps what its largest run reserved,
+        # and a dozen workers sharing one GPU ran it out of memory (zoology-mqar, 2026-12-06)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def _worker(args: tuple[dict, str, str, int | None, str]) -> RunRecord | RunFailure:

@@ -24,6 +24,19 @@ from longctx.ops.deltanet.checks import check_beta, prepare_qk
 from longctx.ops.deltanet.recurrent import recurrent_delta_rule
 
 
+def half_ungated_unsupported(q: Tensor) -> str | None:
+    """Why the DeltaNet kernel (no gate) cannot take ``q``, or None. In bf16 / fp16 on a GPU with
+    key dims over 64 (one [K, 64] tile of K^T) its states go wrong after the first chunk (H200 and
+    H100, Triton 3.6, 2026-12-06: K = 128 and 256 relative error ~1 from the second chunk on, beta
+    in (0, 1) or (0, 2); K = 64, float32, and the gated kernel in bf16 at K = 128 were right;
+    benchmarks/results/2026-12-06-h100-session9/). Refused until found: ``auto`` runs PyTorch,
+    ``triton`` says why."""
+    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] > 64:
+        return (f"the DeltaNet kernel gives wrong states in {q.dtype} with key dims over 64 on a GPU "
+                "(found 2026-12-06, not yet fixed); run it in float32 or with backend='torch'")
+    return None
+
+
 def ut_solve(k: Tensor, beta: Tensor, decay: Tensor, rhs: Tensor) -> Tensor:
     """The UT transform applied to ``rhs`` (DeltaNet §3.3; GDN §3.3):
     ``(I + StrictTril(diag(beta) (K K^T ⊙ decay)))^{-1} diag(beta) rhs``, by one triangular solve.
@@ -123,7 +136,8 @@ def chunk_delta_rule(
         )
     dtype = torch.promote_types(q.dtype, torch.float32)  # half inputs are computed in float32
     qc, kc = prepare_qk(op, q, k, use_qk_l2norm, dtype)
-    if wants_triton(op, backend, q, k, v, beta, initial_state, supported=kernel_unsupported(Dk, Dv)):
+    unsupported = kernel_unsupported(Dk, Dv) or half_ungated_unsupported(q)
+    if wants_triton(op, backend, q, k, v, beta, initial_state, supported=unsupported):
         from longctx.ops.deltanet.triton import triton_delta_rule
 
         return triton_delta_rule(

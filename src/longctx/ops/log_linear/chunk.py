@@ -194,8 +194,10 @@ def _transport(P: Tensor, X: Tensor) -> Tensor:
 
 def gla_base_unsupported(p: Prepared, C: int) -> str | None:
     """Why the GLA base cannot run on the GPU with chunks of ``C``, or None. The GLA kernel with
-    chunks of 16 failed the level path's GPU tests on an H100 (2026-12-06; exact in the
-    interpreter, float32 included): a GPU runs the chunks of 64 that passed."""
+    chunks of 16 (sub-chunks of 16) does not compile on an H100: Triton 3.6 asserts in its
+    TritonGPUCoalesce pass on ``_bwd_dqk_kernel`` (2026-12-06; exact in the interpreter). Chunks
+    of 32 / sub-chunks of 16 passed the kernel's own GPU test but not yet the level path's: a GPU
+    runs the chunks of 64 that passed both."""
     if p.g is not None and p.g.dim() == 4 and p.q.is_cuda and C < 64:
         return f"the GLA base runs on a GPU with chunk_size 64 only (got {C}: smaller chunks failed its GPU tests)"
     return None
