@@ -5,6 +5,7 @@
 #  - zoology-mqar, d_model 64/128 half, ZJOBS workers on the GPU, in the background for the whole
 #    call (TOTAL s); resumes from .snap/runs (copy the returned zoology-mqar.sqlite there).
 #  - DIAG=1: the delta-rule backward's fault (delta_bwd_diag.sh).
+#  - BISECT=1: bisect_delta_h.py (which form of the delta-rule state pass is right in bf16), first.
 #  - the GPU tests (vs float64 references): one pytest process per ';'-separated entry of TESTS,
 #    all at once (Triton compiles on the CPU, one kernel at a time per process), PHASE_A s.
 #  - the kernel bench (OPS; kernels.json is rewritten after every row, so a timeout keeps what
@@ -28,6 +29,11 @@ if [ "${ZJOBS:-8}" -gt 0 ]; then
     cp /tmp/zoo/zoology-mqar.sqlite "$R/zoology-mqar.sqlite.tmp" 2>/dev/null && mv "$R/zoology-mqar.sqlite.tmp" "$OUT/zoology-mqar.sqlite"
     cat /tmp/zoo/summary.txt /tmp/zoo/zoology.log /tmp/zoo/*failures* > "$OUT/zoology.log" 2>/dev/null ) &
   ZPID=$!
+fi
+
+if [ "${BISECT:-0}" = 1 ]; then
+  PYTHONPATH=src timeout 240 python benchmarks/scripts/bisect_delta_h.py "$OUT/bisect_delta_h.json" > "$OUT/bisect_delta_h.txt" 2>&1
+  tail -40 "$OUT/bisect_delta_h.txt"
 fi
 
 if [ "${DIAG:-1}" = 1 ]; then
