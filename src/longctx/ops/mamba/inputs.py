@@ -10,11 +10,7 @@ from functools import reduce
 import torch
 from torch import Tensor
 
-from longctx.ops.common.checks import check_values
-
-
-def _shape(t: Tensor) -> str:
-    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+from longctx.ops.common.checks import _shape, check_values
 
 
 def _check_tensor(op: str, name: str, t: object) -> None:

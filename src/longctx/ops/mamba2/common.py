@@ -8,11 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from longctx.ops.common.checks import check_values
-
-
-def _shape(t: Tensor) -> str:
-    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+from longctx.ops.common.checks import _shape, check_values
 
 
 def _dims(names: str, sizes: tuple[int, ...]) -> str:

@@ -9,11 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from longctx.ops.common.checks import check_values
-
-
-def _shape(t: Tensor) -> str:
-    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+from longctx.ops.common.checks import _shape, check_values
 
 
 def _check_tensor(op: str, name: str, t: object, expected: tuple[int, ...], like: Tensor,
