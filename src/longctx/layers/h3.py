@@ -29,10 +29,21 @@ from longctx.ops.s4 import s4d_lin
 class H3Config(SSMConfig):
     d_state: int = 32  # complex states of the diagonal SSM per (head, key dim)
     shift_size: int = 8  # taps of the shift SSM (a causal FIR over the last keys)
+    # H3's head dimension (§3.3; the paper's and zoology's H3 use 1: d_model SSMs, a
+    # [d_model, d_state] state). 0: head_dim = d_model / n_heads; > 0: it sets n_heads to
+    # d_model / head_size (the model's n_heads is then not used by this mixer)
+    head_size: int = 0
 
     def __post_init__(self) -> None:
+        name = type(self).__name__
+        if not isinstance(self.head_size, int) or self.head_size < 0:
+            raise ValueError(f"{name}.head_size must be a non-negative integer, got {self.head_size!r}")
+        if self.head_size:
+            if self.d_model % self.head_size:
+                raise ValueError(f"{name}: head_size={self.head_size} must divide d_model={self.d_model}")
+            self.n_heads = self.d_model // self.head_size
         super().__post_init__()
-        check_positive(type(self).__name__, "shift_size", self.shift_size)
+        check_positive(name, "shift_size", self.shift_size)
 
 
 @dataclass
