@@ -8,8 +8,9 @@ float64 recurrence, worst relative error per chunk, for K in 64 / 128 / 256, gat
   current    the kernel as it is
   row_trans  K loaded row-major [64, K] and transposed with tl.trans (never a dot's result)
   fp32_dot   the transposed tile and Delta in float32 for the state update (no bf16 operand)
-Run on a GPU: ``PYTHONPATH=src python benchmarks/scripts/bisect_delta_h.py [OUT.json]``; without
-one (``PYTHONPATH=src:.``) it runs the variants in Triton's interpreter in float64 (is each exact?).
+Run on a GPU: ``PYTHONPATH=src python benchmarks/scripts/bisect_delta_h.py [OUT.json [VARIANTS [K]]]``
+(comma lists; one process per variant and K keeps a faulting case from poisoning the others' CUDA
+context, as an illegal memory access at K = 256 did on 2026-12-06); without one (``PYTHONPATH=src:.``) it runs the variants in Triton's interpreter in float64 (is each exact?).
 """
 import json
 import sys
@@ -116,10 +117,12 @@ def case(K: int, gated: bool, dtype: torch.dtype) -> list[float]:
 
 
 if __name__ == "__main__":
+    names = sys.argv[2].split(",") if len(sys.argv) > 2 else list(VARIANTS)
+    sizes = [int(k) for k in sys.argv[3].split(",")] if len(sys.argv) > 3 else SIZES
     out = {}
-    for name, kernel in VARIANTS.items():
-        triton_delta._delta_h_kernel = kernel
-        for K in SIZES:
+    for name in names:
+        triton_delta._delta_h_kernel = VARIANTS[name]
+        for K in sizes:
             for gated in (False, True):
                 for dtype in DTYPES:
                     key = f"{name} K={K} {'gated' if gated else 'ungated'} {str(dtype)[6:]}"
