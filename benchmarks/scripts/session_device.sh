@@ -31,9 +31,15 @@ if [ "${ZJOBS:-8}" -gt 0 ]; then
   ZPID=$!
 fi
 
-if [ "${BISECT:-0}" = 1 ]; then
-  PYTHONPATH=src timeout 240 python benchmarks/scripts/bisect_delta_h.py "$OUT/bisect_delta_h.json" > "$OUT/bisect_delta_h.txt" 2>&1
-  tail -40 "$OUT/bisect_delta_h.txt"
+if [ "${BISECT:-0}" = 1 ]; then  # one process per (variant, K): a fault poisons only its own case
+  mkdir -p /tmp/bis
+  for v in current row_trans fp32_dot; do for K in 64 128 256; do
+    PYTHONPATH=src timeout 240 python benchmarks/scripts/bisect_delta_h.py "/tmp/bis/${v}_$K.json" "$v" "$K" > "/tmp/bis/${v}_$K.txt" 2>&1 &
+  done; done
+  wait $(jobs -p | grep -v "^${ZPID:-x}$")
+  python -c "import glob, json, sys; json.dump({k: v for p in sorted(glob.glob('/tmp/bis/*.json')) for k, v in json.load(open(p)).items()}, open(sys.argv[1], 'w'), indent=1)" "$OUT/bisect_delta_h.json"
+  for f in /tmp/bis/*.txt; do echo "== $f"; tail -6 "$f"; done > "$OUT/bisect_delta_h.txt"
+  cat "$OUT/bisect_delta_h.txt" | grep -v "^==" | cut -c1-150
 fi
 
 if [ "${DIAG:-1}" = 1 ]; then
