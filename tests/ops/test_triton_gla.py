@@ -14,7 +14,7 @@ import torch
 from longctx.ops.gla import chunk_gla, naive_gla
 from tests.helpers import assert_close
 from tests.ops.test_triton_kernels import DTYPES, TOL, _check, _grads, _maybe_gpu, _rand
-from tests.ops.triton_support import HAS_TRITON, ON_CUDA  # first: picks the interpreter
+from tests.ops.triton_support import DEVICE, HAS_TRITON, ON_CUDA  # first: picks the interpreter
 
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
 
@@ -81,7 +81,7 @@ def test_gla_kernel_matches_recurrence(dtype, size, gate, with_state) -> None:
 # Other tiles on a GPU. Chunks of 16 (sub-chunk 16) failed the log-linear level tests on an H100
 # (2026-12-06; exact in the interpreter, float32 included): these isolate the GLA kernel there, and
 # the level path refuses chunks < 64 with the GLA base on a GPU until they pass.
-GPU_TILES = [(16, 16), (32, 16), (64, 32)]
+GPU_TILES = [(32, 16), (64, 32)]  # chunks of 16 do not compile on a GPU: refused (below)
 
 
 @pytest.mark.gpu
@@ -103,6 +103,19 @@ def test_gla_kernel_other_tiles_on_gpu(chunk_size: int, sub_chunk: int) -> None:
                           chunk_size=chunk_size, sub_chunk=sub_chunk)
 
     _check(f"gla/tiles {chunk_size}/{sub_chunk}", ref, fn, [q, k, v, g], torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_CUDA, reason="a GPU-only refusal")
+@pytest.mark.parametrize(("chunk_size", "sub_chunk"), [(16, 16), (64, 8)])
+def test_gla_kernel_refuses_tiles_that_fail_on_a_gpu(chunk_size: int, sub_chunk: int) -> None:
+    from longctx.ops.gla.triton import triton_gla
+
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (_rand(1, 40, 1, 16, gen=gen).float().to(DEVICE) for _ in range(3))
+    g = _gate((1, 40, 1, 16), GATES["mild"], gen).float().to(DEVICE)
+    with pytest.raises(ValueError, match="chunk_size must be >= 32 and sub_chunk >= 16"):
+        triton_gla(q, k, v, g, scale=0.25, chunk_size=chunk_size, sub_chunk=sub_chunk)
 
 
 @pytest.mark.skipif(ON_CUDA, reason="the GPU tests use the default tiles throughout")

@@ -506,8 +506,9 @@ def gla_chunk(
     q, k: [B, T, H, K]; v: [B, T, H, V]; g: [B, T, H, K] log forget gate (<= 0); scale: applied to
     q k^T; initial_state: [N, H, K, V] (N sequences); cu_seqlens: [N+1] int offsets into T for
     packed variable lengths (B must be 1) or None; chunk_size, sub_chunk: powers of two, sub_chunk
-    dividing chunk_size (tile sizes, results do not depend on them; on a GPU sub_chunk >= 16, the
-    smallest tl.dot tile; the CPU interpreter's tests use smaller ones to run faster). Returns o [B, T, H, V] (q's dtype) and the final state
+    dividing chunk_size (tile sizes, results do not depend on them; on a GPU chunk_size >= 32 and
+    sub_chunk >= 16, the smallest tl.dot tile, else ValueError; the CPU interpreter's tests use
+    smaller ones to run faster). Returns o [B, T, H, V] (q's dtype) and the final state
     [N, H, K, V] (float32; float64 for float64 inputs) or None. fp32 accumulation, gate cumsums and
     states for half inputs.
     """
@@ -515,6 +516,12 @@ def gla_chunk(
     if not (pow2(chunk_size) and pow2(sub_chunk) and sub_chunk <= chunk_size):
         raise ValueError(f"gla_chunk: chunk_size {chunk_size} and sub_chunk {sub_chunk} must be powers of "
                          "two, sub_chunk <= chunk_size")
+    if q.is_cuda and (chunk_size < 32 or sub_chunk < 16):
+        # sub-chunks below 16 are under tl.dot's smallest tile; chunks of 16 do not compile
+        # (Triton 3.6 asserts in TritonGPUCoalesce on _bwd_dqk_kernel, H100 and H200, 2026-12-06)
+        raise ValueError(f"gla_chunk: on a GPU chunk_size must be >= 32 and sub_chunk >= 16, got "
+                         f"chunk_size {chunk_size}, sub_chunk {sub_chunk} (smaller tiles are for the "
+                         "CPU interpreter; chunks of 16 do not compile with Triton 3.6)")
     B, T, H, _ = q.shape
     cu, flat = packed_sequences(B, T, q.device, cu_seqlens)
     q, k, v, g = (flat(t).contiguous() for t in (q, k, v, g))

@@ -25,7 +25,8 @@ def triton_gla(
     q, k: [B, T, H, K]; v: [B, T, H, V]; g: [B, T, H, K] log forget gate (<= 0); initial_state:
     [N, H, K, V] (N = B, or the number of packed sequences); cu_seqlens: [N+1] for packed
     sequences (B = 1); chunk_size, sub_chunk: the kernels' tiles (powers of two, not a semantic
-    choice; sub_chunk >= 16 on a GPU, smaller ones only for the CPU interpreter's tests).
+    choice; on a GPU chunk_size >= 32 and sub_chunk >= 16, smaller ones only for the CPU
+    interpreter's tests).
     Returns o [B, T, H, V] and the final state [N, H, K, V] (float32 for half inputs) or None.
     """
     return gla_chunk(q, k, v, g, scale=scale, initial_state=initial_state,
