@@ -155,6 +155,8 @@ def test_long_prefill_float32_is_finite() -> None:
         ({"dt_min": 0.2}, "0 < dt_min <= dt_max"),
         ({"A_init_min": 0.0}, "0 < A_init_min <= A_init_max"),
         ({"norm_eps": 0.0}, "norm_eps must be > 0"),
+        ({"head_size": -1}, "head_size must be a non-negative integer"),
+        ({"head_size": 7}, "head_size=7 must divide d_inner"),
     ],
 )
 def test_config_errors(kwargs, match) -> None:
@@ -169,3 +171,12 @@ def test_state_size_counts_conv_and_ssm() -> None:
     ssm = N_HEADS * c.ssd_head_dim * 4
     assert m.state_size(3, 10**6) == 3 * 4 * (conv + ssm)
     assert math.prod(m.init_state(3).ssm.shape) == 3 * ssm
+
+
+def test_head_size_sets_the_heads() -> None:
+    # the paper's (and zoology's) P = 64: n_heads = expand * d_model / 64, whatever the model passes
+    c = Mamba2Config(d_model=128, n_heads=1, head_size=64)
+    assert (c.n_heads, c.ssd_head_dim) == (4, 64)
+    assert Mamba2Config(d_model=64, n_heads=1, head_size=64, expand=1).n_heads == 1
+    m = build("mamba2", d_model=16, n_heads=1, head_size=8, d_state=4)
+    assert m.init_state(2).ssm.shape[1:3] == (4, 8)

@@ -41,10 +41,20 @@ class Mamba2Config(MixerConfig):
     A_init_max: float = 16.0
     norm_eps: float = 1e-5  # epsilon of the gated RMSNorm
     chunk_size: int = 64  # chunk length of the SSD algorithm (paper's kernels: 256)
+    # SSD head dim P (paper and zoology: 64). 0: P = d_inner / n_heads; > 0: it sets n_heads to
+    # d_inner / head_size (the model's n_heads is then not used by this mixer)
+    head_size: int = 0
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         name = type(self).__name__
+        if not isinstance(self.head_size, int) or self.head_size < 0:
+            raise ValueError(f"{name}.head_size must be a non-negative integer, got {self.head_size!r}")
+        if self.head_size:
+            if not isinstance(self.expand, int) or self.expand * self.d_model % self.head_size:
+                raise ValueError(f"{name}: head_size={self.head_size} must divide d_inner = expand * "
+                                 f"d_model = {self.expand} * {self.d_model}")
+            self.n_heads = self.expand * self.d_model // self.head_size
+        super().__post_init__()
         for f in ("expand", "d_state", "n_groups", "d_conv", "chunk_size"):
             check_positive(name, f, getattr(self, f))
         if self.n_heads % self.n_groups != 0:
