@@ -445,3 +445,40 @@ def test_a_failing_run_does_not_stop_the_suite(tmp_path: Path, monkeypatch, caps
     run_suite(suite, out_dir=tmp_path / "runs", jobs=1, threads=1, progress=False)
     torch.set_num_threads(n_threads)
     assert len(records(suite_dir / "results.sqlite")) == 4
+
+
+def test_out_of_memory_is_recognised() -> None:
+    for error in ("OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB",
+                  "AcceleratorError: CUDA error: out of memory",
+                  "RuntimeError: Triton Error [CUDA]: out of memory",
+                  "RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"):
+        assert runner.out_of_memory(error + "\n  File ...")
+    assert not runner.out_of_memory("RuntimeError: CUDA error: an illegal memory access was encountered")
+    assert not runner.out_of_memory("ValueError: bad\n  File 'x.py', in out of memory handler")
+
+
+def test_runs_out_of_memory_run_again_with_fewer_workers(tmp_path: Path, monkeypatch) -> None:
+    """Runs that ran out of device memory beside others are rerun in the same call, half as many at
+    once each round, down to one; only then is one left failed. Other failures are not retried."""
+    calls: list[tuple[int, int]] = []  # (workers, runs) of each pass
+
+    def fake_results(configs, suite, device, jobs, threads, progress):
+        calls.append((jobs, len(configs)))
+        for c in configs:
+            key = (c["mixer"], c["seq_len"])
+            if key == ("gla", 32) or (key == ("gla", 16) and jobs > 2):
+                yield runner.RunFailure(config_hash(c), c, "OutOfMemoryError: CUDA out of memory.")
+            elif key == ("softmax_attention", 32):
+                yield runner.RunFailure(config_hash(c), c, "ValueError: not a memory problem")
+            else:
+                yield runner.execute_run(c, suite, device)
+
+    monkeypatch.setattr(runner, "_results", fake_results)
+    suite = load_suite(str(write_suite(tmp_path, steps="1")))
+    n_threads = torch.get_num_threads()
+    with pytest.raises(runner.RunsFailed, match="2 of 4 runs failed") as e:
+        run_suite(suite, out_dir=tmp_path / "runs", jobs=4, progress=False, report=False)
+    torch.set_num_threads(n_threads)
+    assert calls == [(4, 4), (2, 2), (1, 1)]  # gla T=16 finished with 2 at once; gla T=32 never
+    assert "gla d_model=16 T=32" in str(e.value) and "softmax_attention d_model=16 T=32" in str(e.value)
+    assert len(records(tmp_path / "runs" / "tiny" / "results.sqlite")) == 2

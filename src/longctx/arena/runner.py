@@ -11,11 +11,13 @@ import gc
 import json
 import multiprocessing as mp
 import platform
+import re
 import subprocess
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -230,17 +232,18 @@ def run_suite(suite: Suite, out_dir: str | Path = "runs", jobs: int = 1, threads
                 store.add(result)
             bar.update()
 
-        if jobs == 1:
-            for config in todo:
-                keep(_attempt(config, suite.name, device, progress=progress, threads=threads))
-        else:
-            per_job = threads or max(1, (torch.get_num_threads() or 1) // jobs)
-            tqdm.set_lock(threading.RLock())  # the bar lives in this process: no semaphore to leak
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(jobs) as pool:
-                args = [(c, suite.name, device, per_job, _COMMIT[0]) for c in todo]
-                for result in pool.imap_unordered(_worker, args):
+        pending, workers = todo, jobs
+        while pending:
+            retry = []
+            for result in _results(pending, suite.name, device, workers, threads, progress):
+                if isinstance(result, RunFailure) and workers > 1 and out_of_memory(result.error):
+                    retry.append(result.config)  # again below, with fewer runs sharing the device
+                else:
                     keep(result)
+            if retry:
+                bar.write(f"{len(retry)} runs ran out of memory beside {workers - 1} others: running "
+                          f"them again {max(1, workers // 2)} at a time", file=sys.stderr)
+            pending, workers = retry, max(1, workers // 2)
         bar.close()
     if report and done + len(todo) > len(failures):  # at least one finished run to report
         write_report(suite_dir)
@@ -250,6 +253,30 @@ def run_suite(suite: Suite, out_dir: str | Path = "runs", jobs: int = 1, threads
         raise RunsFailed(f"{len(failures)} of {len(todo)} runs failed (details in "
                          f"{suite_dir / FAILURES_LOG}; rerun the suite to retry them):\n{listed}{more}")
     return suite_dir
+
+
+def _results(configs: list[dict[str, Any]], suite: str, device: str, jobs: int, threads: int | None,
+             progress: bool) -> Iterator[RunRecord | RunFailure]:
+    """Each config's record or failure as it finishes: in this process (jobs 1) or a pool."""
+    if jobs == 1:
+        for config in configs:
+            yield _attempt(config, suite, device, progress=progress, threads=threads)
+        return
+    per_job = threads or max(1, (torch.get_num_threads() or 1) // jobs)
+    tqdm.set_lock(threading.RLock())  # the bar lives in this process: no semaphore to leak
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(min(jobs, len(configs))) as pool:
+        args = [(c, suite, device, per_job, _COMMIT[0]) for c in configs]
+        yield from pool.imap_unordered(_worker, args)
+
+
+_OUT_OF_MEMORY = re.compile(r"out of memory|CUBLAS_STATUS_ALLOC_FAILED", re.IGNORECASE)
+
+
+def out_of_memory(error: str) -> bool:
+    """Whether a run failed for want of device memory (torch's OutOfMemoryError, a CUDA or Triton
+    "out of memory", cuBLAS failing to allocate its handle): worth retrying with fewer runs at once."""
+    return bool(_OUT_OF_MEMORY.search(error.split("\n", 1)[0]))
 
 
 FAILURES_LOG = "failures.log"
