@@ -47,9 +47,9 @@ if [ "${DIAG:-1}" = 1 ]; then
   DPID=$!
 fi
 
-# default: what had not run on a GPU after 2026-12-06 (the delta-rule kernels, in three processes;
-# the GDN level cases; GLA at other tiles)
-DEFAULT_TESTS="tests/ops/test_triton_delta.py -k 'delta_rule_kernel_matches and not gated';tests/ops/test_triton_delta.py -k gated_delta_rule_kernel_matches;tests/ops/test_triton_delta.py -k 'not kernel_matches';tests/ops/test_triton_log_linear_levels.py -k 'gated_deltanet or refuses';tests/ops/test_triton_gla.py -k other_tiles"
+# default: what had not run on a GPU after session 10 (the delta-rule kernels with K and W
+# transposed in registers, in three processes; the GDN level cases; GLA's other tiles and refusals)
+DEFAULT_TESTS="tests/ops/test_triton_delta.py -k 'delta_rule_kernel_matches and not gated';tests/ops/test_triton_delta.py -k gated_delta_rule_kernel_matches;tests/ops/test_triton_delta.py -k 'not kernel_matches';tests/ops/test_triton_log_linear_levels.py -k 'gated_deltanet or refuses';tests/ops/test_triton_gla.py -k 'other_tiles or refuses'"
 TESTS=${TESTS:-$DEFAULT_TESTS}
 mkdir -p /tmp/gt
 pids=()
