@@ -8,6 +8,7 @@
 #  - BISECT=1: bisect_delta_h.py (which form of the delta-rule state pass is right in bf16), first.
 #  - the GPU tests (vs float64 references): one pytest process per ';'-separated entry of TESTS,
 #    all at once (Triton compiles on the CPU, one kernel at a time per process), PHASE_A s.
+#  - BREAKDOWN=op,op: each kernel's CUDA time in one call of the op, ours vs fla (kernel_breakdown.py).
 #  - the kernel bench (OPS; kernels.json is rewritten after every row, so a timeout keeps what
 #    finished), then the decode latency if PHASE_C > 0.
 set -u
@@ -64,6 +65,11 @@ for p in "${pids[@]}"; do wait "$p"; done
 i=0
 for e in "${entries[@]}"; do i=$((i + 1)); echo "=== $e"; cat "/tmp/gt/$i.txt"; done > "$OUT/gpu_tests.txt"
 grep -E "^=== |passed|failed|error" "$OUT/gpu_tests.txt" | grep -v "^E " | tail -20
+
+if [ -n "${BREAKDOWN-}" ]; then  # e.g. BREAKDOWN=gla,simple_gla: per-kernel CUDA time, ours vs fla
+  PYTHONPATH=src timeout 200 python benchmarks/scripts/kernel_breakdown.py "$OUT/breakdown.json" ${BREAKDOWN//,/ } > "$OUT/breakdown.txt" 2>&1
+  tail -40 "$OUT/breakdown.txt"
+fi
 
 TB=$(( $(left) - ${PHASE_C:-0} - 40 ))
 if [ "$TB" -gt 30 ] && [ -n "${OPS-x}" ]; then
