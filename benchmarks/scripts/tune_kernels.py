@@ -1,5 +1,5 @@
-"""Sweep the Triton kernels' launch settings (num_warps x num_stages) on the GPU, one kernel at a
-time with the others at their defaults, timing the whole op (forward for forward kernels,
+"""Sweep the Triton kernels' launch settings (num_warps x num_stages, and the state passes' tiles
+BK x BV) on the GPU, one kernel at a time with the others at their defaults, timing the whole op (forward for forward kernels,
 forward+backward for backward ones) with `triton.testing.do_bench`, B=1 H=16 D=128 bf16 as the
 kernel bench. Each setting's output must equal the default's (the settings only schedule the same
 arithmetic): a mismatch is reported, not ignored.
@@ -30,6 +30,9 @@ KERNELS = {  # op -> (kernel name, backward?) in launch order
                        ("delta.delta_dh", 1), ("delta.delta_dqk", 1), ("delta.wy_bwd", 1)],
 }
 SETTINGS = [{"num_warps": w, "num_stages": s} for w, s in itertools.product((2, 4, 8), (1, 2, 3))]
+# kernels whose tiles are settings too (triton_launch.TILED): fewer warp / stage pairs, x 4 tiles
+TILE_SETTINGS = [{"num_warps": w, "num_stages": s, "BK": bk, "BV": bv} for w, s, (bk, bv) in
+                 itertools.product((2, 4), (2, 3), ((64, 64), (64, 32), (32, 64), (32, 32)))]
 # settings not tried, and why: a fault poisons the process for every later row
 SKIP = {("delta.delta_dh", 8): "illegal memory access on the H100 under 2 of 4 variants at num_warps 8 "
                                "(bisect_delta_bwd.py, 2026-12-06, reproduced)"}
@@ -53,7 +56,7 @@ def _run(op: str, T: int, backward: bool):
 def main() -> None:
     import triton.testing
 
-    from longctx.ops.common.triton_launch import launch_overrides
+    from longctx.ops.common.triton_launch import TILED, launch_overrides
 
     p = argparse.ArgumentParser()
     p.add_argument("out")
@@ -65,7 +68,7 @@ def main() -> None:
         for kernel, bwd in KERNELS[op]:
             run = _run(op, a.T, bool(bwd))
             ref = [t.float() for t in run() if t is not None]
-            for s in SETTINGS:
+            for s in TILE_SETTINGS if kernel in TILED else SETTINGS:
                 row = {"op": op, "T": a.T, "kernel": kernel, **s}
                 if (kernel, s["num_warps"]) in SKIP:
                     row["error"] = "skipped: " + SKIP[kernel, s["num_warps"]]
@@ -89,7 +92,8 @@ def main() -> None:
         if not ok:
             continue
         best = min(ok, key=lambda r: r["ms"])
-        print(f"{kernel:24} w{best['num_warps']} s{best['num_stages']:<6} {best['ms']:9.3f}"
+        tiles = f" BK{best['BK']} BV{best['BV']}" if "BK" in best else ""
+        print(f"{kernel:24} w{best['num_warps']} s{best['num_stages']}{tiles:<12} {best['ms']:9.3f}"
               f"  (range {min(r['ms'] for r in ok):.3f}-{max(r['ms'] for r in ok):.3f})")
 
 

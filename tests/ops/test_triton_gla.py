@@ -139,6 +139,31 @@ def test_gla_kernel_default_tiles() -> None:
 
 
 @pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
+def test_gla_state_pass_tiles_do_not_change_results(dtype) -> None:
+    """The state passes (gla.fwd_h, gla.bwd_dh) at tiles below the default (a tuning sweep tries
+    them): outputs, final state and every gradient still match the recurrence."""
+    from longctx.ops.common.triton_launch import launch_overrides
+    from longctx.ops.gla.triton import triton_gla
+
+    B, T, H, K, V = (1, 40, 1, 32, 32) if not ON_CUDA else (1, 300, 2, 128, 128)
+    tiles = {"BK": 16, "BV": 16} if not ON_CUDA else {"BK": 32, "BV": 32}
+    tiles_kw = {} if ON_CUDA else {"chunk_size": 16, "sub_chunk": 8}
+    gen = torch.Generator().manual_seed(8)
+    q, k, v = _rand(B, T, H, K, gen=gen), _rand(B, T, H, K, gen=gen), _rand(B, T, H, V, gen=gen)
+    g, S0 = _gate((B, T, H, K), GATES["mild"], gen), _rand(B, H, K, V, gen=gen)
+
+    def ref(q, k, v, g, S0):
+        return naive_gla(q, k, v, g, scale=0.2, initial_state=S0, output_final_state=True)
+
+    def fn(q, k, v, g, S0):
+        return triton_gla(q, k, v, _cast(g, q), scale=0.2, initial_state=_cast(S0, q),
+                          output_final_state=True, **tiles_kw)
+
+    with launch_overrides({"gla.fwd_h": tiles, "gla.bwd_dh": tiles}):  # the backward's too
+        _check("gla/state tiles", ref, fn, [q, k, v, g, S0], dtype)
+
+
+@pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
 def test_gla_packed_variable_lengths_equal_separate_calls(dtype) -> None:
     """cu_seqlens: each packed sequence == its own call (outputs, final states, all gradients)."""
     from longctx.ops.gla.triton import triton_gla

@@ -23,7 +23,17 @@ def test_overrides_restored_after_an_error() -> None:
 
 
 def test_unknown_setting_is_named() -> None:
-    with pytest.raises(ValueError, match=r"gla.fwd_h: unknown setting\(s\) \['BV'\]"), \
-            launch_overrides({"gla.fwd_h": {"BV": 32}}):
+    with pytest.raises(ValueError, match=r"gla.fwd_o: unknown setting\(s\) \['BV'\]"), \
+            launch_overrides({"gla.fwd_o": {"BV": 32}}):
+        pass
+    assert OVERRIDES == {}
+
+
+def test_state_pass_tiles_are_settings() -> None:
+    # the state passes size their grid from BK / BV: tunable there, checked as tl.dot tiles
+    with launch_overrides({"gla.fwd_h": {"BK": 32, "BV": 16}}):
+        assert launch_options("gla.fwd_h", num_warps=4, BK=64, BV=64) == {"num_warps": 4, "BK": 32, "BV": 16}
+    with pytest.raises(ValueError, match="gla.bwd_dh: BV must be a power of two >= 16"), \
+            launch_overrides({"gla.bwd_dh": {"BV": 24}}):
         pass
     assert OVERRIDES == {}

@@ -425,10 +425,10 @@ class _GlaFn(torch.autograd.Function):
         _chunk_cumsum_kernel[(triton.cdiv(K, BK), NC, H)](g, gc, cu, indices, H=H, K=K, BT=BT, BK=BK)
         h = q.new_empty(NC, H, K, V, dtype=acc)
         ht = q.new_empty(N, H, K, V, dtype=acc) if want_ht else None
-        _fwd_h_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
+        opts = launch_options("gla.fwd_h", num_warps=4, num_stages=3, BK=BK, BV=BV)
+        _fwd_h_kernel[(triton.cdiv(K, opts["BK"]), triton.cdiv(V, opts["BV"]), N * H)](
             k, v, gc, h, h0 if h0 is not None else q, ht if want_ht else q, cu, offsets,
-            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec, USE_H0=h0 is not None, STORE_HT=want_ht,
-            **launch_options("gla.fwd_h", num_warps=4, num_stages=3),
+            H=H, K=K, V=V, BT=BT, PREC=prec, USE_H0=h0 is not None, STORE_HT=want_ht, **opts,
         )
         A = q.new_empty(q.shape[1], H, BT, dtype=acc)  # [T, H, BT]
         _fwd_A_kernel[(NC * (BT // BC), H)](
@@ -458,10 +458,10 @@ class _GlaFn(torch.autograd.Function):
         dht = dht.contiguous() if dht is not None else None
         dh = q.new_empty(NC, H, K, V, dtype=acc)
         dh0 = torch.empty(N, H, K, V, dtype=acc, device=q.device) if h0 is not None else None
-        _bwd_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
+        opts = launch_options("gla.bwd_dh", num_warps=4, num_stages=3, BK=BK, BV=BV)
+        _bwd_dh_kernel[(triton.cdiv(K, opts["BK"]), triton.cdiv(V, opts["BV"]), N * H)](
             q, do, gc, dh, dht if dht is not None else q, dh0 if dh0 is not None else q, cu, offsets, scale,
-            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, PREC=prec, USE_DHT=dht is not None, STORE_DH0=dh0 is not None,
-            **launch_options("gla.bwd_dh", num_warps=4, num_stages=3),
+            H=H, K=K, V=V, BT=BT, PREC=prec, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, **opts,
         )
         dv = torch.empty_like(v)
         dA = torch.empty(T, H, BT, dtype=acc, device=q.device)

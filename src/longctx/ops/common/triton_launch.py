@@ -1,4 +1,5 @@
-"""Launch settings (``num_warps``, ``num_stages``) of the Triton kernels, one place to change them.
+"""Launch settings of the Triton kernels (``num_warps``, ``num_stages``, and for the kernels that
+pass them through here their tiles ``BK`` / ``BV``), one place to change them.
 
 Every chunked kernel is launched with ``**launch_options("<op>.<kernel>", num_warps=..., ...)``: the
 defaults written at the call site, unless ``OVERRIDES`` names the kernel. A tuning sweep
@@ -15,6 +16,9 @@ from contextlib import contextmanager
 OVERRIDES: dict[str, dict[str, int]] = {}
 
 _SETTINGS = ("num_warps", "num_stages")
+# tiles a kernel may take through launch_options (its call site sizes the grid from them); the
+# state passes' tiles are free (each (BK, BV) block of the state is independent)
+TILED: dict[str, tuple[str, ...]] = {"gla.fwd_h": ("BK", "BV"), "gla.bwd_dh": ("BK", "BV")}
 
 
 def launch_options(kernel: str, **defaults: int) -> dict[str, int]:
@@ -27,10 +31,16 @@ def launch_overrides(settings: dict[str, dict[str, int]]) -> Iterator[None]:
     """Launch the named kernels with other settings inside the block, e.g.
     ``launch_overrides({"gla.fwd_h": {"num_warps": 8}})``."""
     for kernel, opts in settings.items():
-        bad = set(opts) - set(_SETTINGS)
+        allowed = _SETTINGS + TILED.get(kernel, ())
+        bad = set(opts) - set(allowed)
         if bad:
             raise ValueError(f"launch_overrides: {kernel}: unknown setting(s) {sorted(bad)}; "
-                             f"expected any of {_SETTINGS}")
+                             f"expected any of {allowed}")
+        for tile in set(opts) & {"BK", "BV"}:
+            n = opts[tile]
+            if not isinstance(n, int) or n < 16 or n & (n - 1):
+                raise ValueError(f"launch_overrides: {kernel}: {tile} must be a power of two >= 16 "
+                                 f"(tl.dot's smallest tile), got {n!r}")
     saved = dict(OVERRIDES)
     OVERRIDES.update(settings)
     try:
