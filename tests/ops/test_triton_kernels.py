@@ -87,6 +87,31 @@ def test_simple_gla_kernel_matches_recurrence(dtype, size) -> None:
 
 
 @pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
+def test_scalar_decay_state_pass_tiles_do_not_change_results(dtype) -> None:
+    """The state passes at tiles below the default (what tune_kernels.py tries) still match the
+    recurrence: outputs, final state and every gradient."""
+    from longctx.ops.common.triton_launch import launch_overrides
+    from longctx.ops.retention.triton import triton_simple_gla
+
+    B, T, H, K, V = (1, 37, 2, 32, 32) if not ON_CUDA else (1, 300, 2, 128, 128)
+    tiles = {"BK": 16, "BV": 16} if not ON_CUDA else {"BK": 32, "BV": 32}
+    gen = torch.Generator().manual_seed(9)
+    q, k, v = _rand(B, T, H, K, gen=gen), _rand(B, T, H, K, gen=gen), _rand(B, T, H, V, gen=gen)
+    g, S0 = -torch.rand(B, T, H, generator=gen, dtype=torch.float64) * 0.3, _rand(B, H, K, V, gen=gen)
+
+    def ref(q, k, v, g, S0):
+        return naive_gla(q, k, v, g[..., None].expand(B, T, H, K), scale=0.3, initial_state=S0,
+                         output_final_state=True)
+
+    def fn(q, k, v, g, S0):
+        f = (lambda t: t) if q.dtype == torch.float64 else (lambda t: t.float())
+        return triton_simple_gla(q, k, v, f(g), scale=0.3, initial_state=f(S0), output_final_state=True)
+
+    with launch_overrides({"scalar_decay.fwd_h": tiles, "scalar_decay.bwd_dh": tiles}):
+        _check("simple_gla/state tiles", ref, fn, [q, k, v, g, S0], dtype)
+
+
+@pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
 def test_retention_dispatches_to_the_kernel(dtype) -> None:
     B, T, H, K, V = (2, 45, 2, 16, 16) if not ON_CUDA else (2, 300, 4, 64, 64)
     gen = torch.Generator().manual_seed(1)

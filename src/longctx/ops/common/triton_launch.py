@@ -18,7 +18,8 @@ OVERRIDES: dict[str, dict[str, int]] = {}
 _SETTINGS = ("num_warps", "num_stages")
 # tiles a kernel may take through launch_options (its call site sizes the grid from them); the
 # state passes' tiles are free (each (BK, BV) block of the state is independent)
-TILED: dict[str, tuple[str, ...]] = {"gla.fwd_h": ("BK", "BV"), "gla.bwd_dh": ("BK", "BV")}
+TILED: dict[str, tuple[str, ...]] = {k: ("BK", "BV") for k in (
+    "gla.fwd_h", "gla.bwd_dh", "scalar_decay.fwd_h", "scalar_decay.bwd_dh")}
 
 
 def launch_options(kernel: str, **defaults: int) -> dict[str, int]:

@@ -364,11 +364,11 @@ def _forward(q, k, v, gc, scale, h0, want_ht, cu, offsets, indices, NC, BT):
     h = q.new_empty(NC, H, K, V, dtype=acc)
     ht = q.new_empty(N, H, K, V, dtype=acc) if want_ht else None
     has_g = gc is not None
-    _fwd_h_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
+    opts = launch_options("scalar_decay.fwd_h", num_warps=4, num_stages=3, BK=BK, BV=BV)
+    _fwd_h_kernel[(triton.cdiv(K, opts["BK"]), triton.cdiv(V, opts["BV"]), N * H)](
         k, v, gc if has_g else q, h, h0 if h0 is not None else q, ht if want_ht else q, cu, offsets,
-        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, ACC=ACC, PREC=_prec(q.dtype), USE_H0=h0 is not None,
-        STORE_HT=want_ht,
-        **launch_options("scalar_decay.fwd_h", num_warps=4, num_stages=3),
+        H=H, K=K, V=V, BT=BT, HAS_G=has_g, ACC=ACC, PREC=_prec(q.dtype), USE_H0=h0 is not None,
+        STORE_HT=want_ht, **opts,
     )
     o = torch.empty_like(v)
     _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](
@@ -407,11 +407,11 @@ class _ScalarDecayFn(torch.autograd.Function):
         acc, ACC = _acc(q.dtype)
         dh = q.new_empty(NC, H, K, V, dtype=h.dtype)
         dh0 = torch.empty(N, H, K, V, dtype=acc, device=q.device) if h0 is not None else None
-        _bwd_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H)](
+        opts = launch_options("scalar_decay.bwd_dh", num_warps=4, num_stages=3, BK=BK, BV=BV)
+        _bwd_dh_kernel[(triton.cdiv(K, opts["BK"]), triton.cdiv(V, opts["BV"]), N * H)](
             q, do, gc if has_g else q, dh, dht if dht is not None else q, dh0 if dh0 is not None else q,
-            cu, offsets, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, ACC=ACC, PREC=_prec(q.dtype),
-            USE_DHT=dht is not None, STORE_DH0=dh0 is not None,
-            **launch_options("scalar_decay.bwd_dh", num_warps=4, num_stages=3),
+            cu, offsets, scale, H=H, K=K, V=V, BT=BT, HAS_G=has_g, ACC=ACC, PREC=_prec(q.dtype),
+            USE_DHT=dht is not None, STORE_DH0=dh0 is not None, **opts,
         )
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dgr = torch.empty(q.shape[:3], dtype=acc, device=q.device) if has_g else q
