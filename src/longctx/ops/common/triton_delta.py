@@ -166,12 +166,10 @@ def _delta_h_kernel(
         p_w = tl.make_block_ptr(w + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
         p_u = tl.make_block_ptr(u + (bos * H + i_h) * V, (T, V), (H * V, 1),
                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        # K row-major and transposed in registers: K^T loaded through transposed strides and fed
-        # to tl.dot untouched gave wrong states in bf16 for K > 64 on Hopper (Triton 3.6)
-        p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+        p_kt = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K), (0, i_t * BT), (BK, BT), (0, 1))
         b_w = tl.load(p_w, boundary_check=(0, 1))
         b_u = tl.load(p_u, boundary_check=(0, 1))
-        b_k = tl.load(p_k, boundary_check=(0, 1))
+        b_kt = tl.load(p_kt, boundary_check=(0, 1))
         b_d = b_u.to(ACC) - tl.dot(b_w, b_h.to(b_w.dtype), input_precision=PREC)  # Delta [BT, BV]
         p_vn = tl.make_block_ptr(vn + (bos * H + i_h) * V, (T, V), (H * V, 1),
                                  (i_t * BT, i_v * BV), (BT, BV), (1, 0))
@@ -179,8 +177,8 @@ def _delta_h_kernel(
         if HAS_G:
             b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
             b_h *= tl.exp(g_last)
-            b_k = (b_k * tl.exp(g_last - b_g)[:, None]).to(b_k.dtype)  # K ⊙ e^{G_last - G}
-        b_h += tl.dot(tl.trans(b_k), b_d.to(b_k.dtype), input_precision=PREC)
+            b_kt = (b_kt * tl.exp(g_last - b_g)[None, :]).to(b_kt.dtype)  # (K ⊙ e^{G_last - G})^T
+        b_h += tl.dot(b_kt, b_d.to(b_kt.dtype), input_precision=PREC)
     if STORE_HT:
         p_ht = tl.make_block_ptr(ht + i_nh * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
         tl.store(p_ht, b_h.to(p_ht.dtype.element_ty), boundary_check=(0, 1))
@@ -211,12 +209,12 @@ def _delta_dh_kernel(
         tl.store(p_dh, b_dh.to(p_dh.dtype.element_ty), boundary_check=(0, 1))
         p_qt = tl.make_block_ptr(q + (bos * H + i_h) * K, (K, T), (1, H * K), (0, i_t * BT), (BK, BT), (0, 1))
         p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
-        p_w = tl.make_block_ptr(w + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+        p_wt = tl.make_block_ptr(w + (bos * H + i_h) * K, (K, T), (1, H * K), (0, i_t * BT), (BK, BT), (0, 1))
         p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1),
                                  (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         b_qt = tl.load(p_qt, boundary_check=(0, 1))
         b_k = tl.load(p_k, boundary_check=(0, 1))
-        b_w = tl.load(p_w, boundary_check=(0, 1))  # row-major, transposed in registers (see above)
+        b_wt = tl.load(p_wt, boundary_check=(0, 1))
         b_do = tl.load(p_do, boundary_check=(0, 1))
         b_Pt = tl.dot(b_k, b_qt, input_precision=PREC)  # [j, i] = k_j . q_i, the scores transposed
         if HAS_G:
@@ -236,7 +234,7 @@ def _delta_dh_kernel(
         if HAS_G:
             b_dh *= tl.exp(g_last)
         b_dh += tl.dot(b_qt, b_do, input_precision=PREC)
-        b_dh -= tl.dot(tl.trans(b_w), b_dd.to(b_w.dtype), input_precision=PREC)
+        b_dh -= tl.dot(b_wt, b_dd.to(b_wt.dtype), input_precision=PREC)
     if STORE_DH0:
         p_dh0 = tl.make_block_ptr(dh0 + i_nh * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
         tl.store(p_dh0, b_dh.to(p_dh0.dtype.element_ty), boundary_check=(0, 1))
