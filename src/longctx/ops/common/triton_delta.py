@@ -178,6 +178,11 @@ def _delta_h_kernel(
             b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
             b_h *= tl.exp(g_last)
             b_kt = (b_kt * tl.exp(g_last - b_g)[None, :]).to(b_kt.dtype)  # (K ⊙ e^{G_last - G})^T
+        else:
+            # through registers, as the gated branch: K^T fed to tl.dot straight from its transposed
+            # load gave wrong states in bf16 for K > 64 on Hopper (Triton 3.6, H100 and H200), the
+            # gated branch's identical tile was right (benchmarks/results/2026-12-06-h100-session10)
+            b_kt = tl.where((i_t * BT + tl.arange(0, BT) < T)[None, :], b_kt, 0.0).to(b_kt.dtype)
         b_h += tl.dot(b_kt, b_d.to(b_kt.dtype), input_precision=PREC)
     if STORE_HT:
         p_ht = tl.make_block_ptr(ht + i_nh * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
@@ -215,6 +220,7 @@ def _delta_dh_kernel(
         b_qt = tl.load(p_qt, boundary_check=(0, 1))
         b_k = tl.load(p_k, boundary_check=(0, 1))
         b_wt = tl.load(p_wt, boundary_check=(0, 1))
+        b_wt = tl.where((i_t * BT + idx < T)[None, :], b_wt, 0.0).to(b_wt.dtype)  # via registers, above
         b_do = tl.load(p_do, boundary_check=(0, 1))
         b_Pt = tl.dot(b_k, b_qt, input_precision=PREC)  # [j, i] = k_j . q_i, the scores transposed
         if HAS_G:
