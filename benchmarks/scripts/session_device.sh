@@ -23,7 +23,13 @@ python -m pip install -q --no-deps --no-index .whl/*.whl >> "$OUT/gpu.txt" 2>&1
 python -c "import fla; print('fla', fla.__version__)" >> "$OUT/gpu.txt" 2>&1
 git rev-parse HEAD >> "$OUT/gpu.txt" 2>/dev/null
 
-if [ "${ZJOBS:-8}" -gt 0 ]; then
+# default workers: one per 7 GiB of GPU memory, at most 14 (a zoology run at d_model 128, T 256
+# reserves up to ~5.5 GiB; the tests and the bisect share the GPU): 11 on an H100, 14 on an H200
+if [ -z "${ZJOBS-}" ]; then
+  MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
+  ZJOBS=$(( MIB / 7168 < 14 ? MIB / 7168 : 14 ))
+fi
+if [ "$ZJOBS" -gt 0 ]; then
   # issue8_device.sh writes into its own $OUT (/tmp/zoo); the store and one merged log are
   # copied into this call's $OUT at the end
   ( mkdir -p /tmp/zoo && cd .snap && OUT=/tmp/zoo ZJOBS=$ZJOBS ARENA_TIMEOUT=$((TOTAL - 30)) bash benchmarks/scripts/issue8_device.sh > /tmp/zoo/summary.txt 2>&1
