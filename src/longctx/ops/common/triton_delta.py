@@ -47,7 +47,10 @@ could overflow and 0 * inf would poison the column sums of the backward).
 Hopper pitfalls (as in triton_scalar_decay): a transpose is never taken with tl.trans of a dot's
 result (Triton 3.4 - 3.7.0 miscompiles that on Hopper: flash-linear-attention issue #640); each
 transpose needed is its own product (X^T is loaded through transposed strides, dA^T is formed as
-U dU^T X + W dW^T X). fp32 accumulation and fp32 states for bf16 / fp16 / fp32 inputs, fp64 for
+U dU^T X + W dW^T X). A [K, 64] tile loaded through transposed strides and fed to tl.dot untouched
+gave wrong states in bf16 for K > 64 (2026-12-06, H100 and H200; the same tile rescaled in
+registers first was right), so the state passes put K^T and W^T through registers before their
+dots (not yet checked on a GPU). fp32 accumulation and fp32 states for bf16 / fp16 / fp32 inputs, fp64 for
 fp64; the inverse, W, U and the UT backward run in the accumulation dtype (TF32 dots for half
 inputs, IEEE for fp32 unless torch allows TF32).
 """
