@@ -26,3 +26,14 @@ def check_positive(owner: str, name: str, value: object) -> None:
 def check_choice(owner: str, name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{owner}.{name} must be one of {list(choices)}, got {value!r}")
+
+
+def heads_of_size(owner: str, head_size: int, width: int, width_desc: str) -> int:
+    """How many heads of ``head_size`` channels split ``width`` (0 when ``head_size`` is 0: the
+    config's n_heads stands); ValueError naming ``owner.head_size`` and ``width_desc`` (e.g.
+    ``"d_model=64"``) when it is negative, not an integer, or does not divide ``width``."""
+    if not isinstance(head_size, int) or head_size < 0:
+        raise ValueError(f"{owner}.head_size must be a non-negative integer, got {head_size!r}")
+    if head_size and width % head_size:
+        raise ValueError(f"{owner}: head_size={head_size} must divide {width_desc}")
+    return width // head_size if head_size else 0

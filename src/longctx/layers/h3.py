@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from longctx.layers.base import Mixer, State, dtype_bytes
-from longctx.layers.common import check_positive, merge_heads, split_heads
+from longctx.layers.common import check_positive, heads_of_size, merge_heads, split_heads
 from longctx.layers.s4d import SSMConfig, _complex, diagonal, stable_diagonal
 from longctx.ops.h3 import chunk_h3, h3_step
 from longctx.ops.s4 import s4d_lin
@@ -36,12 +36,7 @@ class H3Config(SSMConfig):
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        if not isinstance(self.head_size, int) or self.head_size < 0:
-            raise ValueError(f"{name}.head_size must be a non-negative integer, got {self.head_size!r}")
-        if self.head_size:
-            if self.d_model % self.head_size:
-                raise ValueError(f"{name}: head_size={self.head_size} must divide d_model={self.d_model}")
-            self.n_heads = self.d_model // self.head_size
+        self.n_heads = heads_of_size(name, self.head_size, self.d_model, f"d_model={self.d_model}") or self.n_heads
         super().__post_init__()
         check_positive(name, "shift_size", self.shift_size)
 

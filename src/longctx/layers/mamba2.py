@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longctx.layers.base import Mixer, MixerConfig, State, dtype_bytes
-from longctx.layers.common import check_positive, merge_heads
+from longctx.layers.common import check_positive, heads_of_size, merge_heads
 from longctx.ops.mamba2 import chunk_ssd, ssd_step
 
 
@@ -47,15 +47,11 @@ class Mamba2Config(MixerConfig):
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        if not isinstance(self.head_size, int) or self.head_size < 0:
-            raise ValueError(f"{name}.head_size must be a non-negative integer, got {self.head_size!r}")
-        if self.head_size:
-            if not isinstance(self.expand, int) or self.expand * self.d_model % self.head_size:
-                raise ValueError(f"{name}: head_size={self.head_size} must divide d_inner = expand * "
-                                 f"d_model = {self.expand} * {self.d_model}")
-            self.n_heads = self.expand * self.d_model // self.head_size
+        check_positive(name, "expand", self.expand)  # before d_inner is used below
+        self.n_heads = heads_of_size(name, self.head_size, self.d_inner,
+                                     f"d_inner = expand * d_model = {self.expand} * {self.d_model}") or self.n_heads
         super().__post_init__()
-        for f in ("expand", "d_state", "n_groups", "d_conv", "chunk_size"):
+        for f in ("d_state", "n_groups", "d_conv", "chunk_size"):
             check_positive(name, f, getattr(self, f))
         if self.n_heads % self.n_groups != 0:
             raise ValueError(
