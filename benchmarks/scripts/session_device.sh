@@ -8,7 +8,9 @@
 #  - BISECT=1: bisect_delta_h.py (which form of the delta-rule state pass is right in bf16), first.
 #  - the GPU tests (vs float64 references): one pytest process per ';'-separated entry of TESTS,
 #    all at once (Triton compiles on the CPU, one kernel at a time per process), PHASE_A s.
+#  - ZWAIT=1: the zoology workers finish (or time out) before anything below is timed.
 #  - BREAKDOWN=op,op: each kernel's CUDA time in one call of the op, ours vs fla (kernel_breakdown.py).
+#  - TUNE="op op": tune_kernels.py's sweep of the launch settings (tune.json / tune.txt).
 #  - the kernel bench (OPS; kernels.json is rewritten after every row, so a timeout keeps what
 #    finished), then the decode latency if PHASE_C > 0.
 set -u
@@ -72,9 +74,19 @@ i=0
 for e in "${entries[@]}"; do i=$((i + 1)); echo "=== $e"; cat "/tmp/gt/$i.txt"; done > "$OUT/gpu_tests.txt"
 grep -E "^=== |passed|failed|error" "$OUT/gpu_tests.txt" | grep -v "^E " | tail -20
 
-if [ -n "${BREAKDOWN-}" ]; then  # e.g. BREAKDOWN=gla,simple_gla: per-kernel CUDA time, ours vs fla
-  PYTHONPATH=src timeout 200 python benchmarks/scripts/kernel_breakdown.py "$OUT/breakdown.json" ${BREAKDOWN//,/ } > "$OUT/breakdown.txt" 2>&1
+if [ "${ZWAIT:-0}" = 1 ] && [ -n "${ZPID-}" ]; then  # the timings below run with the GPU to themselves
+  wait "$ZPID"; ZPID=
+  tail -3 "$OUT/zoology.log"; echo "zoology done, $(left) s left"
+fi
+
+if [ -n "${BREAKDOWN-}" ] && [ "$(left)" -gt 60 ]; then  # e.g. BREAKDOWN=gla,simple_gla: ours vs fla per kernel
+  PYTHONPATH=src timeout $(( $(left) < 200 ? $(left) - 30 : 170 )) python benchmarks/scripts/kernel_breakdown.py "$OUT/breakdown.json" ${BREAKDOWN//,/ } > "$OUT/breakdown.txt" 2>&1
   tail -40 "$OUT/breakdown.txt"
+fi
+
+if [ -n "${TUNE-}" ] && [ "$(left)" -gt 90 ]; then  # e.g. TUNE="gla simple_gla": launch settings swept
+  PYTHONPATH=src timeout $(( $(left) - ${PHASE_C:-0} - 60 )) python benchmarks/scripts/tune_kernels.py "$OUT/tune.json" $TUNE > "$OUT/tune.txt" 2>&1
+  tail -30 "$OUT/tune.txt"
 fi
 
 TB=$(( $(left) - ${PHASE_C:-0} - 40 ))
