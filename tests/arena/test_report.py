@@ -321,3 +321,24 @@ def test_kernel_bench_in_the_report(tmp_path: Path) -> None:
     (d / "kernels.json").write_text(json.dumps(kernels), encoding="utf-8")
     with pytest.raises(ValueError, match="kernels.json is a damaged kernel bench result"):
         write_report(d, bench=d / "kernels.json")
+
+
+def test_header_names_devices_and_commits(tmp_path: Path) -> None:
+    """Runs from two machines and commits: each device and commit with its run count, the
+    most frequent first; one value alone is written bare."""
+    rows = fake_rows()
+    with ResultsStore(tmp_path / "results.sqlite") as store:
+        for i, row in enumerate(rows):
+            gpu = i % 3 != 0
+            store.add(RunRecord(**{**row.__dict__, "device": "cuda:NVIDIA H100" if gpu else "cpu",
+                                   "git_commit": "abc1234" if i < 20 else ""}))
+    paths = write_report(tmp_path)
+    text = paths["markdown"].read_text(encoding="utf-8")
+    assert "- **Device:** cuda:NVIDIA H100 (16 runs), cpu (8 runs)" in text
+    assert "- **Commit:** abc1234 (20 runs), ? (4 runs)" in text
+    assert "cuda:NVIDIA H100 (16 runs)" in paths["html"].read_text(encoding="utf-8")
+
+
+def test_header_single_device_is_bare(report: dict[str, Path]) -> None:
+    text = report["markdown"].read_text(encoding="utf-8")
+    assert "- **Device:** ?" in text and "- **Commit:** ?" in text  # not recorded by the fakes

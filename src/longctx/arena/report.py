@@ -21,7 +21,8 @@ from __future__ import annotations
 import html
 import math
 import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -86,7 +87,7 @@ def write_report(store_dir: str | Path, title: str | None = None,
     out["markdown"].write_text(markdown(title, header, sections), encoding="utf-8")
     out["html"] = store_dir / "report.html"
     subtitle = f"Suite {header['Suite']} · finished {header['Finished']}"
-    stats = {k: header[k] for k in ("Runs", "Compute time (sum over runs)", "Host", "torch")}
+    stats = {k: header[k] for k in ("Runs", "Compute time (sum over runs)", "Device", "Host", "torch")}
     page = html_page(title, subtitle, stats, sections, f"Written from {STORE_NAME} alone")
     out["html"].write_text(page, encoding="utf-8")
     return out
@@ -111,15 +112,29 @@ def _default_title(rows: list[RunRecord], store_dir: Path) -> str:
 
 
 def _header(rows: list[RunRecord]) -> dict[str, str]:
-    """The facts above the table: runs, total wall time, hosts, torch versions, suites."""
+    """The facts above the table: runs, total wall time, devices, hosts, torch versions, source
+    commits, suites."""
     finished = sorted(r.finished_at for r in rows)
     return {"Runs": f"{len(rows):,}",
             "Compute time (sum over runs)": human_duration(sum(r.wall_time_s for r in rows)),
             "Host": ", ".join(sorted({r.host or "?" for r in rows})),
+            "Device": _counted(r.device for r in rows),
             "torch": ", ".join(sorted({r.torch_version or "?" for r in rows})),
+            "Commit": _counted(r.git_commit for r in rows),
             "Suite": ", ".join(sorted({r.suite for r in rows})),
             "Finished": finished[0] if finished[0] == finished[-1]
             else f"{finished[0]} – {finished[-1]}"}
+
+
+def _counted(values: Iterable[str], most: int = 4) -> str:
+    """Distinct values ('?' for unrecorded), most frequent first, with their run counts when
+    there are several: ``"cuda:H100 (90 runs), cpu (6 runs)"``; past ``most``, "+ N more"."""
+    counts = Counter(v or "?" for v in values)
+    if len(counts) == 1:
+        return next(iter(counts))
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{v} ({n} run{'s' if n > 1 else ''})" for v, n in ranked[:most])
+    return shown + (f", + {len(ranked) - most} more" if len(ranked) > most else "")
 
 
 # -- sections ----------------------------------------------------------------------------------
