@@ -50,7 +50,11 @@ transpose needed is its own product (X^T is loaded through transposed strides, d
 U dU^T X + W dW^T X). A [K, 64] tile loaded through transposed strides and fed to tl.dot untouched
 gave wrong states in bf16 for K > 64 (2026-12-06, H100 and H200; the same tile rescaled in
 registers first was right), so the state passes put K^T and W^T through registers before their
-dots (not yet checked on a GPU). fp32 accumulation and fp32 states for bf16 / fp16 / fp32 inputs, fp64 for
+dots (not yet checked on a GPU). Compiled for sm_90 on a CPU (tests/ops/hopper_codegen.py), the old
+passes fed wgmma that tile as its A operand straight from MN-major shared memory with K > 64 rows
+(two warpgroup halves along M) exactly where the GPU went wrong (forward ungated, backward gated
+and ungated); the gated forward and K = 64 did not; the current passes never do
+(tests/ops/test_hopper_codegen.py keeps it so). fp32 accumulation and fp32 states for bf16 / fp16 / fp32 inputs, fp64 for
 fp64; the inverse, W, U and the UT backward run in the accumulation dtype (TF32 dots for half
 inputs, IEEE for fp32 unless torch allows TF32).
 """

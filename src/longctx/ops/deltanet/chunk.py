@@ -29,8 +29,10 @@ def half_ungated_unsupported(q: Tensor) -> str | None:
     key dims over 64 (one [K, 64] tile of K^T) its states go wrong after the first chunk (H200 and
     H100, Triton 3.6, 2026-12-06: K = 128 and 256 relative error ~1 from the second chunk on, beta
     in (0, 1) or (0, 2); K = 64, float32, and the gated kernel in bf16 at K = 128 were right;
-    benchmarks/results/2026-12-06-h100-session9/). Refused until found: ``auto`` runs PyTorch,
-    ``triton`` says why."""
+    benchmarks/results/2026-12-06-h100-session9/). The cause compiled for sm_90 on a CPU: K^T fed to
+    wgmma from MN-major shared memory with > 64 rows (tests/ops/test_hopper_codegen.py), which the
+    kernel no longer does; refused until the GPU tests pass: ``auto`` runs PyTorch, ``triton`` says
+    why."""
     if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] > 64:
         return (f"the DeltaNet kernel gives wrong states in {q.dtype} with key dims over 64 on a GPU "
                 "(found 2026-12-06, not yet fixed); run it in float32 or with backend='torch'")
