@@ -33,7 +33,8 @@ def test_state_pass_tiles_are_settings() -> None:
     # the state passes size their grid from BK / BV: tunable there, checked as tl.dot tiles
     with launch_overrides({"gla.fwd_h": {"BK": 32, "BV": 16}}):
         assert launch_options("gla.fwd_h", num_warps=4, BK=64, BV=64) == {"num_warps": 4, "BK": 32, "BV": 16}
-    with pytest.raises(ValueError, match="gla.bwd_dh: BV must be a power of two >= 16"), \
-            launch_overrides({"gla.bwd_dh": {"BV": 24}}):
-        pass
+    for bad in (24, 8, 128):
+        with pytest.raises(ValueError, match=f"gla.bwd_dh: BK must be 16, 32 or 64 .*got {bad}"), \
+                launch_overrides({"gla.bwd_dh": {"BK": bad}}):
+            pass
     assert OVERRIDES == {}

@@ -39,9 +39,12 @@ def launch_overrides(settings: dict[str, dict[str, int]]) -> Iterator[None]:
                              f"expected any of {allowed}")
         for tile in set(opts) & {"BK", "BV"}:
             n = opts[tile]
-            if not isinstance(n, int) or n < 16 or n & (n - 1):
-                raise ValueError(f"launch_overrides: {kernel}: {tile} must be a power of two >= 16 "
-                                 f"(tl.dot's smallest tile), got {n!r}")
+            if not isinstance(n, int) or n < 16 or n > 64 or n & (n - 1):
+                # <= 64: these passes feed K^T / Q^T, loaded through transposed strides, to tl.dot
+                # as its A operand; over 64 rows that tile was miscompiled on Hopper (Triton 3.6,
+                # tests/ops/hopper_codegen.py)
+                raise ValueError(f"launch_overrides: {kernel}: {tile} must be 16, 32 or 64 (a power "
+                                 f"of two from tl.dot's smallest tile to one warpgroup's rows), got {n!r}")
     saved = dict(OVERRIDES)
     OVERRIDES.update(settings)
     try:
