@@ -93,16 +93,41 @@ def _delta_cases() -> dict[str, tuple]:
     return cases
 
 
+def _state_pass_cases() -> dict[str, tuple]:
+    """The scalar-decay and GLA state passes in bf16 at K = V = 128, with their tiles BK = BV = 64
+    (the defaults; ``launch_overrides`` allows no more) and, scalar decay only, BK = 128 (what a
+    larger tile would compile to)."""
+    from longctx.ops.common import triton_gla as gla
+    from longctx.ops.common import triton_scalar_decay as sd
+
+    fwd = {"k": "*bf16", "v": "*bf16", "gc": "*fp32", "h": "*fp32", "h0": "*fp32", "ht": "*fp32",
+           "cu_seqlens": "*i32", "chunk_offsets": "*i32"}
+    bwd = {"q": "*bf16", "do": "*bf16", "gc": "*fp32", "dh": "*fp32", "dht": "*fp32", "dh0": "*fp32",
+           "cu_seqlens": "*i32", "chunk_offsets": "*i32", "scale": "fp32"}
+    cases = {}
+    for BK in (64, 128):
+        for gated in (False, True):
+            c = {"H": 2, "K": 128, "V": 128, "BT": 64, "BK": BK, "BV": 64, "HAS_G": gated,
+                 "ACC": tl.float32, "PREC": "ieee"}
+            tag = f"BK{BK}_{'gated' if gated else 'ungated'}"
+            cases[f"scalar_fwd_h_{tag}"] = (sd._fwd_h_kernel, fwd, {**c, "USE_H0": False, "STORE_HT": True})
+            cases[f"scalar_bwd_dh_{tag}"] = (sd._bwd_dh_kernel, bwd, {**c, "USE_DHT": False, "STORE_DH0": True})
+    c = {"H": 2, "K": 128, "V": 128, "BT": 64, "BK": 64, "BV": 64, "PREC": "ieee"}
+    cases["gla_fwd_h_BK64"] = (gla._fwd_h_kernel, fwd, {**c, "USE_H0": False, "STORE_HT": True})
+    cases["gla_bwd_dh_BK64"] = (gla._bwd_dh_kernel, bwd, {**c, "USE_DHT": False, "STORE_DH0": True})
+    return cases
+
+
 def audit() -> dict[str, list[str]]:
-    """{case: flagged lines} for the probe (M = 64 / 128, from shared memory or registers) and the
-    delta-rule state passes."""
+    """{case: flagged lines} for the probe (M = 64 / 128, from shared memory or registers), the
+    delta-rule state passes and the scalar-decay / GLA state passes."""
     out = {}
     probe = {"k": "*bf16", "v": "*bf16", "out": "*fp32"}
     for M in (64, 128):
         for via in (False, True):
             ir = ttgir(_probe_kernel, probe, {"M": M, "VIA_REGISTERS": via})
             out[f"probe_M{M}_{'registers' if via else 'smem'}"] = transposed_smem_a_operands(ir)
-    for name, (fn, pointers, constexprs) in _delta_cases().items():
+    for name, (fn, pointers, constexprs) in {**_delta_cases(), **_state_pass_cases()}.items():
         out[name] = transposed_smem_a_operands(ttgir(fn, pointers, constexprs))
     return out
 

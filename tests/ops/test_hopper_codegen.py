@@ -45,3 +45,17 @@ def test_detector_flags_the_pattern_and_only_it(audit: dict[str, list[str]]) -> 
 def test_delta_state_passes_avoid_the_pattern(audit: dict[str, list[str]], kernel: str, gate: str,
                                               K: int) -> None:
     assert audit[f"{kernel}_K{K}_{gate}"] == []
+
+
+@pytest.mark.parametrize("case", ["scalar_fwd_h_BK64_ungated", "scalar_fwd_h_BK64_gated",
+                                  "scalar_bwd_dh_BK64_ungated", "scalar_bwd_dh_BK64_gated",
+                                  "gla_fwd_h_BK64", "gla_bwd_dh_BK64"])
+def test_blocked_state_passes_avoid_the_pattern(audit: dict[str, list[str]], case: str) -> None:
+    assert audit[case] == []
+
+
+def test_why_state_pass_tiles_stop_at_64(audit: dict[str, list[str]]) -> None:
+    """The scalar-decay forward state pass feeds K^T to tl.dot untouched (its decay scales V): at
+    BK = 128 it would have the pattern, hence ``launch_overrides``' cap of 64."""
+    assert len(audit["scalar_fwd_h_BK128_ungated"]) == 1
+    assert len(audit["scalar_fwd_h_BK128_gated"]) == 1
