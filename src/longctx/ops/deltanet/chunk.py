@@ -34,8 +34,9 @@ def half_ungated_unsupported(q: Tensor) -> str | None:
     kernel no longer does; refused until the GPU tests pass: ``auto`` runs PyTorch, ``triton`` says
     why."""
     if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] > 64:
-        return (f"the DeltaNet kernel gives wrong states in {q.dtype} with key dims over 64 on a GPU "
-                "(found 2026-12-06, not yet fixed); run it in float32 or with backend='torch'")
+        return (f"the DeltaNet kernel gave wrong states in {q.dtype} with key dims over 64 on a GPU "
+                "(found 2026-12-06; its fix is not yet verified on a GPU); run it in float32 or with "
+                "backend='torch'")
     return None
 
 
