@@ -60,24 +60,46 @@ fi
 # transposed in registers, in three processes; the GDN level cases; GLA's other tiles and refusals)
 DEFAULT_TESTS="tests/ops/test_triton_delta.py -k 'delta_rule_kernel_matches and not gated';tests/ops/test_triton_delta.py -k gated_delta_rule_kernel_matches;tests/ops/test_triton_delta.py -k 'not kernel_matches';tests/ops/test_triton_log_linear_levels.py -k 'gated_deltanet or refuses';tests/ops/test_triton_gla.py -k 'other_tiles or refuses'"
 TESTS=${TESTS:-$DEFAULT_TESTS}
+[ "$TESTS" = none ] && TESTS=
 mkdir -p /tmp/gt
 pids=()
 i=0
-IFS=';' read -ra entries <<< "$TESTS"
+entries=()
+[ -n "$TESTS" ] && IFS=';' read -ra entries <<< "$TESTS"
 for e in "${entries[@]}"; do
   i=$((i + 1))
   ( eval "PYTHONPATH=src timeout ${PHASE_A:-270} python -m pytest -m 'gpu or not slow' $e -q -p no:cacheprovider -rfE" > "/tmp/gt/$i.txt" 2>&1 ) &
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done
-i=0
-for e in "${entries[@]}"; do i=$((i + 1)); echo "=== $e"; cat "/tmp/gt/$i.txt"; done > "$OUT/gpu_tests.txt"
-grep -E "^=== |passed|failed|error" "$OUT/gpu_tests.txt" | grep -v "^E " | tail -20
+if [ "${#entries[@]}" -gt 0 ]; then
+  i=0
+  for e in "${entries[@]}"; do i=$((i + 1)); echo "=== $e"; cat "/tmp/gt/$i.txt"; done > "$OUT/gpu_tests.txt"
+  grep -E "^=== |passed|failed|error" "$OUT/gpu_tests.txt" | grep -v "^E " | tail -20
+fi
 
 if [ "${ZWAIT:-0}" = 1 ] && [ -n "${ZPID-}" ]; then  # the timings below run with the GPU to themselves
   wait "$ZPID"; ZPID=
   tail -3 "$OUT/zoology.log"; echo "zoology done, $(left) s left"
 fi
+
+# the kernel bench (ours vs fla vs SDPA, OPS x LENGTHS); BENCH_FIRST=1: before the breakdown / tuning,
+# at most BENCH_S seconds
+kernel_bench() {
+  local TB=$(( $(left) - ${PHASE_C:-0} - 40 ))
+  [ "${BENCH_FIRST:-0}" = 1 ] && TB=$(( TB < ${BENCH_S:-240} ? TB : ${BENCH_S:-240} ))
+  if [ "$TB" -gt 30 ] && [ -n "${OPS-x}" ]; then
+    PYTHONPATH=src OPS="${OPS:-gla,linear_attention,simple_gla,ssd,log_linear,deltanet,gated_deltanet,log_linear_gdn}" timeout "$TB" python - <<'PY' > "$OUT/bench.log" 2>&1
+import os
+from longctx.bench.kernels import run_kernel_bench, summary_table
+res = run_kernel_bench(os.environ["OPS"].split(","), [int(t) for t in os.environ.get("LENGTHS", "4096,16384,65536").split(",")], out="/tmp/kb")
+print(summary_table(res))
+PY
+    cp /tmp/kb/kernels.json "$OUT/" 2>/dev/null
+    tail -25 "$OUT/bench.log"
+  fi
+}
+[ "${BENCH_FIRST:-0}" = 1 ] && kernel_bench
 
 if [ -n "${BREAKDOWN-}" ] && [ "$(left)" -gt 60 ]; then  # e.g. BREAKDOWN=gla,simple_gla: ours vs fla per kernel
   PYTHONPATH=src timeout $(( $(left) < 200 ? $(left) - 30 : 170 )) python benchmarks/scripts/kernel_breakdown.py "$OUT/breakdown.json" ${BREAKDOWN//,/ } > "$OUT/breakdown.txt" 2>&1
@@ -89,17 +111,7 @@ if [ -n "${TUNE-}" ] && [ "$(left)" -gt 90 ]; then  # e.g. TUNE="gla simple_gla"
   tail -30 "$OUT/tune.txt"
 fi
 
-TB=$(( $(left) - ${PHASE_C:-0} - 40 ))
-if [ "$TB" -gt 30 ] && [ -n "${OPS-x}" ]; then
-  PYTHONPATH=src OPS="${OPS:-gla,linear_attention,simple_gla,ssd,log_linear,deltanet,gated_deltanet,log_linear_gdn}" timeout "$TB" python - <<'PY' > "$OUT/bench.log" 2>&1
-import os
-from longctx.bench.kernels import run_kernel_bench, summary_table
-res = run_kernel_bench(os.environ["OPS"].split(","), [int(t) for t in os.environ.get("LENGTHS", "4096,16384,65536").split(",")], out="/tmp/kb")
-print(summary_table(res))
-PY
-  cp /tmp/kb/kernels.json "$OUT/" 2>/dev/null
-  tail -25 "$OUT/bench.log"
-fi
+[ "${BENCH_FIRST:-0}" = 1 ] || kernel_bench
 if [ "${PHASE_C:-0}" -gt 0 ]; then
   PYTHONPATH=src timeout "$PHASE_C" python - <<'PY' >> "$OUT/bench.log" 2>&1
 import json, os, torch

@@ -100,9 +100,10 @@ def _state_pass_cases() -> dict[str, tuple]:
     from longctx.ops.common import triton_gla as gla
     from longctx.ops.common import triton_scalar_decay as sd
 
-    fwd = {"k": "*bf16", "v": "*bf16", "gc": "*fp32", "h": "*fp32", "h0": "*fp32", "ht": "*fp32",
+    # the per-chunk states are kept in the input dtype (triton_scalar_decay._state_dtype)
+    fwd = {"k": "*bf16", "v": "*bf16", "gc": "*fp32", "h": "*bf16", "h0": "*fp32", "ht": "*fp32",
            "cu_seqlens": "*i32", "chunk_offsets": "*i32"}
-    bwd = {"q": "*bf16", "do": "*bf16", "gc": "*fp32", "dh": "*fp32", "dht": "*fp32", "dh0": "*fp32",
+    bwd = {"q": "*bf16", "do": "*bf16", "gc": "*fp32", "dh": "*bf16", "dht": "*fp32", "dh0": "*fp32",
            "cu_seqlens": "*i32", "chunk_offsets": "*i32", "scale": "fp32"}
     cases = {}
     for BK in (64, 128):
@@ -112,7 +113,7 @@ def _state_pass_cases() -> dict[str, tuple]:
             tag = f"BK{BK}_{'gated' if gated else 'ungated'}"
             cases[f"scalar_fwd_h_{tag}"] = (sd._fwd_h_kernel, fwd, {**c, "USE_H0": False, "STORE_HT": True})
             cases[f"scalar_bwd_dh_{tag}"] = (sd._bwd_dh_kernel, bwd, {**c, "USE_DHT": False, "STORE_DH0": True})
-    c = {"H": 2, "K": 128, "V": 128, "BT": 64, "BK": 64, "BV": 64, "PREC": "ieee"}
+    c = {"H": 2, "K": 128, "V": 128, "BT": 64, "BK": 64, "BV": 64, "ACC": tl.float32, "PREC": "ieee"}
     cases["gla_fwd_h_BK64"] = (gla._fwd_h_kernel, fwd, {**c, "USE_H0": False, "STORE_HT": True})
     cases["gla_bwd_dh_BK64"] = (gla._bwd_dh_kernel, bwd, {**c, "USE_DHT": False, "STORE_DH0": True})
     return cases

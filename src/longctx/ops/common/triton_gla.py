@@ -57,6 +57,7 @@ from longctx.ops.common.triton_scalar_decay import (
     _prec,
     _reverse_cumsum,
     _sequence,
+    _state_dtype,
     chunk_layout,
     packed_sequences,
 )
@@ -120,14 +121,14 @@ def _row(x, bos, T, r, i_h, i_k, H: tl.constexpr, K: tl.constexpr, BK: tl.conste
 def _fwd_h_kernel(
     k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, PREC: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
+    BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
 ):
     """The state S_n at every chunk start (into h [chunks, H, K, V]) and the final state;
     grid (K/BK, V/BV, N*H)."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
-    b_h = tl.zeros([BK, BV], dtype=h.dtype.element_ty)
+    b_h = tl.zeros([BK, BV], dtype=ACC)
     if USE_H0:
         p_h0 = tl.make_block_ptr(h0 + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         b_h += tl.load(p_h0, boundary_check=(0, 1), padding_option="zero").to(b_h.dtype)
@@ -236,13 +237,13 @@ def _fwd_o_kernel(
 def _bwd_dh_kernel(
     q, do, gc, dh, dht, dh0, cu_seqlens, chunk_offsets, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, PREC: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+    BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
 ):
     """dH_{n+1} for every chunk n (into dh), reverse over chunks, and dH_0; grid (K/BK, V/BV, N*H)."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
-    b_dh = tl.zeros([BK, BV], dtype=dh.dtype.element_ty)
+    b_dh = tl.zeros([BK, BV], dtype=ACC)
     if USE_DHT:
         p_dht = tl.make_block_ptr(dht + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         b_dh += tl.load(p_dht, boundary_check=(0, 1), padding_option="zero").to(b_dh.dtype)
@@ -423,14 +424,14 @@ class _GlaFn(torch.autograd.Function):
         prec = _prec(q.dtype)
         gc = torch.empty(g.shape, dtype=_acc(g.dtype)[0], device=g.device)  # [1, T, H, K]
         _chunk_cumsum_kernel[(triton.cdiv(K, BK), NC, H)](g, gc, cu, indices, H=H, K=K, BT=BT, BK=BK)
-        h = q.new_empty(NC, H, K, V, dtype=acc)
+        h = q.new_empty(NC, H, K, V, dtype=_state_dtype(q.dtype))  # rounded as its readers round it
         ht = q.new_empty(N, H, K, V, dtype=acc) if want_ht else None
         opts = launch_options("gla.fwd_h", num_warps=4, num_stages=3, BK=BK, BV=BV)
         _fwd_h_kernel[(triton.cdiv(K, opts["BK"]), triton.cdiv(V, opts["BV"]), N * H)](
             k, v, gc, h, h0 if h0 is not None else q, ht if want_ht else q, cu, offsets,
-            H=H, K=K, V=V, BT=BT, PREC=prec, USE_H0=h0 is not None, STORE_HT=want_ht, **opts,
+            H=H, K=K, V=V, BT=BT, ACC=ACC, PREC=prec, USE_H0=h0 is not None, STORE_HT=want_ht, **opts,
         )
-        A = q.new_empty(q.shape[1], H, BT, dtype=acc)  # [T, H, BT]
+        A = q.new_empty(q.shape[1], H, BT, dtype=_state_dtype(q.dtype))  # [T, H, BT]; read rounded
         _fwd_A_kernel[(NC * (BT // BC), H)](
             q, k, gc, A, cu, indices, scale, H=H, K=K, BT=BT, BC=BC, BK=BK, ACC=ACC, PREC=prec,
             **launch_options("gla.fwd_A", num_warps=4, num_stages=3),
@@ -456,12 +457,12 @@ class _GlaFn(torch.autograd.Function):
         prec = _prec(q.dtype)
         do = do.contiguous()
         dht = dht.contiguous() if dht is not None else None
-        dh = q.new_empty(NC, H, K, V, dtype=acc)
+        dh = q.new_empty(NC, H, K, V, dtype=h.dtype)
         dh0 = torch.empty(N, H, K, V, dtype=acc, device=q.device) if h0 is not None else None
         opts = launch_options("gla.bwd_dh", num_warps=4, num_stages=3, BK=BK, BV=BV)
         _bwd_dh_kernel[(triton.cdiv(K, opts["BK"]), triton.cdiv(V, opts["BV"]), N * H)](
             q, do, gc, dh, dht if dht is not None else q, dh0 if dh0 is not None else q, cu, offsets, scale,
-            H=H, K=K, V=V, BT=BT, PREC=prec, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, **opts,
+            H=H, K=K, V=V, BT=BT, ACC=ACC, PREC=prec, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, **opts,
         )
         dv = torch.empty_like(v)
         dA = torch.empty(T, H, BT, dtype=acc, device=q.device)

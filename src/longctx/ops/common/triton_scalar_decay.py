@@ -344,6 +344,15 @@ def _acc(dtype: torch.dtype) -> tuple[torch.dtype, object]:
     return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
 
 
+def _state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the per-chunk states kept in memory between kernels (h, dh): the input's for
+    half inputs, else the accumulation dtype. Every kernel rounds a loaded state to the input dtype
+    before its tl.dot, so rounding it at the store instead gives the same results (the same RTNE
+    rounding of the same fp32 value) with half the state traffic; the state passes still
+    accumulate in fp32 and the final state stays fp32."""
+    return dtype if dtype in (torch.float16, torch.bfloat16) else _acc(dtype)[0]
+
+
 def _prec(dtype: torch.dtype) -> str:
     """tl.dot's precision for float32 inputs: TF32 only where torch allows it for matmuls."""
     return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
@@ -361,7 +370,7 @@ def _forward(q, k, v, gc, scale, h0, want_ht, cu, offsets, indices, NC, BT):
     N = cu.numel() - 1
     _, BK, BV = _blocks(K, V)
     acc, ACC = _acc(q.dtype)
-    h = q.new_empty(NC, H, K, V, dtype=acc)
+    h = q.new_empty(NC, H, K, V, dtype=_state_dtype(q.dtype))
     ht = q.new_empty(N, H, K, V, dtype=acc) if want_ht else None
     has_g = gc is not None
     opts = launch_options("scalar_decay.fwd_h", num_warps=4, num_stages=3, BK=BK, BV=BV)
