@@ -94,9 +94,9 @@ def _delta_cases() -> dict[str, tuple]:
 
 
 def _state_pass_cases() -> dict[str, tuple]:
-    """The scalar-decay and GLA state passes in bf16 at K = V = 128, with their tiles BK = BV = 64
-    (the defaults; ``launch_overrides`` allows no more) and, scalar decay only, BK = 128 (what a
-    larger tile would compile to)."""
+    """The scalar-decay and GLA state passes in bf16 at K = V = 128, with tiles BK = BV = 32 (the
+    forward passes' defaults) and 64 (the backward passes'; ``launch_overrides`` allows no more)
+    and, scalar decay only, BK = 128 (what a larger tile would compile to)."""
     from longctx.ops.common import triton_gla as gla
     from longctx.ops.common import triton_scalar_decay as sd
 
@@ -106,16 +106,17 @@ def _state_pass_cases() -> dict[str, tuple]:
     bwd = {"q": "*bf16", "do": "*bf16", "gc": "*fp32", "dh": "*bf16", "dht": "*fp32", "dh0": "*fp32",
            "cu_seqlens": "*i32", "chunk_offsets": "*i32", "scale": "fp32"}
     cases = {}
-    for BK in (64, 128):
+    for BK in (32, 64, 128):
         for gated in (False, True):
-            c = {"H": 2, "K": 128, "V": 128, "BT": 64, "BK": BK, "BV": 64, "HAS_G": gated,
+            c = {"H": 2, "K": 128, "V": 128, "BT": 64, "BK": BK, "BV": min(BK, 64), "HAS_G": gated,
                  "ACC": tl.float32, "PREC": "ieee"}
             tag = f"BK{BK}_{'gated' if gated else 'ungated'}"
             cases[f"scalar_fwd_h_{tag}"] = (sd._fwd_h_kernel, fwd, {**c, "USE_H0": False, "STORE_HT": True})
             cases[f"scalar_bwd_dh_{tag}"] = (sd._bwd_dh_kernel, bwd, {**c, "USE_DHT": False, "STORE_DH0": True})
-    c = {"H": 2, "K": 128, "V": 128, "BT": 64, "BK": 64, "BV": 64, "ACC": tl.float32, "PREC": "ieee"}
-    cases["gla_fwd_h_BK64"] = (gla._fwd_h_kernel, fwd, {**c, "USE_H0": False, "STORE_HT": True})
-    cases["gla_bwd_dh_BK64"] = (gla._bwd_dh_kernel, bwd, {**c, "USE_DHT": False, "STORE_DH0": True})
+    for BK in (32, 64):
+        c = {"H": 2, "K": 128, "V": 128, "BT": 64, "BK": BK, "BV": BK, "ACC": tl.float32, "PREC": "ieee"}
+        cases[f"gla_fwd_h_BK{BK}"] = (gla._fwd_h_kernel, fwd, {**c, "USE_H0": False, "STORE_HT": True})
+        cases[f"gla_bwd_dh_BK{BK}"] = (gla._bwd_dh_kernel, bwd, {**c, "USE_DHT": False, "STORE_DH0": True})
     return cases
 
 

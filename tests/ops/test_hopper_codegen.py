@@ -47,9 +47,9 @@ def test_delta_state_passes_avoid_the_pattern(audit: dict[str, list[str]], kerne
     assert audit[f"{kernel}_K{K}_{gate}"] == []
 
 
-@pytest.mark.parametrize("case", ["scalar_fwd_h_BK64_ungated", "scalar_fwd_h_BK64_gated",
-                                  "scalar_bwd_dh_BK64_ungated", "scalar_bwd_dh_BK64_gated",
-                                  "gla_fwd_h_BK64", "gla_bwd_dh_BK64"])
+@pytest.mark.parametrize("case", [f"scalar_{k}_BK{bk}_{g}" for k in ("fwd_h", "bwd_dh") for bk in (32, 64)
+                                  for g in ("ungated", "gated")] +
+                         [f"gla_{k}_BK{bk}" for k in ("fwd_h", "bwd_dh") for bk in (32, 64)])
 def test_blocked_state_passes_avoid_the_pattern(audit: dict[str, list[str]], case: str) -> None:
     assert audit[case] == []
 
