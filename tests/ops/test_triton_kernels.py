@@ -237,36 +237,37 @@ def test_auto_picks_only_kernels_verified_on_a_gpu(monkeypatch) -> None:
     assert not wants_triton("gla_step", "auto", SimpleNamespace(is_cuda=False))
 
 
-@gpu
-@pytest.mark.skipif(not ON_CUDA, reason="half precision needs a GPU (the interpreter runs float64)")
-@pytest.mark.parametrize("op", ["simple_gla", "gla"])
+@pytest.mark.parametrize("op", _maybe_gpu([("simple_gla",), ("gla",)]))
 def test_half_states_kept_rounded_give_the_same_bits(op, monkeypatch) -> None:
-    """bf16 inputs: the per-chunk states (and GLA's scores) kept in bf16 give bit-identical outputs,
-    final state and gradients to keeping them in fp32 (every reader rounds them to bf16 first)."""
+    """Half inputs: the per-chunk states (and GLA's scores) kept in the input dtype give
+    bit-identical outputs, final state and gradients to keeping them in fp32 (every reader rounds
+    them to the input dtype first). bf16 on a GPU; float16 in the interpreter (its bf16 is wrong)."""
     from longctx.ops.common import triton_gla, triton_scalar_decay
     from longctx.ops.gla.triton import triton_gla as gla_kernel
     from longctx.ops.retention.triton import triton_simple_gla
 
-    B, T, H, K, V = 1, 300, 2, 128, 128
+    B, T, H, K, V = (1, 300, 2, 128, 128) if ON_CUDA else (1, 40, 2, 16, 16)
+    half = torch.bfloat16 if ON_CUDA else torch.float16
+    tiles = {} if ON_CUDA or op == "simple_gla" else {"chunk_size": 16, "sub_chunk": 8}
     gen = torch.Generator().manual_seed(4)
-    q, k, v = (_rand(B, T, H, d, gen=gen).bfloat16().cuda() for d in (K, K, V))
+    q, k, v = (_rand(B, T, H, d, gen=gen).to(DEVICE, half) for d in (K, K, V))
     gshape = (B, T, H) if op == "simple_gla" else (B, T, H, K)
-    g = (-torch.rand(*gshape, generator=gen) * 0.3).cuda()
-    S0 = _rand(B, H, K, V, gen=gen).float().cuda()
+    g = (-torch.rand(*gshape, generator=gen) * 0.3).to(DEVICE)
+    S0 = _rand(B, H, K, V, gen=gen).float().to(DEVICE)
     fn = triton_simple_gla if op == "simple_gla" else gla_kernel
 
     def run():
         inputs = [t.clone().requires_grad_() for t in (q, k, v, g, S0)]
-        o, ht = fn(*inputs[:4], scale=K ** -0.5, initial_state=inputs[4], output_final_state=True)
-        grads = _grads((o, ht), inputs, seed=1)
-        return [o, ht, *grads]
+        o, ht = fn(*inputs[:4], scale=K ** -0.5, initial_state=inputs[4], output_final_state=True, **tiles)
+        return [o, ht, *_grads((o, ht), inputs, seed=1)]
 
     kept_half = run()
-    assert triton_scalar_decay._state_dtype(torch.bfloat16) == torch.bfloat16
+    assert triton_scalar_decay._state_dtype(half) == half
     for mod in (triton_scalar_decay, triton_gla):
         monkeypatch.setattr(mod, "_state_dtype", lambda dtype: torch.float32)
     kept_fp32 = run()
     for i, (a, b) in enumerate(zip(kept_half, kept_fp32, strict=True)):
+        assert torch.isfinite(a).all(), f"{op}: result {i} is not finite"
         assert torch.equal(a, b), f"{op}: result {i} differs by {(a.double() - b.double()).abs().max():.3g}"
 
 

@@ -76,6 +76,7 @@ from longctx.ops.common.triton_scalar_decay import (
     _prec,
     _reverse_cumsum,
     _sequence,
+    _state_dtype,
     chunk_layout,
     packed_sequences,
 )
@@ -464,7 +465,7 @@ class _DeltaRuleFn(torch.autograd.Function):
             H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, PRECA=_preca(q.dtype), **meta,
             **launch_options("delta.wy_fwd", num_warps=4, num_stages=1),
         )
-        h = q.new_empty(NC, H, K, V, dtype=acc)
+        h = q.new_empty(NC, H, K, V, dtype=acc)  # fp32: dW = -dDelta S_n^T reads it unrounded (TF32)
         vn = torch.empty_like(v)
         ht = q.new_empty(N, H, K, V, dtype=acc) if want_ht else None
         _delta_h_kernel[(triton.cdiv(V, BVs), N * H)](
@@ -496,7 +497,7 @@ class _DeltaRuleFn(torch.autograd.Function):
         has_g = gc is not None
         do = do.contiguous()
         dht = dht.contiguous() if dht is not None else None
-        dh = torch.empty_like(h)
+        dh = q.new_empty(h.shape, dtype=_state_dtype(q.dtype))  # its one reader rounds it to q's dtype
         dvn = torch.empty(v.shape, dtype=acc, device=v.device)  # dDelta = dU
         dh0 = torch.empty(N, H, K, V, dtype=acc, device=q.device) if h0 is not None else None
         _delta_dh_kernel[(triton.cdiv(V, BVs), N * H)](
