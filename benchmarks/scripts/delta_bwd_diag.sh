@@ -7,7 +7,8 @@
 #     the allocator's segments memcheck cannot see it: that would explain a fault that comes
 #     and goes with where the tensors land);
 #  3. the same without the sanitizer (does the fault reproduce with each tensor its own
-#     allocation?).
+#     allocation?);
+#  4. the GPU test's failing configurations under memcheck (below).
 set -u
 export PYTHONPATH=src CUDA_LAUNCH_BLOCKING=1
 CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
@@ -18,6 +19,12 @@ for op in deltanet gated_deltanet; do
     for i in 1 2 3; do
       PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 100 python benchmarks/scripts/repro_delta_bwd.py $op 4096 2>&1 | tail -1
     done > "/tmp/diag_nocache_$op.txt" ) &
+done
+# 4. (session 12) the GPU test's failing cases: T = 1000 (a partial last chunk), H = 4, an initial
+#    state in and the final state out (the dS_T seed and the stored dS_0), under memcheck
+for c in "deltanet 1000 4 128" "gated_deltanet 300 2 256" "deltanet 1000 4 64"; do
+  ( PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 300 "$CS" --tool memcheck --print-limit 4 \
+      python benchmarks/scripts/repro_delta_bwd.py $c state > "/tmp/diag_memcheck_state_${c// /_}.txt" 2>&1 ) &
 done
 wait
 for f in /tmp/diag_bisect.txt /tmp/diag_memcheck_*.txt /tmp/diag_nocache_*.txt; do

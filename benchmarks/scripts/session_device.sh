@@ -51,7 +51,7 @@ if [ "${BISECT:-0}" = 1 ]; then  # one process per (variant, K): a fault poisons
   cat "$OUT/bisect_delta_h.txt" | grep -v "^==" | cut -c1-150
 fi
 
-if [ "${DIAG:-1}" = 1 ]; then
+if [ "${DIAG:-0}" = 1 ]; then
   ( bash benchmarks/scripts/delta_bwd_diag.sh > "$OUT/delta_diag.txt" 2>&1 ) &
   DPID=$!
 fi
@@ -89,12 +89,15 @@ kernel_bench() {
   local TB=$(( $(left) - ${PHASE_C:-0} - 40 ))
   [ "${BENCH_FIRST:-0}" = 1 ] && TB=$(( TB < ${BENCH_S:-240} ? TB : ${BENCH_S:-240} ))
   if [ "$TB" -gt 30 ] && [ -n "${OPS-x}" ]; then
-    PYTHONPATH=src OPS="${OPS:-gla,linear_attention,simple_gla,ssd,log_linear,deltanet,gated_deltanet,log_linear_gdn}" timeout "$TB" python - <<'PY' > "$OUT/bench.log" 2>&1
+    # from a file, not stdin: the bench spawns a process per row, which re-imports the main script
+    cat > /tmp/kernel_bench.py <<'PY'
 import os
 from longctx.bench.kernels import run_kernel_bench, summary_table
-res = run_kernel_bench(os.environ["OPS"].split(","), [int(t) for t in os.environ.get("LENGTHS", "4096,16384,65536").split(",")], out="/tmp/kb")
-print(summary_table(res))
+if __name__ == "__main__":
+    res = run_kernel_bench(os.environ["OPS"].split(","), [int(t) for t in os.environ.get("LENGTHS", "4096,16384,65536").split(",")], out="/tmp/kb")
+    print(summary_table(res))
 PY
+    PYTHONPATH=src OPS="${OPS:-gla,linear_attention,simple_gla,ssd,log_linear,deltanet,gated_deltanet,log_linear_gdn}" timeout "$TB" python /tmp/kernel_bench.py > "$OUT/bench.log" 2>&1
     cp /tmp/kb/kernels.json "$OUT/" 2>/dev/null
     tail -25 "$OUT/bench.log"
   fi

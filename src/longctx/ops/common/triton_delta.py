@@ -54,7 +54,8 @@ dots (not yet checked on a GPU). Compiled for sm_90 on a CPU (tests/ops/hopper_c
 passes fed wgmma that tile as its A operand straight from MN-major shared memory with K > 64 rows
 (two warpgroup halves along M) exactly where the GPU went wrong (forward ungated, backward gated
 and ungated); the gated forward and K = 64 did not; the current passes never do
-(tests/ops/test_hopper_codegen.py keeps it so). fp32 accumulation and fp32 states for bf16 / fp16 / fp32 inputs, fp64 for
+(tests/ops/test_hopper_codegen.py keeps it so). fp32 accumulation and fp32 states for bf16 / fp16 / fp32 inputs (the
+per-chunk dS kept in the input dtype for half inputs: its one reader rounds it), fp64 for
 fp64; the inverse, W, U and the UT backward run in the accumulation dtype (TF32 dots for half
 inputs, IEEE for fp32 unless torch allows TF32).
 """

@@ -512,7 +512,8 @@ def gla_chunk(
     sub_chunk >= 16, the smallest tl.dot tile, else ValueError; the CPU interpreter's tests use
     smaller ones to run faster). Returns o [B, T, H, V] (q's dtype) and the final state
     [N, H, K, V] (float32; float64 for float64 inputs) or None. fp32 accumulation, gate cumsums and
-    states for half inputs.
+    final state for half inputs; the per-chunk states between kernels are kept in the input dtype
+    (their readers round them to it: ``triton_scalar_decay._state_dtype``).
     """
     pow2 = lambda n: n > 0 and n & (n - 1) == 0
     if not (pow2(chunk_size) and pow2(sub_chunk) and sub_chunk <= chunk_size):

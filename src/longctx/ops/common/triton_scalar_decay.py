@@ -484,7 +484,8 @@ def scalar_decay_chunk(
     q, k: [B, T, H, K]; v: [B, T, H, V]; g: [B, T, H] log decay (<= 0) or None; scale: applied to
     q k^T; initial_state: [N, H, K, V] (N sequences); cu_seqlens: [N+1] int offsets into T for
     packed variable lengths (B must be 1) or None. Returns o [B, T, H, V] (q's dtype) and the
-    final state [N, H, K, V] (float32) or None. fp32 accumulation and states for half inputs.
+    final state [N, H, K, V] (float32) or None. fp32 accumulation and final state for half inputs;
+    the per-chunk states between kernels in the input dtype (``_state_dtype``).
     """
     B, T, H, _ = q.shape
     cu, flat = packed_sequences(B, T, q.device, cu_seqlens)
