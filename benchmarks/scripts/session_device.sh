@@ -9,7 +9,8 @@
 #  - the GPU tests (vs float64 references): one pytest process per ';'-separated entry of TESTS,
 #    all at once (Triton compiles on the CPU, one kernel at a time per process), PHASE_A s.
 #  - ZWAIT=1: the zoology workers finish (or time out) before anything below is timed.
-#  - BREAKDOWN=op,op: each kernel's CUDA time in one call of the op, ours vs fla (kernel_breakdown.py).
+#  - BREAKDOWN=op,op: each kernel's CUDA time in one call of the op, ours vs fla (kernel_breakdown.py;
+#    BREAKDOWN_ARGS="--backward --T 16384" passes its options).
 #  - TUNE="op op": tune_kernels.py's sweep of the launch settings (tune.json / tune.txt).
 #  - the kernel bench (OPS; kernels.json is rewritten after every row, so a timeout keeps what
 #    finished), then the decode latency if PHASE_C > 0.
@@ -105,7 +106,7 @@ PY
 [ "${BENCH_FIRST:-0}" = 1 ] && kernel_bench
 
 if [ -n "${BREAKDOWN-}" ] && [ "$(left)" -gt 60 ]; then  # e.g. BREAKDOWN=gla,simple_gla: ours vs fla per kernel
-  PYTHONPATH=src timeout $(( $(left) < 200 ? $(left) - 30 : 170 )) python benchmarks/scripts/kernel_breakdown.py "$OUT/breakdown.json" ${BREAKDOWN//,/ } > "$OUT/breakdown.txt" 2>&1
+  PYTHONPATH=src timeout $(( $(left) < 200 ? $(left) - 30 : 170 )) python benchmarks/scripts/kernel_breakdown.py "$OUT/breakdown.json" ${BREAKDOWN//,/ } ${BREAKDOWN_ARGS-} > "$OUT/breakdown.txt" 2>&1
   tail -40 "$OUT/breakdown.txt"
 fi
 

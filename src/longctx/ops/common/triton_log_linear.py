@@ -366,7 +366,9 @@ class _LogLinearScalarDecayFn(torch.autograd.Function):
         _bwd_dqkv_kernel[(NC, H)](
             q, k, v, gc, lam, z, do, dh, dq, dk, dv, dlam, dgr, cu, indices, M,
             H=H, K=K, V=V, L=L, BT=BT, LOG2C=LOG2C, BK=BKf, BV=min(BV, 32), ACC=ACC, PREC=prec,
-            **launch_options("log_linear.bwd_dqkv", num_warps=4, num_stages=1),
+            # 8 warps: ptxas spills 3268 -> 332 bytes per thread at K = V = 128 (bf16, sm_90a;
+            # benchmarks/results/2026-12-07-cpu-ptxas); not yet timed on a GPU
+            **launch_options("log_linear.bwd_dqkv", num_warps=8, num_stages=1),
         )
         dg = _reverse_cumsum(dgr, cu).to(g_dtype)
         return dq, dk, dv, dg, dlam, None, None

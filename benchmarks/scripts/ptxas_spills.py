@@ -1,0 +1,167 @@
+"""Registers, spills and shared memory of every Triton kernel launch of the chunked ops, compiled
+for Hopper (sm_90a) on a machine without a GPU: the ops run on CPU tensors with
+``JITFunction.run`` replaced by a recorder (nothing executes; the host code issues its launches
+with the real types, constexprs and launch settings), then each recorded launch is compiled with
+``triton.compile`` and its PTX assembled by Triton's bundled ``ptxas -v``.
+
+Why: spills are what ptxas reports, not a timing, so this measures register pressure without a
+GPU. (On an H100 the scalar-decay backward's dq/dk/dv kernel was the setting-sensitive one, 1.06 to
+4.51 ms over launch settings at T = 4k; here it spills 2-3.6 KB per thread at 4 warps.)
+
+    python benchmarks/scripts/ptxas_spills.py OUT.json [--K 128] [--V 128] [--T 256] [--H 16]
+        [--settings 4x1,4x3,8x1,8x3 [--kernels _wy_bwd_kernel,...]]
+
+Must run without TRITON_INTERPRET. Writes OUT.json (one row per distinct launch at its own launch
+settings, "default": true, and with ``--settings`` one row per other num_warps x num_stages of the
+kernels named, or of all) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.runtime.jit import JITFunction
+
+HOPPER = GPUTarget("cuda", 90, 32)
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64",
+          torch.int32: "i32", torch.int64: "i64"}
+
+
+def record_launches(run: Callable[[], object]) -> list[tuple]:
+    """(kernel, signature, constexprs, num_warps, num_stages) of every launch ``run`` issues."""
+    launches = []
+
+    def recorder(self, *args, grid, warmup, **kwargs):
+        opts = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
+        bound = dict(zip(self.arg_names, args, strict=False)) | kwargs
+        sig, const = {}, {}
+        for i, name in enumerate(self.arg_names):
+            value = bound[name]
+            if i in self.constexprs:
+                const[name] = value
+            elif isinstance(value, torch.Tensor):
+                sig[name] = "*" + _TYPES[value.dtype]
+            elif isinstance(value, bool):
+                sig[name] = "i1"
+            elif isinstance(value, int):
+                sig[name] = "i32"
+            else:
+                sig[name] = "fp32"
+        launches.append((self, sig, const, opts.get("num_warps", 4), opts.get("num_stages", 3)))
+
+    saved = JITFunction.run
+    JITFunction.run = recorder
+    try:
+        run()
+    finally:
+        JITFunction.run = saved
+    return launches
+
+
+def ptxas_usage(fn: JITFunction, sig: dict, const: dict, num_warps: int, num_stages: int) -> dict:
+    """Registers, spill stores / loads (bytes per thread) and shared memory of one compiled launch."""
+    signature = {name: sig.get(name, "constexpr") for name in fn.arg_names}
+    pointers = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+                if sig.get(n, "").startswith("*")}  # as a launch with aligned tensors specialises
+    src = ASTSource(fn=fn, signature=signature, constexprs=const, attrs=pointers)
+    compiled = triton.compile(src, target=HOPPER, options={"num_warps": num_warps, "num_stages": num_stages})
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(compiled.asm["ptx"])
+    try:
+        out = subprocess.run([PTXAS, "-arch=sm_90a", "-v", f.name, "-o", os.devnull],
+                             capture_output=True, text=True, check=True).stderr
+    finally:
+        os.unlink(f.name)
+    num = lambda pattern: int(m.group(1)) if (m := re.search(pattern, out)) else 0
+    return {"registers": num(r"Used (\d+) registers"), "spill_stores": num(r"(\d+) bytes spill stores"),
+            "spill_loads": num(r"(\d+) bytes spill loads"), "shared": compiled.metadata.shared}
+
+
+def _ops(B: int, T: int, H: int, K: int, V: int) -> dict[str, Callable[[], object]]:
+    """Forward + backward of each chunked op on bf16 CPU tensors (the kernels are only recorded)."""
+    from longctx.ops.common.triton_delta import delta_rule_chunk
+    from longctx.ops.common.triton_gla import gla_chunk
+    from longctx.ops.common.triton_log_linear import log_linear_scalar_decay_chunk
+    from longctx.ops.common.triton_scalar_decay import scalar_decay_chunk
+
+    def rand(*shape, dtype=torch.bfloat16):
+        return torch.randn(*shape, dtype=dtype).requires_grad_()
+
+    def fwd_bwd(fn, *args, **kw):
+        def run():
+            out = fn(*args, **kw)
+            out = out[0] if isinstance(out, tuple) else out
+            torch.autograd.grad(out.float().sum(), [a for a in args if isinstance(a, torch.Tensor)],
+                                allow_unused=True)
+        return run
+
+    q, k, v = rand(B, T, H, K), rand(B, T, H, K), rand(B, T, H, V)
+    g = rand(B, T, H, dtype=torch.float32)
+    gk = rand(B, T, H, K, dtype=torch.float32)
+    beta = rand(B, T, H, dtype=torch.float32)
+    lam = rand(B, T, H, max(T - 1, 1).bit_length() + 1, dtype=torch.float32)
+    return {
+        "linear_attention": fwd_bwd(scalar_decay_chunk, q, k, v),
+        "simple_gla": fwd_bwd(scalar_decay_chunk, q, k, v, g),
+        "gla": fwd_bwd(gla_chunk, q, k, v, gk),
+        "deltanet": fwd_bwd(delta_rule_chunk, q, k, v, beta),
+        "gated_deltanet": fwd_bwd(delta_rule_chunk, q, k, v, beta, g),
+        "log_linear_mamba2": fwd_bwd(log_linear_scalar_decay_chunk, q, k, v, g, lam),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    p.add_argument("--K", type=int, default=128)
+    p.add_argument("--V", type=int, default=128)
+    p.add_argument("--T", type=int, default=256)
+    p.add_argument("--H", type=int, default=16)
+    p.add_argument("--settings", default="", help="other launch settings to compile, e.g. 4x1,8x3")
+    p.add_argument("--kernels", default="", help="only these kernels for --settings (default: all)")
+    a = p.parse_args()
+    others = [tuple(int(n) for n in x.split("x")) for x in a.settings.split(",") if x]
+    only = {k for k in a.kernels.split(",") if k}
+    if os.environ.get("TRITON_INTERPRET"):
+        print("ptxas_spills.py compiles kernels: run it without TRITON_INTERPRET", file=sys.stderr)
+        return 2
+    rows, seen = [], set()
+    for op, run in _ops(1, a.T, a.H, a.K, a.V).items():
+        for fn, sig, const, nw, ns in record_launches(run):
+            key = (fn.__name__, json.dumps(sig, sort_keys=True), json.dumps({k: str(v) for k, v in const.items()},
+                   sort_keys=True), nw, ns)
+            if key in seen:
+                continue
+            seen.add(key)
+            settings = [(nw, ns)] + [x for x in others if x != (nw, ns) and (not only or fn.__name__ in only)]
+            for w, st in settings:
+                row = {"op": op, "kernel": f"{fn.fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}",
+                       "num_warps": w, "num_stages": st, "default": (w, st) == (nw, ns),
+                       "constexprs": {k: v for k, v in const.items() if isinstance(v, (int, bool, str))},
+                       **ptxas_usage(fn, sig, const, w, st)}
+                rows.append(row)
+                print(f"{op:16s} {row['kernel']:40s} w{w} s{st}{'*' if row['default'] else ' '} regs "
+                      f"{row['registers']:3d}  spill st/ld {row['spill_stores']:5d}/{row['spill_loads']:5d} B  "
+                      f"smem {row['shared']:6d}", flush=True)
+    meta = {"triton": triton.__version__, "torch": torch.__version__, "target": "sm_90a (ptxas -v)",
+            "shapes": {"K": a.K, "V": a.V, "T": a.T, "H": a.H, "dtype": "bfloat16"}}
+    with open(a.out + ".tmp", "w") as f:
+        json.dump({**meta, "rows": rows}, f, indent=1)
+    os.replace(a.out + ".tmp", a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
