@@ -335,20 +335,16 @@ def _wy_bwd_kernel(
     b_X = tl.load(tl.make_block_ptr(base, (BT, BT), (BT, 1), (0, 0), (BT, BT), (1, 0)))
     b_Xt = tl.load(tl.make_block_ptr(base, (BT, BT), (1, BT), (0, 0), (BT, BT), (0, 1)))  # X^T
     b_beta = tl.load(beta + (bos + rows) * H + i_h, mask=rows < T, other=0.0).to(ACC)
-    strict = idx[:, None] > idx[None, :]
-    strict_t = idx[:, None] < idx[None, :]  # [j, i]: i > j
     if HAS_G:
         b_g, _ = _load_g(gc, bos, T, i_t, i_h, H, BT)
         b_eg = tl.exp(b_g)
-        b_Gam = tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], float("-inf")))
-        b_Gamt = tl.exp(tl.where(strict_t, b_g[None, :] - b_g[:, None], float("-inf")))
     else:
+        b_g = tl.zeros([BT], dtype=ACC)
         b_eg = tl.full([BT], 1.0, dtype=ACC)
-        b_Gam = strict.to(ACC)
-        b_Gamt = strict_t.to(ACC)
+    # the [BT, BT] tiles live through the loops: dA, dA^T, X, X^T (the decay masks and K K^T are
+    # formed after them: fewer registers, ptxas spilled 1.1-1.4 KB per thread with them live)
     b_dA = tl.zeros([BT, BT], dtype=ACC)  # dVb U^T + dKb W^T (= -dA before the mask)
     b_dAt = tl.zeros([BT, BT], dtype=ACC)  # its transpose, U dU^T X + W dW^T X
-    b_KK = tl.zeros([BT, BT], dtype=ACC)
     b_db = tl.zeros([BT], dtype=ACC)
     b_dgr = tl.zeros([BT], dtype=ACC)
     for i_v in range(tl.cdiv(V, BV)):
@@ -390,10 +386,15 @@ def _wy_bwd_kernel(
         b_db += tl.sum(b_k * b_eg[:, None] * b_dkb, axis=1)
         b_dA += tl.dot(b_dkb, tl.trans(b_w), input_precision=PRECA)
         b_dAt += tl.dot(tl.dot(b_w, b_dwt, input_precision=PRECA), b_X, input_precision=PRECA)
-        b_KK += tl.dot(b_k, tl.trans(b_k), input_precision=PRECA)
-    b_dA = -b_dA * b_Gam  # dL/dA ⊙ Gam on i > j (A_ij = beta_i (k_i . k_j) Gam_ij)
-    b_dAt = -b_dAt * b_Gamt
-    b_db += tl.sum(b_dA * b_KK, axis=1)
+    strict = idx[:, None] > idx[None, :]
+    strict_t = idx[:, None] < idx[None, :]  # [j, i]: i > j
+    if HAS_G:  # Gam and Gam^T, the decay masks of A and A^T
+        b_dA = -b_dA * tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], float("-inf")))
+        b_dAt = -b_dAt * tl.exp(tl.where(strict_t, b_g[None, :] - b_g[:, None], float("-inf")))
+    else:
+        b_dA = tl.where(strict, -b_dA, 0.0)
+        b_dAt = tl.where(strict_t, -b_dAt, 0.0)
+    # b_dA: dL/dA ⊙ Gam on i > j (A_ij = beta_i (k_i . k_j) Gam_ij)
     b_M = b_dA * b_beta[:, None]  # dL/d(k_i . k_j)
     b_Mt = b_dAt * b_beta[None, :]
     b_kscale = b_beta * b_eg
@@ -408,6 +409,7 @@ def _wy_bwd_kernel(
         b_k = tl.load(p_k, boundary_check=(0, 1)).to(ACC)
         b_dk = tl.load(p_dkp, boundary_check=(0, 1))
         b_dk += tl.dot(b_Xt, b_dw, input_precision=PRECA) * b_kscale[:, None]
+        b_db += tl.sum(b_dA * tl.dot(b_k, tl.trans(b_k), input_precision=PRECA), axis=1)  # K K^T part
         b_dk += tl.dot(b_M, b_k, input_precision=PRECA)
         b_dk += tl.dot(b_Mt, b_k, input_precision=PRECA)
         p_dk = tl.make_block_ptr(dk + (bos * H + i_h) * K, (T, K), (H * K, 1),
