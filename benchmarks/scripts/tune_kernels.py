@@ -28,6 +28,10 @@ KERNELS = {  # op -> (kernel name, backward?) in launch order
                    ("scalar_decay.bwd_dh", 1), ("scalar_decay.bwd_dqkv", 1)],
     "gated_deltanet": [("delta.wy_fwd", 0), ("delta.delta_h", 0), ("delta.fwd_o", 0),
                        ("delta.delta_dh", 1), ("delta.delta_dqk", 1), ("delta.wy_bwd", 1)],
+    "linear_attention": [("scalar_decay.fwd_h", 0), ("scalar_decay.fwd_o", 0),
+                         ("scalar_decay.bwd_dh", 1), ("scalar_decay.bwd_dqkv", 1)],
+    "log_linear": [("log_linear.fwd_z", 0), ("log_linear.fwd_o", 0),
+                   ("log_linear.bwd_dz", 1), ("log_linear.bwd_dqkv", 1)],
 }
 SETTINGS = [{"num_warps": w, "num_stages": s} for w, s in itertools.product((2, 4, 8), (1, 2, 3))]
 # kernels whose tiles are settings too (triton_launch.TILED): fewer warp / stage pairs, x 4 tiles
@@ -86,14 +90,14 @@ def main() -> None:
                 with open(a.out + ".tmp", "w") as f:
                     json.dump(rows, f, indent=1)
                 os.replace(a.out + ".tmp", a.out)
-    print(f"{'kernel':24} {'best':>10} {'ms':>9}")
-    for kernel in dict.fromkeys(r["kernel"] for r in rows):
-        ok = [r for r in rows if r["kernel"] == kernel and "ms" in r]
+    print(f"{'op':17} {'kernel':24} {'best':>10} {'ms':>9}")
+    for op, kernel in dict.fromkeys((r["op"], r["kernel"]) for r in rows):
+        ok = [r for r in rows if (r["op"], r["kernel"]) == (op, kernel) and "ms" in r]
         if not ok:
             continue
         best = min(ok, key=lambda r: r["ms"])
         tiles = f" BK{best['BK']} BV{best['BV']}" if "BK" in best else ""
-        print(f"{kernel:24} w{best['num_warps']} s{best['num_stages']}{tiles:<12} {best['ms']:9.3f}"
+        print(f"{op:17} {kernel:24} w{best['num_warps']} s{best['num_stages']}{tiles:<12} {best['ms']:9.3f}"
               f"  (range {min(r['ms'] for r in ok):.3f}-{max(r['ms'] for r in ok):.3f})")
 
 
