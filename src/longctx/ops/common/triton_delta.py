@@ -39,6 +39,12 @@ v_t e^{-Gglob_t} and e^{Gglob_T} S~_T (substitute S~_t = e^{-Gglob_t} S_t: the d
 is gate-free in S~), so
     dGglob_t = q_t . dq_t - v_t . dv_t (+ <dS_T, S_T> at each sequence's last token),
     dg_s = sum_{t >= s} dGglob_t       (reverse cumulative sum within each sequence).
+Known limit: every pair of tokens adds the same term to q_t . dq_t and takes it from v_j . dv_j,
+and dq, dv reach it by differently rounded paths, so dg carries rounding residue of the terms'
+size while its true value (the pairs straddling s, each with the decay between them) can be far
+smaller: with harsh gates dg's relative error was 9.4e-2 in float16 and 7.3e-5 in float32 (the
+other gradients 5e-4 / 8e-7), 0.75 in bf16 on an H100 (benchmarks/results/2026-12-07-h100-session12).
+The exact alternative, dg_s = e^{g_s} <(I - beta_s k_s k_s^T) S_{s-1}, dS_s> per token, is not built.
 
 Padded rows of a sequence's last chunk take G = G_last (not 0), so every exp below has a
 non-positive argument even with harsh gates (with 0, exp(G_i - G_j) for a padded i and a real j
