@@ -86,7 +86,7 @@ def _delta_cases() -> dict[str, tuple]:
                 "h0": "*fp32", "ht": "*fp32", "cu_seqlens": "*i32", "chunk_offsets": "*i32"},
                 {**common, "USE_H0": False, "STORE_HT": True})
             cases[f"delta_dh_{tag}"] = (td._delta_dh_kernel, {
-                "q": "*bf16", "k": "*bf16", "w": "*bf16", "gc": "*fp32", "do": "*bf16", "dh": "*bf16",
+                "q": "*bf16", "k": "*bf16", "w": "*bf16", "gc": "*fp32", "do": "*bf16", "dh": "*fp32",
                 "dvn": "*bf16", "dht": "*fp32", "dh0": "*fp32", "cu_seqlens": "*i32",
                 "chunk_offsets": "*i32", "scale": "fp32"},
                 {**common, "USE_DHT": False, "STORE_DH0": True})

@@ -18,10 +18,10 @@ from tests.ops.test_hopper_codegen import _has_nvidia_backend
 
 ROOT = Path(__file__).resolve().parents[2]
 # bytes of spill stores per thread allowed at a kernel's default launch; kernels not named: none.
-# Measured 2026-12-07 (Triton 3.6): 8 / 16 / 284 / 596-848 / 332.
+# Measured 2026-12-07 (Triton 3.6): 8 / 0-72 / 284 / 596-736 / 332.
 BUDGET = {
     "triton_gla._bwd_dqk_kernel": 64,
-    "triton_delta._delta_dqk_kernel": 64,
+    "triton_delta._delta_dqk_kernel": 128,  # gated 72 B since its dg store went (ptxas's allocation)
     "triton_delta._delta_dh_kernel": 512,  # gated; 8 warps would not spill, but faulted on an H100
     "triton_delta._wy_bwd_kernel": 1024,  # 8 warps: 56-188; not yet tried on a GPU
     "triton_log_linear._bwd_dqkv_kernel": 512,

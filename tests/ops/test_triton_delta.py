@@ -93,41 +93,6 @@ def test_gated_delta_rule_kernel_matches_recurrence(dtype, size) -> None:
     _check("gated_deltanet", ref, fn, [q, k, v, beta, g, S0], dtype)
 
 
-@pytest.mark.parametrize("gated", _maybe_gpu([(False,), (True,)]))
-def test_half_states_kept_rounded_give_the_same_bits(gated, monkeypatch) -> None:
-    """Half inputs: the per-chunk state gradients dS kept in the input dtype give bit-identical
-    outputs, final state and gradients to keeping them in fp32 (their one reader rounds them
-    first; the states S stay fp32: dW = -dDelta S^T reads them unrounded). bf16 on a GPU at
-    K = 64 (ungated bf16 over 64 key dims is refused there); float16 in the interpreter."""
-    from longctx.ops.common import triton_delta
-    from longctx.ops.deltanet.triton import triton_delta_rule
-    from longctx.ops.gated_deltanet.triton import triton_gated_delta_rule
-    from tests.ops.test_triton_kernels import _grads
-
-    B, T, H, K, V, C = (1, 300, 2, 64, 64, 64) if ON_CUDA else (1, 40, 2, 16, 16, 16)
-    half = torch.bfloat16 if ON_CUDA else torch.float16
-    q, k, v, beta, g, S0 = _inputs(B, T, H, K, V, seed=6)
-    q, k, v = (t.to(DEVICE, half) for t in (q, k, v))
-    beta, g, S0 = (t.to(DEVICE, torch.float32) for t in (beta, g, S0))
-
-    def run():
-        ins = [t.clone().requires_grad_() for t in ((q, k, v, beta, g, S0) if gated else (q, k, v, beta, S0))]
-        kw = {"scale": K ** -0.5, "initial_state": ins[-1], "output_final_state": True, "chunk_size": C}
-        if gated:
-            o, ht = triton_gated_delta_rule(ins[0], ins[1], ins[2], ins[4], ins[3], **kw)
-        else:
-            o, ht = triton_delta_rule(*ins[:4], **kw)
-        return [o, ht, *_grads((o, ht), ins, seed=2)]
-
-    kept_half = run()
-    assert triton_delta._state_dtype(half) == half
-    monkeypatch.setattr(triton_delta, "_state_dtype", lambda dtype: torch.float32)
-    kept_fp32 = run()
-    for i, (a, b) in enumerate(zip(kept_half, kept_fp32, strict=True)):
-        assert torch.isfinite(a).all(), f"result {i} is not finite"
-        assert torch.equal(a, b), f"result {i} differs by {(a.double() - b.double()).abs().max():.3g}"
-
-
 @pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
 def test_without_initial_or_final_state(dtype) -> None:
     """No initial state and no final state requested (no dS_T seed, no d initial_state)."""
@@ -200,6 +165,30 @@ def test_harsh_gates_in_a_partial_chunk_stay_finite(dtype) -> None:
                                        initial_state=_acc(S0), output_final_state=True)
 
     _check("harsh", ref, fn, [q, k, v, beta, g, S0], dtype)
+
+
+@pytest.mark.skipif(ON_CUDA, reason="the interpreter's float16 (the GPU runs the harsh case in bf16 above)")
+@pytest.mark.parametrize("gate", [1.0, 30.0])
+def test_gate_gradient_in_half_precision_is_as_exact_as_the_others(gate) -> None:
+    """float16 in the interpreter, gates gate * logsigmoid(x): dg's error is that of the other
+    gradients (it was 9.4e-2 with harsh gates, 180x theirs, when dg came from q . dq - v . dv
+    summed in reverse: those terms cancel to dg's size and leave their rounding behind)."""
+    from longctx.ops.gated_deltanet.triton import triton_gated_delta_rule
+    from tests.helpers import assert_close
+    from tests.ops.test_triton_kernels import _grads
+
+    B, T, H, K, V = 1, 80, 2, 32, 32
+    q, k, v, beta, g, S0 = _inputs(B, T, H, K, V, seed=8, gate=gate)
+    ref_in = [t.requires_grad_() for t in (q, k, v, beta, g, S0)]
+    ref = naive_gated_delta_rule(*ref_in[:3], ref_in[4], ref_in[3], scale=0.5, initial_state=ref_in[5],
+                                 output_final_state=True)
+    ins = [t.detach().to(torch.float16 if i < 3 else torch.float32).requires_grad_()
+           for i, t in enumerate((q, k, v, beta, g, S0))]
+    out = triton_gated_delta_rule(*ins[:3], ins[4], ins[3], scale=0.5, initial_state=ins[5],
+                                  output_final_state=True, chunk_size=32)
+    for name, r, o in zip(("dq", "dk", "dv", "dbeta", "dg", "dS0"), _grads(ref, ref_in, 0), _grads(out, ins, 0),
+                          strict=True):
+        assert_close(r, o.double(), 2e-3, f"gate {gate}: {name}")
 
 
 @pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))

@@ -11,13 +11,14 @@ Gated DeltaNet §3.3):
     O      = scale ((Q ⊙ e^G) S_n + (Q K^T ⊙ Gam ⊙ [i >= j]) Delta)
     S_{n+1} = e^{G_last} S_n + (K ⊙ e^{G_last - G})^T Delta
 
-Kernels (everything below runs in Triton; the host only allocates, launches and reverse-sums dg):
+Kernels (everything below runs in Triton; the host only allocates and launches):
   forward   _chunk_cumsum_kernel (shared) -> _wy_fwd_kernel (A, X, W, U per chunk; grid chunks x H)
             -> _delta_h_kernel (S_n and Delta, sequential over chunks; grid V/BV x N*H)
             -> triton_scalar_decay._fwd_o_kernel with V = Delta (O per chunk; grid V/BV x chunks x H)
   backward  _delta_dh_kernel (dS_{n+1} and dDelta, reverse over chunks; grid V/BV x N*H)
             -> _delta_dqk_kernel (dq, the attention part of dk, dW; grid chunks x H)
             -> _wy_bwd_kernel (dk, dv, dbeta through the UT transform; grid chunks x H)
+            -> _delta_dg_kernel (the gates' gradient, gated only; grid chunks x H)
 
 The inverse X: A is strictly lower triangular. Its 16 x 16 diagonal blocks D = I + A_diag are
 inverted by forward substitution, all blocks at once, one row of each block per step (15 masked
@@ -34,17 +35,13 @@ and through the UT transform, with Vb = diag(beta) V, Kb = diag(beta) e^G K, dVb
 dKb = X^T dW and dA = -StrictTril(dVb U^T + dKb W^T) (from dX = -X^T d(I+A) X^T):
     dV = beta ⊙ dVb,   dbeta = rowsum(V ⊙ dVb + e^G K ⊙ dKb + dA ⊙ Gam ⊙ K K^T)
     dK += beta e^G ⊙ dKb + M K + M^T K,      M = diag(beta) (dA ⊙ Gam)
-The gate's gradient uses that the loss sees the gates only through q_t e^{Gglob_t},
-v_t e^{-Gglob_t} and e^{Gglob_T} S~_T (substitute S~_t = e^{-Gglob_t} S_t: the delta rule itself
-is gate-free in S~), so
-    dGglob_t = q_t . dq_t - v_t . dv_t (+ <dS_T, S_T> at each sequence's last token),
-    dg_s = sum_{t >= s} dGglob_t       (reverse cumulative sum within each sequence).
-Known limit: every pair of tokens adds the same term to q_t . dq_t and takes it from v_j . dv_j,
-and dq, dv reach it by differently rounded paths, so dg carries rounding residue of the terms'
-size while its true value (the pairs straddling s, each with the decay between them) can be far
-smaller: with harsh gates dg's relative error was 9.4e-2 in float16 and 7.3e-5 in float32 (the
-other gradients 5e-4 / 8e-7), 0.75 in bf16 on an H100 (benchmarks/results/2026-12-07-h100-session12).
-The exact alternative, dg_s = e^{g_s} <(I - beta_s k_s k_s^T) S_{s-1}, dS_s> per token, is not built.
+The gate's gradient, per token and directly (derived here; _delta_dg_kernel has it in chunk terms):
+    dg_t = <dS_t, ∂S_t/∂g_t> = e^{g_t} <(I - beta_t k_t k_t^T) S_{t-1}, dS_t>
+Every term of its chunk form carries the decays between the tokens it joins, so nothing cancels.
+(The identity dGglob_t = q_t . dq_t - v_t . dv_t, reverse-summed, gives the same in exact
+arithmetic, but its terms cancel down to dg's size: with harsh gates it lost all precision in
+half precision, 0.75 relative error in bf16 on an H100, 9.4e-2 in float16 in the interpreter; the
+direct form measured 1.8e-4 there, as the other gradients.)
 
 Padded rows of a sequence's last chunk take G = G_last (not 0), so every exp below has a
 non-positive argument even with harsh gates (with 0, exp(G_i - G_j) for a padded i and a real j
@@ -60,8 +57,7 @@ dots (not yet checked on a GPU). Compiled for sm_90 on a CPU (tests/ops/hopper_c
 passes fed wgmma that tile as its A operand straight from MN-major shared memory with K > 64 rows
 (two warpgroup halves along M) exactly where the GPU went wrong (forward ungated, backward gated
 and ungated); the gated forward and K = 64 did not; the current passes never do
-(tests/ops/test_hopper_codegen.py keeps it so). fp32 accumulation and fp32 states for bf16 / fp16 / fp32 inputs (the
-per-chunk dS kept in the input dtype for half inputs: its one reader rounds it), fp64 for
+(tests/ops/test_hopper_codegen.py keeps it so). fp32 accumulation and fp32 states for bf16 / fp16 / fp32 inputs, fp64 for
 fp64; the inverse, W, U and the UT backward run in the accumulation dtype (TF32 dots for half
 inputs, IEEE for fp32 unless torch allows TF32).
 """
@@ -81,9 +77,7 @@ from longctx.ops.common.triton_scalar_decay import (
     _fwd_o_kernel,
     _load_g,
     _prec,
-    _reverse_cumsum,
     _sequence,
-    _state_dtype,
     chunk_layout,
     packed_sequences,
 )
@@ -263,12 +257,12 @@ def _delta_dh_kernel(
 
 @triton.jit
 def _delta_dqk_kernel(
-    q, k, vn, gc, h, do, dh, dvn, dq, dkp, dw, dgr, cu_seqlens, chunk_indices, scale,
+    q, k, vn, gc, h, do, dh, dvn, dq, dkp, dw, cu_seqlens, chunk_indices, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, PRECA: tl.constexpr,
 ):
-    """One chunk's dq, the score / state part of dk (into dkp), dW = -dDelta S_n^T (into dw) and
-    q . dq per token (into dgr, gated only); all of K at once, V in blocks; grid (chunks, H)."""
+    """One chunk's dq, the score / state part of dk (into dkp) and dW = -dDelta S_n^T (into dw);
+    all of K at once, V in blocks; grid (chunks, H)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
     p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
@@ -314,9 +308,6 @@ def _delta_dqk_kernel(
         b_dq = b_dq * scale
     b_dq += tl.dot(b_dA.to(b_k.dtype), b_k, input_precision=PREC)
     b_dk += tl.dot(b_dAt.to(b_q.dtype), b_q, input_precision=PREC)
-    rows = i_t * BT + idx
-    if HAS_G:
-        tl.store(dgr + (bos + rows) * H + i_h, tl.sum(b_q.to(ACC) * b_dq, axis=1), mask=rows < T)
     p_dq = tl.make_block_ptr(dq + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
     p_dkp = tl.make_block_ptr(dkp + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
     p_dw = tl.make_block_ptr(dw + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
@@ -327,12 +318,12 @@ def _delta_dqk_kernel(
 
 @triton.jit
 def _wy_bwd_kernel(
-    k, v, beta, gc, ainv, w, u, dvn, dw, dkp, dk, dv, dbeta, dgr, cu_seqlens, chunk_indices,
+    k, v, beta, gc, ainv, w, u, dvn, dw, dkp, dk, dv, dbeta, cu_seqlens, chunk_indices,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PRECA: tl.constexpr,
 ):
-    """Back through the UT transform of one chunk: dk = dkp + the W / A parts, dv, dbeta, and
-    -v . dv added to dgr (gated only); K and V in blocks; grid (chunks, H)."""
+    """Back through the UT transform of one chunk: dk = dkp + the W / A parts, dv and dbeta; K and
+    V in blocks; grid (chunks, H)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
     idx = tl.arange(0, BT)
@@ -352,7 +343,6 @@ def _wy_bwd_kernel(
     b_dA = tl.zeros([BT, BT], dtype=ACC)  # dVb U^T + dKb W^T (= -dA before the mask)
     b_dAt = tl.zeros([BT, BT], dtype=ACC)  # its transpose, U dU^T X + W dW^T X
     b_db = tl.zeros([BT], dtype=ACC)
-    b_dgr = tl.zeros([BT], dtype=ACC)
     for i_v in range(tl.cdiv(V, BV)):
         p_du = tl.make_block_ptr(dvn + (bos * H + i_h) * V, (T, V), (H * V, 1),
                                  (i_t * BT, i_v * BV), (BT, BV), (1, 0))
@@ -372,7 +362,6 @@ def _wy_bwd_kernel(
                                  (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), boundary_check=(0, 1))
         b_db += tl.sum(b_v * b_dvb, axis=1)
-        b_dgr -= tl.sum(b_v * b_dv, axis=1)
         b_dA += tl.dot(b_dvb, tl.trans(b_u), input_precision=PRECA)
         b_dAt += tl.dot(tl.dot(b_u, b_dut, input_precision=PRECA), b_X, input_precision=PRECA)
     for i_k in range(tl.cdiv(K, BK)):
@@ -422,9 +411,88 @@ def _wy_bwd_kernel(
                                  (i_t * BT, i_k * BK), (BT, BK), (1, 0))
         tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), boundary_check=(0, 1))
     tl.store(dbeta + (bos + rows) * H + i_h, b_db, mask=rows < T)
-    if HAS_G:
-        b_dgr += tl.load(dgr + (bos + rows) * H + i_h, mask=rows < T, other=0.0)
-        tl.store(dgr + (bos + rows) * H + i_h, b_dgr, mask=rows < T)
+
+
+@triton.jit
+def _delta_dg_kernel(
+    q, k, vn, do, dvn, h, dh, ainv, beta, gc, dg, cu_seqlens, chunk_indices, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, PRECA: tl.constexpr,
+):
+    """dL/dg of every token of one chunk, directly (no reverse sum); grid (chunks, H).
+
+    dg_i = e^{g_i} <(I - beta_i k_i k_i^T) S_{i-1}, dS_i> (S_i, dS_i: the state after token i and
+    its gradient), written with the chunk's quantities (derived here; S = S_n, dS' = dS_{n+1},
+    Delta = vn, dd = dDelta, dVb = X^T dd, A = StrictTril(diag(beta) (K K^T ⊙ Gam))):
+        dg_i = sum_{t>=i} scale e^{G_t} (q_t S) . do_t + e^{G_last} <S, dS'>
+             - sum_{m>i} beta_m e^{G_m} (k_m S) . dVb_m + sum_{j<i} e^{G_last - G_j} (k_j dS') . Delta_j
+             + sum_{t>=i>j} P_tj - sum_{m>i>j} A_mj (dVb_m . Delta_j) - beta_i Bg_i . dVb_i
+    with P = scale (Q K^T ⊙ Gam) ⊙ (dO Delta^T) (t >= j) and
+    Bg = (e^G ⊙ K) S + StrictTril(K K^T ⊙ Gam) Delta (= e^{g_i} S_{i-1}^T k_i per row). Every term
+    carries the decays between its tokens, so nothing cancels: with harsh gates this is exact to the
+    rounding of its terms, where q . dq - v . dv summed in reverse lost all precision.
+    """
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
+    idx = tl.arange(0, BT)
+    rows = i_t * BT + idx
+    b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
+    b_eg = tl.exp(b_g)
+    b_beta = tl.load(beta + (bos + rows) * H + i_h, mask=rows < T, other=0.0).to(ACC)
+    p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+    p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+    b_q = tl.load(p_q, boundary_check=(0, 1))
+    b_k = tl.load(p_k, boundary_check=(0, 1))
+    base = ainv + (i_c * H + i_h) * BT * BT
+    b_Xt = tl.load(tl.make_block_ptr(base, (BT, BT), (1, BT), (0, 0), (BT, BT), (0, 1)))  # X^T
+    # live through the V loop: X^T and two [BT, BT] sums; the decay masks are formed after it
+    b_a = tl.zeros([BT], dtype=ACC)  # (q_t S) . do_t
+    b_c = tl.zeros([BT], dtype=ACC)  # (k_m S) . dVb_m
+    b_e = tl.zeros([BT], dtype=ACC)  # (k_j dS') . Delta_j
+    b_SdS = tl.zeros([BK], dtype=ACC)  # <S, dS'> by rows of K
+    b_dOD = tl.zeros([BT, BT], dtype=ACC)  # dO Delta^T
+    b_Z = tl.zeros([BT, BT], dtype=ACC)  # dVb Delta^T
+    for i_v in range(tl.cdiv(V, BV)):
+        p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_vn = tl.make_block_ptr(vn + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_dd = tl.make_block_ptr(dvn + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_h = tl.make_block_ptr(h + (i_c * H + i_h) * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
+        p_dh = tl.make_block_ptr(dh + (i_c * H + i_h) * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
+        b_do = tl.load(p_do, boundary_check=(0, 1))
+        b_D = tl.load(p_vn, boundary_check=(0, 1))  # Delta
+        b_dd = tl.load(p_dd, boundary_check=(0, 1))
+        b_S = tl.load(p_h, boundary_check=(0, 1))
+        b_dS = tl.load(p_dh, boundary_check=(0, 1))
+        b_dvb = tl.dot(b_Xt, b_dd, input_precision=PRECA)  # dVb = X^T dDelta
+        b_kS = tl.dot(b_k, b_S.to(b_k.dtype), input_precision=PREC)  # rows k_m S
+        b_a += tl.sum(tl.dot(b_q, b_S.to(b_q.dtype), input_precision=PREC) * b_do.to(ACC), axis=1)
+        b_c += tl.sum(b_kS * b_dvb, axis=1)
+        b_e += tl.sum(tl.dot(b_k, b_dS.to(b_k.dtype), input_precision=PREC) * b_D.to(ACC), axis=1)
+        b_SdS += tl.sum(b_S.to(ACC) * b_dS.to(ACC), axis=1)
+        b_dOD += tl.dot(b_do, tl.trans(b_D), input_precision=PREC)
+        b_Z += tl.dot(b_dvb, tl.trans(b_D.to(ACC)), input_precision=PRECA)
+    causal = idx[:, None] >= idx[None, :]
+    strict = idx[:, None] > idx[None, :]
+    b_Gam = tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], float("-inf")))
+    b_KKs = tl.where(strict, tl.dot(b_k, tl.trans(b_k), input_precision=PREC) * b_Gam, 0.0)
+    # Bg_i . dVb_i = e^{G_i} (k_i S) . dVb_i + sum_j KKs_ij Delta_j . dVb_i, the latter rowsum(KKs ⊙ Z)
+    b_bg = tl.sum(b_KKs * b_Z, axis=1)
+    b_AZ = b_KKs * b_Z * b_beta[:, None]  # A ⊙ Z
+    b_F = tl.cumsum(b_AZ, axis=1) - b_AZ  # F[m, i] = sum_{j < i} (A ⊙ Z)_mj
+    b_f = tl.sum(tl.where(strict, b_F, 0.0), axis=0)  # rows m > i
+    b_P = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * b_Gam * b_dOD * scale
+    b_F = tl.cumsum(b_P, axis=1) - b_P
+    b_d = tl.sum(tl.where(causal, b_F, 0.0), axis=0)  # rows t >= i
+    b_a = b_a * b_eg * scale
+    b_bg += b_c * b_eg
+    b_c = b_c * b_beta * b_eg
+    b_e = b_e * tl.exp(g_last - b_g)
+    b_dg = tl.sum(b_a, axis=0) - tl.cumsum(b_a, axis=0) + b_a  # sum_{t >= i}
+    b_dg += tl.exp(g_last) * tl.sum(b_SdS, axis=0)
+    b_dg -= tl.sum(b_c, axis=0) - tl.cumsum(b_c, axis=0)  # sum_{m > i}
+    b_dg += tl.cumsum(b_e, axis=0) - b_e  # sum_{j < i}
+    b_dg += b_d - b_f - b_beta * b_bg
+    tl.store(dg + (bos + rows) * H + i_h, b_dg, mask=rows < T)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,7 +542,7 @@ class _DeltaRuleFn(torch.autograd.Function):
             H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, PRECA=_preca(q.dtype), **meta,
             **launch_options("delta.wy_fwd", num_warps=4, num_stages=1),
         )
-        h = q.new_empty(NC, H, K, V, dtype=acc)  # fp32: dW = -dDelta S_n^T reads it unrounded (TF32)
+        h = q.new_empty(NC, H, K, V, dtype=acc)  # fp32: dW = -dDelta S_n^T and dg read it unrounded
         vn = torch.empty_like(v)
         ht = q.new_empty(N, H, K, V, dtype=acc) if want_ht else None
         _delta_h_kernel[(triton.cdiv(V, BVs), N * H)](
@@ -489,13 +557,13 @@ class _DeltaRuleFn(torch.autograd.Function):
             H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, **meta,
             **launch_options("delta.fwd_o", num_warps=4, num_stages=3),
         )
-        ctx.save_for_backward(q, k, v, beta, gc, h0, ainv, w, u, h, vn, ht, cu, offsets, indices)
+        ctx.save_for_backward(q, k, v, beta, gc, h0, ainv, w, u, h, vn, cu, offsets, indices)
         ctx.meta = (scale, BT, NC, g is not None and g.requires_grad, g.dtype if has_g else None)
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, beta, gc, h0, ainv, w, u, h, vn, ht, cu, offsets, indices = ctx.saved_tensors
+        q, k, v, beta, gc, h0, ainv, w, u, h, vn, cu, offsets, indices = ctx.saved_tensors
         scale, BT, NC, g_grad, g_dtype = ctx.meta
         _, _, H, K = q.shape
         V = v.shape[-1]
@@ -506,7 +574,7 @@ class _DeltaRuleFn(torch.autograd.Function):
         has_g = gc is not None
         do = do.contiguous()
         dht = dht.contiguous() if dht is not None else None
-        dh = q.new_empty(h.shape, dtype=_state_dtype(q.dtype))  # its one reader rounds it to q's dtype
+        dh = torch.empty_like(h)  # fp32: _delta_dg_kernel reads it unrounded
         dvn = torch.empty(v.shape, dtype=acc, device=v.device)  # dDelta = dU
         dh0 = torch.empty(N, H, K, V, dtype=acc, device=q.device) if h0 is not None else None
         _delta_dh_kernel[(triton.cdiv(V, BVs), N * H)](
@@ -519,25 +587,27 @@ class _DeltaRuleFn(torch.autograd.Function):
         dq = torch.empty_like(q)
         dkp = torch.empty(k.shape, dtype=acc, device=k.device)
         dw = torch.empty(k.shape, dtype=acc, device=k.device)
-        dgr = torch.empty(beta.shape, dtype=acc, device=q.device) if has_g else q
         _delta_dqk_kernel[(NC, H)](
-            q, k, vn, gc if has_g else q, h, do, dh, dvn, dq, dkp, dw, dgr, cu, indices, scale,
+            q, k, vn, gc if has_g else q, h, do, dh, dvn, dq, dkp, dw, cu, indices, scale,
             H=H, K=K, V=V, BT=BT, BK=BKf, BV=min(BV, 32), HAS_G=has_g, PRECA=_preca(q.dtype), **meta,
             **launch_options("delta.delta_dqk", num_warps=8 if BKf >= 128 else 4, num_stages=1),
         )
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         dbeta = torch.empty(beta.shape, dtype=acc, device=beta.device)
         _wy_bwd_kernel[(NC, H)](
-            k, v, beta, gc if has_g else q, ainv, w, u, dvn, dw, dkp, dk, dv, dbeta, dgr, cu, indices,
+            k, v, beta, gc if has_g else q, ainv, w, u, dvn, dw, dkp, dk, dv, dbeta, cu, indices,
             H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, ACC=meta["ACC"], PRECA=_preca(q.dtype),
             **launch_options("delta.wy_bwd", num_warps=4, num_stages=1),
         )
         dg = None
-        if g_grad:
-            if dht is not None and ht is not None:  # e^{Gglob_T} scales the whole final state
-                last = (cu[1:] - 1).long()
-                dgr[0, last] += (dht * ht).sum((-1, -2))
-            dg = _reverse_cumsum(dgr, cu).to(g_dtype)
+        if g_grad:  # directly per token (no reverse sum, nothing cancels: _delta_dg_kernel)
+            dg = torch.empty(beta.shape, dtype=acc, device=q.device)
+            _delta_dg_kernel[(NC, H)](
+                q, k, vn, do, dvn, h, dh, ainv, beta, gc, dg, cu, indices, scale,
+                H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVs, PRECA=_preca(q.dtype), **meta,
+                **launch_options("delta.dg", num_warps=8, num_stages=1),  # ptxas: no spills (4 warps: 112 B)
+            )
+            dg = dg.to(g_dtype)
         if dh0 is not None:
             dh0 = dh0.to(h0.dtype)
         return dq, dk, dv, dbeta.to(beta.dtype), dg, dh0, None, None, None, None
