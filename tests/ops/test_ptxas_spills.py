@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # bytes of spill stores per thread allowed at a kernel's default launch; kernels not named: none.
 # Measured 2026-12-07 (Triton 3.6): 8 / 0-72 / 284 / 596-736 / 332.
 BUDGET = {
+    "triton_scalar_decay._bwd_dqkv_kernel": 64,  # gated: 48 B since it computes dg directly
     "triton_gla._bwd_dqk_kernel": 64,
     "triton_delta._delta_dqk_kernel": 128,  # gated 72 B since its dg store went (ptxas's allocation)
     "triton_delta._delta_dh_kernel": 512,  # gated; 8 warps would not spill, but faulted on an H100
