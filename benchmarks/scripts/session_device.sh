@@ -57,9 +57,10 @@ if [ "${DIAG:-0}" = 1 ]; then
   DPID=$!
 fi
 
-# default: what had not run on a GPU after session 10 (the delta-rule kernels with K and W
-# transposed in registers, in three processes; the GDN level cases; GLA's other tiles and refusals)
-DEFAULT_TESTS="tests/ops/test_triton_delta.py -k 'delta_rule_kernel_matches and not gated';tests/ops/test_triton_delta.py -k gated_delta_rule_kernel_matches;tests/ops/test_triton_delta.py -k 'not kernel_matches';tests/ops/test_triton_log_linear_levels.py -k 'gated_deltanet or refuses';tests/ops/test_triton_gla.py -k 'other_tiles or refuses'"
+# default (after session 12): every kernel test file, the delta rule's in three processes — the
+# scalar-decay, GLA and delta-rule backward kernels changed on the CPU (direct dg, tuned launch
+# settings, register diet) and have not run on a GPU since
+DEFAULT_TESTS="tests/ops/test_triton_delta.py -k 'delta_rule_kernel_matches and not gated';tests/ops/test_triton_delta.py -k gated_delta_rule_kernel_matches;tests/ops/test_triton_delta.py -k 'not kernel_matches';tests/ops/test_triton_kernels.py;tests/ops/test_triton_gla.py;tests/ops/test_triton_log_linear.py;tests/ops/test_triton_log_linear_levels.py"
 TESTS=${TESTS:-$DEFAULT_TESTS}
 [ "$TESTS" = none ] && TESTS=
 mkdir -p /tmp/gt
