@@ -78,6 +78,9 @@ from longctx.ops.common.triton_scalar_decay import (
     _load_g,
     _prec,
     _sequence,
+    _straddle_sum,
+    _sum_after,
+    _sum_before,
     chunk_layout,
     packed_sequences,
 )
@@ -477,20 +480,17 @@ def _delta_dg_kernel(
     b_KKs = tl.where(strict, tl.dot(b_k, tl.trans(b_k), input_precision=PREC) * b_Gam, 0.0)
     # Bg_i . dVb_i = e^{G_i} (k_i S) . dVb_i + sum_j KKs_ij Delta_j . dVb_i, the latter rowsum(KKs ⊙ Z)
     b_bg = tl.sum(b_KKs * b_Z, axis=1)
-    b_AZ = b_KKs * b_Z * b_beta[:, None]  # A ⊙ Z
-    b_F = tl.cumsum(b_AZ, axis=1) - b_AZ  # F[m, i] = sum_{j < i} (A ⊙ Z)_mj
-    b_f = tl.sum(tl.where(strict, b_F, 0.0), axis=0)  # rows m > i
+    b_f = _straddle_sum(b_KKs * b_Z * b_beta[:, None], strict)  # A ⊙ Z, rows m > i
     b_P = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * b_Gam * b_dOD * scale
-    b_F = tl.cumsum(b_P, axis=1) - b_P
-    b_d = tl.sum(tl.where(causal, b_F, 0.0), axis=0)  # rows t >= i
+    b_d = _straddle_sum(b_P, causal)  # rows t >= i
     b_a = b_a * b_eg * scale
     b_bg += b_c * b_eg
     b_c = b_c * b_beta * b_eg
     b_e = b_e * tl.exp(g_last - b_g)
-    b_dg = tl.sum(b_a, axis=0) - tl.cumsum(b_a, axis=0) + b_a  # sum_{t >= i}
+    b_dg = _sum_after(b_a) + b_a  # sum_{t >= i}
     b_dg += tl.exp(g_last) * tl.sum(b_SdS, axis=0)
-    b_dg -= tl.sum(b_c, axis=0) - tl.cumsum(b_c, axis=0)  # sum_{m > i}
-    b_dg += tl.cumsum(b_e, axis=0) - b_e  # sum_{j < i}
+    b_dg -= _sum_after(b_c)
+    b_dg += _sum_before(b_e)
     b_dg += b_d - b_f - b_beta * b_bg
     tl.store(dg + (bos + rows) * H + i_h, b_dg, mask=rows < T)
 

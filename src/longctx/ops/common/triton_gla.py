@@ -60,6 +60,8 @@ from longctx.ops.common.triton_scalar_decay import (
     _prec,
     _sequence,
     _state_dtype,
+    _sum_after,
+    _sum_before,
     chunk_layout,
     packed_sequences,
 )
@@ -439,23 +441,22 @@ def _bwd_dg_kernel(
         b_SdS += tl.sum(b_ht.to(ACC) * b_dht.to(ACC), axis=0)
     b_a = b_q * b_dqi * tl.exp(b_g) * scale
     b_e = b_k * b_dki * tl.exp(g_last[None, :] - b_g)
-    b_dg = tl.sum(b_a, axis=0)[None, :] - tl.cumsum(b_a, axis=0) + b_a  # sum_{t >= i}
-    b_dg += tl.cumsum(b_e, axis=0) - b_e  # sum_{j < i}
+    b_dg = _sum_after(b_a) + b_a  # sum_{t >= i}
+    b_dg += _sum_before(b_e)
     b_dg += (tl.exp(g_last) * b_SdS)[None, :]
     # the pairs straddling i, one key row j at a time: Q_i = sum_{j < i} R_j with
     # R_j[t] = q_t ⊙ k_j ⊙ e^{G_t - G_j} dA_tj (t >= j), and the straddle sum is sum_{t >= i} Q_i[t]
-    p_dA = tl.make_block_ptr(dA + (bos * H + i_h) * BT, (T, BT), (H * BT, 1), (i_t * BT, 0), (BT, BT), (1, 0))
-    b_dA = tl.load(p_dA, boundary_check=(0,), padding_option="zero")
+    rows = i_t * BT + idx
     b_Q = tl.zeros([BT, BK], dtype=ACC)
     p_j = ((bos + i_t * BT) * H + i_h) * K + cols  # row i_t BT + j of k / gc at + j H K
+    p_dA_col = dA + ((bos + rows) * H + i_h) * BT  # dA[chunk rows, j] at + j
     for j in range(BT):  # a loop, not unrolled: 64 steps of [BT, BK] work
         b_dg += tl.where(idx[:, None] == j, tl.sum(tl.where(idx[:, None] >= j, b_Q, 0.0), axis=0)[None, :], 0.0)
         m_j = (cols < K) & (i_t * BT + j < T)
         k_j = tl.load(k + p_j + j * H * K, mask=m_j, other=0.0).to(ACC)
         g_j = tl.load(gc + p_j + j * H * K, mask=m_j, other=0.0)
-        dA_j = tl.sum(tl.where(idx[None, :] == j, b_dA, 0.0), axis=1)  # column j: dA_tj
+        dA_j = tl.load(p_dA_col + j, mask=rows < T, other=0.0).to(ACC)  # column j: dA_tj
         b_Q += tl.where(idx[:, None] >= j, b_q * k_j[None, :] * tl.exp(tl.where(idx[:, None] >= j, b_g - g_j[None, :], 0.0)), 0.0) * dA_j[:, None]
-    rows = i_t * BT + idx
     m_rows = (rows[:, None] < T) & (cols[None, :] < K)
     tl.store(dg + ((bos + rows[:, None]) * H + i_h) * K + cols[None, :], b_dg, mask=m_rows)
 
