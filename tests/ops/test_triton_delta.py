@@ -174,21 +174,20 @@ def test_gate_gradient_in_half_precision_is_as_exact_as_the_others(gate) -> None
     gradients (it was 9.4e-2 with harsh gates, 180x theirs, when dg came from q . dq - v . dv
     summed in reverse: those terms cancel to dg's size and leave their rounding behind)."""
     from longctx.ops.gated_deltanet.triton import triton_gated_delta_rule
-    from tests.helpers import assert_close
-    from tests.ops.test_triton_kernels import _grads
+    from tests.ops.test_triton_kernels import check_half_gradients
 
     B, T, H, K, V = 1, 80, 2, 32, 32
     q, k, v, beta, g, S0 = _inputs(B, T, H, K, V, seed=8, gate=gate)
-    ref_in = [t.requires_grad_() for t in (q, k, v, beta, g, S0)]
-    ref = naive_gated_delta_rule(*ref_in[:3], ref_in[4], ref_in[3], scale=0.5, initial_state=ref_in[5],
-                                 output_final_state=True)
-    ins = [t.detach().to(torch.float16 if i < 3 else torch.float32).requires_grad_()
-           for i, t in enumerate((q, k, v, beta, g, S0))]
-    out = triton_gated_delta_rule(*ins[:3], ins[4], ins[3], scale=0.5, initial_state=ins[5],
-                                  output_final_state=True, chunk_size=32)
-    for name, r, o in zip(("dq", "dk", "dv", "dbeta", "dg", "dS0"), _grads(ref, ref_in, 0), _grads(out, ins, 0),
-                          strict=True):
-        assert_close(r, o.double(), 2e-3, f"gate {gate}: {name}")
+
+    def ref(q, k, v, beta, g, S0):
+        return naive_gated_delta_rule(q, k, v, g, beta, scale=0.5, initial_state=S0, output_final_state=True)
+
+    def fn(q, k, v, beta, g, S0):
+        return triton_gated_delta_rule(q, k, v, g, beta, scale=0.5, initial_state=S0,
+                                       output_final_state=True, chunk_size=32)
+
+    check_half_gradients(f"gate {gate}", ref, fn, [q, k, v, beta, g, S0], 3,
+                         ("dq", "dk", "dv", "dbeta", "dg", "dS0"))
 
 
 @pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))

@@ -13,7 +13,15 @@ import torch
 
 from longctx.ops.gla import chunk_gla, naive_gla
 from tests.helpers import assert_close
-from tests.ops.test_triton_kernels import DTYPES, TOL, _check, _grads, _maybe_gpu, _rand
+from tests.ops.test_triton_kernels import (
+    DTYPES,
+    TOL,
+    _check,
+    _grads,
+    _maybe_gpu,
+    _rand,
+    check_half_gradients,
+)
 from tests.ops.triton_support import DEVICE, HAS_TRITON, ON_CUDA  # first: picks the interpreter
 
 pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
@@ -235,9 +243,11 @@ def test_gate_gradient_in_half_precision_is_as_exact_as_the_others(gate) -> None
     gen = torch.Generator().manual_seed(3)
     q, k, v = _rand(B, T, H, K, gen=gen), _rand(B, T, H, K, gen=gen), _rand(B, T, H, V, gen=gen)
     g = torch.nn.functional.logsigmoid(_rand(B, T, H, K, gen=gen)) * gate
-    ref_in = [t.requires_grad_() for t in (q, k, v, g)]
-    ref = naive_gla(*ref_in, scale=0.5, output_final_state=True)
-    ins = [t.detach().to(torch.float16 if i < 3 else torch.float32).requires_grad_() for i, t in enumerate((q, k, v, g))]
-    out = triton_gla(*ins, scale=0.5, output_final_state=True, chunk_size=32, sub_chunk=16)
-    for name, r, o in zip(("dq", "dk", "dv", "dg"), _grads(ref, ref_in, 0), _grads(out, ins, 0), strict=True):
-        assert_close(r, o.double(), 2e-3, f"gate {gate}: {name}")
+
+    def ref(q, k, v, g):
+        return naive_gla(q, k, v, g, scale=0.5, output_final_state=True)
+
+    def fn(q, k, v, g):
+        return triton_gla(q, k, v, g, scale=0.5, output_final_state=True, chunk_size=32, sub_chunk=16)
+
+    check_half_gradients(f"gate {gate}", ref, fn, [q, k, v, g], 3, ("dq", "dk", "dv", "dg"))

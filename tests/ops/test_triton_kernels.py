@@ -54,6 +54,17 @@ def _check(name, ref_fn, fn, ref_inputs, dtype, seed=0, shared_decay=None, names
         assert_close(r, o.double().cpu(), rtol, f"{name}/d{names[i]}" if names else f"{name}/grad{i}")
 
 
+def check_half_gradients(name, ref_fn, fn, ref_inputs, n_half, names, tol=2e-3):
+    """The float16 interpreter runs of the decay-gradient tests: ``fn`` on the first ``n_half``
+    inputs in float16 (the rest float32) vs ``ref_fn`` in float64, every gradient (``names``)
+    within ``tol`` (relative RMS)."""
+    ref_in = [t.requires_grad_() for t in ref_inputs]
+    ins = [t.detach().to(torch.float16 if i < n_half else torch.float32).requires_grad_()
+           for i, t in enumerate(ref_inputs)]
+    for n, r, o in zip(names, _grads(ref_fn(*ref_in), ref_in, 0), _grads(fn(*ins), ins, 0), strict=True):
+        assert_close(r, o.double(), tol, f"{name}: {n}")
+
+
 def _rand(*shape, gen):
     return torch.randn(*shape, generator=gen, dtype=torch.float64)
 
@@ -282,12 +293,14 @@ def test_decay_gradient_in_half_precision_is_as_exact_as_the_others(gate) -> Non
     gen = torch.Generator().manual_seed(3)
     q, k, v = _rand(B, T, H, K, gen=gen), _rand(B, T, H, K, gen=gen), _rand(B, T, H, V, gen=gen)
     g = torch.nn.functional.logsigmoid(_rand(B, T, H, gen=gen)) * gate
-    ref_in = [t.requires_grad_() for t in (q, k, v, g)]
-    ref = naive_gla(*ref_in[:3], ref_in[3][..., None].expand(B, T, H, K), scale=0.5, output_final_state=True)
-    ins = [t.detach().to(torch.float16 if i < 3 else torch.float32).requires_grad_() for i, t in enumerate((q, k, v, g))]
-    out = triton_simple_gla(*ins, scale=0.5, output_final_state=True)
-    for name, r, o in zip(("dq", "dk", "dv", "dg"), _grads(ref, ref_in, 0), _grads(out, ins, 0), strict=True):
-        assert_close(r, o.double(), 2e-3, f"gate {gate}: {name}")
+
+    def ref(q, k, v, g):
+        return naive_gla(q, k, v, g[..., None].expand(B, T, H, K), scale=0.5, output_final_state=True)
+
+    def fn(q, k, v, g):
+        return triton_simple_gla(q, k, v, g, scale=0.5, output_final_state=True)
+
+    check_half_gradients(f"gate {gate}", ref, fn, [q, k, v, g], 3, ("dq", "dk", "dv", "dg"))
 
 
 @pytest.mark.parametrize("dtype", _maybe_gpu([(torch.float32,)]))
