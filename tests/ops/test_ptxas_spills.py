@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BUDGET = {
     "triton_scalar_decay._bwd_dqkv_kernel": 64,  # gated: 48 B since it computes dg directly
     "triton_gla._bwd_dqk_kernel": 64,
+    "triton_gla._bwd_dg_kernel": 128,  # 96 B since its straddle sum went from 64 steps to sub-chunks
     "triton_delta._delta_dqk_kernel": 128,  # gated 72 B since its dg store went (ptxas's allocation)
     "triton_delta._delta_dh_kernel": 512,  # gated; 8 warps would not spill, but faulted on an H100
     "triton_delta._wy_bwd_kernel": 1024,  # 8 warps: 56-188; not yet tried on a GPU

@@ -407,10 +407,69 @@ def _bwd_dqk_kernel(
 
 
 @triton.jit
+def _gla_straddle(q, k, gc, dA, b_q, b_k, b_g, g_last, bos, T, i_t, i_h, i_k,
+                  H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+                  BK: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+    """sum_{t >= i > j} P_tj for every row i of a chunk, P_tj = q_t ⊙ k_j ⊙ e^{G_t - G_j} dA_tj (the
+    intra-chunk pairs that straddle i): [BT, BK]. ``b_q``, ``b_k``: the chunk's rows in ACC,
+    ``b_g``: their G (rows past T: g_last). Split by sub-chunk as A is (§4.3):
+      * t in sub-chunk b, j before it (r = b's first row): around r, both factors <= 1,
+            Q^b_t = q_t e^{G_t - G_r} [t in b],   K^b_j = k_j e^{G_r - G_j} [j < r];
+        for i <= r the straddling pairs are all of b's t and j < i: prefix sums of K^b ⊙ (dA^T Q^b);
+        for i in b past r: t >= i and every j < r: suffix sums of Q^b ⊙ (dA K^b) — two dots per b;
+      * t, j in one sub-chunk: exact pairwise decays, one key offset s at a time ([NS, BC, BK]
+        element-wise: row t pairs with j = its sub-chunk's row s)."""
+    NS: tl.constexpr = BT // BC
+    DT = q.dtype.element_ty
+    idx = tl.arange(0, BT)
+    cols = i_k * BK + tl.arange(0, BK)
+    # same sub-chunk: row t = a BC + m pairs with j = a BC + s (s < m); after step s, Acc holds
+    # sum_{s' <= s} P_{t, a BC + s'}, and the rows i = a BC + s + 1 take sum_{t >= i in a} Acc_t
+    a3 = tl.arange(0, NS)[:, None, None]
+    m3 = tl.arange(0, BC)[None, :, None]
+    t3 = i_t * BT + a3 * BC + m3  # [NS, BC, 1] sequence-local rows
+    b_q3 = tl.reshape(b_q, (NS, BC, BK))
+    b_g3 = tl.reshape(b_g, (NS, BC, BK))
+    a2 = tl.arange(0, NS)[:, None]
+    j2 = i_t * BT + a2 * BC  # [NS, 1]: first row of each sub-chunk
+    p_dA3 = dA + ((bos + t3) * H + i_h) * BT + a3 * BC  # dA[t, a BC + s] at + s
+    b_acc = tl.zeros([NS, BC, BK], dtype=ACC)
+    b_S3 = tl.zeros([NS, BC, BK], dtype=ACC)
+    for s in tl.static_range(BC - 1):
+        ok_j = (j2 + s < T) & (cols[None, :] < K)
+        offs_j = ((bos + j2 + s) * H + i_h) * K + cols[None, :]
+        k_s = tl.load(k + offs_j, mask=ok_j, other=0.0).to(ACC)[:, None, :]  # [NS, 1, BK]
+        g_s = tl.load(gc + offs_j, mask=ok_j, other=0.0)[:, None, :]
+        dA_s = tl.load(p_dA3 + s, mask=t3 < T, other=0.0).to(ACC)  # [NS, BC, 1]
+        live = (m3 > s) & (t3 < T)
+        b_acc += tl.where(live, b_q3 * k_s * tl.exp(tl.where(live, b_g3 - g_s, 0.0)) * dA_s, 0.0)
+        seg = tl.sum(tl.where(m3 > s, b_acc, 0.0), axis=1)  # [NS, BK]: sum_{t > a BC + s in a}
+        b_S3 += tl.where(m3 == s + 1, seg[:, None, :], 0.0)
+    b_S = tl.reshape(b_S3, (BT, BK))  # the 3-D tiles are dead from here on
+    p_dA = tl.make_block_ptr(dA + (bos * H + i_h) * BT, (T, BT), (H * BT, 1), (i_t * BT, 0), (BT, BT), (1, 0))
+    p_dAt = tl.make_block_ptr(dA + (bos * H + i_h) * BT, (BT, T), (1, H * BT), (0, i_t * BT), (BT, BT), (0, 1))
+    for b in tl.static_range(1, NS):
+        r = i_t * BT + b * BC
+        if r < T:  # dA reloaded per b (from L2): two [BT, BT] tiles live through the loop spilled
+            b_dA = tl.load(p_dA, boundary_check=(0,), padding_option="zero").to(DT)
+            b_dAt = tl.load(p_dAt, boundary_check=(1,), padding_option="zero").to(DT)  # transposed
+            g_r = _row(gc, bos, T, r, i_h, i_k, H, K, BK)
+            in_b = (idx >= b * BC) & (idx < b * BC + BC)
+            before = idx < b * BC
+            b_Qb = tl.where(in_b[:, None], b_q * tl.exp(tl.where(in_b[:, None], b_g - g_r[None, :], 0.0)), 0.0)
+            b_Kb = tl.where(before[:, None], b_k * tl.exp(tl.where(before[:, None], g_r[None, :] - b_g, 0.0)), 0.0)
+            b_U = tl.dot(b_dAt, b_Qb.to(DT), input_precision=PREC)  # [j]: sum_{t in b} dA_tj Q^b_t
+            b_Z = tl.dot(b_dA, b_Kb.to(DT), input_precision=PREC)  # [t]: sum_{j < r} dA_tj K^b_j
+            b_Y = b_Qb * b_Z
+            b_S += tl.where((idx <= b * BC)[:, None], _sum_before(b_Kb * b_U), _sum_after(b_Y) + b_Y)
+    return b_S
+
+
+@triton.jit
 def _bwd_dg_kernel(
     q, k, v, gc, h, do, dh, dA, dg, cu_seqlens, chunk_indices, scale,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
 ):
     """The gate's gradient of one chunk, key dims of one block, per token and directly
     (dg_ic = e^{g_ic} sum_v S_{i-1}[c, v] dS_i[c, v], in the chunk's terms):
@@ -448,19 +507,9 @@ def _bwd_dg_kernel(
     b_dg = _sum_after(b_a) + b_a  # sum_{t >= i}
     b_dg += _sum_before(b_e)
     b_dg += (tl.exp(g_last) * b_SdS)[None, :]
-    # the pairs straddling i, one key row j at a time: Q_i = sum_{j < i} R_j with
-    # R_j[t] = q_t ⊙ k_j ⊙ e^{G_t - G_j} dA_tj (t >= j), and the straddle sum is sum_{t >= i} Q_i[t]
+    b_dg += _gla_straddle(q, k, gc, dA, b_q, b_k, b_g, g_last, bos, T, i_t, i_h, i_k,
+                          H, K, BT, BC, BK, ACC, PREC)
     rows = i_t * BT + idx
-    b_Q = tl.zeros([BT, BK], dtype=ACC)
-    p_j = ((bos + i_t * BT) * H + i_h) * K + cols  # row i_t BT + j of k / gc at + j H K
-    p_dA_col = dA + ((bos + rows) * H + i_h) * BT  # dA[chunk rows, j] at + j
-    for j in range(BT):  # a loop, not unrolled: 64 steps of [BT, BK] work
-        b_dg += tl.where(idx[:, None] == j, tl.sum(tl.where(idx[:, None] >= j, b_Q, 0.0), axis=0)[None, :], 0.0)
-        m_j = (cols < K) & (i_t * BT + j < T)
-        k_j = tl.load(k + p_j + j * H * K, mask=m_j, other=0.0).to(ACC)
-        g_j = tl.load(gc + p_j + j * H * K, mask=m_j, other=0.0)
-        dA_j = tl.load(p_dA_col + j, mask=rows < T, other=0.0).to(ACC)  # column j: dA_tj
-        b_Q += tl.where(idx[:, None] >= j, b_q * k_j[None, :] * tl.exp(tl.where(idx[:, None] >= j, b_g - g_j[None, :], 0.0)), 0.0) * dA_j[:, None]
     m_rows = (rows[:, None] < T) & (cols[None, :] < K)
     tl.store(dg + ((bos + rows[:, None]) * H + i_h) * K + cols[None, :], b_dg, mask=m_rows)
 
@@ -545,7 +594,7 @@ class _GlaFn(torch.autograd.Function):
             dg = torch.empty(q.shape, dtype=acc, device=q.device)  # [1, T, H, K]
             _bwd_dg_kernel[(triton.cdiv(K, BK), NC, H)](
                 q, k, v, gc, h, do, dh, dA, dg, cu, indices, scale,
-                H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, ACC=ACC, PREC=prec,
+                H=H, K=K, V=V, BT=BT, BC=BC, BK=BK, BV=BV, ACC=ACC, PREC=prec,
                 **launch_options("gla.bwd_dg", num_warps=8, num_stages=1),  # ptxas: no spills (4 warps: 160 B)
             )
             dg = dg.to(g_dtype)
