@@ -279,6 +279,12 @@ def test_half_states_kept_rounded_give_the_same_bits(op, monkeypatch) -> None:
     kept_fp32 = run()
     for i, (a, b) in enumerate(zip(kept_half, kept_fp32, strict=True)):
         assert torch.isfinite(a).all(), f"{op}: result {i} is not finite"
+        if i == 5:
+            # dg (fp32) sums S ⊙ dS over the tile as it was loaded: a bf16 and an fp32 load of the
+            # same rounded values are laid out differently over the threads, so the order of that
+            # sum (not its terms) differs. Measured on an H100: 4.8e-7 absolute, the last bit.
+            torch.testing.assert_close(a, b, rtol=0.0, atol=1e-6 * b.abs().max().item())
+            continue
         assert torch.equal(a, b), f"{op}: result {i} differs by {(a.double() - b.double()).abs().max():.3g}"
 
 

@@ -385,6 +385,12 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float16, torch.bfloat16) else _acc(dtype)[0]
 
 
+def _stages(q: Tensor, h: Tensor, BK: int) -> int:
+    """num_stages of the whole-K backward kernel: 3 for half inputs and states up to K = 128
+    (135 KiB of shared memory), else 1 (fp32 at 3 stages needs 241 KiB; an H100 has 227)."""
+    return 3 if q.element_size() == 2 and h.element_size() == 2 and BK <= 128 else 1
+
+
 def _prec(dtype: torch.dtype) -> str:
     """tl.dot's precision for float32 inputs: TF32 only where torch allows it for matmuls."""
     return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
@@ -461,8 +467,9 @@ class _ScalarDecayFn(torch.autograd.Function):
         _bwd_dqkv_kernel[(NC, H)](
             q, k, v, gc if has_g else q, h, do, dh, dq, dk, dv, dg_acc, cu, indices, scale,
             H=H, K=K, V=V, BT=BT, BK=BKf, BV=min(BV, 32), HAS_G=has_g, ACC=ACC, PREC=_prec(q.dtype),
-            # 8 warps, 3 stages: fwd+bwd 1.185 -> 1.058 ms at T = 4k on an H100 (tune_kernels.py)
-            **launch_options("scalar_decay.bwd_dqkv", num_warps=8, num_stages=3),
+            # 8 warps, 3 stages: fwd+bwd 1.185 -> 1.058 ms at T = 4k on an H100 (tune_kernels.py);
+            # 1 stage where 3 would not fit shared memory (fp32 inputs or states: 241 KiB > 227 KiB)
+            **launch_options("scalar_decay.bwd_dqkv", num_warps=8, num_stages=_stages(q, h, BKf)),
         )
         dg = None
         if g_grad:  # per token and directly (nothing to sum: the final state's seed is in dh)
