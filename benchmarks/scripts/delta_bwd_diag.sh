@@ -27,6 +27,9 @@ for c in "deltanet 1000 4 128" "gated_deltanet 300 2 256" "deltanet 1000 4 64"; 
       python benchmarks/scripts/repro_delta_bwd.py $c state > "/tmp/diag_memcheck_state_${c// /_}.txt" 2>&1 ) &
 done
 wait
+# memcheck's first report (which access, which address, how far past which allocation) is at the
+# head of its output, the host stack and the summary at the tail: keep both
 for f in /tmp/diag_bisect.txt /tmp/diag_memcheck_*.txt /tmp/diag_nocache_*.txt; do
-  echo "=== $f"; grep -v "^\s*$" "$f" | tail -40
+  echo "=== $f"; grep -v "^\s*$" "$f" | grep -v "Host Frame" | head -40 | cut -c1-240
+  echo "..."; grep -v "^\s*$" "$f" | tail -6 | cut -c1-240
 done
