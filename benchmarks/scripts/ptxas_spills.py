@@ -9,7 +9,7 @@ GPU. (On an H100 the scalar-decay backward's dq/dk/dv kernel was the setting-sen
 4.51 ms over launch settings at T = 4k; here it spills 2-3.6 KB per thread at 4 warps.)
 
     python benchmarks/scripts/ptxas_spills.py OUT.json [--K 128] [--V 128] [--T 256] [--H 16]
-        [--settings 4x1,4x3,8x1,8x3 [--kernels _wy_bwd_kernel,...]]
+        [--settings 4x1,4x3,8x1,8x3 [--kernels _wy_bwd_kernel,...]] [--dtypes bf16,fp32]
 
 Must run without TRITON_INTERPRET. Writes OUT.json (one row per distinct launch at its own launch
 settings, "default": true, and with ``--settings`` one row per other num_warps x num_stages of the
@@ -29,11 +29,13 @@ from collections.abc import Callable
 
 import torch
 import triton
-from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 
-HOPPER = GPUTarget("cuda", 90, 32)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from tests.ops.hopper_codegen import HOPPER, transposed_smem_a_operands
+
+SMEM_LIMIT = 232448  # bytes of shared memory one block may use on an H100 / H200 (227 KiB)
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 _TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64",
           torch.int32: "i32", torch.int64: "i64"}
@@ -70,13 +72,17 @@ def record_launches(run: Callable[[], object]) -> list[tuple]:
     return launches
 
 
-def ptxas_usage(fn: JITFunction, sig: dict, const: dict, num_warps: int, num_stages: int) -> dict:
-    """Registers, spill stores / loads (bytes per thread) and shared memory of one compiled launch."""
+def _source(fn: JITFunction, sig: dict, const: dict) -> ASTSource:
     signature = {name: sig.get(name, "constexpr") for name in fn.arg_names}
     pointers = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
                 if sig.get(n, "").startswith("*")}  # as a launch with aligned tensors specialises
-    src = ASTSource(fn=fn, signature=signature, constexprs=const, attrs=pointers)
-    compiled = triton.compile(src, target=HOPPER, options={"num_warps": num_warps, "num_stages": num_stages})
+    return ASTSource(fn=fn, signature=signature, constexprs=const, attrs=pointers)
+
+
+def ptxas_usage(fn: JITFunction, sig: dict, const: dict, num_warps: int, num_stages: int) -> dict:
+    """Registers, spill stores / loads (bytes per thread) and shared memory of one compiled launch."""
+    compiled = triton.compile(_source(fn, sig, const), target=HOPPER,
+                              options={"num_warps": num_warps, "num_stages": num_stages})
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(compiled.asm["ptx"])
     try:
@@ -86,17 +92,51 @@ def ptxas_usage(fn: JITFunction, sig: dict, const: dict, num_warps: int, num_sta
         os.unlink(f.name)
     num = lambda pattern: int(m.group(1)) if (m := re.search(pattern, out)) else 0
     return {"registers": num(r"Used (\d+) registers"), "spill_stores": num(r"(\d+) bytes spill stores"),
-            "spill_loads": num(r"(\d+) bytes spill loads"), "shared": compiled.metadata.shared}
+            "spill_loads": num(r"(\d+) bytes spill loads"), "shared": compiled.metadata.shared,
+            # wgmma A operands from transposed shared memory over 64 rows (tests/ops/hopper_codegen.py)
+            "transposed_a": len(transposed_smem_a_operands(compiled.asm["ttgir"]))}
 
 
-def _ops(B: int, T: int, H: int, K: int, V: int) -> dict[str, Callable[[], object]]:
-    """Forward + backward of each chunked op on bf16 CPU tensors (the kernels are only recorded)."""
+class _StopAtPtx(Exception):
+    """Raised by the PTX stage of a compile: its metadata (shared memory) is complete by then."""
+
+
+def shared_memory(fn: JITFunction, sig: dict, const: dict, num_warps: int, num_stages: int) -> dict:
+    """Shared memory of one launch, compiled only as far as LLVM IR (where Triton allocates it),
+    for the dtypes not assembled: float32's IEEE dots become long FMA loops, and their ptxas took 4
+    of a 6-minute run."""
+    from triton.backends.nvidia.compiler import CUDABackend
+
+    saved = CUDABackend.add_stages
+
+    def add_stages(self, stages, options, language):
+        saved(self, stages, options, language)
+
+        def stop(module, metadata):
+            raise _StopAtPtx(metadata["shared"])
+        stages["ptx"] = stop
+
+    CUDABackend.add_stages = add_stages
+    try:
+        compiled = triton.compile(_source(fn, sig, const), target=HOPPER,
+                                  options={"num_warps": num_warps, "num_stages": num_stages})
+        return {"shared": compiled.metadata.shared}  # a whole compile found in Triton's cache
+    except _StopAtPtx as stop:
+        return {"shared": stop.args[0]}
+    finally:
+        CUDABackend.add_stages = saved
+
+
+def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bfloat16
+         ) -> dict[str, Callable[[], object]]:
+    """Forward + backward of each chunked op on CPU tensors of ``dtype`` (the kernels are only
+    recorded)."""
     from longctx.ops.common.triton_delta import delta_rule_chunk
     from longctx.ops.common.triton_gla import gla_chunk
     from longctx.ops.common.triton_log_linear import log_linear_scalar_decay_chunk
     from longctx.ops.common.triton_scalar_decay import scalar_decay_chunk
 
-    def rand(*shape, dtype=torch.bfloat16):
+    def rand(*shape, dtype=dtype):
         return torch.randn(*shape, dtype=dtype).requires_grad_()
 
     def fwd_bwd(fn, *args, **kw):
@@ -131,32 +171,40 @@ def main() -> int:
     p.add_argument("--H", type=int, default=16)
     p.add_argument("--settings", default="", help="other launch settings to compile, e.g. 4x1,8x3")
     p.add_argument("--kernels", default="", help="only these kernels for --settings (default: all)")
+    p.add_argument("--dtypes", default="bf16,fp32", help="input dtypes to record the ops in")
+    p.add_argument("--ptxas-dtypes", default="bf16",
+                   help="dtypes assembled by ptxas (registers, spills); the others: shared memory only")
     a = p.parse_args()
     others = [tuple(int(n) for n in x.split("x")) for x in a.settings.split(",") if x]
     only = {k for k in a.kernels.split(",") if k}
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     if os.environ.get("TRITON_INTERPRET"):
         print("ptxas_spills.py compiles kernels: run it without TRITON_INTERPRET", file=sys.stderr)
         return 2
     rows, seen = [], set()
-    for op, run in _ops(1, a.T, a.H, a.K, a.V).items():
-        for fn, sig, const, nw, ns in record_launches(run):
-            key = (fn.__name__, json.dumps(sig, sort_keys=True), json.dumps({k: str(v) for k, v in const.items()},
-                   sort_keys=True), nw, ns)
-            if key in seen:
-                continue
-            seen.add(key)
-            settings = [(nw, ns)] + [x for x in others if x != (nw, ns) and (not only or fn.__name__ in only)]
-            for w, st in settings:
-                row = {"op": op, "kernel": f"{fn.fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}",
-                       "num_warps": w, "num_stages": st, "default": (w, st) == (nw, ns),
-                       "constexprs": {k: v for k, v in const.items() if isinstance(v, (int, bool, str))},
-                       **ptxas_usage(fn, sig, const, w, st)}
-                rows.append(row)
-                print(f"{op:16s} {row['kernel']:40s} w{w} s{st}{'*' if row['default'] else ' '} regs "
-                      f"{row['registers']:3d}  spill st/ld {row['spill_stores']:5d}/{row['spill_loads']:5d} B  "
-                      f"smem {row['shared']:6d}", flush=True)
+    for name in a.dtypes.split(","):
+        for op, run in _ops(1, a.T, a.H, a.K, a.V, dtypes[name]).items():
+            for fn, sig, const, nw, ns in record_launches(run):
+                key = (fn.__name__, json.dumps(sig, sort_keys=True),
+                       json.dumps({k: str(v) for k, v in const.items()}, sort_keys=True), nw, ns)
+                if key in seen:
+                    continue
+                seen.add(key)
+                settings = [(nw, ns)] + [x for x in others if x != (nw, ns) and (not only or fn.__name__ in only)]
+                for w, st in settings:
+                    row = {"op": op, "dtype": name, "kernel": f"{fn.fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}",
+                           "num_warps": w, "num_stages": st, "default": (w, st) == (nw, ns),
+                           "constexprs": {k: v for k, v in const.items() if isinstance(v, (int, bool, str))},
+                           **(ptxas_usage if name in a.ptxas_dtypes.split(",") else shared_memory)(
+                               fn, sig, const, w, st)}
+                    rows.append(row)
+                    regs = (f"regs {row['registers']:3d}  spill st/ld {row['spill_stores']:5d}/"
+                            f"{row['spill_loads']:5d} B  " if "registers" in row else " " * 38)
+                    print(f"{op:16s} {name:4s} {row['kernel']:40s} w{w} s{st}{'*' if row['default'] else ' '} "
+                          f"{regs}smem {row['shared']:6d}{' > limit' if row['shared'] > SMEM_LIMIT else ''}"
+                          f"{'  transposed A > 64 rows' if row.get('transposed_a') else ''}", flush=True)
     meta = {"triton": triton.__version__, "torch": torch.__version__, "target": "sm_90a (ptxas -v)",
-            "shapes": {"K": a.K, "V": a.V, "T": a.T, "H": a.H, "dtype": "bfloat16"}}
+            "smem_limit": SMEM_LIMIT, "shapes": {"K": a.K, "V": a.V, "T": a.T, "H": a.H, "dtypes": a.dtypes}}
     with open(a.out + ".tmp", "w") as f:
         json.dump({**meta, "rows": rows}, f, indent=1)
     os.replace(a.out + ".tmp", a.out)
