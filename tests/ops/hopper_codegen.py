@@ -72,7 +72,8 @@ def transposed_smem_a_operands(ir: str, max_rows: int = 64) -> list[str]:
 
 def _delta_cases() -> dict[str, tuple]:
     """(kernel, pointer types, constexprs) of the delta-rule state passes as the wrapper launches
-    them in bf16 (``triton_delta``: all of K in one tile, BV = 64 values, chunks of 64)."""
+    them in bf16 (``triton_delta``: the forward pass with all of K in one tile, the backward with dS in
+    pieces of at most 64 key dims; BV = 64 values, chunks of 64)."""
     from longctx.ops.common import triton_delta as td
 
     cases = {}
@@ -88,8 +89,8 @@ def _delta_cases() -> dict[str, tuple]:
             cases[f"delta_dh_{tag}"] = (td._delta_dh_kernel, {
                 "q": "*bf16", "k": "*bf16", "w": "*bf16", "gc": "*fp32", "do": "*bf16", "dh": "*fp32",
                 "dvn": "*bf16", "dht": "*fp32", "dh0": "*fp32", "cu_seqlens": "*i32",
-                "chunk_offsets": "*i32", "scale": "fp32"},
-                {**common, "USE_DHT": False, "STORE_DH0": True})
+                "chunk_offsets": "*i32", "scale": "fp32"},  # dS in pieces of BK <= 64 key dims
+                {**common, "BK": min(K, 64), "USE_DHT": True, "STORE_DH0": True})
     return cases
 
 

@@ -24,7 +24,9 @@ gpu = pytest.mark.gpu
 TOL = {torch.float64: 1e-10, torch.float32: 2e-4, torch.bfloat16: 5e-2}
 DTYPES = [torch.float64] if not ON_CUDA else [torch.float32, torch.bfloat16]
 # (B, T, H, K, V, chunk): T = 70 is one full chunk of 64 and a partial one
-SIZES = [(2, 70, 2, 16, 24, 64), (1, 37, 2, 16, 16, 16)] if not ON_CUDA else [
+# K = 128 / 256: the backward state pass holds dS as 2 / 4 pieces of 64 key dims
+SIZES = [(2, 70, 2, 16, 24, 64), (1, 37, 2, 16, 16, 16), (1, 70, 1, 128, 16, 64),
+         (1, 66, 1, 256, 16, 64)] if not ON_CUDA else [
     (2, 67, 4, 64, 64, 64), (1, 1000, 4, 128, 128, 64), (1, 300, 2, 256, 64, 64)]
 NAMES = ("q", "k", "v", "beta", "g", "S0")
 

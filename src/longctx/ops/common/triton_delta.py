@@ -202,60 +202,143 @@ def _delta_h_kernel(
 
 
 @triton.jit
+def _rows_t(x, bos, T, i_t, i_h, p, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr):
+    """Key dims [p BP, p BP + BP) of a chunk of a [T, H, K] tensor, loaded transposed: [BP, BT]
+    (zero past T and K)."""
+    ptr = tl.make_block_ptr(x + (bos * H + i_h) * K, (K, T), (1, H * K), (p * BP, i_t * BT), (BP, BT), (0, 1))
+    return tl.load(ptr, boundary_check=(0, 1), padding_option="zero")
+
+
+@triton.jit
+def _cols(x, bos, T, i_t, i_h, p, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr):
+    """Key dims [p BP, p BP + BP) of a chunk of a [T, H, K] tensor: [BT, BP] (zero past T and K)."""
+    ptr = tl.make_block_ptr(x + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, p * BP), (BT, BP), (1, 0))
+    return tl.load(ptr, boundary_check=(0, 1), padding_option="zero")
+
+
+@triton.jit
+def _state_ptr(x, i_s, i_v, p, K: tl.constexpr, V: tl.constexpr, BP: tl.constexpr, BV: tl.constexpr):
+    """Block pointer to rows [p BP, p BP + BP) and columns of block i_v of state i_s of x [.., K, V]."""
+    return tl.make_block_ptr(x + i_s * K * V, (K, V), (V, 1), (p * BP, i_v * BV), (BP, BV), (1, 0))
+
+
+@triton.jit
+def _dh_piece_in(b_dh, b_k, b_qt, g_last, b_g, HAS_G: tl.constexpr, PREC: tl.constexpr):
+    """One piece's share of the chunk's scores P^T = K Q^T and of dDelta's state part
+    (K ⊙ e^{G_last - G}) dS: (P^T part [BT, BT], dDelta part [BT, BV])."""
+    b_pt = tl.dot(b_k, b_qt, input_precision=PREC)
+    if HAS_G:
+        b_k = (b_k * tl.exp(g_last - b_g)[:, None]).to(b_k.dtype)
+    return b_pt, tl.dot(b_k, b_dh.to(b_k.dtype), input_precision=PREC)
+
+
+@triton.jit
+def _dh_piece_out(b_dh, b_qt, b_wt, b_do, b_dd, b_g, g_last, scale, HAS_G: tl.constexpr, PREC: tl.constexpr):
+    """dS (one piece of rows) before the chunk: e^{G_last} dS + scale (Q ⊙ e^G)^T dO - W^T dDelta."""
+    if HAS_G:
+        b_dh *= tl.exp(g_last)
+        b_qt = (b_qt * (tl.exp(b_g) * scale)[None, :]).to(b_do.dtype)
+    else:
+        b_qt = (b_qt * scale).to(b_do.dtype)
+    b_dh += tl.dot(b_qt, b_do, input_precision=PREC)
+    return b_dh - tl.dot(b_wt, b_dd.to(b_wt.dtype), input_precision=PREC)
+
+
+@triton.jit
 def _delta_dh_kernel(
     q, k, w, gc, do, dh, dvn, dht, dh0, cu_seqlens, chunk_offsets, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
     USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
 ):
-    """dS_{n+1} for every chunk n (into dh) and dDelta (into dvn), reverse over the chunks; all of
-    K in one tile, V in blocks (the columns of dS are independent); grid (V/BV, N*H)."""
+    """dS_{n+1} for every chunk n (into dh) and dDelta (into dvn), reverse over the chunks; grid
+    (V/BV, N*H). The rows of dS (key dims) are held as up to four pieces of BK <= 64 rows (K <= 256),
+    each its own tile: every product has at most 64 rows. (With all of K in one [K, BV] tile, the
+    bf16 kernel faulted on an H100 with an illegal memory access for K >= 128 — at 8 warps, or with
+    a partial last chunk and states in / out — and never for K = 64; 2026-12-06 / 07.)"""
+    NP: tl.constexpr = (K + BK - 1) // BK
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
-    b_dh = tl.zeros([BK, BV], dtype=ACC)
+    b_dh1 = tl.zeros([BK, BV], dtype=ACC)
+    if NP > 1:
+        b_dh2 = tl.zeros([BK, BV], dtype=ACC)
+    if NP > 2:
+        b_dh3 = tl.zeros([BK, BV], dtype=ACC)
+    if NP > 3:
+        b_dh4 = tl.zeros([BK, BV], dtype=ACC)
     if USE_DHT:
-        p_dht = tl.make_block_ptr(dht + i_nh * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
-        b_dh += tl.load(p_dht, boundary_check=(0, 1))
+        b_dh1 += tl.load(_state_ptr(dht, i_nh, i_v, 0, K, V, BK, BV), boundary_check=(0, 1), padding_option="zero")
+        if NP > 1:
+            b_dh2 += tl.load(_state_ptr(dht, i_nh, i_v, 1, K, V, BK, BV), boundary_check=(0, 1), padding_option="zero")
+        if NP > 2:
+            b_dh3 += tl.load(_state_ptr(dht, i_nh, i_v, 2, K, V, BK, BV), boundary_check=(0, 1), padding_option="zero")
+        if NP > 3:
+            b_dh4 += tl.load(_state_ptr(dht, i_nh, i_v, 3, K, V, BK, BV), boundary_check=(0, 1), padding_option="zero")
     idx = tl.arange(0, BT)
     causal_t = idx[:, None] <= idx[None, :]  # [j, i]: i >= j
     for i_r in range(NT):
         i_t = NT - 1 - i_r
-        p_dh = tl.make_block_ptr(dh + ((boh + i_t) * H + i_h) * K * V, (K, V), (V, 1),
-                                 (0, i_v * BV), (BK, BV), (1, 0))
-        tl.store(p_dh, b_dh.to(p_dh.dtype.element_ty), boundary_check=(0, 1))
-        p_qt = tl.make_block_ptr(q + (bos * H + i_h) * K, (K, T), (1, H * K), (0, i_t * BT), (BK, BT), (0, 1))
-        p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
-        p_wt = tl.make_block_ptr(w + (bos * H + i_h) * K, (K, T), (1, H * K), (0, i_t * BT), (BK, BT), (0, 1))
+        i_s = (boh + i_t) * H + i_h
+        tl.store(_state_ptr(dh, i_s, i_v, 0, K, V, BK, BV), b_dh1.to(dh.dtype.element_ty), boundary_check=(0, 1))
+        if NP > 1:
+            tl.store(_state_ptr(dh, i_s, i_v, 1, K, V, BK, BV), b_dh2.to(dh.dtype.element_ty), boundary_check=(0, 1))
+        if NP > 2:
+            tl.store(_state_ptr(dh, i_s, i_v, 2, K, V, BK, BV), b_dh3.to(dh.dtype.element_ty), boundary_check=(0, 1))
+        if NP > 3:
+            tl.store(_state_ptr(dh, i_s, i_v, 3, K, V, BK, BV), b_dh4.to(dh.dtype.element_ty), boundary_check=(0, 1))
         p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1),
                                  (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        b_qt = tl.load(p_qt, boundary_check=(0, 1))
-        b_k = tl.load(p_k, boundary_check=(0, 1))
-        b_wt = tl.load(p_wt, boundary_check=(0, 1))
-        b_wt = tl.where((i_t * BT + idx < T)[None, :], b_wt, 0.0).to(b_wt.dtype)  # via registers, above
-        b_do = tl.load(p_do, boundary_check=(0, 1))
-        b_Pt = tl.dot(b_k, b_qt, input_precision=PREC)  # [j, i] = k_j . q_i, the scores transposed
+        b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
         if HAS_G:
             b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
+        else:
+            b_g, g_last = tl.zeros([BT], dtype=tl.float32), 0.0
+        # P^T [j, i] = k_j . q_i and dDelta = P dO + (K ⊙ e^{G_last - G}) dS, summed over the pieces
+        b_Pt, b_dd = _dh_piece_in(b_dh1, _cols(k, bos, T, i_t, i_h, 0, H, K, BT, BK),
+                                  _rows_t(q, bos, T, i_t, i_h, 0, H, K, BT, BK), g_last, b_g, HAS_G, PREC)
+        if NP > 1:
+            b_pt, b_d = _dh_piece_in(b_dh2, _cols(k, bos, T, i_t, i_h, 1, H, K, BT, BK),
+                                     _rows_t(q, bos, T, i_t, i_h, 1, H, K, BT, BK), g_last, b_g, HAS_G, PREC)
+            b_Pt += b_pt
+            b_dd += b_d
+        if NP > 2:
+            b_pt, b_d = _dh_piece_in(b_dh3, _cols(k, bos, T, i_t, i_h, 2, H, K, BT, BK),
+                                     _rows_t(q, bos, T, i_t, i_h, 2, H, K, BT, BK), g_last, b_g, HAS_G, PREC)
+            b_Pt += b_pt
+            b_dd += b_d
+        if NP > 3:
+            b_pt, b_d = _dh_piece_in(b_dh4, _cols(k, bos, T, i_t, i_h, 3, H, K, BT, BK),
+                                     _rows_t(q, bos, T, i_t, i_h, 3, H, K, BT, BK), g_last, b_g, HAS_G, PREC)
+            b_Pt += b_pt
+            b_dd += b_d
+        if HAS_G:
             b_Pt *= tl.exp(tl.where(causal_t, b_g[None, :] - b_g[:, None], float("-inf"))) * scale
-            b_kd = (b_k * tl.exp(g_last - b_g)[:, None]).to(b_k.dtype)
-            b_qt = (b_qt * (tl.exp(b_g) * scale)[None, :]).to(b_do.dtype)  # (Q ⊙ e^G)^T scale
         else:
             b_Pt = tl.where(causal_t, b_Pt * scale, 0.0)
-            b_kd = b_k
-            b_qt = (b_qt * scale).to(b_do.dtype)
-        b_dd = tl.dot(b_Pt.to(b_do.dtype), b_do, input_precision=PREC)
-        b_dd += tl.dot(b_kd, b_dh.to(b_kd.dtype), input_precision=PREC)  # dDelta [BT, BV]
+        b_dd += tl.dot(b_Pt.to(b_do.dtype), b_do, input_precision=PREC)  # dDelta [BT, BV]
         p_dvn = tl.make_block_ptr(dvn + (bos * H + i_h) * V, (T, V), (H * V, 1),
                                   (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         tl.store(p_dvn, b_dd.to(p_dvn.dtype.element_ty), boundary_check=(0, 1))
-        if HAS_G:
-            b_dh *= tl.exp(g_last)
-        b_dh += tl.dot(b_qt, b_do, input_precision=PREC)
-        b_dh -= tl.dot(b_wt, b_dd.to(b_wt.dtype), input_precision=PREC)
+        b_dh1 = _dh_piece_out(b_dh1, _rows_t(q, bos, T, i_t, i_h, 0, H, K, BT, BK),
+                              _rows_t(w, bos, T, i_t, i_h, 0, H, K, BT, BK), b_do, b_dd, b_g, g_last, scale, HAS_G, PREC)
+        if NP > 1:
+            b_dh2 = _dh_piece_out(b_dh2, _rows_t(q, bos, T, i_t, i_h, 1, H, K, BT, BK),
+                                  _rows_t(w, bos, T, i_t, i_h, 1, H, K, BT, BK), b_do, b_dd, b_g, g_last, scale, HAS_G, PREC)
+        if NP > 2:
+            b_dh3 = _dh_piece_out(b_dh3, _rows_t(q, bos, T, i_t, i_h, 2, H, K, BT, BK),
+                                  _rows_t(w, bos, T, i_t, i_h, 2, H, K, BT, BK), b_do, b_dd, b_g, g_last, scale, HAS_G, PREC)
+        if NP > 3:
+            b_dh4 = _dh_piece_out(b_dh4, _rows_t(q, bos, T, i_t, i_h, 3, H, K, BT, BK),
+                                  _rows_t(w, bos, T, i_t, i_h, 3, H, K, BT, BK), b_do, b_dd, b_g, g_last, scale, HAS_G, PREC)
     if STORE_DH0:
-        p_dh0 = tl.make_block_ptr(dh0 + i_nh * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
-        tl.store(p_dh0, b_dh.to(p_dh0.dtype.element_ty), boundary_check=(0, 1))
+        tl.store(_state_ptr(dh0, i_nh, i_v, 0, K, V, BK, BV), b_dh1.to(dh0.dtype.element_ty), boundary_check=(0, 1))
+        if NP > 1:
+            tl.store(_state_ptr(dh0, i_nh, i_v, 1, K, V, BK, BV), b_dh2.to(dh0.dtype.element_ty), boundary_check=(0, 1))
+        if NP > 2:
+            tl.store(_state_ptr(dh0, i_nh, i_v, 2, K, V, BK, BV), b_dh3.to(dh0.dtype.element_ty), boundary_check=(0, 1))
+        if NP > 3:
+            tl.store(_state_ptr(dh0, i_nh, i_v, 3, K, V, BK, BV), b_dh4.to(dh0.dtype.element_ty), boundary_check=(0, 1))
 
 
 @triton.jit
@@ -580,7 +663,7 @@ class _DeltaRuleFn(torch.autograd.Function):
         _delta_dh_kernel[(triton.cdiv(V, BVs), N * H)](
             q, k, w, gc if has_g else q, do, dh, dvn, dht if dht is not None else q,
             dh0 if dh0 is not None else q, cu, offsets, scale,
-            H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVs, HAS_G=has_g, USE_DHT=dht is not None,
+            H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs, HAS_G=has_g, USE_DHT=dht is not None,
             STORE_DH0=dh0 is not None, **meta,
             **launch_options("delta.delta_dh", num_warps=4, num_stages=1),
         )
