@@ -120,8 +120,14 @@ fi
 if [ "${PHASE_C:-0}" -gt 0 ]; then
   PYTHONPATH=src timeout "$PHASE_C" python - <<'PY' >> "$OUT/bench.log" 2>&1
 import json, os, torch
-from longctx.bench.decode import block_latency, decode_latency, decode_model, format_rows
+from longctx.bench.decode import block_latency, decode_latency, decode_model, format_rows, mixer_latency
 rows = {}
+for mixer in ("gated_deltanet", "mamba2", "gla", "linear_attention"):
+    # issue 9's target: one mixer layer's decode step <= 0.03 ms at any context (d_model 1024,
+    # 8 heads of 128), the layer alone, at 1k and 64k tokens of context
+    rows[mixer + "/layer"] = [r for L in (1024, 65536) for r in mixer_latency(mixer, context=L)]
+    print(mixer, "layer step:", rows[mixer + "/layer"], flush=True)
+    json.dump(rows, open(os.environ["OUT"] + "/decode.json", "w"), indent=1)
 for mixer in ("gated_deltanet", "mamba2"):
     # one block's step (mixer + MLP + norms: issue 9's per-layer target bounds the mixer), then
     # the whole 4-layer model at 1k and 64k context

@@ -9,7 +9,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longctx.bench.decode import MODES, block_latency, decode_latency, decode_model, format_rows
+from longctx.bench.decode import (
+    MODES,
+    block_latency,
+    decode_latency,
+    decode_model,
+    format_rows,
+    mixer_latency,
+)
 from longctx.cli.main import main
 from longctx.generate.cuda_graph import (
     GRAPH_MIXERS,
@@ -99,6 +106,20 @@ def test_block_latency_is_the_slope_between_two_depths() -> None:
         block_latency("gla", layers=(3, 3), device="cpu")
 
 
+def test_mixer_latency_cpu_eager_only() -> None:
+    """One mixer layer's step alone: eager on the CPU, every other mode says why it cannot run;
+    a mixer with a growing cache (softmax attention) steps eagerly but has no graph."""
+    for mixer in ("gated_deltanet", "softmax_attention"):
+        rows = mixer_latency(mixer, d_model=32, n_heads=2, context=20, device="cpu", steps=2, warmup=1)
+        assert [r["mode"] for r in rows] == list(MODES)
+        eager, fused, graph, both = rows
+        assert eager["error"] is None and eager["ms_per_step"] > 0 and eager["context"] == 20
+        assert "fused kernel needs CUDA" in fused["error"] and "fused kernel" in both["error"]
+        assert graph["ms_per_step"] is None and "CUDA" in graph["error"]
+    with pytest.raises(ValueError, match="unknown mode"):
+        mixer_latency("gla", modes=["fast"], device="cpu")
+
+
 # -- GPU ---------------------------------------------------------------------------------------
 
 GPU_MODELS = [*sorted(GRAPH_MIXERS), ["gla", "gated_deltanet", "mamba2", "linear_attention"]]
@@ -152,6 +173,17 @@ def test_decode_latency_gpu_smoke() -> None:
     model = decode_model("gated_deltanet", d_model=64, n_layers=2, n_heads=2)
     rows = decode_latency(model, [64, 512], steps=5, warmup=2)
     assert all(r["ms_per_token"] is not None and r["error"] is None for r in rows), rows
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_CUDA, reason="needs a CUDA device")
+def test_mixer_latency_gpu_smoke() -> None:
+    """Every mode of one mixer layer's step runs on a GPU; softmax attention has no graph."""
+    for mixer in ("gated_deltanet", "mamba2"):
+        rows = mixer_latency(mixer, d_model=64, n_heads=2, context=300, steps=5, warmup=2)
+        assert all(r["ms_per_step"] is not None and r["error"] is None for r in rows), rows
+    rows = mixer_latency("softmax_attention", d_model=64, n_heads=2, context=300, steps=5, warmup=2)
+    assert rows[0]["ms_per_step"] is not None and "capture-safe" in rows[2]["error"]
 
 
 @pytest.mark.parametrize("mixer", sorted(GRAPH_MIXERS))

@@ -21,9 +21,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from longctx.generate.cuda_graph import CUDAGraphDecoder, _clone, graph_unsupported
+from longctx.generate.cuda_graph import GRAPH_MIXERS, CUDAGraphDecoder, _clone, graph_unsupported
+from longctx.layers.base import State
 from longctx.models.lm import LMConfig, LMState, LongCtxLM
-from longctx.ops.common.backend import has_triton, use_backend
+from longctx.ops.common.backend import has_triton, inplace_decode, use_backend
 
 MODES = ("eager", "fused", "graph", "graph+fused")
 CONTEXTS = (1024, 16384, 65536)
@@ -69,6 +70,24 @@ def _timed(step: Callable[[Tensor], Tensor], tok: Tensor, steps: int, warmup: in
     t0 = time.perf_counter()
     for _ in range(steps):
         tok = step(tok).argmax(-1).reshape(-1, 1)
+    if cuda:
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / steps
+    return 1e3 * (time.perf_counter() - t0) / steps
+
+
+def _timed_calls(fn: Callable[[], object], steps: int, warmup: int, cuda: bool) -> float:
+    """ms per call of ``fn()`` over ``steps`` calls after ``warmup`` (no read-back between calls)."""
+    for _ in range(warmup):
+        fn()
+    if cuda:
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
     if cuda:
         end.record()
         torch.cuda.synchronize()
@@ -145,6 +164,81 @@ def block_latency(mixer: str, *, layers: tuple[int, int] = (1, 5), context: int 
     return out
 
 
+def _copy_into(dst: State, src: State) -> None:
+    new = src.tensors()
+    for name, buf in dst.tensors().items():
+        if new[name].data_ptr() != buf.data_ptr():  # the fused step may have written it in place
+            buf.copy_(new[name])
+
+
+def _mixer_unavailable(mixer: str, mode: str, cuda: bool) -> str | None:
+    if "fused" in mode and not (cuda and has_triton()):
+        return "the fused kernel needs CUDA and Triton"
+    if mode.startswith("graph") and not cuda:
+        return "CUDA graphs need a CUDA device"
+    if mode.startswith("graph") and mixer not in GRAPH_MIXERS:
+        return f"{mixer!r} keeps no capture-safe decode state"
+    return None
+
+
+@torch.no_grad()
+def mixer_latency(mixer: str, *, d_model: int = 1024, n_heads: int = 8, context: int = 1024,
+                  modes: Sequence[str] = MODES, batch_size: int = 1, device: str = "cuda",
+                  dtype: torch.dtype = torch.float32, steps: int = 100, warmup: int = 10,
+                  seed: int = 0) -> list[dict]:
+    """ms per decode step of ONE ``mixer`` layer alone (no norms, MLP, embedding or head: issue 9's
+    per-layer target is this number) after ``context`` tokens. The layer is the mixer of a random
+    one-block ``decode_model``; its state is prefilled from random inputs ``x [B, context,
+    d_model]``, then each mode steps ``x [B, 1, d_model]`` (the same input every step) from a copy
+    of that state: ``eager`` / ``fused`` call the layer, ``graph`` / ``graph+fused`` replay the
+    step captured in a CUDA graph with static state buffers. One row per mode: ``{"mode",
+    "context", "ms_per_step", "error"}``, ``error`` saying why a mode cannot run here."""
+    for m in modes:
+        if m not in MODES:
+            raise ValueError(f"mixer_latency: unknown mode {m!r}; choose from {', '.join(MODES)}")
+    model = decode_model(mixer, d_model=d_model, n_layers=1, n_heads=n_heads, device=device, dtype=dtype)
+    layer = model.mixers[0]
+    cuda = model.embed.weight.is_cuda
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(batch_size, context + 1, d_model, generator=gen).to(device=device, dtype=dtype)
+    state = model.init_state(batch_size, device).mixers[0]
+    for s in range(0, context, 4096):
+        _, state = layer(x[:, s:min(s + 4096, context)], state)
+    x1 = x[:, context:].contiguous()
+    rows = []
+    for mode in modes:
+        why = _mixer_unavailable(mixer, mode, cuda)
+        ms = None if why else _layer_latency(layer, mode, state, x1, steps, warmup, cuda)
+        rows.append({"mode": mode, "context": context, "ms_per_step": ms, "error": why})
+    return rows
+
+
+def _layer_latency(layer, mode: str, state: State, x: Tensor, steps: int, warmup: int,
+                   cuda: bool) -> float:
+    with use_backend("triton" if "fused" in mode else "torch"):
+        st = state._replace(lambda _n, t: t.clone())
+        if not mode.startswith("graph"):
+            box = [st]
+
+            def step() -> None:
+                _, box[0] = layer(x, box[0])
+            return _timed_calls(step, steps, warmup, cuda)
+        scratch = state._replace(lambda _n, t: t.clone())
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side), inplace_decode():
+            for _ in range(max(warmup, 2)):  # compiles, cuBLAS choices; value checks run here
+                _, new = layer(x, scratch)
+                _copy_into(scratch, new)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), inplace_decode():
+            _, new = layer(x, st)
+            _copy_into(st, new)
+
+        return _timed_calls(graph.replay, steps, warmup, cuda)
+
+
 def format_rows(rows: list[dict]) -> str:
     """A Markdown table: one line per context length, one column per mode."""
     modes = list(dict.fromkeys(r["mode"] for r in rows))
@@ -158,4 +252,5 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["CONTEXTS", "MODES", "block_latency", "decode_latency", "decode_model", "format_rows"]
+__all__ = ["CONTEXTS", "MODES", "block_latency", "decode_latency", "decode_model", "format_rows",
+           "mixer_latency"]
