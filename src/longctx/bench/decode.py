@@ -61,20 +61,11 @@ def _prefill(model: LongCtxLM, L: int, batch_size: int, chunk: int, seed: int) -
 
 def _timed(step: Callable[[Tensor], Tensor], tok: Tensor, steps: int, warmup: int, cuda: bool) -> float:
     """ms per call of ``tok = argmax(step(tok))`` over ``steps`` calls after ``warmup``."""
-    for _ in range(warmup):
-        tok = step(tok).argmax(-1).reshape(-1, 1)
-    if cuda:
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        tok = step(tok).argmax(-1).reshape(-1, 1)
-    if cuda:
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / steps
-    return 1e3 * (time.perf_counter() - t0) / steps
+    box = [tok]
+
+    def call() -> None:
+        box[0] = step(box[0]).argmax(-1).reshape(-1, 1)
+    return _timed_calls(call, steps, warmup, cuda)
 
 
 def _timed_calls(fn: Callable[[], object], steps: int, warmup: int, cuda: bool) -> float:

@@ -223,6 +223,19 @@ def _state_ptr(x, i_s, i_v, p, K: tl.constexpr, V: tl.constexpr, BP: tl.constexp
 
 
 @triton.jit
+def _store_pieces(x, i_s, i_v, b1, b2, b3, b4, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                  BV: tl.constexpr):
+    """Store the pieces of rows of state i_s (columns of block i_v) that K has: [BK, BV] each."""
+    tl.store(_state_ptr(x, i_s, i_v, 0, K, V, BK, BV), b1.to(x.dtype.element_ty), boundary_check=(0, 1))
+    if K > BK:
+        tl.store(_state_ptr(x, i_s, i_v, 1, K, V, BK, BV), b2.to(x.dtype.element_ty), boundary_check=(0, 1))
+    if K > 2 * BK:
+        tl.store(_state_ptr(x, i_s, i_v, 2, K, V, BK, BV), b3.to(x.dtype.element_ty), boundary_check=(0, 1))
+    if K > 3 * BK:
+        tl.store(_state_ptr(x, i_s, i_v, 3, K, V, BK, BV), b4.to(x.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
 def _dh_piece_in(b_dh, b_k, b_qt, g_last, b_g, HAS_G: tl.constexpr, PREC: tl.constexpr):
     """One piece's share of the chunk's scores P^T = K Q^T and of dDelta's state part
     (K ⊙ e^{G_last - G}) dS: (P^T part [BT, BT], dDelta part [BT, BV])."""
@@ -260,13 +273,11 @@ def _delta_dh_kernel(
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
+    # pieces past K stay zero tiles that no loop carries and no store writes (dead code)
     b_dh1 = tl.zeros([BK, BV], dtype=ACC)
-    if NP > 1:
-        b_dh2 = tl.zeros([BK, BV], dtype=ACC)
-    if NP > 2:
-        b_dh3 = tl.zeros([BK, BV], dtype=ACC)
-    if NP > 3:
-        b_dh4 = tl.zeros([BK, BV], dtype=ACC)
+    b_dh2 = tl.zeros([BK, BV], dtype=ACC)
+    b_dh3 = tl.zeros([BK, BV], dtype=ACC)
+    b_dh4 = tl.zeros([BK, BV], dtype=ACC)
     if USE_DHT:
         b_dh1 += tl.load(_state_ptr(dht, i_nh, i_v, 0, K, V, BK, BV), boundary_check=(0, 1), padding_option="zero")
         if NP > 1:
@@ -280,13 +291,7 @@ def _delta_dh_kernel(
     for i_r in range(NT):
         i_t = NT - 1 - i_r
         i_s = (boh + i_t) * H + i_h
-        tl.store(_state_ptr(dh, i_s, i_v, 0, K, V, BK, BV), b_dh1.to(dh.dtype.element_ty), boundary_check=(0, 1))
-        if NP > 1:
-            tl.store(_state_ptr(dh, i_s, i_v, 1, K, V, BK, BV), b_dh2.to(dh.dtype.element_ty), boundary_check=(0, 1))
-        if NP > 2:
-            tl.store(_state_ptr(dh, i_s, i_v, 2, K, V, BK, BV), b_dh3.to(dh.dtype.element_ty), boundary_check=(0, 1))
-        if NP > 3:
-            tl.store(_state_ptr(dh, i_s, i_v, 3, K, V, BK, BV), b_dh4.to(dh.dtype.element_ty), boundary_check=(0, 1))
+        _store_pieces(dh, i_s, i_v, b_dh1, b_dh2, b_dh3, b_dh4, K, V, BK, BV)
         p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1),
                                  (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
@@ -332,13 +337,7 @@ def _delta_dh_kernel(
             b_dh4 = _dh_piece_out(b_dh4, _rows_t(q, bos, T, i_t, i_h, 3, H, K, BT, BK),
                                   _rows_t(w, bos, T, i_t, i_h, 3, H, K, BT, BK), b_do, b_dd, b_g, g_last, scale, HAS_G, PREC)
     if STORE_DH0:
-        tl.store(_state_ptr(dh0, i_nh, i_v, 0, K, V, BK, BV), b_dh1.to(dh0.dtype.element_ty), boundary_check=(0, 1))
-        if NP > 1:
-            tl.store(_state_ptr(dh0, i_nh, i_v, 1, K, V, BK, BV), b_dh2.to(dh0.dtype.element_ty), boundary_check=(0, 1))
-        if NP > 2:
-            tl.store(_state_ptr(dh0, i_nh, i_v, 2, K, V, BK, BV), b_dh3.to(dh0.dtype.element_ty), boundary_check=(0, 1))
-        if NP > 3:
-            tl.store(_state_ptr(dh0, i_nh, i_v, 3, K, V, BK, BV), b_dh4.to(dh0.dtype.element_ty), boundary_check=(0, 1))
+        _store_pieces(dh0, i_nh, i_v, b_dh1, b_dh2, b_dh3, b_dh4, K, V, BK, BV)
 
 
 @triton.jit
