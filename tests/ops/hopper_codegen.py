@@ -72,24 +72,24 @@ def transposed_smem_a_operands(ir: str, max_rows: int = 64) -> list[str]:
 
 def _delta_cases() -> dict[str, tuple]:
     """(kernel, pointer types, constexprs) of the delta-rule state passes as the wrapper launches
-    them in bf16 (``triton_delta``: the forward pass with all of K in one tile, the backward with dS in
-    pieces of at most 64 key dims; BV = 64 values, chunks of 64)."""
+    them in bf16 (``triton_delta``: S and dS in pieces of at most 64 key dims; BV = 64 values,
+    chunks of 64; states in and out)."""
     from longctx.ops.common import triton_delta as td
 
     cases = {}
     for K in (64, 128, 256):
         for gated in (False, True):
-            common = {"H": 2, "K": K, "V": 64, "BT": 64, "BK": K, "BV": 64, "HAS_G": gated,
+            common = {"H": 2, "K": K, "V": 64, "BT": 64, "BV": 64, "HAS_G": gated,
                       "ACC": tl.float32, "PREC": "ieee"}
             tag = f"K{K}_{'gated' if gated else 'ungated'}"
             cases[f"delta_h_{tag}"] = (td._delta_h_kernel, {
                 "k": "*bf16", "w": "*bf16", "u": "*bf16", "gc": "*fp32", "h": "*fp32", "vn": "*bf16",
                 "h0": "*fp32", "ht": "*fp32", "cu_seqlens": "*i32", "chunk_offsets": "*i32"},
-                {**common, "USE_H0": False, "STORE_HT": True})
+                {**common, "BK": min(K, 64), "USE_H0": True, "STORE_HT": True})
             cases[f"delta_dh_{tag}"] = (td._delta_dh_kernel, {
                 "q": "*bf16", "k": "*bf16", "w": "*bf16", "gc": "*fp32", "do": "*bf16", "dh": "*fp32",
                 "dvn": "*bf16", "dht": "*fp32", "dh0": "*fp32", "cu_seqlens": "*i32",
-                "chunk_offsets": "*i32", "scale": "fp32"},  # dS in pieces of BK <= 64 key dims
+                "chunk_offsets": "*i32", "scale": "fp32"},
                 {**common, "BK": min(K, 64), "USE_DHT": True, "STORE_DH0": True})
     return cases
 

@@ -156,52 +156,6 @@ def _wy_fwd_kernel(
 
 
 @triton.jit
-def _delta_h_kernel(
-    k, w, u, gc, h, vn, h0, ht, cu_seqlens, chunk_offsets,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
-    USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
-):
-    """S_n at every chunk start (into h), Delta = U - W S_n (into vn) and the final state, in order
-    over the chunks; all of K in one tile (BK >= K), V in blocks; grid (V/BV, N*H)."""
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
-    b_h = tl.zeros([BK, BV], dtype=ACC)
-    if USE_H0:
-        p_h0 = tl.make_block_ptr(h0 + i_nh * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
-        b_h += tl.load(p_h0, boundary_check=(0, 1))
-    for i_t in range(NT):
-        p_h = tl.make_block_ptr(h + ((boh + i_t) * H + i_h) * K * V, (K, V), (V, 1),
-                                (0, i_v * BV), (BK, BV), (1, 0))
-        tl.store(p_h, b_h.to(p_h.dtype.element_ty), boundary_check=(0, 1))
-        p_w = tl.make_block_ptr(w + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
-        p_u = tl.make_block_ptr(u + (bos * H + i_h) * V, (T, V), (H * V, 1),
-                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        p_kt = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K), (0, i_t * BT), (BK, BT), (0, 1))
-        b_w = tl.load(p_w, boundary_check=(0, 1))
-        b_u = tl.load(p_u, boundary_check=(0, 1))
-        b_kt = tl.load(p_kt, boundary_check=(0, 1))
-        b_d = b_u.to(ACC) - tl.dot(b_w, b_h.to(b_w.dtype), input_precision=PREC)  # Delta [BT, BV]
-        p_vn = tl.make_block_ptr(vn + (bos * H + i_h) * V, (T, V), (H * V, 1),
-                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        tl.store(p_vn, b_d.to(p_vn.dtype.element_ty), boundary_check=(0, 1))
-        if HAS_G:
-            b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
-            b_h *= tl.exp(g_last)
-            b_kt = (b_kt * tl.exp(g_last - b_g)[None, :]).to(b_kt.dtype)  # (K ⊙ e^{G_last - G})^T
-        else:
-            # through registers, as the gated branch: K^T fed to tl.dot straight from its transposed
-            # load gave wrong states in bf16 for K > 64 on Hopper (Triton 3.6, H100 and H200), the
-            # gated branch's identical tile was right (benchmarks/results/2026-12-06-h100-session10)
-            b_kt = tl.where((i_t * BT + tl.arange(0, BT) < T)[None, :], b_kt, 0.0).to(b_kt.dtype)
-        b_h += tl.dot(b_kt, b_d.to(b_kt.dtype), input_precision=PREC)
-    if STORE_HT:
-        p_ht = tl.make_block_ptr(ht + i_nh * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
-        tl.store(p_ht, b_h.to(p_ht.dtype.element_ty), boundary_check=(0, 1))
-
-
-@triton.jit
 def _rows_t(x, bos, T, i_t, i_h, p, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr):
     """Key dims [p BP, p BP + BP) of a chunk of a [T, H, K] tensor, loaded transposed: [BP, BT]
     (zero past T and K)."""
@@ -223,6 +177,27 @@ def _state_ptr(x, i_s, i_v, p, K: tl.constexpr, V: tl.constexpr, BP: tl.constexp
 
 
 @triton.jit
+def _init_pieces(x, i_s, i_v, LOAD: tl.constexpr, ACC: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                 BK: tl.constexpr, BV: tl.constexpr):
+    """A state held as four pieces of BK rows (K <= 4 BK), columns of block i_v: state i_s of x
+    when LOAD, else zeros; [BK, BV] tiles in ACC, the ones past K zero (tiles that no loop then
+    carries and no store writes are dead code)."""
+    b1 = tl.zeros([BK, BV], dtype=ACC)
+    b2 = tl.zeros([BK, BV], dtype=ACC)
+    b3 = tl.zeros([BK, BV], dtype=ACC)
+    b4 = tl.zeros([BK, BV], dtype=ACC)
+    if LOAD:
+        b1 += tl.load(_state_ptr(x, i_s, i_v, 0, K, V, BK, BV), boundary_check=(0, 1), padding_option="zero").to(ACC)
+        if K > BK:
+            b2 += tl.load(_state_ptr(x, i_s, i_v, 1, K, V, BK, BV), boundary_check=(0, 1), padding_option="zero").to(ACC)
+        if K > 2 * BK:
+            b3 += tl.load(_state_ptr(x, i_s, i_v, 2, K, V, BK, BV), boundary_check=(0, 1), padding_option="zero").to(ACC)
+        if K > 3 * BK:
+            b4 += tl.load(_state_ptr(x, i_s, i_v, 3, K, V, BK, BV), boundary_check=(0, 1), padding_option="zero").to(ACC)
+    return b1, b2, b3, b4
+
+
+@triton.jit
 def _store_pieces(x, i_s, i_v, b1, b2, b3, b4, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                   BV: tl.constexpr):
     """Store the pieces of rows of state i_s (columns of block i_v) that K has: [BK, BV] each."""
@@ -233,6 +208,64 @@ def _store_pieces(x, i_s, i_v, b1, b2, b3, b4, K: tl.constexpr, V: tl.constexpr,
         tl.store(_state_ptr(x, i_s, i_v, 2, K, V, BK, BV), b3.to(x.dtype.element_ty), boundary_check=(0, 1))
     if K > 3 * BK:
         tl.store(_state_ptr(x, i_s, i_v, 3, K, V, BK, BV), b4.to(x.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _h_piece_out(b_h, b_kt, b_d, b_g, g_last, HAS_G: tl.constexpr, PREC: tl.constexpr):
+    """S (one piece of rows) after the chunk: e^{G_last} S + (K ⊙ e^{G_last - G})^T Delta."""
+    if HAS_G:
+        b_h *= tl.exp(g_last)
+        b_kt = (b_kt * tl.exp(g_last - b_g)[None, :]).to(b_kt.dtype)
+    return b_h + tl.dot(b_kt, b_d.to(b_kt.dtype), input_precision=PREC)
+
+
+@triton.jit
+def _delta_h_kernel(
+    k, w, u, gc, h, vn, h0, ht, cu_seqlens, chunk_offsets,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
+):
+    """S_n at every chunk start (into h), Delta = U - W S_n (into vn) and the final state, in order
+    over the chunks; grid (V/BV, N*H). The rows of S (key dims) are up to four pieces of BK <= 64
+    rows (K <= 256), each its own tile, as in ``_delta_dh_kernel``: every product has at most 64
+    rows. (All of K in one tile gave wrong bf16 states for K > 64 on Hopper when K^T went to
+    tl.dot straight from its transposed load: benchmarks/results/2026-12-06-h100-session10.)"""
+    tl.static_assert(BK <= 64 and K <= 4 * BK, "S is held as up to four pieces of at most 64 rows")
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
+    b_h1, b_h2, b_h3, b_h4 = _init_pieces(h0, i_nh, i_v, USE_H0, ACC, K, V, BK, BV)
+    for i_t in range(NT):
+        _store_pieces(h, (boh + i_t) * H + i_h, i_v, b_h1, b_h2, b_h3, b_h4, K, V, BK, BV)
+        p_u = tl.make_block_ptr(u + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        b_d = tl.load(p_u, boundary_check=(0, 1), padding_option="zero").to(ACC)
+        # Delta = U - W S_n [BT, BV], summed over the pieces
+        b_w = _cols(w, bos, T, i_t, i_h, 0, H, K, BT, BK)
+        b_d -= tl.dot(b_w, b_h1.to(b_w.dtype), input_precision=PREC)
+        if K > BK:
+            b_d -= tl.dot(_cols(w, bos, T, i_t, i_h, 1, H, K, BT, BK), b_h2.to(b_w.dtype), input_precision=PREC)
+        if K > 2 * BK:
+            b_d -= tl.dot(_cols(w, bos, T, i_t, i_h, 2, H, K, BT, BK), b_h3.to(b_w.dtype), input_precision=PREC)
+        if K > 3 * BK:
+            b_d -= tl.dot(_cols(w, bos, T, i_t, i_h, 3, H, K, BT, BK), b_h4.to(b_w.dtype), input_precision=PREC)
+        p_vn = tl.make_block_ptr(vn + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        tl.store(p_vn, b_d.to(p_vn.dtype.element_ty), boundary_check=(0, 1))
+        if HAS_G:
+            b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
+        else:
+            b_g, g_last = tl.zeros([BT], dtype=tl.float32), 0.0
+        b_h1 = _h_piece_out(b_h1, _rows_t(k, bos, T, i_t, i_h, 0, H, K, BT, BK), b_d, b_g, g_last, HAS_G, PREC)
+        if K > BK:
+            b_h2 = _h_piece_out(b_h2, _rows_t(k, bos, T, i_t, i_h, 1, H, K, BT, BK), b_d, b_g, g_last, HAS_G, PREC)
+        if K > 2 * BK:
+            b_h3 = _h_piece_out(b_h3, _rows_t(k, bos, T, i_t, i_h, 2, H, K, BT, BK), b_d, b_g, g_last, HAS_G, PREC)
+        if K > 3 * BK:
+            b_h4 = _h_piece_out(b_h4, _rows_t(k, bos, T, i_t, i_h, 3, H, K, BT, BK), b_d, b_g, g_last, HAS_G, PREC)
+    if STORE_HT:
+        _store_pieces(ht, i_nh, i_v, b_h1, b_h2, b_h3, b_h4, K, V, BK, BV)
 
 
 @triton.jit
@@ -269,23 +302,11 @@ def _delta_dh_kernel(
     each its own tile: every product has at most 64 rows. (With all of K in one [K, BV] tile, the
     bf16 kernel faulted on an H100 with an illegal memory access for K >= 128 — at 8 warps, or with
     a partial last chunk and states in / out — and never for K = 64; 2026-12-06 / 07.)"""
-    NP: tl.constexpr = (K + BK - 1) // BK
+    tl.static_assert(BK <= 64 and K <= 4 * BK, "S is held as up to four pieces of at most 64 rows")
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
-    # pieces past K stay zero tiles that no loop carries and no store writes (dead code)
-    b_dh1 = tl.zeros([BK, BV], dtype=ACC)
-    b_dh2 = tl.zeros([BK, BV], dtype=ACC)
-    b_dh3 = tl.zeros([BK, BV], dtype=ACC)
-    b_dh4 = tl.zeros([BK, BV], dtype=ACC)
-    if USE_DHT:
-        b_dh1 += tl.load(_state_ptr(dht, i_nh, i_v, 0, K, V, BK, BV), boundary_check=(0, 1), padding_option="zero")
-        if NP > 1:
-            b_dh2 += tl.load(_state_ptr(dht, i_nh, i_v, 1, K, V, BK, BV), boundary_check=(0, 1), padding_option="zero")
-        if NP > 2:
-            b_dh3 += tl.load(_state_ptr(dht, i_nh, i_v, 2, K, V, BK, BV), boundary_check=(0, 1), padding_option="zero")
-        if NP > 3:
-            b_dh4 += tl.load(_state_ptr(dht, i_nh, i_v, 3, K, V, BK, BV), boundary_check=(0, 1), padding_option="zero")
+    b_dh1, b_dh2, b_dh3, b_dh4 = _init_pieces(dht, i_nh, i_v, USE_DHT, ACC, K, V, BK, BV)
     idx = tl.arange(0, BT)
     causal_t = idx[:, None] <= idx[None, :]  # [j, i]: i >= j
     for i_r in range(NT):
@@ -302,17 +323,17 @@ def _delta_dh_kernel(
         # P^T [j, i] = k_j . q_i and dDelta = P dO + (K ⊙ e^{G_last - G}) dS, summed over the pieces
         b_Pt, b_dd = _dh_piece_in(b_dh1, _cols(k, bos, T, i_t, i_h, 0, H, K, BT, BK),
                                   _rows_t(q, bos, T, i_t, i_h, 0, H, K, BT, BK), g_last, b_g, HAS_G, PREC)
-        if NP > 1:
+        if K > BK:
             b_pt, b_d = _dh_piece_in(b_dh2, _cols(k, bos, T, i_t, i_h, 1, H, K, BT, BK),
                                      _rows_t(q, bos, T, i_t, i_h, 1, H, K, BT, BK), g_last, b_g, HAS_G, PREC)
             b_Pt += b_pt
             b_dd += b_d
-        if NP > 2:
+        if K > 2 * BK:
             b_pt, b_d = _dh_piece_in(b_dh3, _cols(k, bos, T, i_t, i_h, 2, H, K, BT, BK),
                                      _rows_t(q, bos, T, i_t, i_h, 2, H, K, BT, BK), g_last, b_g, HAS_G, PREC)
             b_Pt += b_pt
             b_dd += b_d
-        if NP > 3:
+        if K > 3 * BK:
             b_pt, b_d = _dh_piece_in(b_dh4, _cols(k, bos, T, i_t, i_h, 3, H, K, BT, BK),
                                      _rows_t(q, bos, T, i_t, i_h, 3, H, K, BT, BK), g_last, b_g, HAS_G, PREC)
             b_Pt += b_pt
@@ -327,13 +348,13 @@ def _delta_dh_kernel(
         tl.store(p_dvn, b_dd.to(p_dvn.dtype.element_ty), boundary_check=(0, 1))
         b_dh1 = _dh_piece_out(b_dh1, _rows_t(q, bos, T, i_t, i_h, 0, H, K, BT, BK),
                               _rows_t(w, bos, T, i_t, i_h, 0, H, K, BT, BK), b_do, b_dd, b_g, g_last, scale, HAS_G, PREC)
-        if NP > 1:
+        if K > BK:
             b_dh2 = _dh_piece_out(b_dh2, _rows_t(q, bos, T, i_t, i_h, 1, H, K, BT, BK),
                                   _rows_t(w, bos, T, i_t, i_h, 1, H, K, BT, BK), b_do, b_dd, b_g, g_last, scale, HAS_G, PREC)
-        if NP > 2:
+        if K > 2 * BK:
             b_dh3 = _dh_piece_out(b_dh3, _rows_t(q, bos, T, i_t, i_h, 2, H, K, BT, BK),
                                   _rows_t(w, bos, T, i_t, i_h, 2, H, K, BT, BK), b_do, b_dd, b_g, g_last, scale, HAS_G, PREC)
-        if NP > 3:
+        if K > 3 * BK:
             b_dh4 = _dh_piece_out(b_dh4, _rows_t(q, bos, T, i_t, i_h, 3, H, K, BT, BK),
                                   _rows_t(w, bos, T, i_t, i_h, 3, H, K, BT, BK), b_do, b_dd, b_g, g_last, scale, HAS_G, PREC)
     if STORE_DH0:
@@ -609,7 +630,7 @@ class _DeltaRuleFn(torch.autograd.Function):
         _, _, H, K = q.shape
         V = v.shape[-1]
         N = cu.numel() - 1
-        BKf, BVs, BK, BV = _blocks(K, V)
+        _, BVs, BK, BV = _blocks(K, V)
         acc, _ = _acc(q.dtype)
         meta = _meta(q)
         has_g = g is not None
@@ -629,7 +650,7 @@ class _DeltaRuleFn(torch.autograd.Function):
         ht = q.new_empty(N, H, K, V, dtype=acc) if want_ht else None
         _delta_h_kernel[(triton.cdiv(V, BVs), N * H)](
             k, w, u, gc if has_g else q, h, vn, h0 if h0 is not None else q, ht if want_ht else q,
-            cu, offsets, H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVs, HAS_G=has_g,
+            cu, offsets, H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs, HAS_G=has_g,
             USE_H0=h0 is not None, STORE_HT=want_ht, **meta,
             **launch_options("delta.delta_h", num_warps=4, num_stages=1),
         )
