@@ -36,7 +36,9 @@ dg_id = e^{g_id} sum_v S_{i-1}[d, v] dS_i[d, v], in the chunk's terms
     dg_i = sum_{t >= i} q_t ⊙ dq_t^inter + e^{G_last} ⊙ rowsum(S_n ⊙ dH_{n+1})
            + sum_{j < i} k_j ⊙ dk_j^inter + sum_{t >= i > j} q_t ⊙ k_j ⊙ e^{G_t - G_j} dA_tj
 (dq^inter, dk^inter: the S_n / dH_{n+1} parts of dQ / dK above); every term carries the decays
-between its tokens. The identity dGglob_td = q_td dq_td - k_td dk_td, reverse-summed, is the same
+between its tokens. The last sum (the pairs straddling i) is split by sub-chunk as A is
+(``_gla_straddle``): dots around each sub-chunk's first row across sub-chunks, exact pairwise
+decays within one. The identity dGglob_td = q_td dq_td - k_td dk_td, reverse-summed, is the same
 in exact arithmetic but its terms cancel down to dg's size: harsh gates gave dg 4.1e-2 relative
 error in float16 (the other gradients 4.6e-4); the direct form 3.5e-4.
 
