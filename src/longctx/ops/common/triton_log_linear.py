@@ -27,9 +27,12 @@ dP = dO V^T (intra) and X_m = dO Z^(m)_n^T:
     dv = (Q K^T ⊙ D ⊙ Λ)^T dO + inter
     dλ_i^(l) = sum_{j: lev(i,j) = l} (Q K^T ⊙ D)_ij dP_ij   (l <= c),
     dλ_i^(c+m) = e^{G_i} q_i . X_m,i
-The decay enters the output only through q_t e^{Gglob_t} and k_s e^{-Gglob_s} (the level weights
-do not depend on it, and there is no final state), so as for the base
-    dg_s = sum_{t >= s} (q_t . dq_t - k_t . dk_t)     (a reverse cumulative sum per sequence).
+The decay's gradient per token is taken directly, from the terms whose decay spans g_s (the
+chunk's level reads after s, its sources before s, the pairs straddling s, and the levels' state
+carried through the chunk, [n mod 2^m != 0] e^{G_last} <Z^(m)_n, D^(m)_{n+1}>; ``_bwd_dqkv_kernel``),
+so z keeps every Z^(m)_n, read or not. The identity dg_s = sum_{t >= s} (q_t . dq_t - k_t . dk_t)
+is the same in exact arithmetic, but its terms cancel down to dg's size: float32 dA 1.3e-4 with
+harsh decays against 9e-6 directly (interpreter, T = 71, chunks of 16).
 
 Hopper: transposes are their own products, never ``tl.trans`` of a dot result (see
 ``triton_scalar_decay``).
@@ -50,8 +53,10 @@ from longctx.ops.common.triton_scalar_decay import (
     _chunk_cumsum_kernel,
     _load_g,
     _prec,
-    _reverse_cumsum,
     _sequence,
+    _straddle_sum,
+    _sum_after,
+    _sum_before,
     chunk_layout,
     max_seqlen,
     packed_sequences,
@@ -107,8 +112,9 @@ def _fwd_z_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Z^(m) entering every chunk (zero where the chunk does not read it) into z [chunks, H, M,
-    K, V]; grid (K/BK, V/BV, sequences * H * M), one chunk level per program."""
+    """Z^(m) entering every chunk into z [chunks, H, M, K, V] (also where the chunk does not read
+    it: the decay gradient's carry term needs it); grid (K/BK, V/BV, sequences * H * M), one chunk
+    level per program."""
     i_k, i_v, i_nhm = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_m, i_nh = i_nhm % M, i_nhm // M  # i_m = m - 1
     i_n, i_h = i_nh // H, i_nh % H
@@ -119,7 +125,7 @@ def _fwd_z_kernel(
         keep = ((i_t >> (i_m + 1)) << (i_m + 1)) != i_t  # i_t mod 2^m != 0: no reset
         p_z = tl.make_block_ptr(z + (((boh + i_t) * H + i_h) * M + i_m) * K * V, (K, V), (V, 1),
                                 (i_k * BK, i_v * BV), (BK, BV), (1, 0))
-        tl.store(p_z, tl.where(rd == 1, b_z, 0.0).to(p_z.dtype.element_ty), boundary_check=(0, 1))
+        tl.store(p_z, b_z.to(p_z.dtype.element_ty), boundary_check=(0, 1))
         p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K),
                                 (i_k * BK, i_t * BT), (BK, BT), (0, 1))
         p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
@@ -150,7 +156,7 @@ def _fwd_o_kernel(
                                 (i_k * BK, i_t * BT), (BK, BT), (0, 1))
         b_A += tl.dot(tl.load(p_q, boundary_check=(0, 1)), tl.load(p_k, boundary_check=(0, 1)),
                       input_precision=PREC)
-    for i_m in range(M):  # the chunk levels (Z^(m)_n is zero where chunk n does not read it)
+    for i_m in range(M):  # the chunk levels; chunk n reads level m where bit m-1 of n is 1
         b_r = tl.zeros([BT, BV], dtype=ACC)
         for i_k in range(tl.cdiv(K, BK)):
             p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1),
@@ -160,7 +166,7 @@ def _fwd_o_kernel(
             b_q = tl.load(p_q, boundary_check=(0, 1))
             b_r += tl.dot(b_q, tl.load(p_z, boundary_check=(0, 1)).to(b_q.dtype), input_precision=PREC)
         b_lm = _lam_col(lam, bos, T, i_t, i_h, LOG2C + 1 + i_m, H, L, BT).to(ACC)
-        b_o += b_lm[:, None] * b_r
+        b_o += tl.where(((i_t >> i_m) & 1) == 1, b_lm, 0.0)[:, None] * b_r
     b_g, _ = _load_g(gc, bos, T, i_t, i_h, H, BT)
     b_o *= tl.exp(b_g)[:, None]
     idx = tl.arange(0, BT)
@@ -178,12 +184,14 @@ def _fwd_o_kernel(
 
 @triton.jit
 def _bwd_dz_kernel(
-    q, do, gc, lam, e, cu_seqlens, chunk_offsets, M,
+    q, do, gc, lam, z, e, carry, cu_seqlens, chunk_offsets, M,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
     LOG2C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
 ):
     """Reverse pass of one chunk level: e[n, m] = [bit m-1 of n = 0] D^(m)_{n+1} (the gradient
-    that level m sends to chunk n's sources); grid (K/BK, V/BV, sequences * H * M)."""
+    that level m sends to chunk n's sources) and this (K, V) block's share of the carry term
+    [n mod 2^m != 0] e^{G_last,n} <Z^(m)_n, D^(m)_{n+1}> (the gradient of G_last,n through the
+    level's decay, into carry [chunks, H, M, K/BK, V/BV]); grid (K/BK, V/BV, sequences * H * M)."""
     i_k, i_v, i_nhm = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_m, i_nh = i_nhm % M, i_nhm // M
     i_n, i_h = i_nh // H, i_nh % H
@@ -196,6 +204,10 @@ def _bwd_dz_kernel(
         p_e = tl.make_block_ptr(e + (((boh + i_t) * H + i_h) * M + i_m) * K * V, (K, V), (V, 1),
                                 (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         tl.store(p_e, tl.where(rd == 0, b_d, 0.0).to(p_e.dtype.element_ty), boundary_check=(0, 1))
+        p_z = tl.make_block_ptr(z + (((boh + i_t) * H + i_h) * M + i_m) * K * V, (K, V), (V, 1),
+                                (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        b_zd = tl.sum(tl.sum(tl.load(p_z, boundary_check=(0, 1), padding_option="zero") * b_d, axis=1), axis=0)
+        p_c = carry + ((((boh + i_t) * H + i_h) * M + i_m) * tl.num_programs(0) + i_k) * tl.num_programs(1) + i_v
         p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (K, T), (1, H * K),
                                 (i_k * BK, i_t * BT), (BK, BT), (0, 1))
         p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1),
@@ -203,6 +215,7 @@ def _bwd_dz_kernel(
         b_q = tl.load(p_q, boundary_check=(0, 1))
         b_do = tl.load(p_do, boundary_check=(0, 1))
         b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
+        tl.store(p_c, tl.where(keep, tl.exp(g_last) * b_zd, 0.0))
         b_w = _lam_col(lam, bos, T, i_t, i_h, LOG2C + 1 + i_m, H, L, BT).to(ACC) * tl.exp(b_g)
         b_q = (b_q * b_w[None, :]).to(b_do.dtype)  # (Q ⊙ e^G ⊙ λ^(c+m))^T
         b_dz = tl.dot(b_q, b_do, input_precision=PREC)
@@ -211,12 +224,18 @@ def _bwd_dz_kernel(
 
 @triton.jit
 def _bwd_dqkv_kernel(
-    q, k, v, gc, lam, z, do, dh, dq, dk, dv, dlam, dgr, cu_seqlens, chunk_indices, M,
+    q, k, v, gc, lam, z, do, dh, carry, dq, dk, dv, dlam, dg, cu_seqlens, chunk_indices, M,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
     LOG2C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
 ):
-    """dq, dk, dv, dλ of one chunk (all of K at once, V in blocks) and q.dq - k.dk per token into
-    dgr; dh [chunks, H, K, V] = sum_m [bit m-1 of n = 0] D^(m)_{n+1}. Grid (chunks, H)."""
+    """dq, dk, dv, dλ and the decay's gradient dg of one chunk (all of K at once, V in blocks);
+    dh [chunks, H, K, V] = sum_m [bit m-1 of n = 0] D^(m)_{n+1}, carry [chunks, H] = sum_m
+    [n mod 2^m != 0] e^{G_last} <Z^(m)_n, D^(m)_{n+1}>. Grid (chunks, H).
+    dg directly (as ``triton_scalar_decay``): for token s, the terms whose decay spans g_s,
+        dg_s = sum_{t >= s} q_t . dq_t^levels + sum_{j < s} k_j . dk_j^inter + carry_n
+               + sum_{t >= s > j} (q_t . k_j) dA_tj
+    (dq^levels: the Z^(m) reads; dk^inter: V dH^T e^{G_last - G}; dA: the weighted intra scores'
+    gradient) — nothing cancels, unlike q . dq - k . dk reverse-summed."""
     i_c, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1)
     i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
     p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
@@ -271,7 +290,7 @@ def _bwd_dqkv_kernel(
             b_do = tl.load(p_do, boundary_check=(0, 1))
             b_x += tl.dot(b_do, tl.load(p_zt, boundary_check=(0, 1)).to(b_do.dtype),
                           input_precision=PREC)
-        b_x = b_x * b_eg[:, None]
+        b_x = tl.where(((i_t >> i_m) & 1) == 1, b_eg, 0.0)[:, None] * b_x  # levels chunk n reads
         col = LOG2C + 1 + i_m
         _store_col(dlam, bos, T, i_t, i_h, col, tl.sum(b_q.to(ACC) * b_x, axis=1), H, L, BT)
         b_dq += _lam_col(lam, bos, T, i_t, i_h, col, H, L, BT).to(ACC)[:, None] * b_x
@@ -284,12 +303,12 @@ def _bwd_dqkv_kernel(
         _store_col(dlam, bos, T, i_t, i_h, l, tl.sum(tl.where(sel, b_AdP, 0.0), axis=1), H, L, BT)
     b_dA = b_dP * _level_weights(lam, bos, T, i_t, i_h, H, L, BT, LOG2C, ACC, False)  # dL/d(q_i . k_j)
     b_dAt = b_dPt * b_DLt  # the same, transposed
-    # dGglob_t = q_t . dq_t - k_t . dk_t: the intra part as row / column sums of (q_i . k_j) dA_ij
-    b_Pm = b_S * b_dA
-    b_r = tl.sum(b_Pm, axis=1) - tl.sum(b_Pm, axis=0)
-    b_r += tl.sum(b_q.to(ACC) * b_dq - b_k.to(ACC) * b_dk, axis=1)
+    b_a = tl.sum(b_q.to(ACC) * b_dq, axis=1)  # q_t . dq_t^levels
+    b_e = tl.sum(b_k.to(ACC) * b_dk, axis=1)  # k_j . dk_j^inter
+    b_r = _straddle_sum(b_S * b_dA, causal)  # pairs t >= s > j
+    b_r += _sum_after(b_a) + b_a + _sum_before(b_e) + tl.load(carry + i_c * H + i_h)
     rows = i_t * BT + idx
-    tl.store(dgr + (bos + rows) * H + i_h, b_r, mask=rows < T)
+    tl.store(dg + (bos + rows) * H + i_h, b_r, mask=rows < T)
     b_dq += tl.dot(b_dA.to(b_q.dtype), b_k, input_precision=PREC)
     b_dk += tl.dot(b_dAt.to(b_q.dtype), b_q, input_precision=PREC)
     p_dq = tl.make_block_ptr(dq + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
@@ -352,26 +371,29 @@ class _LogLinearScalarDecayFn(torch.autograd.Function):
         do = do.contiguous()
         if M:
             e = q.new_empty(NC, H, M, K, V, dtype=acc)
-            _bwd_dz_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H * M)](
-                q, do, gc, lam, e, cu, offsets, M, H=H, K=K, V=V, L=L, BT=BT, LOG2C=LOG2C, BK=BK,
-                BV=BV, ACC=ACC, PREC=prec,
+            nK, nV = triton.cdiv(K, BK), triton.cdiv(V, BV)
+            carry = q.new_empty(NC, H, M, nK, nV, dtype=acc)
+            _bwd_dz_kernel[(nK, nV, N * H * M)](
+                q, do, gc, lam, z, e, carry, cu, offsets, M, H=H, K=K, V=V, L=L, BT=BT, LOG2C=LOG2C,
+                BK=BK, BV=BV, ACC=ACC, PREC=prec,
                 **launch_options("log_linear.bwd_dz", num_warps=4, num_stages=3),
             )
             dh = e.sum(2)  # [chunks, H, K, V]: what all the levels send to each chunk's sources
+            carry = carry.sum((2, 3, 4))  # [chunks, H]
         else:
             dh = q.new_zeros(NC, H, K, V, dtype=acc)
+            carry = q.new_zeros(NC, H, dtype=acc)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dlam = torch.zeros_like(lam)
-        dgr = torch.empty(q.shape[:3], dtype=acc, device=q.device)
+        dg = torch.empty(q.shape[:3], dtype=acc, device=q.device)
         _bwd_dqkv_kernel[(NC, H)](
-            q, k, v, gc, lam, z, do, dh, dq, dk, dv, dlam, dgr, cu, indices, M,
+            q, k, v, gc, lam, z, do, dh, carry, dq, dk, dv, dlam, dg, cu, indices, M,
             H=H, K=K, V=V, L=L, BT=BT, LOG2C=LOG2C, BK=BKf, BV=min(BV, 32), ACC=ACC, PREC=prec,
             # 8 warps: ptxas spills 3268 -> 332 bytes per thread at K = V = 128 (bf16, sm_90a;
             # benchmarks/results/2026-12-07-cpu-ptxas); not yet timed on a GPU
             **launch_options("log_linear.bwd_dqkv", num_warps=8, num_stages=1),
         )
-        dg = _reverse_cumsum(dgr, cu).to(g_dtype)
-        return dq, dk, dv, dg, dlam, None, None
+        return dq, dk, dv, dg.to(g_dtype), dlam, None, None
 
 
 def log_linear_scalar_decay_chunk(

@@ -479,16 +479,6 @@ class _ScalarDecayFn(torch.autograd.Function):
         return dq, dk, dv, dg, dh0, None, None, None, None
 
 
-def _reverse_cumsum(x: Tensor, cu: Tensor) -> Tensor:
-    """``y_s = sum_{t >= s} x_t`` within each sequence of the packed ``x [1, T, H]`` (float64)."""
-    x = x.double()
-    suffix = x.flip(1).cumsum(1).flip(1)  # over the whole packed row
-    suffix = torch.cat([suffix, suffix.new_zeros(1, 1, x.shape[2])], dim=1)
-    lens = (cu[1:] - cu[:-1]).long()
-    ends = torch.repeat_interleave(cu[1:].long(), lens, output_size=x.shape[1])  # each token's eos
-    return suffix[:, :-1] - suffix[:, ends]
-
-
 KERNEL_CHUNK = 64  # tokens per chunk in the kernels (a performance choice; results do not depend on it)
 
 
