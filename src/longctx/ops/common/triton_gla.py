@@ -59,6 +59,7 @@ from longctx.ops.common.triton_scalar_decay import (
     KERNEL_CHUNK,
     _acc,
     _chunk,
+    _direct_dg,
     _prec,
     _sequence,
     _state_dtype,
@@ -506,11 +507,9 @@ def _bwd_dg_kernel(
         b_SdS += tl.sum(b_ht.to(ACC) * b_dht.to(ACC), axis=0)
     b_a = b_q * b_dqi * tl.exp(b_g) * scale
     b_e = b_k * b_dki * tl.exp(g_last[None, :] - b_g)
-    b_dg = _sum_after(b_a) + b_a  # sum_{t >= i}
-    b_dg += _sum_before(b_e)
-    b_dg += (tl.exp(g_last) * b_SdS)[None, :]
-    b_dg += _gla_straddle(q, k, gc, dA, b_q, b_k, b_g, g_last, bos, T, i_t, i_h, i_k,
-                          H, K, BT, BC, BK, ACC, PREC)
+    b_straddle = _gla_straddle(q, k, gc, dA, b_q, b_k, b_g, g_last, bos, T, i_t, i_h, i_k,
+                               H, K, BT, BC, BK, ACC, PREC)
+    b_dg = _direct_dg(b_a, b_e, b_straddle, (tl.exp(g_last) * b_SdS)[None, :])
     rows = i_t * BT + idx
     m_rows = (rows[:, None] < T) & (cols[None, :] < K)
     tl.store(dg + ((bos + rows[:, None]) * H + i_h) * K + cols[None, :], b_dg, mask=m_rows)
@@ -547,8 +546,10 @@ class _GlaFn(torch.autograd.Function):
         )
         A = q.new_empty(q.shape[1], H, BT, dtype=_state_dtype(q.dtype))  # [T, H, BT]; read rounded
         _fwd_A_kernel[(NC * (BT // BC), H)](
-            q, k, gc, A, cu, indices, scale, H=H, K=K, BT=BT, BC=BC, BK=BK, ACC=ACC, PREC=prec,
-            **launch_options("gla.fwd_A", num_warps=4, num_stages=2, BD=min(BK, 16)),  # 0.489 -> 0.402 ms at 4k, H100
+            q, k, gc, A, cu, indices, scale, H=H, K=K, BT=BT, BC=BC, BK=BK, BD=min(BK, 16), ACC=ACC,
+            PREC=prec,  # 4 warps for the [BC, BC, BD] diagonal block (ptxas: 111 registers, no
+            # spills); not yet timed on a GPU (the column-loop kernel before it: 8 warps, 2 stages)
+            **launch_options("gla.fwd_A", num_warps=4, num_stages=2),
         )
         o = torch.empty_like(v)
         _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](
@@ -597,7 +598,7 @@ class _GlaFn(torch.autograd.Function):
             _bwd_dg_kernel[(triton.cdiv(K, BK), NC, H)](
                 q, k, v, gc, h, do, dh, dA, dg, cu, indices, scale,
                 H=H, K=K, V=V, BT=BT, BC=BC, BK=BK, BV=BV, ACC=ACC, PREC=prec,
-                **launch_options("gla.bwd_dg", num_warps=8, num_stages=1),  # ptxas: no spills (4 warps: 160 B)
+                **launch_options("gla.bwd_dg", num_warps=8, num_stages=1),  # ptxas: 96 B spilled (4 warps: 1.2 KB)
             )
             dg = dg.to(g_dtype)
         if dh0 is not None:

@@ -51,12 +51,11 @@ from longctx.ops.common.triton_scalar_decay import (
     _blocks,
     _chunk,
     _chunk_cumsum_kernel,
+    _direct_dg,
     _load_g,
     _prec,
     _sequence,
     _straddle_sum,
-    _sum_after,
-    _sum_before,
     chunk_layout,
     max_seqlen,
     packed_sequences,
@@ -305,8 +304,7 @@ def _bwd_dqkv_kernel(
     b_dAt = b_dPt * b_DLt  # the same, transposed
     b_a = tl.sum(b_q.to(ACC) * b_dq, axis=1)  # q_t . dq_t^levels
     b_e = tl.sum(b_k.to(ACC) * b_dk, axis=1)  # k_j . dk_j^inter
-    b_r = _straddle_sum(b_S * b_dA, causal)  # pairs t >= s > j
-    b_r += _sum_after(b_a) + b_a + _sum_before(b_e) + tl.load(carry + i_c * H + i_h)
+    b_r = _direct_dg(b_a, b_e, _straddle_sum(b_S * b_dA, causal), tl.load(carry + i_c * H + i_h))
     rows = i_t * BT + idx
     tl.store(dg + (bos + rows) * H + i_h, b_r, mask=rows < T)
     b_dq += tl.dot(b_dA.to(b_q.dtype), b_k, input_precision=PREC)

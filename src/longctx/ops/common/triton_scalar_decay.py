@@ -96,6 +96,14 @@ def _sum_before(x):
 
 
 @triton.jit
+def _direct_dg(b_a, b_e, b_straddle, b_carry):
+    """The decay's gradient per token of a chunk from its direct terms (rows i of a [BT] or [BT, BK]):
+    sum_{t >= i} a_t (reads of the state entering the chunk) + sum_{j < i} e_j (sources into the
+    state leaving it) + the pairs straddling i + the state carried through the chunk."""
+    return b_straddle + _sum_after(b_a) + b_a + _sum_before(b_e) + b_carry
+
+
+@triton.jit
 def _straddle_sum(M, rows):
     """sum_t [rows_ti] sum_{j < i} M_tj for every i ([BT]): the pairs (t, j) of a chunk that
     straddle token i (``rows``: t >= i or t > i as a [BT, BT] mask over [t, i])."""
@@ -285,10 +293,7 @@ def _bwd_dqkv_kernel(
         b_a = tl.sum(b_q.to(ACC) * b_dq, axis=1)
         b_e = tl.sum(b_k.to(ACC) * b_dk, axis=1)
         b_P = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * b_dA
-        b_r = _straddle_sum(b_P, causal)  # rows t >= i
-        b_r += _sum_after(b_a) + b_a  # sum_{t >= i}
-        b_r += _sum_before(b_e)
-        b_r += tl.exp(g_last) * tl.sum(b_SdS, axis=0)
+        b_r = _direct_dg(b_a, b_e, _straddle_sum(b_P, causal), tl.exp(g_last) * tl.sum(b_SdS, axis=0))
         rows = i_t * BT + idx
         tl.store(dg + (bos + rows) * H + i_h, b_r, mask=rows < T)
     else:
