@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from longctx.generate.cuda_graph import GRAPH_MIXERS, CUDAGraphDecoder, _clone, graph_unsupported
+from longctx.generate.cuda_graph import CUDAGraphDecoder, _clone, copy_state, graph_unsupported
 from longctx.layers.base import State
 from longctx.models.lm import LMConfig, LMState, LongCtxLM
 from longctx.ops.common.backend import has_triton, inplace_decode, use_backend
@@ -156,20 +156,8 @@ def block_latency(mixer: str, *, layers: tuple[int, int] = (1, 5), context: int 
 
 
 def _copy_into(dst: State, src: State) -> None:
-    new = src.tensors()
-    for name, buf in dst.tensors().items():
-        if new[name].data_ptr() != buf.data_ptr():  # the fused step may have written it in place
-            buf.copy_(new[name])
-
-
-def _mixer_unavailable(mixer: str, mode: str, cuda: bool) -> str | None:
-    if "fused" in mode and not (cuda and has_triton()):
-        return "the fused kernel needs CUDA and Triton"
-    if mode.startswith("graph") and not cuda:
-        return "CUDA graphs need a CUDA device"
-    if mode.startswith("graph") and mixer not in GRAPH_MIXERS:
-        return f"{mixer!r} keeps no capture-safe decode state"
-    return None
+    """``copy_state`` for one layer's state (tensors the fused step wrote in place are skipped)."""
+    copy_state(LMState([dst], [None]), LMState([src], [None]))
 
 
 @torch.no_grad()
@@ -198,7 +186,7 @@ def mixer_latency(mixer: str, *, d_model: int = 1024, n_heads: int = 8, context:
     x1 = x[:, context:].contiguous()
     rows = []
     for mode in modes:
-        why = _mixer_unavailable(mixer, mode, cuda)
+        why = _unavailable(model, mode)  # the one-layer model's reasons are the layer's
         ms = None if why else _layer_latency(layer, mode, state, x1, steps, warmup, cuda)
         rows.append({"mode": mode, "context": context, "ms_per_step": ms, "error": why})
     return rows
