@@ -60,7 +60,7 @@ fi
 # default (after session 12): every kernel test file, the delta rule's in three processes — the
 # scalar-decay, GLA and delta-rule backward kernels changed on the CPU (direct dg, tuned launch
 # settings, register diet) and have not run on a GPU since
-DEFAULT_TESTS="tests/ops/test_triton_delta.py -k 'delta_rule_kernel_matches and not gated';tests/ops/test_triton_delta.py -k gated_delta_rule_kernel_matches;tests/ops/test_triton_delta.py -k 'not kernel_matches';tests/ops/test_triton_kernels.py;tests/ops/test_triton_gla.py;tests/ops/test_triton_log_linear.py;tests/ops/test_triton_log_linear_levels.py"
+DEFAULT_TESTS="tests/ops/test_triton_delta.py -k 'delta_rule_kernel_matches and not gated';tests/ops/test_triton_delta.py -k gated_delta_rule_kernel_matches;tests/ops/test_triton_delta.py -k 'not kernel_matches';tests/ops/test_triton_kernels.py;tests/ops/test_triton_gla.py;tests/ops/test_triton_log_linear.py;tests/ops/test_triton_log_linear_levels.py;tests/generate/test_cuda_graph.py tests/bench/test_bench.py"
 TESTS=${TESTS:-$DEFAULT_TESTS}
 [ "$TESTS" = none ] && TESTS=
 mkdir -p /tmp/gt

@@ -21,10 +21,16 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from longctx.generate.cuda_graph import CUDAGraphDecoder, _clone, copy_state, graph_unsupported
+from longctx.generate.cuda_graph import (
+    CUDAGraphDecoder,
+    _clone,
+    capture_step,
+    copy_state,
+    graph_unsupported,
+)
 from longctx.layers.base import State
 from longctx.models.lm import LMConfig, LMState, LongCtxLM
-from longctx.ops.common.backend import has_triton, inplace_decode, use_backend
+from longctx.ops.common.backend import has_triton, use_backend
 
 MODES = ("eager", "fused", "graph", "graph+fused")
 CONTEXTS = (1024, 16384, 65536)
@@ -202,19 +208,11 @@ def _layer_latency(layer, mode: str, state: State, x: Tensor, steps: int, warmup
             def step() -> None:
                 _, box[0] = layer(x, box[0])
             return _timed_calls(step, steps, warmup, cuda)
+        def graph_step(s: State) -> None:
+            _, new = layer(x, s)
+            _copy_into(s, new)
         scratch = state._replace(lambda _n, t: t.clone())
-        side = torch.cuda.Stream(x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side), inplace_decode():
-            for _ in range(max(warmup, 2)):  # compiles, cuBLAS choices; value checks run here
-                _, new = layer(x, scratch)
-                _copy_into(scratch, new)
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), inplace_decode():
-            _, new = layer(x, st)
-            _copy_into(st, new)
-
+        graph, _ = capture_step(graph_step, st, scratch, max(warmup, 2), x.device)
         return _timed_calls(graph.replay, steps, warmup, cuda)
 
 

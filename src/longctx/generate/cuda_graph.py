@@ -16,7 +16,8 @@ and cannot be captured: they run in the eager warm-up step and are skipped in re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -28,6 +29,10 @@ from longctx.ops.common.backend import inplace_decode
 # mixers whose decode step has a fixed-size state, no host read-back and no Python-side counter
 # (retention's position ``n_seen`` is read with int() to rotate q and k; attention's KV cache grows)
 GRAPH_MIXERS = frozenset({"linear_attention", "gla", "deltanet", "gated_deltanet", "mamba2"})
+
+
+S = TypeVar("S")  # the step's state
+R = TypeVar("R")  # what the step returns
 
 
 def graph_unsupported(model: object) -> str | None:
@@ -118,22 +123,31 @@ class CUDAGraphDecoder:
 
     @torch.no_grad()
     def capture(self) -> None:
-        """Warm up on a side stream (Triton compiles, cuBLAS picks its kernels) from a scratch
-        copy of the state, then record one step on the static buffers."""
-        scratch = _clone(self.state)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side), inplace_decode():
-            for _ in range(self.warmup):
-                _, new = self.model(self.tokens, scratch)
-                copy_state(scratch, new)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), inplace_decode():
-            logits, new = self.model(self.tokens, self.state)
-            copy_state(self.state, new)
-            self.logits = logits[:, -1]
-        self.graph = graph
+        """Record one step on the static buffers (after ``warmup`` steps from a scratch copy)."""
+        def step(state: LMState) -> Tensor:
+            logits, new = self.model(self.tokens, state)
+            copy_state(state, new)
+            return logits[:, -1]
+        self.graph, self.logits = capture_step(step, self.state, _clone(self.state), self.warmup,
+                                               self.device)
+
+
+def capture_step(step: Callable[[S], R], state: S, scratch: S, warmup: int,
+                 device: torch.device) -> tuple[torch.cuda.CUDAGraph, R]:
+    """Warm ``step`` up ``warmup`` times from ``scratch`` on a side stream (Triton compiles, cuBLAS
+    picks its kernels, the value checks run), then record one ``step(state)`` in a CUDA graph
+    (``state``: the static buffers ``step`` reads and writes). Returns the graph and what the
+    recorded call returned: static outputs, rewritten by every replay."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side), inplace_decode():
+        for _ in range(warmup):
+            step(scratch)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), inplace_decode():
+        out = step(state)
+    return graph, out
 
 
 class GraphStreamer(Streamer):
@@ -190,6 +204,7 @@ __all__ = [
     "GRAPH_MIXERS",
     "CUDAGraphDecoder",
     "GraphStreamer",
+    "capture_step",
     "copy_state",
     "graph_generate",
     "graph_streamer",
