@@ -133,6 +133,7 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
     recorded)."""
     from longctx.ops.common.triton_delta import delta_rule_chunk
     from longctx.ops.common.triton_gla import gla_chunk
+    from longctx.ops.common.triton_launch import launch_overrides
     from longctx.ops.common.triton_log_linear import log_linear_scalar_decay_chunk
     from longctx.ops.common.triton_scalar_decay import scalar_decay_chunk
 
@@ -147,6 +148,12 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
                                 allow_unused=True)
         return run
 
+    def inference(fn, *args):  # no gradient wanted: the grouped forward (at any device's grouping)
+        def run():
+            with torch.no_grad(), launch_overrides({"scalar_decay.fwd_grouped": {"GS": 16}}):
+                fn(*args)
+        return run
+
     q, k, v = rand(B, T, H, K), rand(B, T, H, K), rand(B, T, H, V)
     g = rand(B, T, H, dtype=torch.float32)
     gk = rand(B, T, H, K, dtype=torch.float32)
@@ -155,6 +162,8 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
     return {
         "linear_attention": fwd_bwd(scalar_decay_chunk, q, k, v),
         "simple_gla": fwd_bwd(scalar_decay_chunk, q, k, v, g),
+        "linear_attention/inference": inference(scalar_decay_chunk, q, k, v),
+        "simple_gla/inference": inference(scalar_decay_chunk, q, k, v, g),
         "gla": fwd_bwd(gla_chunk, q, k, v, gk),
         "deltanet": fwd_bwd(delta_rule_chunk, q, k, v, beta),
         "gated_deltanet": fwd_bwd(delta_rule_chunk, q, k, v, beta, g),

@@ -24,11 +24,11 @@ import torch
 KERNELS = {  # op -> (kernel name, backward?) in launch order
     "gla": [("gla.fwd_h", 0), ("gla.fwd_A", 0), ("gla.fwd_o", 0),
             ("gla.bwd_dh", 1), ("gla.bwd_dv_dA", 1), ("gla.bwd_dqk", 1)],
-    "simple_gla": [("scalar_decay.fwd_h", 0), ("scalar_decay.fwd_o", 0),
+    "simple_gla": [("scalar_decay.fwd_h", 0), ("scalar_decay.fwd_o", 0), ("scalar_decay.fwd_grouped", 0),
                    ("scalar_decay.bwd_dh", 1), ("scalar_decay.bwd_dqkv", 1)],
     "gated_deltanet": [("delta.wy_fwd", 0), ("delta.delta_h", 0), ("delta.fwd_o", 0),
                        ("delta.delta_dh", 1), ("delta.delta_dqk", 1), ("delta.wy_bwd", 1)],
-    "linear_attention": [("scalar_decay.fwd_h", 0), ("scalar_decay.fwd_o", 0),
+    "linear_attention": [("scalar_decay.fwd_h", 0), ("scalar_decay.fwd_o", 0), ("scalar_decay.fwd_grouped", 0),
                          ("scalar_decay.bwd_dh", 1), ("scalar_decay.bwd_dqkv", 1)],
     "log_linear": [("log_linear.fwd_z", 0), ("log_linear.fwd_o", 0),
                    ("log_linear.bwd_dz", 1), ("log_linear.bwd_dqkv", 1)],
@@ -37,6 +37,9 @@ SETTINGS = [{"num_warps": w, "num_stages": s} for w, s in itertools.product((2, 
 # kernels whose tiles are settings too (triton_launch.TILED): fewer warp / stage pairs, x 4 tiles
 TILE_SETTINGS = [{"num_warps": w, "num_stages": s, "BK": bk, "BV": bv} for w, s, (bk, bv) in
                  itertools.product((2, 4), (2, 3), ((64, 64), (64, 32), (32, 64), (32, 32)))]
+# the inference forward's output pass: chunks per group (1 = the per-chunk kernels) x its tile
+GROUPED_SETTINGS = [{"num_warps": w, "num_stages": st, "BV": 64, "GS": gs} for gs, (w, st) in
+                    itertools.product((1, 4, 16), ((4, 1), (4, 2), (8, 1), (8, 2)))]
 # settings not tried, and why: a fault poisons the process for every later row
 SKIP = {("delta.delta_dh", 8): "illegal memory access on the H100 under 2 of 4 variants at num_warps 8 "
                                "(bisect_delta_bwd.py, 2026-12-06, reproduced)"}
@@ -72,7 +75,9 @@ def main() -> None:
         for kernel, bwd in KERNELS[op]:
             run = _run(op, a.T, bool(bwd))
             ref = [t.float() for t in run() if t is not None]
-            for s in TILE_SETTINGS if kernel in TILED else SETTINGS:
+            sweep = GROUPED_SETTINGS if kernel == "scalar_decay.fwd_grouped" else (
+                TILE_SETTINGS if kernel in TILED else SETTINGS)
+            for s in sweep:
                 row = {"op": op, "T": a.T, "kernel": kernel, **s}
                 if (kernel, s["num_warps"]) in SKIP:
                     row["error"] = "skipped: " + SKIP[kernel, s["num_warps"]]
@@ -96,7 +101,7 @@ def main() -> None:
         if not ok:
             continue
         best = min(ok, key=lambda r: r["ms"])
-        tiles = f" BK{best['BK']} BV{best['BV']}" if "BK" in best else ""
+        tiles = "".join(f" {t}{best[t]}" for t in ("BK", "BV", "GS") if t in best)
         print(f"{op:17} {kernel:24} w{best['num_warps']} s{best['num_stages']}{tiles:<12} {best['ms']:9.3f}"
               f"  (range {min(r['ms'] for r in ok):.3f}-{max(r['ms'] for r in ok):.3f})")
 

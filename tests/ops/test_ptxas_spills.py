@@ -55,9 +55,10 @@ def launches(tmp_path_factory) -> list[dict]:
 
 def test_every_op_and_kernel_is_compiled(launches: list[dict]) -> None:
     ops = {r["op"] for r in launches}
-    assert ops == {"linear_attention", "simple_gla", "gla", "deltanet", "gated_deltanet", "log_linear_mamba2"}
+    assert ops == {"linear_attention", "simple_gla", "gla", "deltanet", "gated_deltanet", "log_linear_mamba2",
+                   "linear_attention/inference", "simple_gla/inference"}
     kernels = {r["kernel"] for r in launches}
-    assert {"triton_scalar_decay._bwd_dqkv_kernel", "triton_gla._fwd_A_kernel",
+    assert {"triton_scalar_decay._bwd_dqkv_kernel", "triton_scalar_decay._fwd_grouped_kernel", "triton_gla._fwd_A_kernel",
             "triton_delta._wy_bwd_kernel", "triton_log_linear._bwd_dqkv_kernel"} <= kernels
     for dtype in ("bf16", "fp32"):  # both dtypes recorded every op
         assert {r["op"] for r in launches if r["dtype"] == dtype} == ops

@@ -363,3 +363,60 @@ def test_uniform_offsets_cache_is_bounded() -> None:
     assert len(sd._UNIFORM) <= sd._UNIFORM_MAX and len(sd._UNIFORM_OF) == len(sd._UNIFORM)
     assert sd.uniform_rows(first) is None  # evicted: read like given offsets from now on
     assert sd.chunk_layout(first, 16)[2] == -(-12345 // 16)
+
+
+@pytest.mark.parametrize(("dtype", "gated", "groups"),
+                         _maybe_gpu([(d, gated, gs) for d in DTYPES for gated in (True, False) for gs in (2, 3)]))
+def test_inference_forward_in_groups_of_chunks_matches_recurrence(dtype, gated, groups) -> None:
+    """No gradient wanted: the state pass keeps only every ``groups``-th chunk's state and the
+    output pass carries S through the group's chunks. Outputs and final states of packed sequences
+    (a partial last group and chunk, a 1-token sequence) match the recurrence, with the initial
+    states, and the forward kept for the backward pass (gradient wanted) to rounding."""
+    from longctx.ops.common.triton_launch import launch_overrides
+    from longctx.ops.common.triton_scalar_decay import scalar_decay_chunk
+
+    lens = [83, 16, 1, 50] if not ON_CUDA else [1000, 64, 1, 3000, 37]
+    H, K, V, chunk = (2, 80, 20, 16) if not ON_CUDA else (4, 128, 128, 64)  # K 80: two pieces of S
+    T = sum(lens)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = _rand(1, T, H, K, gen=gen), _rand(1, T, H, K, gen=gen), _rand(1, T, H, V, gen=gen)
+    q, k = q * K ** -0.5, k * K ** -0.5
+    g = -torch.rand(1, T, H, generator=gen, dtype=torch.float64) * 0.3 if gated else torch.zeros(1, T, H, dtype=torch.float64)
+    S0 = _rand(len(lens), H, K, V, gen=gen)
+    outs, finals = [], []
+    for n, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
+        o, S = naive_gla(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e, :, None].expand(1, e - s, H, K),
+                         scale=0.5, initial_state=S0[n:n + 1], output_final_state=True)
+        outs.append(o)
+        finals.append(S)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    args = [t.to(DEVICE, dtype) for t in (q, k, v)]
+    g_in = g.to(DEVICE, acc) if gated else None
+
+    def run():
+        return scalar_decay_chunk(*args, g_in, scale=0.5, initial_state=S0.to(DEVICE, acc),
+                                  output_final_state=True, cu_seqlens=cu.to(DEVICE), chunk_size=chunk)
+
+    with launch_overrides({"scalar_decay.fwd_grouped": {"GS": groups}}), torch.no_grad():
+        o, S = run()
+    assert_close(torch.cat(outs, 1), o.double().cpu(), TOL[dtype], "grouped forward: o")
+    assert_close(torch.cat(finals), S.double().cpu(), TOL[dtype], "grouped forward: final state")
+    args[0].requires_grad_()
+    o_train, S_train = run()  # the per-chunk kernels (their states are kept for the backward)
+    assert_close(o_train.detach().double(), o.double(), TOL[dtype], "grouped vs per-chunk: o")
+    assert_close(S_train.detach().double(), S.double(), TOL[dtype], "grouped vs per-chunk: final state")
+
+
+def test_chunks_per_group_leaves_every_sm_work() -> None:
+    """The grouping keeps >= 4 programs per SM in the output pass, at most 16 chunks per group,
+    and none off CUDA (where there is no SM count to size it by)."""
+    from longctx.ops.common.triton_scalar_decay import _chunks_per_group
+
+    assert _chunks_per_group(1024, 16, 128, 64, torch.device("cpu")) == 1
+    if ON_CUDA:
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        for NC in (1, 64, 256, 1024, 100_000):
+            gs = _chunks_per_group(NC, 16, 128, 64, torch.device("cuda"))
+            assert 1 <= gs <= 16
+            assert gs == 1 or -(-NC // gs) * 16 * 2 >= 4 * sms

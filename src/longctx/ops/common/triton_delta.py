@@ -74,10 +74,15 @@ from longctx.ops.common.triton_scalar_decay import (
     _acc,
     _chunk,
     _chunk_cumsum_kernel,
+    _cols,
     _fwd_o_kernel,
+    _h_piece_out,
+    _init_pieces,
     _load_g,
     _prec,
+    _rows_t,
     _sequence,
+    _store_pieces,
     _straddle_sum,
     _sum_after,
     _sum_before,
@@ -153,70 +158,6 @@ def _wy_fwd_kernel(
         p_u = tl.make_block_ptr(u + (bos * H + i_h) * V, (T, V), (H * V, 1),
                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         tl.store(p_u, b_u.to(p_u.dtype.element_ty), boundary_check=(0, 1))
-
-
-@triton.jit
-def _rows_t(x, bos, T, i_t, i_h, p, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr):
-    """Key dims [p BP, p BP + BP) of a chunk of a [T, H, K] tensor, loaded transposed: [BP, BT]
-    (zero past T and K)."""
-    ptr = tl.make_block_ptr(x + (bos * H + i_h) * K, (K, T), (1, H * K), (p * BP, i_t * BT), (BP, BT), (0, 1))
-    return tl.load(ptr, boundary_check=(0, 1), padding_option="zero")
-
-
-@triton.jit
-def _cols(x, bos, T, i_t, i_h, p, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr):
-    """Key dims [p BP, p BP + BP) of a chunk of a [T, H, K] tensor: [BT, BP] (zero past T and K)."""
-    ptr = tl.make_block_ptr(x + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, p * BP), (BT, BP), (1, 0))
-    return tl.load(ptr, boundary_check=(0, 1), padding_option="zero")
-
-
-@triton.jit
-def _state_ptr(x, i_s, i_v, p, K: tl.constexpr, V: tl.constexpr, BP: tl.constexpr, BV: tl.constexpr):
-    """Block pointer to rows [p BP, p BP + BP) and columns of block i_v of state i_s of x [.., K, V]."""
-    return tl.make_block_ptr(x + i_s * K * V, (K, V), (V, 1), (p * BP, i_v * BV), (BP, BV), (1, 0))
-
-
-@triton.jit
-def _init_pieces(x, i_s, i_v, LOAD: tl.constexpr, ACC: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                 BK: tl.constexpr, BV: tl.constexpr):
-    """A state held as four pieces of BK rows (K <= 4 BK), columns of block i_v: state i_s of x
-    when LOAD, else zeros; [BK, BV] tiles in ACC, the ones past K zero (tiles that no loop then
-    carries and no store writes are dead code)."""
-    b1 = tl.zeros([BK, BV], dtype=ACC)
-    b2 = tl.zeros([BK, BV], dtype=ACC)
-    b3 = tl.zeros([BK, BV], dtype=ACC)
-    b4 = tl.zeros([BK, BV], dtype=ACC)
-    if LOAD:
-        b1 += tl.load(_state_ptr(x, i_s, i_v, 0, K, V, BK, BV), boundary_check=(0, 1), padding_option="zero").to(ACC)
-        if K > BK:
-            b2 += tl.load(_state_ptr(x, i_s, i_v, 1, K, V, BK, BV), boundary_check=(0, 1), padding_option="zero").to(ACC)
-        if K > 2 * BK:
-            b3 += tl.load(_state_ptr(x, i_s, i_v, 2, K, V, BK, BV), boundary_check=(0, 1), padding_option="zero").to(ACC)
-        if K > 3 * BK:
-            b4 += tl.load(_state_ptr(x, i_s, i_v, 3, K, V, BK, BV), boundary_check=(0, 1), padding_option="zero").to(ACC)
-    return b1, b2, b3, b4
-
-
-@triton.jit
-def _store_pieces(x, i_s, i_v, b1, b2, b3, b4, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
-                  BV: tl.constexpr):
-    """Store the pieces of rows of state i_s (columns of block i_v) that K has: [BK, BV] each."""
-    tl.store(_state_ptr(x, i_s, i_v, 0, K, V, BK, BV), b1.to(x.dtype.element_ty), boundary_check=(0, 1))
-    if K > BK:
-        tl.store(_state_ptr(x, i_s, i_v, 1, K, V, BK, BV), b2.to(x.dtype.element_ty), boundary_check=(0, 1))
-    if K > 2 * BK:
-        tl.store(_state_ptr(x, i_s, i_v, 2, K, V, BK, BV), b3.to(x.dtype.element_ty), boundary_check=(0, 1))
-    if K > 3 * BK:
-        tl.store(_state_ptr(x, i_s, i_v, 3, K, V, BK, BV), b4.to(x.dtype.element_ty), boundary_check=(0, 1))
-
-
-@triton.jit
-def _h_piece_out(b_h, b_kt, b_d, b_g, g_last, HAS_G: tl.constexpr, PREC: tl.constexpr):
-    """S (one piece of rows) after the chunk: e^{G_last} S + (K ⊙ e^{G_last - G})^T Delta."""
-    if HAS_G:
-        b_h *= tl.exp(g_last)
-        b_kt = (b_kt * tl.exp(g_last - b_g)[None, :]).to(b_kt.dtype)
-    return b_h + tl.dot(b_kt, b_d.to(b_kt.dtype), input_precision=PREC)
 
 
 @triton.jit

@@ -20,6 +20,9 @@ _SETTINGS = ("num_warps", "num_stages")
 # state passes' tiles are free (each (BK, BV) block of the state is independent)
 TILED: dict[str, tuple[str, ...]] = {k: ("BK", "BV") for k in (
     "gla.fwd_h", "gla.bwd_dh", "scalar_decay.fwd_h", "scalar_decay.bwd_dh")}
+# the scalar-decay inference forward's output pass: its value tile and GS, the chunks per group
+# (GS = 1: the per-chunk kernels; the grouping changes where states are kept, not the arithmetic)
+TILED["scalar_decay.fwd_grouped"] = ("BV", "GS")
 
 
 def launch_options(kernel: str, **defaults: int) -> dict[str, int]:

@@ -84,6 +84,70 @@ def _load_g(gc, bos, T, i_t, i_h, H: tl.constexpr, BT: tl.constexpr):
 
 
 @triton.jit
+def _rows_t(x, bos, T, i_t, i_h, p, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr):
+    """Key dims [p BP, p BP + BP) of a chunk of a [T, H, K] tensor, loaded transposed: [BP, BT]
+    (zero past T and K)."""
+    ptr = tl.make_block_ptr(x + (bos * H + i_h) * K, (K, T), (1, H * K), (p * BP, i_t * BT), (BP, BT), (0, 1))
+    return tl.load(ptr, boundary_check=(0, 1), padding_option="zero")
+
+
+@triton.jit
+def _cols(x, bos, T, i_t, i_h, p, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr):
+    """Key dims [p BP, p BP + BP) of a chunk of a [T, H, K] tensor: [BT, BP] (zero past T and K)."""
+    ptr = tl.make_block_ptr(x + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, p * BP), (BT, BP), (1, 0))
+    return tl.load(ptr, boundary_check=(0, 1), padding_option="zero")
+
+
+@triton.jit
+def _state_ptr(x, i_s, i_v, p, K: tl.constexpr, V: tl.constexpr, BP: tl.constexpr, BV: tl.constexpr):
+    """Block pointer to rows [p BP, p BP + BP) and columns of block i_v of state i_s of x [.., K, V]."""
+    return tl.make_block_ptr(x + i_s * K * V, (K, V), (V, 1), (p * BP, i_v * BV), (BP, BV), (1, 0))
+
+
+@triton.jit
+def _init_pieces(x, i_s, i_v, LOAD: tl.constexpr, ACC: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                 BK: tl.constexpr, BV: tl.constexpr):
+    """A state held as four pieces of BK rows (K <= 4 BK), columns of block i_v: state i_s of x
+    when LOAD, else zeros; [BK, BV] tiles in ACC, the ones past K zero (tiles that no loop then
+    carries and no store writes are dead code)."""
+    b1 = tl.zeros([BK, BV], dtype=ACC)
+    b2 = tl.zeros([BK, BV], dtype=ACC)
+    b3 = tl.zeros([BK, BV], dtype=ACC)
+    b4 = tl.zeros([BK, BV], dtype=ACC)
+    if LOAD:
+        b1 += tl.load(_state_ptr(x, i_s, i_v, 0, K, V, BK, BV), boundary_check=(0, 1), padding_option="zero").to(ACC)
+        if K > BK:
+            b2 += tl.load(_state_ptr(x, i_s, i_v, 1, K, V, BK, BV), boundary_check=(0, 1), padding_option="zero").to(ACC)
+        if K > 2 * BK:
+            b3 += tl.load(_state_ptr(x, i_s, i_v, 2, K, V, BK, BV), boundary_check=(0, 1), padding_option="zero").to(ACC)
+        if K > 3 * BK:
+            b4 += tl.load(_state_ptr(x, i_s, i_v, 3, K, V, BK, BV), boundary_check=(0, 1), padding_option="zero").to(ACC)
+    return b1, b2, b3, b4
+
+
+@triton.jit
+def _store_pieces(x, i_s, i_v, b1, b2, b3, b4, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                  BV: tl.constexpr):
+    """Store the pieces of rows of state i_s (columns of block i_v) that K has: [BK, BV] each."""
+    tl.store(_state_ptr(x, i_s, i_v, 0, K, V, BK, BV), b1.to(x.dtype.element_ty), boundary_check=(0, 1))
+    if K > BK:
+        tl.store(_state_ptr(x, i_s, i_v, 1, K, V, BK, BV), b2.to(x.dtype.element_ty), boundary_check=(0, 1))
+    if K > 2 * BK:
+        tl.store(_state_ptr(x, i_s, i_v, 2, K, V, BK, BV), b3.to(x.dtype.element_ty), boundary_check=(0, 1))
+    if K > 3 * BK:
+        tl.store(_state_ptr(x, i_s, i_v, 3, K, V, BK, BV), b4.to(x.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _h_piece_out(b_h, b_kt, b_d, b_g, g_last, HAS_G: tl.constexpr, PREC: tl.constexpr):
+    """S (one piece of rows) after the chunk: e^{G_last} S + (K ⊙ e^{G_last - G})^T Delta."""
+    if HAS_G:
+        b_h *= tl.exp(g_last)
+        b_kt = (b_kt * tl.exp(g_last - b_g)[None, :]).to(b_kt.dtype)
+    return b_h + tl.dot(b_kt, b_d.to(b_kt.dtype), input_precision=PREC)
+
+
+@triton.jit
 def _sum_after(x):
     """sum_{t > i} x_t for every row i of a chunk (axis 0; x [BT] or [BT, BK])."""
     return tl.sum(x, axis=0, keep_dims=True) - tl.cumsum(x, axis=0)
@@ -112,11 +176,12 @@ def _straddle_sum(M, rows):
 
 @triton.jit
 def _fwd_h_kernel(
-    k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets,
+    k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets, GS,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
 ):
-    """The state S_n at every chunk start (into h) and the final state; grid (K/BK, V/BV, N*H)."""
+    """The state S_n at every GS-th chunk start (into h: chunk_offsets count groups of GS chunks;
+    GS = 1 every chunk) and the final state; grid (K/BK, V/BV, N*H)."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
@@ -125,9 +190,10 @@ def _fwd_h_kernel(
         p_h0 = tl.make_block_ptr(h0 + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         b_h += tl.load(p_h0, boundary_check=(0, 1))
     for i_t in range(NT):
-        p_h = tl.make_block_ptr(h + ((boh + i_t) * H + i_h) * K * V, (K, V), (V, 1),
-                                (i_k * BK, i_v * BV), (BK, BV), (1, 0))
-        tl.store(p_h, b_h.to(p_h.dtype.element_ty), boundary_check=(0, 1))
+        if i_t % GS == 0:
+            p_h = tl.make_block_ptr(h + ((boh + i_t // GS) * H + i_h) * K * V, (K, V), (V, 1),
+                                    (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+            tl.store(p_h, b_h.to(p_h.dtype.element_ty), boundary_check=(0, 1))
         p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K),
                                 (i_k * BK, i_t * BT), (BK, BT), (0, 1))
         p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
@@ -182,6 +248,64 @@ def _fwd_o_kernel(
     p_o = tl.make_block_ptr(o + (bos * H + i_h) * V, (T, V), (H * V, 1),
                             (i_t * BT, i_v * BV), (BT, BV), (1, 0))
     tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _fwd_grouped_kernel(
+    q, k, v, gc, h, o, cu_seqlens, group_indices, scale, GS,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr,
+    BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """O of the GS chunks of one group (``chunk_layout`` at GS BT tokens) from the state at the
+    group's start (h: one per group, fp32), S carried from chunk to chunk in registers:
+        O_[n] = scale ((Q K^T ⊙ D) V + (Q ⊙ e^G) S_n),  S_{n+1} = e^{G_last} S_n + (K ⊙ e^{G_last - G})^T V
+    grid (V/BV, groups, H). S is held as up to four pieces of BP <= 64 rows (K <= 4 BP), so no
+    product has more than 64 rows (``_delta_h_kernel``'s layout)."""
+    tl.static_assert(BP <= 64 and K <= 4 * BP, "S is held as up to four pieces of at most 64 rows")
+    i_v, i_g, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_s, bos, T = _chunk(cu_seqlens, group_indices, i_g)
+    b_h1, b_h2, b_h3, b_h4 = _init_pieces(h, i_g * H + i_h, i_v, True, ACC, K, V, BP, BV)
+    idx = tl.arange(0, BT)
+    causal = idx[:, None] >= idx[None, :]
+    for i_t in range(i_s * GS, tl.minimum(i_s * GS + GS, tl.cdiv(T, BT))):
+        # Q S_n and Q K^T, summed over the pieces of key dims
+        b_q = _cols(q, bos, T, i_t, i_h, 0, H, K, BT, BP)
+        b_o = tl.dot(b_q, b_h1.to(b_q.dtype), input_precision=PREC)
+        b_A = tl.dot(b_q, _rows_t(k, bos, T, i_t, i_h, 0, H, K, BT, BP), input_precision=PREC)
+        if K > BP:
+            b_q = _cols(q, bos, T, i_t, i_h, 1, H, K, BT, BP)
+            b_o += tl.dot(b_q, b_h2.to(b_q.dtype), input_precision=PREC)
+            b_A += tl.dot(b_q, _rows_t(k, bos, T, i_t, i_h, 1, H, K, BT, BP), input_precision=PREC)
+        if K > 2 * BP:
+            b_q = _cols(q, bos, T, i_t, i_h, 2, H, K, BT, BP)
+            b_o += tl.dot(b_q, b_h3.to(b_q.dtype), input_precision=PREC)
+            b_A += tl.dot(b_q, _rows_t(k, bos, T, i_t, i_h, 2, H, K, BT, BP), input_precision=PREC)
+        if K > 3 * BP:
+            b_q = _cols(q, bos, T, i_t, i_h, 3, H, K, BT, BP)
+            b_o += tl.dot(b_q, b_h4.to(b_q.dtype), input_precision=PREC)
+            b_A += tl.dot(b_q, _rows_t(k, bos, T, i_t, i_h, 3, H, K, BT, BP), input_precision=PREC)
+        if HAS_G:
+            b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
+            b_o *= tl.exp(b_g)[:, None]
+            b_A *= tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], float("-inf")))  # no exp(+x)
+        else:
+            b_g, g_last = tl.zeros([BT], dtype=tl.float32), 0.0
+            b_A = tl.where(causal, b_A, 0.0)
+        p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
+        b_o = (b_o + tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)) * scale
+        p_o = tl.make_block_ptr(o + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0, 1))
+        # S_{n+1}, piece by piece (K^T reloaded: a cache hit, fewer live registers)
+        b_h1 = _h_piece_out(b_h1, _rows_t(k, bos, T, i_t, i_h, 0, H, K, BT, BP), b_v, b_g, g_last, HAS_G, PREC)
+        if K > BP:
+            b_h2 = _h_piece_out(b_h2, _rows_t(k, bos, T, i_t, i_h, 1, H, K, BT, BP), b_v, b_g, g_last, HAS_G, PREC)
+        if K > 2 * BP:
+            b_h3 = _h_piece_out(b_h3, _rows_t(k, bos, T, i_t, i_h, 2, H, K, BT, BP), b_v, b_g, g_last, HAS_G, PREC)
+        if K > 3 * BP:
+            b_h4 = _h_piece_out(b_h4, _rows_t(k, bos, T, i_t, i_h, 3, H, K, BT, BP), b_v, b_g, g_last, HAS_G, PREC)
 
 
 @triton.jit
@@ -407,6 +531,21 @@ def _blocks(K: int, V: int) -> tuple[int, int, int]:
     return BKf, min(64, BKf), min(64, max(16, triton.next_power_of_2(V)))
 
 
+def _state_pass(k, v, gc, h, h0, ht, cu, offsets, BT: int, GS: int) -> None:
+    """``_fwd_h_kernel``: the state at every GS-th chunk start into h, the final state into ht."""
+    _, _, H, K = k.shape
+    V = v.shape[-1]
+    _, BK, BV = _blocks(K, V)
+    # 32 x 32 state tiles: 4x the programs of 64 x 64 (256 at H = 16, K = V = 128, for 132 SMs);
+    # the op's forward 0.113 -> 0.102 ms at T = 4k on an H100 (tune_kernels.py, 2026-12-07)
+    opts = launch_options("scalar_decay.fwd_h", num_warps=4, num_stages=3, BK=min(BK, 32), BV=min(BV, 32))
+    _fwd_h_kernel[(triton.cdiv(K, opts["BK"]), triton.cdiv(V, opts["BV"]), (cu.numel() - 1) * H)](
+        k, v, gc if gc is not None else k, h, h0 if h0 is not None else k, ht if ht is not None else k,
+        cu, offsets, GS, H=H, K=K, V=V, BT=BT, HAS_G=gc is not None,
+        ACC=_acc(k.dtype)[1], PREC=_prec(k.dtype), USE_H0=h0 is not None, STORE_HT=ht is not None, **opts,
+    )
+
+
 def _forward(q, k, v, gc, scale, h0, want_ht, cu, offsets, indices, NC, BT):
     _, _, H, K = q.shape
     V = v.shape[-1]
@@ -416,14 +555,7 @@ def _forward(q, k, v, gc, scale, h0, want_ht, cu, offsets, indices, NC, BT):
     h = q.new_empty(NC, H, K, V, dtype=_state_dtype(q.dtype))
     ht = q.new_empty(N, H, K, V, dtype=acc) if want_ht else None
     has_g = gc is not None
-    # 32 x 32 state tiles: 4x the programs of 64 x 64 (256 at H = 16, K = V = 128, for 132 SMs);
-    # the op's forward 0.113 -> 0.102 ms at T = 4k on an H100 (tune_kernels.py, 2026-12-07)
-    opts = launch_options("scalar_decay.fwd_h", num_warps=4, num_stages=3, BK=min(BK, 32), BV=min(BV, 32))
-    _fwd_h_kernel[(triton.cdiv(K, opts["BK"]), triton.cdiv(V, opts["BV"]), N * H)](
-        k, v, gc if has_g else q, h, h0 if h0 is not None else q, ht if want_ht else q, cu, offsets,
-        H=H, K=K, V=V, BT=BT, HAS_G=has_g, ACC=ACC, PREC=_prec(q.dtype), USE_H0=h0 is not None,
-        STORE_HT=want_ht, **opts,
-    )
+    _state_pass(k, v, gc, h, h0, ht, cu, offsets, BT, 1)
     o = torch.empty_like(v)
     _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](
         q, k, v, gc if has_g else q, h, o, cu, indices, scale,
@@ -433,15 +565,68 @@ def _forward(q, k, v, gc, scale, h0, want_ht, cu, offsets, indices, NC, BT):
     return o, h, ht
 
 
+def _cumsum(g: Tensor, cu: Tensor, indices: Tensor, NC: int, BT: int) -> Tensor:
+    """The chunk-local cumulative sums G of the log decays g [1, T, H] (fp32; float64 for float64)."""
+    gc = torch.empty(g.shape, dtype=_acc(g.dtype)[0], device=g.device)
+    _chunk_cumsum_kernel[(NC, g.shape[2])](g, gc, cu, indices, H=g.shape[2], BT=BT)
+    return gc
+
+
+def _chunks_per_group(NC: int, H: int, V: int, BV: int, device: torch.device) -> int:
+    """Chunks per group of the inference forward: the most (a power of two, at most 16) that
+    still leaves 4 programs per SM in the output pass (1: the per-chunk kernels instead)."""
+    if device.type != "cuda":
+        return 1
+    target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    gs = 1
+    while gs < 16 and NC * H * triton.cdiv(V, BV) // (2 * gs) >= target:
+        gs *= 2
+    return gs
+
+
+def _forward_grouped(q, k, v, gc, scale, h0, want_ht, cu, BT, GS, BV, opts):
+    """The forward without the per-chunk states (no gradient wanted): the state pass keeps the
+    state at every GS-th chunk start (in fp32, as the pass holds it), the output pass steps
+    through each group's GS chunks from it, carrying S in registers. At GS = 16 the
+    state traffic is 1/8 of the per-chunk bf16 states' (537 MB written and read at T = 64k, H = 16,
+    K = V = 128, more than q, k, v and o together)."""
+    _, _, H, K = q.shape
+    V = v.shape[-1]
+    acc, ACC = _acc(q.dtype)
+    goffsets, gindices, NG = chunk_layout(cu, BT * GS)
+    h = q.new_empty(NG, H, K, V, dtype=acc)
+    ht = q.new_empty(cu.numel() - 1, H, K, V, dtype=acc) if want_ht else None
+    has_g = gc is not None
+    _state_pass(k, v, gc, h, h0, ht, cu, goffsets, BT, GS)
+    o = torch.empty_like(v)
+    _fwd_grouped_kernel[(triton.cdiv(V, BV), NG, H)](
+        q, k, v, gc if has_g else q, h, o, cu, gindices, scale, GS,
+        H=H, K=K, V=V, BT=BT, BP=min(64, max(16, triton.next_power_of_2(K))), BV=BV, HAS_G=has_g,
+        ACC=ACC, PREC=_prec(q.dtype), **opts,
+    )
+    return o, ht
+
+
+def _inference(q, k, v, g, h0, scale, want_ht, cu, BT):
+    """``_ScalarDecayFn.forward`` when no gradient is wanted: the grouped forward where the
+    sequence is long enough for groups of chunks (``_chunks_per_group``), else the same kernels."""
+    H, K, V = q.shape[2], q.shape[3], v.shape[-1]
+    offsets, indices, NC = chunk_layout(cu, BT)
+    gc = _cumsum(g, cu, indices, NC, BT) if g is not None else None
+    opts = launch_options("scalar_decay.fwd_grouped", num_warps=4, num_stages=2, BV=_blocks(K, V)[2])
+    BV = opts.pop("BV")
+    GS = opts.pop("GS", None) or _chunks_per_group(NC, H, V, BV, q.device)
+    if GS > 1 and K <= 256:  # the output pass holds S as at most four pieces of 64 rows
+        return _forward_grouped(q, k, v, gc, scale, h0, want_ht, cu, BT, GS, BV, opts)
+    o, _, ht = _forward(q, k, v, gc, scale, h0, want_ht, cu, offsets, indices, NC, BT)
+    return o, ht
+
+
 class _ScalarDecayFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, h0, scale, want_ht, cu, chunk_size):
         offsets, indices, NC = chunk_layout(cu, chunk_size)
-        H = q.shape[2]
-        gc = None
-        if g is not None:
-            gc = torch.empty(g.shape, dtype=_acc(g.dtype)[0], device=g.device)
-            _chunk_cumsum_kernel[(NC, H)](g, gc, cu, indices, H=H, BT=chunk_size)
+        gc = _cumsum(g, cu, indices, NC, chunk_size) if g is not None else None
         o, h, ht = _forward(q, k, v, gc, scale, h0, want_ht, cu, offsets, indices, NC, chunk_size)
         ctx.save_for_backward(q, k, v, gc, h0, h, cu, offsets, indices)
         ctx.meta = (scale, chunk_size, NC, g is not None and g.requires_grad, g.dtype if g is not None else None)
@@ -524,5 +709,8 @@ def scalar_decay_chunk(
     if g is not None:
         g = flat(g).contiguous()
     h0 = initial_state.contiguous() if initial_state is not None else None
-    o, ht = _ScalarDecayFn.apply(q, k, v, g, h0, float(scale), output_final_state, cu, chunk_size)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, h0)):
+        o, ht = _ScalarDecayFn.apply(q, k, v, g, h0, float(scale), output_final_state, cu, chunk_size)
+    else:  # no per-chunk states to keep for a backward pass
+        o, ht = _inference(q, k, v, g, h0, float(scale), output_final_state, cu, chunk_size)
     return o.reshape(B, T, H, v.shape[-1]), ht
