@@ -4,7 +4,7 @@ forward+backward for backward ones) with `triton.testing.do_bench`, B=1 H=16 D=1
 kernel bench. Each setting's output must equal the default's (the settings only schedule the same
 arithmetic): a mismatch is reported, not ignored.
 
-    python benchmarks/scripts/tune_kernels.py OUT.json [op ...] [--T 4096]
+    python benchmarks/scripts/tune_kernels.py OUT.json [op ...] [--T 4096] [--kernels k1,k2]
 
 Writes every row to OUT.json as it goes (atomically), then prints each kernel's best setting
 and the range of times over the settings. The defaults live at the call sites (`launch_options` in
@@ -69,10 +69,14 @@ def main() -> None:
     p.add_argument("out")
     p.add_argument("ops", nargs="*", default=list(KERNELS))
     p.add_argument("--T", type=int, default=4096)
+    p.add_argument("--kernels", default="", help="only these kernels, e.g. scalar_decay.fwd_grouped")
     a = p.parse_args()
+    only = {k for k in a.kernels.split(",") if k}
     rows: list[dict] = []
     for op in a.ops:
         for kernel, bwd in KERNELS[op]:
+            if only and kernel not in only:
+                continue
             run = _run(op, a.T, bool(bwd))
             ref = [t.float() for t in run() if t is not None]
             sweep = GROUPED_SETTINGS if kernel == "scalar_decay.fwd_grouped" else (
