@@ -8,7 +8,10 @@ dv, dbeta of ``_wy_bwd_kernel``; dg of ``_delta_dg_kernel``). Each is printed as
 difference bf16 vs float32: bf16 rounding gives ~1e-2; the first kernel in launch order with a
 difference near 1 is the broken one (the kernels after it read its outputs).
 
-    python benchmarks/scripts/bisect_delta_grads.py OUT.json 0 128 1000 1
+    python benchmarks/scripts/bisect_delta_grads.py OUT.json 0 128 1000 1 [ieee]
+
+A sixth argument runs the bf16 case with that precision for the accumulation-dtype dots (``_preca``:
+TF32 for half inputs) as well: ``ieee`` tells whether the TF32 products are the fault.
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ class _Recorded:
         return launch
 
 
-def run(dtype: torch.dtype, gated: bool, K: int, T: int, states: bool, seed: int = 0) -> dict:
+def run(dtype: torch.dtype, gated: bool, K: int, T: int, states: bool, seed: int = 0,
+        preca: str | None = None) -> dict:
     gen = torch.Generator().manual_seed(seed)
     H, V = (4, 128) if DEV == "cuda" else (1, 16)
 
@@ -62,9 +66,11 @@ def run(dtype: torch.dtype, gated: bool, K: int, T: int, states: bool, seed: int
     beta_, g_ = beta.float().to(DEV).requires_grad_(), g.float().to(DEV).requires_grad_()
     S0_ = S0.float().to(DEV).requires_grad_()
     record: dict = {}
-    saved = {name: getattr(td, name) for name in OUTPUTS}
+    saved = {name: getattr(td, name) for name in (*OUTPUTS, "_preca")}
     for name, outs in OUTPUTS.items():
         setattr(td, name, _Recorded(saved[name], outs, record))
+    if preca is not None:
+        td._preca = lambda _dtype: preca
     try:
         o, S = delta_rule_chunk(*ins, beta_, g_ if gated else None, scale=K ** -0.5,
                                 initial_state=S0_ if states else None, output_final_state=states)
@@ -83,14 +89,16 @@ def run(dtype: torch.dtype, gated: bool, K: int, T: int, states: bool, seed: int
 
 def main() -> None:
     out, gated, K, T, states = sys.argv[1], bool(int(sys.argv[2])), int(sys.argv[3]), int(sys.argv[4]), bool(int(sys.argv[5]))
-    half = run(HALF, gated, K, T, states)
     full = run(torch.float32, gated, K, T, states)
     case = f"{'gated' if gated else 'ungated'} K={K} T={T} states={int(states)}"
-    rows = {}
-    for name, x in half.items():
-        y = full[name]
-        rows[name] = float((x - y).norm() / y.norm().clamp_min(1e-30))
-        print(f"{case:34} {name:28} bf16 vs fp32 {rows[name]:.3e}", flush=True)
+    rows: dict = {}
+    for preca in [None, *sys.argv[6:7]]:
+        half = run(HALF, gated, K, T, states, preca=preca)
+        tag = f"bf16{'' if preca is None else ' ' + preca} vs fp32"
+        for name, x in half.items():
+            y = full[name]
+            rows.setdefault(tag, {})[name] = err = float((x - y).norm() / y.norm().clamp_min(1e-30))
+            print(f"{case:34} {name:28} {tag} {err:.3e}", flush=True)
     with open(out, "w") as f:
         json.dump({case: rows}, f, indent=1)
 
