@@ -103,7 +103,7 @@ def _state_pass_cases() -> dict[str, tuple]:
 
     # the per-chunk states are kept in the input dtype (triton_scalar_decay._state_dtype)
     fwd = {"k": "*bf16", "v": "*bf16", "gc": "*fp32", "h": "*bf16", "h0": "*fp32", "ht": "*fp32",
-           "cu_seqlens": "*i32", "chunk_offsets": "*i32", "GS": "i32"}
+           "cu_seqlens": "*i32", "chunk_offsets": "*i32"}
     bwd = {"q": "*bf16", "do": "*bf16", "gc": "*fp32", "dh": "*bf16", "dht": "*fp32", "dh0": "*fp32",
            "cu_seqlens": "*i32", "chunk_offsets": "*i32", "scale": "fp32"}
     cases = {}
