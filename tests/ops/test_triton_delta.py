@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from longctx.ops.deltanet import chunk_delta_rule, naive_delta_rule
 from longctx.ops.gated_deltanet import chunk_gated_delta_rule, naive_gated_delta_rule
+from tests.helpers import assert_close
 from tests.ops.test_triton_kernels import _check as check_kernel
 from tests.ops.triton_support import DEVICE, HAS_TRITON, ON_CUDA  # first: picks the interpreter
 
@@ -228,12 +229,24 @@ def test_auto_backend_keeps_cpu_tensors_on_pytorch_and_rejects_big_keys() -> Non
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not ON_CUDA, reason="a GPU-only refusal")
-def test_half_ungated_kernel_over_64_key_dims_is_refused_on_a_gpu() -> None:
-    # wrong states after the first chunk on Hopper (2026-12-06): "auto" runs PyTorch, "triton" says why
-    q, k, v, beta, _, _ = (t.to(DEVICE) for t in _inputs(1, 130, 2, 128, 32, seed=12))
+@pytest.mark.parametrize("gated", [False, True])
+def test_half_kernels_over_64_key_dims_refuse_gradients_on_a_gpu(gated: bool) -> None:
+    """bf16, K = 128, on a GPU: wrong gradients from the kernels' backward (2026-12-07), so with a
+    gradient wanted "triton" says why and "auto" runs PyTorch; without one the kernel runs (its
+    outputs were right) and agrees with PyTorch."""
+    q, k, v, beta, g, _ = (t.to(DEVICE) for t in _inputs(1, 130, 2, 128, 32, seed=12))
     q, k, v = (t.bfloat16() for t in (q, k, v))
-    with pytest.raises(ValueError, match="wrong states in torch.bfloat16 with key dims over 64 on a GPU"):
-        chunk_delta_rule(q, k, v, beta.float(), backend="triton")
-    o_auto, _ = chunk_delta_rule(q, k, v, beta.float(), backend="auto")
-    o_torch, _ = chunk_delta_rule(q, k, v, beta.float(), backend="torch")
-    assert torch.equal(o_auto, o_torch)
+    beta, g = beta.float(), g.float()
+
+    def op(q, backend):
+        if gated:
+            return chunk_gated_delta_rule(q, k, v, g, beta, backend=backend)[0]
+        return chunk_delta_rule(q, k, v, beta, backend=backend)[0]
+
+    qg = q.clone().requires_grad_()
+    with pytest.raises(ValueError, match="backward gave wrong gradients in torch.bfloat16 with key dims over 64"):
+        op(qg, "triton")
+    assert torch.equal(op(qg, "auto"), op(qg, "torch"))
+    with torch.no_grad():
+        o_kernel, o_torch = op(qg, "triton"), op(qg, "torch")
+    assert_close(o_torch.double(), o_kernel.double(), TOL[torch.bfloat16], "no gradient: the kernel's output")

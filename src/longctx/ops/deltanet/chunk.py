@@ -24,19 +24,20 @@ from longctx.ops.deltanet.checks import check_beta, prepare_qk
 from longctx.ops.deltanet.recurrent import recurrent_delta_rule
 
 
-def half_ungated_unsupported(q: Tensor) -> str | None:
-    """Why the DeltaNet kernel (no gate) cannot take ``q``, or None. In bf16 / fp16 on a GPU with
-    key dims over 64 (one [K, 64] tile of K^T) its states go wrong after the first chunk (H200 and
-    H100, Triton 3.6, 2026-12-06: K = 128 and 256 relative error ~1 from the second chunk on, beta
-    in (0, 1) or (0, 2); K = 64, float32, and the gated kernel in bf16 at K = 128 were right;
-    benchmarks/results/2026-12-06-h100-session9/). The cause compiled for sm_90 on a CPU: K^T fed to
-    wgmma from MN-major shared memory with > 64 rows (tests/ops/test_hopper_codegen.py), which the
-    kernel no longer does; refused until the GPU tests pass: ``auto`` runs PyTorch, ``triton`` says
-    why."""
-    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] > 64:
-        return (f"the DeltaNet kernel gave wrong states in {q.dtype} with key dims over 64 on a GPU "
-                "(found 2026-12-06; its fix is not yet verified on a GPU); run it in float32 or with "
-                "backend='torch'")
+def half_delta_backward_unsupported(q: Tensor, *inputs: Tensor | None) -> str | None:
+    """Why the delta-rule kernels (DeltaNet, Gated DeltaNet, log-linear over Gated DeltaNet) cannot
+    take this call, or None. In bf16 / fp16 on a GPU with key dims over 64 their backward gives
+    wrong gradients (H100, Triton 3.6, 2026-12-07, T = 1000 / 300, K = 128 / 256: DeltaNet dk
+    relative error 1.0 / 0.38, Gated DeltaNet dv 0.22 / 0.29; float32 and K = 64 right, and the
+    outputs and final states right in bf16: benchmarks/results/2026-12-07-h100-session14). Refused
+    when a gradient is wanted (``q`` or any of ``inputs`` requires one): ``auto`` runs PyTorch,
+    ``triton`` says why. (The forward's own bf16 fault at K > 64, session 9, is fixed: its states
+    are held in 64-row pieces.)"""
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, *inputs))
+    if grad and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] > 64:
+        return (f"the delta-rule kernels' backward gave wrong gradients in {q.dtype} with key dims over "
+                "64 on a GPU (found 2026-12-07, not yet fixed); run it in float32, without gradients, "
+                "or with backend='torch'")
     return None
 
 
@@ -139,7 +140,7 @@ def chunk_delta_rule(
         )
     dtype = torch.promote_types(q.dtype, torch.float32)  # half inputs are computed in float32
     qc, kc = prepare_qk(op, q, k, use_qk_l2norm, dtype)
-    unsupported = kernel_unsupported(Dk, Dv) or half_ungated_unsupported(q)
+    unsupported = kernel_unsupported(Dk, Dv) or half_delta_backward_unsupported(q, k, v, beta, initial_state)
     if wants_triton(op, backend, q, k, v, beta, initial_state, supported=unsupported):
         from longctx.ops.deltanet.triton import triton_delta_rule
 
