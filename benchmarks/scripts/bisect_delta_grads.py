@@ -8,10 +8,12 @@ dv, dbeta of ``_wy_bwd_kernel``; dg of ``_delta_dg_kernel``). Each is printed as
 difference bf16 vs float32: bf16 rounding gives ~1e-2; the first kernel in launch order with a
 difference near 1 is the broken one (the kernels after it read its outputs).
 
-    python benchmarks/scripts/bisect_delta_grads.py OUT.json 0 128 1000 1 [ieee]
+    python benchmarks/scripts/bisect_delta_grads.py OUT.json 0 128 1000 1 [VARIANT ...]
 
-A sixth argument runs the bf16 case with that precision for the accumulation-dtype dots (``_preca``:
-TF32 for half inputs) as well: ``ieee`` tells whether the TF32 products are the fault.
+Each VARIANT reruns the bf16 case changed one way: ``ieee`` (or ``tf32x3``) the precision of the
+accumulation-dtype dots (``_preca``: TF32 for half inputs; float32 inputs run IEEE FMA loops), or
+``KERNEL:SETTING=N`` a launch setting (``delta.delta_dqk:num_warps=4``: at K = 128 that kernel runs
+8 warps, two warpgroups splitting its TF32 dW product's N = 128 columns; at K = 64 it runs 4).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ if not torch.cuda.is_available():  # a check of the script in Triton's interpret
     import tests.ops.triton_support  # noqa: F401
 from longctx.ops.common import triton_delta as td
 from longctx.ops.common.triton_delta import delta_rule_chunk
+from longctx.ops.common.triton_launch import launch_overrides
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 HALF = torch.bfloat16 if DEV == "cuda" else torch.float16
@@ -53,7 +56,7 @@ class _Recorded:
 
 
 def run(dtype: torch.dtype, gated: bool, K: int, T: int, states: bool, seed: int = 0,
-        preca: str | None = None) -> dict:
+        variant: str | None = None) -> dict:
     gen = torch.Generator().manual_seed(seed)
     H, V = (4, 128) if DEV == "cuda" else (1, 16)
 
@@ -69,15 +72,21 @@ def run(dtype: torch.dtype, gated: bool, K: int, T: int, states: bool, seed: int
     saved = {name: getattr(td, name) for name in (*OUTPUTS, "_preca")}
     for name, outs in OUTPUTS.items():
         setattr(td, name, _Recorded(saved[name], outs, record))
-    if preca is not None:
-        td._preca = lambda _dtype: preca
+    launch: dict = {}
+    if variant is not None and ":" in variant:  # KERNEL:SETTING=N
+        kernel, setting = variant.split(":")
+        launch = {kernel: {setting.split("=")[0]: int(setting.split("=")[1])}}
+    elif variant is not None:
+        td._preca = lambda _dtype: variant
     try:
-        o, S = delta_rule_chunk(*ins, beta_, g_ if gated else None, scale=K ** -0.5,
-                                initial_state=S0_ if states else None, output_final_state=states)
+        with launch_overrides(launch):
+            o, S = delta_rule_chunk(*ins, beta_, g_ if gated else None, scale=K ** -0.5,
+                                    initial_state=S0_ if states else None, output_final_state=states)
         loss = (o.float() * torch.randn(o.shape, generator=gen).to(DEV)).sum()
         if states:
             loss = loss + (S * torch.randn(S.shape, generator=gen).to(DEV)).sum()
-        loss.backward()
+        with launch_overrides(launch):
+            loss.backward()
         if DEV == "cuda":
             torch.cuda.synchronize()
     finally:
@@ -92,9 +101,9 @@ def main() -> None:
     full = run(torch.float32, gated, K, T, states)
     case = f"{'gated' if gated else 'ungated'} K={K} T={T} states={int(states)}"
     rows: dict = {}
-    for preca in [None, *sys.argv[6:7]]:
-        half = run(HALF, gated, K, T, states, preca=preca)
-        tag = f"bf16{'' if preca is None else ' ' + preca} vs fp32"
+    for variant in [None, *sys.argv[6:]]:
+        half = run(HALF, gated, K, T, states, variant=variant)
+        tag = f"bf16{'' if variant is None else ' ' + variant} vs fp32"
         for name, x in half.items():
             y = full[name]
             rows.setdefault(tag, {})[name] = err = float((x - y).norm() / y.norm().clamp_min(1e-30))
