@@ -5,6 +5,8 @@
 #  - zoology-mqar, d_model 64/128 half, ZJOBS workers on the GPU, in the background for the whole
 #    call (TOTAL s); resumes from .snap/runs (copy the returned zoology-mqar.sqlite there).
 #  - DIAG=1: the delta-rule backward's fault (delta_bwd_diag.sh).
+#  - GRADS=1: bisect_delta_grads.py (which delta-rule backward kernel is wrong in bf16 at K > 64, and
+#    whether IEEE accumulation dots or 4 warps in _delta_dqk_kernel mend it), first, all cases at once.
 #  - BISECT=1: bisect_delta_h.py (which form of the delta-rule state pass is right in bf16), first.
 #  - the GPU tests (vs float64 references): one pytest process per ';'-separated entry of TESTS,
 #    all at once (Triton compiles on the CPU, one kernel at a time per process), PHASE_A s.
@@ -50,6 +52,16 @@ if [ "${BISECT:-0}" = 1 ]; then  # one process per (variant, K): a fault poisons
   python -c "import glob, json, sys; json.dump({k: v for p in sorted(glob.glob('/tmp/bis/*.json')) for k, v in json.load(open(p)).items()}, open(sys.argv[1], 'w'), indent=1)" "$OUT/bisect_delta_h.json"
   for f in /tmp/bis/*.txt; do echo "== $f"; tail -6 "$f"; done > "$OUT/bisect_delta_h.txt"
   cat "$OUT/bisect_delta_h.txt" | grep -v "^==" | cut -c1-150
+fi
+
+if [ "${GRADS:-0}" = 1 ]; then  # one process per case; ~1 minute (compiles)
+  mkdir -p /tmp/bg
+  for c in "0 128 1000 1" "1 128 1000 1" "1 256 300 1" "0 64 1000 1"; do
+    PYTHONPATH=src timeout 150 python benchmarks/scripts/bisect_delta_grads.py "/tmp/bg/${c// /_}.json" $c ieee delta.delta_dqk:num_warps=4 > "/tmp/bg/${c// /_}.txt" 2>&1 &
+  done
+  wait $(jobs -p | grep -v "^${ZPID:-x}$")
+  python -c "import glob, json, sys; json.dump({k: v for p in sorted(glob.glob('/tmp/bg/*.json')) for k, v in json.load(open(p)).items()}, open(sys.argv[1], 'w'), indent=1)" "$OUT/bisect_delta_grads.json"
+  grep -h "bf16" /tmp/bg/*.txt | awk '$NF > 0.05' | cut -c1-130
 fi
 
 if [ "${DIAG:-0}" = 1 ]; then
