@@ -69,6 +69,19 @@ def _rand(*shape, gen):
     return torch.randn(*shape, generator=gen, dtype=torch.float64)
 
 
+def _packed_reference(q, k, v, g, S0, cu, scale: float):
+    """The recurrence (GLA's, the decay g [1, T, H] over all key dims) of each packed sequence of
+    ``cu`` alone from its initial state S0[n]: (o [1, T, H, V], final states [N, H, K, V])."""
+    H, K = q.shape[2], q.shape[3]
+    outs, finals = [], []
+    for n, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
+        o, S = naive_gla(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e, :, None].expand(1, e - s, H, K),
+                         scale=scale, initial_state=S0[n:n + 1], output_final_state=True)
+        outs.append(o)
+        finals.append(S)
+    return torch.cat(outs, 1), torch.cat(finals)
+
+
 def _maybe_gpu(params):
     return [pytest.param(*p, marks=gpu if ON_CUDA else ()) for p in params]
 
@@ -195,13 +208,7 @@ def test_packed_variable_lengths_equal_separate_calls(dtype) -> None:
     S0 = _rand(len(lens), H, K, V, gen=gen)
 
     def ref(q, k, v, g, S0):
-        outs, finals = [], []
-        for n, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
-            o, S = naive_gla(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e, :, None].expand(1, e - s, H, K),
-                             scale=0.5, initial_state=S0[n:n + 1], output_final_state=True)
-            outs.append(o)
-            finals.append(S)
-        return torch.cat(outs, 1), torch.cat(finals)
+        return _packed_reference(q, k, v, g, S0, cu, scale=0.5)
 
     def fn(q, k, v, g, S0):
         dt = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -384,12 +391,7 @@ def test_inference_forward_in_groups_of_chunks_matches_recurrence(dtype, gated, 
     q, k = q * K ** -0.5, k * K ** -0.5
     g = -torch.rand(1, T, H, generator=gen, dtype=torch.float64) * 0.3 if gated else torch.zeros(1, T, H, dtype=torch.float64)
     S0 = _rand(len(lens), H, K, V, gen=gen)
-    outs, finals = [], []
-    for n, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
-        o, S = naive_gla(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e, :, None].expand(1, e - s, H, K),
-                         scale=0.5, initial_state=S0[n:n + 1], output_final_state=True)
-        outs.append(o)
-        finals.append(S)
+    o_ref, S_ref = _packed_reference(q, k, v, g, S0, cu, scale=0.5)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     args = [t.to(DEVICE, dtype) for t in (q, k, v)]
     g_in = g.to(DEVICE, acc) if gated else None
@@ -400,8 +402,8 @@ def test_inference_forward_in_groups_of_chunks_matches_recurrence(dtype, gated, 
 
     with launch_overrides({"scalar_decay.fwd_grouped": {"GS": groups}}), torch.no_grad():
         o, S = run()
-    assert_close(torch.cat(outs, 1), o.double().cpu(), TOL[dtype], "grouped forward: o")
-    assert_close(torch.cat(finals), S.double().cpu(), TOL[dtype], "grouped forward: final state")
+    assert_close(o_ref, o.double().cpu(), TOL[dtype], "grouped forward: o")
+    assert_close(S_ref, S.double().cpu(), TOL[dtype], "grouped forward: final state")
     args[0].requires_grad_()
     o_train, S_train = run()  # the per-chunk kernels (their states are kept for the backward)
     assert_close(o_train.detach().double(), o.double(), TOL[dtype], "grouped vs per-chunk: o")

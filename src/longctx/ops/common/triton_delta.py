@@ -76,9 +76,9 @@ from longctx.ops.common.triton_scalar_decay import (
     _chunk_cumsum_kernel,
     _cols,
     _fwd_o_kernel,
-    _h_piece_out,
     _init_pieces,
     _load_g,
+    _pieces_out,
     _prec,
     _rows_t,
     _sequence,
@@ -198,13 +198,8 @@ def _delta_h_kernel(
             b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
         else:
             b_g, g_last = tl.zeros([BT], dtype=tl.float32), 0.0
-        b_h1 = _h_piece_out(b_h1, _rows_t(k, bos, T, i_t, i_h, 0, H, K, BT, BK), b_d, b_g, g_last, HAS_G, PREC)
-        if K > BK:
-            b_h2 = _h_piece_out(b_h2, _rows_t(k, bos, T, i_t, i_h, 1, H, K, BT, BK), b_d, b_g, g_last, HAS_G, PREC)
-        if K > 2 * BK:
-            b_h3 = _h_piece_out(b_h3, _rows_t(k, bos, T, i_t, i_h, 2, H, K, BT, BK), b_d, b_g, g_last, HAS_G, PREC)
-        if K > 3 * BK:
-            b_h4 = _h_piece_out(b_h4, _rows_t(k, bos, T, i_t, i_h, 3, H, K, BT, BK), b_d, b_g, g_last, HAS_G, PREC)
+        b_h1, b_h2, b_h3, b_h4 = _pieces_out(b_h1, b_h2, b_h3, b_h4, k, b_d, b_g, g_last, bos, T, i_t, i_h,
+                                             H, K, BT, BK, HAS_G, PREC)
     if STORE_HT:
         _store_pieces(ht, i_nh, i_v, b_h1, b_h2, b_h3, b_h4, K, V, BK, BV)
 

@@ -52,6 +52,7 @@ from longctx.ops.common.triton_scalar_decay import (
     _chunk,
     _chunk_cumsum_kernel,
     _direct_dg,
+    _kt_v,
     _load_g,
     _prec,
     _sequence,
@@ -125,12 +126,7 @@ def _fwd_z_kernel(
         p_z = tl.make_block_ptr(z + (((boh + i_t) * H + i_h) * M + i_m) * K * V, (K, V), (V, 1),
                                 (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         tl.store(p_z, b_z.to(p_z.dtype.element_ty), boundary_check=(0, 1))
-        p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K),
-                                (i_k * BK, i_t * BT), (BK, BT), (0, 1))
-        p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
-                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        b_k = tl.load(p_k, boundary_check=(0, 1))
-        b_v = tl.load(p_v, boundary_check=(0, 1))
+        b_k, b_v = _kt_v(k, v, bos, T, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV)
         b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
         b_v = (b_v * tl.exp(g_last - b_g)[:, None]).to(b_k.dtype)  # V ⊙ e^{G_last - G}
         b_u = tl.dot(b_k, b_v, input_precision=PREC)  # U_n

@@ -90,6 +90,29 @@ def _load_g(gc, bos, T, i_t, i_h, H: tl.constexpr, BT: tl.constexpr):
 
 
 @triton.jit
+def _kt_v(k, v, bos, T, i_t, i_h, i_k, i_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+          BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """Chunk i_t's K^T [BK, BT] (key dims of block i_k, loaded transposed) and V [BT, BV]."""
+    p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K), (i_k * BK, i_t * BT), (BK, BT), (0, 1))
+    p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+    return tl.load(p_k, boundary_check=(0, 1)), tl.load(p_v, boundary_check=(0, 1))
+
+
+@triton.jit
+def _h_step(b_h, k, v, gc, bos, T, i_t, i_h, i_k, i_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr):
+    """One [BK, BV] tile of S through chunk i_t: e^{G_last} S + K^T (V ⊙ e^{G_last - G}); returns
+    it and G_last (0 without a decay)."""
+    b_k, b_v = _kt_v(k, v, bos, T, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV)
+    g_last = 0.0
+    if HAS_G:
+        b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
+        b_h *= tl.exp(g_last)
+        b_v = (b_v * tl.exp(g_last - b_g)[:, None]).to(b_k.dtype)  # V ⊙ e^{G_last - G}
+    return b_h + tl.dot(b_k, b_v, input_precision=PREC), g_last
+
+
+@triton.jit
 def _rows_t(x, bos, T, i_t, i_h, p, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr):
     """Key dims [p BP, p BP + BP) of a chunk of a [T, H, K] tensor, loaded transposed: [BP, BT]
     (zero past T and K)."""
@@ -154,6 +177,21 @@ def _h_piece_out(b_h, b_kt, b_d, b_g, g_last, HAS_G: tl.constexpr, PREC: tl.cons
 
 
 @triton.jit
+def _pieces_out(b_h1, b_h2, b_h3, b_h4, k, b_d, b_g, g_last, bos, T, i_t, i_h, H: tl.constexpr,
+                K: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr):
+    """``_h_piece_out`` for each piece of rows K has (K^T reloaded per piece: a cache hit, fewer
+    live registers than keeping the chunk's K^T through the step)."""
+    b_h1 = _h_piece_out(b_h1, _rows_t(k, bos, T, i_t, i_h, 0, H, K, BT, BP), b_d, b_g, g_last, HAS_G, PREC)
+    if K > BP:
+        b_h2 = _h_piece_out(b_h2, _rows_t(k, bos, T, i_t, i_h, 1, H, K, BT, BP), b_d, b_g, g_last, HAS_G, PREC)
+    if K > 2 * BP:
+        b_h3 = _h_piece_out(b_h3, _rows_t(k, bos, T, i_t, i_h, 2, H, K, BT, BP), b_d, b_g, g_last, HAS_G, PREC)
+    if K > 3 * BP:
+        b_h4 = _h_piece_out(b_h4, _rows_t(k, bos, T, i_t, i_h, 3, H, K, BT, BP), b_d, b_g, g_last, HAS_G, PREC)
+    return b_h1, b_h2, b_h3, b_h4
+
+
+@triton.jit
 def _sum_after(x):
     """sum_{t > i} x_t for every row i of a chunk (axis 0; x [BT] or [BT, BK])."""
     return tl.sum(x, axis=0, keep_dims=True) - tl.cumsum(x, axis=0)
@@ -198,17 +236,7 @@ def _fwd_h_kernel(
         p_h = tl.make_block_ptr(h + ((boh + i_t) * H + i_h) * K * V, (K, V), (V, 1),
                                 (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         tl.store(p_h, b_h.to(p_h.dtype.element_ty), boundary_check=(0, 1))
-        p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K),
-                                (i_k * BK, i_t * BT), (BK, BT), (0, 1))
-        p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
-                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        b_k = tl.load(p_k, boundary_check=(0, 1))
-        b_v = tl.load(p_v, boundary_check=(0, 1))
-        if HAS_G:
-            b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
-            b_h *= tl.exp(g_last)
-            b_v = (b_v * tl.exp(g_last - b_g)[:, None]).to(b_k.dtype)  # V ⊙ e^{G_last - G}
-        b_h += tl.dot(b_k, b_v, input_precision=PREC)
+        b_h, _ = _h_step(b_h, k, v, gc, bos, T, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV, HAS_G, PREC)
     if STORE_HT:
         p_ht = tl.make_block_ptr(ht + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         tl.store(p_ht, b_h.to(p_ht.dtype.element_ty), boundary_check=(0, 1))
@@ -271,18 +299,8 @@ def _fwd_h_group_kernel(
     b_h = tl.zeros([BK, BV], dtype=ACC)
     b_gt = tl.zeros([1], dtype=ACC)
     for i_t in range(i_s * GS, tl.minimum(i_s * GS + GS, tl.cdiv(T, BT))):
-        p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K),
-                                (i_k * BK, i_t * BT), (BK, BT), (0, 1))
-        p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
-                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        b_k = tl.load(p_k, boundary_check=(0, 1))
-        b_v = tl.load(p_v, boundary_check=(0, 1))
-        if HAS_G:
-            b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
-            b_h *= tl.exp(g_last)
-            b_v = (b_v * tl.exp(g_last - b_g)[:, None]).to(b_k.dtype)  # V ⊙ e^{G_last - G}
-            b_gt += g_last
-        b_h += tl.dot(b_k, b_v, input_precision=PREC)
+        b_h, g_last = _h_step(b_h, k, v, gc, bos, T, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV, HAS_G, PREC)
+        b_gt += g_last
     p_l = tl.make_block_ptr(hl + i_gh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
     tl.store(p_l, b_h.to(p_l.dtype.element_ty), boundary_check=(0, 1))
     if HAS_G:
@@ -363,14 +381,8 @@ def _fwd_grouped_kernel(
         p_o = tl.make_block_ptr(o + (bos * H + i_h) * V, (T, V), (H * V, 1),
                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0, 1))
-        # S_{n+1}, piece by piece (K^T reloaded: a cache hit, fewer live registers)
-        b_h1 = _h_piece_out(b_h1, _rows_t(k, bos, T, i_t, i_h, 0, H, K, BT, BP), b_v, b_g, g_last, HAS_G, PREC)
-        if K > BP:
-            b_h2 = _h_piece_out(b_h2, _rows_t(k, bos, T, i_t, i_h, 1, H, K, BT, BP), b_v, b_g, g_last, HAS_G, PREC)
-        if K > 2 * BP:
-            b_h3 = _h_piece_out(b_h3, _rows_t(k, bos, T, i_t, i_h, 2, H, K, BT, BP), b_v, b_g, g_last, HAS_G, PREC)
-        if K > 3 * BP:
-            b_h4 = _h_piece_out(b_h4, _rows_t(k, bos, T, i_t, i_h, 3, H, K, BT, BP), b_v, b_g, g_last, HAS_G, PREC)
+        b_h1, b_h2, b_h3, b_h4 = _pieces_out(b_h1, b_h2, b_h3, b_h4, k, b_v, b_g, g_last, bos, T, i_t, i_h,
+                                             H, K, BT, BP, HAS_G, PREC)  # S_{n+1}
 
 
 @triton.jit
