@@ -21,7 +21,8 @@ _SETTINGS = ("num_warps", "num_stages")
 TILED: dict[str, tuple[str, ...]] = {k: ("BK", "BV") for k in (
     "gla.fwd_h", "gla.bwd_dh", "scalar_decay.fwd_h", "scalar_decay.bwd_dh")}
 # the scalar-decay inference forward's output pass: its value tile and GS, the chunks per group
-# (GS = 1: the per-chunk kernels; the grouping changes where states are kept, not the arithmetic)
+# (GS = 1: the per-chunk kernels). Unlike the other settings, GS changes the order in which the
+# state is summed (per group, then over groups): results agree to rounding, not to the bit
 TILED["scalar_decay.fwd_grouped"] = ("BV", "GS")
 
 

@@ -9,11 +9,13 @@ In chunks of C tokens with the chunk-local cumulative sums ``G_i = g_0 + ... + g
 (Yang et al. 2024, GLA §4 / Sun et al. 2023, RetNet eq. 7; the kernel split into a sequential
 state pass and a chunk-parallel output pass follows the flash-linear-attention design.)
 
-With no gradient wanted (inference, prefill) the forward keeps no per-chunk states: the state pass
-stores only every GS-th chunk's S (fp32) and the output pass (``_fwd_grouped_kernel``) walks each
-group's GS chunks from it, updating S in registers. The per-chunk states are the largest tensors
-of the forward (at T = 64k, H = 16, K = V = 128 in bf16: 537 MB, written once and read once,
-against 268 MB for each of q, k, v and o); the training forward keeps them for the backward pass.
+With no gradient wanted (inference, prefill) the forward need keep no per-chunk states, the largest
+tensors of the forward (at T = 64k, H = 16, K = V = 128 in bf16: 537 MB, written once and read
+once, against 268 MB for each of q, k, v and o); the training forward keeps them for the backward
+pass. The grouped forward (``_forward_grouped``, off by default until timed on a GPU:
+``GROUPED_BY_DEFAULT``) finds S at every GS-th chunk start by a two-level pass (each group's own
+part, all groups at once; then a scan over the groups) and its output pass
+(``_fwd_grouped_kernel``) walks each group's GS chunks from there, updating S in registers.
 
 Every sequence layout is handled as packed variable lengths: ``[B, T]`` inputs are viewed as
 ``[1, B*T]`` with ``cu_seqlens = [0, T, 2T, ...]``; chunks never cross a sequence boundary.
