@@ -2,7 +2,8 @@
 BK x BV) on the GPU, one kernel at a time with the others at their defaults, timing the whole op (forward for forward kernels,
 forward+backward for backward ones) with `triton.testing.do_bench`, B=1 H=16 D=128 bf16 as the
 kernel bench. Each setting's output must equal the default's (the settings only schedule the same
-arithmetic): a mismatch is reported, not ignored.
+arithmetic; the grouped forward's GS also reorders the state's sums, so it agrees to rounding): a
+mismatch is reported, not ignored.
 
     python benchmarks/scripts/tune_kernels.py OUT.json [op ...] [--T 4096] [--kernels k1,k2]
 
