@@ -90,7 +90,8 @@ def _delta_cases() -> dict[str, tuple]:
                 "q": "*bf16", "k": "*bf16", "w": "*bf16", "gc": "*fp32", "do": "*bf16", "dh": "*fp32",
                 "dvn": "*bf16", "dht": "*fp32", "dh0": "*fp32", "cu_seqlens": "*i32",
                 "chunk_offsets": "*i32", "scale": "fp32"},
-                {**common, "BK": min(K, 64), "USE_DHT": True, "STORE_DH0": True})
+                {**common, "BK": min(K, 64), "USE_DHT": True, "STORE_DH0": True, "PRECA": "tf32",
+                 "F32_DOTS": 0})
     return cases
 
 

@@ -61,7 +61,10 @@ def use_backend(name: str) -> Iterator[None]:
 # The ops whose kernels have passed their `gpu` tests (vs the float64 references) on an H100:
 # "auto" picks a kernel only for these. The others (exact in Triton's CPU interpreter, never run
 # on a GPU yet) run only with backend="triton" until their gpu tests have passed there.
-GPU_VERIFIED = frozenset({"chunk_retention", "chunk_linear_attention", "chunk_ssd", "chunk_gla"})
+# DeltaNet and Gated DeltaNet joined on 2026-12-07 (session 15), once their bf16 backward at key
+# dims over 64 was mended (triton_delta.HALF_DH_F32_DOTS).
+GPU_VERIFIED = frozenset({"chunk_retention", "chunk_linear_attention", "chunk_ssd", "chunk_gla",
+                          "chunk_delta_rule", "chunk_gated_delta_rule"})
 # The fused one-token steps (``triton_decode``) passed their tests on an H100 (2026-12-06), but
 # they pay off only inside a CUDA graph (H100, 4-layer d_model 1024 LM: graph 0.485 -> graph +
 # fused 0.411 ms/token for Gated DeltaNet; eagerly 4.6 -> 7.1 ms, Triton's launcher costing more

@@ -57,7 +57,9 @@ dots (not yet checked on a GPU). Compiled for sm_90 on a CPU (tests/ops/hopper_c
 passes fed wgmma that tile as its A operand straight from MN-major shared memory with K > 64 rows
 (two warpgroup halves along M) exactly where the GPU went wrong (forward ungated, backward gated
 and ungated); the gated forward and K = 64 did not; the current passes never do
-(tests/ops/test_hopper_codegen.py keeps it so). fp32 accumulation and fp32 states for bf16 / fp16 / fp32 inputs, fp64 for
+(tests/ops/test_hopper_codegen.py keeps it so). The backward state pass at K > 64 in half
+precision was still miscompiled (wrong and run-to-run different dS / dDelta on an H100, 2026-12-07)
+until three of its products took fp32 operands (``HALF_DH_F32_DOTS``). fp32 accumulation and fp32 states for bf16 / fp16 / fp32 inputs, fp64 for
 fp64; the inverse, W, U and the UT backward run in the accumulation dtype (TF32 dots for half
 inputs, IEEE for fp32 unless torch allows TF32).
 """
@@ -205,24 +207,44 @@ def _delta_h_kernel(
 
 
 @triton.jit
-def _dh_piece_in(b_dh, b_k, b_qt, g_last, b_g, HAS_G: tl.constexpr, PREC: tl.constexpr):
+def _dh_piece_in(b_dh, b_k, b_qt, g_last, b_g, HAS_G: tl.constexpr, PREC: tl.constexpr,
+                 PRECA: tl.constexpr, F32_DOTS: tl.constexpr):
     """One piece's share of the chunk's scores P^T = K Q^T and of dDelta's state part
-    (K ⊙ e^{G_last - G}) dS: (P^T part [BT, BT], dDelta part [BT, BV])."""
-    b_pt = tl.dot(b_k, b_qt, input_precision=PREC)
+    (K ⊙ e^{G_last - G}) dS: (P^T part [BT, BT], dDelta part [BT, BV]). F32_DOTS & 2: the latter
+    with fp32 operands (dS unrounded); & 16: the former."""
+    if F32_DOTS & 16:
+        b_pt = tl.dot(b_k.to(b_dh.dtype), b_qt.to(b_dh.dtype), input_precision=PRECA)
+    else:
+        b_pt = tl.dot(b_k, b_qt, input_precision=PREC)
+    if F32_DOTS & 2:
+        b_kf = b_k.to(b_dh.dtype)
+        if HAS_G:
+            b_kf *= tl.exp(g_last - b_g)[:, None]
+        return b_pt, tl.dot(b_kf, b_dh, input_precision=PRECA)
     if HAS_G:
         b_k = (b_k * tl.exp(g_last - b_g)[:, None]).to(b_k.dtype)
     return b_pt, tl.dot(b_k, b_dh.to(b_k.dtype), input_precision=PREC)
 
 
 @triton.jit
-def _dh_piece_out(b_dh, b_qt, b_wt, b_do, b_dd, b_g, g_last, scale, HAS_G: tl.constexpr, PREC: tl.constexpr):
-    """dS (one piece of rows) before the chunk: e^{G_last} dS + scale (Q ⊙ e^G)^T dO - W^T dDelta."""
+def _dh_piece_out(b_dh, b_qt, b_wt, b_do, b_dd, b_g, g_last, scale, HAS_G: tl.constexpr, PREC: tl.constexpr,
+                  PRECA: tl.constexpr, F32_DOTS: tl.constexpr):
+    """dS (one piece of rows) before the chunk: e^{G_last} dS + scale (Q ⊙ e^G)^T dO - W^T dDelta.
+    F32_DOTS & 4: W^T dDelta with fp32 operands (dDelta unrounded); & 8: W^T put through
+    registers before its dot (bf16); & 32: (Q ⊙ e^G)^T dO with fp32 operands."""
     if HAS_G:
         b_dh *= tl.exp(g_last)
-        b_qt = (b_qt * (tl.exp(b_g) * scale)[None, :]).to(b_do.dtype)
+        b_qs = b_qt * (tl.exp(b_g) * scale)[None, :]
     else:
-        b_qt = (b_qt * scale).to(b_do.dtype)
-    b_dh += tl.dot(b_qt, b_do, input_precision=PREC)
+        b_qs = b_qt * scale
+    if F32_DOTS & 32:
+        b_dh += tl.dot(b_qs.to(b_dh.dtype), b_do.to(b_dh.dtype), input_precision=PRECA)
+    else:
+        b_dh += tl.dot(b_qs.to(b_do.dtype), b_do, input_precision=PREC)
+    if F32_DOTS & 4:
+        return b_dh - tl.dot(b_wt.to(b_dd.dtype), b_dd, input_precision=PRECA)
+    if F32_DOTS & 8:
+        b_wt = tl.where(b_g[None, :] <= 0.0, b_wt, 0.0).to(b_wt.dtype)
     return b_dh - tl.dot(b_wt, b_dd.to(b_wt.dtype), input_precision=PREC)
 
 
@@ -231,7 +253,7 @@ def _delta_dh_kernel(
     q, k, w, gc, do, dh, dvn, dht, dh0, cu_seqlens, chunk_offsets, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
-    USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+    USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PRECA: tl.constexpr = "ieee", F32_DOTS: tl.constexpr = 0,
 ):
     """dS_{n+1} for every chunk n (into dh) and dDelta (into dvn), reverse over the chunks; grid
     (V/BV, N*H). The rows of dS (key dims) are held as up to four pieces of BK <= 64 rows (K <= 256),
@@ -258,41 +280,44 @@ def _delta_dh_kernel(
             b_g, g_last = tl.zeros([BT], dtype=tl.float32), 0.0
         # P^T [j, i] = k_j . q_i and dDelta = P dO + (K ⊙ e^{G_last - G}) dS, summed over the pieces
         b_Pt, b_dd = _dh_piece_in(b_dh1, _cols(k, bos, T, i_t, i_h, 0, H, K, BT, BK),
-                                  _rows_t(q, bos, T, i_t, i_h, 0, H, K, BT, BK), g_last, b_g, HAS_G, PREC)
+                                  _rows_t(q, bos, T, i_t, i_h, 0, H, K, BT, BK), g_last, b_g, HAS_G, PREC, PRECA, F32_DOTS)
         if K > BK:
             b_pt, b_d = _dh_piece_in(b_dh2, _cols(k, bos, T, i_t, i_h, 1, H, K, BT, BK),
-                                     _rows_t(q, bos, T, i_t, i_h, 1, H, K, BT, BK), g_last, b_g, HAS_G, PREC)
+                                     _rows_t(q, bos, T, i_t, i_h, 1, H, K, BT, BK), g_last, b_g, HAS_G, PREC, PRECA, F32_DOTS)
             b_Pt += b_pt
             b_dd += b_d
         if K > 2 * BK:
             b_pt, b_d = _dh_piece_in(b_dh3, _cols(k, bos, T, i_t, i_h, 2, H, K, BT, BK),
-                                     _rows_t(q, bos, T, i_t, i_h, 2, H, K, BT, BK), g_last, b_g, HAS_G, PREC)
+                                     _rows_t(q, bos, T, i_t, i_h, 2, H, K, BT, BK), g_last, b_g, HAS_G, PREC, PRECA, F32_DOTS)
             b_Pt += b_pt
             b_dd += b_d
         if K > 3 * BK:
             b_pt, b_d = _dh_piece_in(b_dh4, _cols(k, bos, T, i_t, i_h, 3, H, K, BT, BK),
-                                     _rows_t(q, bos, T, i_t, i_h, 3, H, K, BT, BK), g_last, b_g, HAS_G, PREC)
+                                     _rows_t(q, bos, T, i_t, i_h, 3, H, K, BT, BK), g_last, b_g, HAS_G, PREC, PRECA, F32_DOTS)
             b_Pt += b_pt
             b_dd += b_d
         if HAS_G:
             b_Pt *= tl.exp(tl.where(causal_t, b_g[None, :] - b_g[:, None], float("-inf"))) * scale
         else:
             b_Pt = tl.where(causal_t, b_Pt * scale, 0.0)
-        b_dd += tl.dot(b_Pt.to(b_do.dtype), b_do, input_precision=PREC)  # dDelta [BT, BV]
+        if F32_DOTS & 1:  # P^T with fp32 operands
+            b_dd += tl.dot(b_Pt, b_do.to(b_Pt.dtype), input_precision=PRECA)
+        else:
+            b_dd += tl.dot(b_Pt.to(b_do.dtype), b_do, input_precision=PREC)  # dDelta [BT, BV]
         p_dvn = tl.make_block_ptr(dvn + (bos * H + i_h) * V, (T, V), (H * V, 1),
                                   (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         tl.store(p_dvn, b_dd.to(p_dvn.dtype.element_ty), boundary_check=(0, 1))
         b_dh1 = _dh_piece_out(b_dh1, _rows_t(q, bos, T, i_t, i_h, 0, H, K, BT, BK),
-                              _rows_t(w, bos, T, i_t, i_h, 0, H, K, BT, BK), b_do, b_dd, b_g, g_last, scale, HAS_G, PREC)
+                              _rows_t(w, bos, T, i_t, i_h, 0, H, K, BT, BK), b_do, b_dd, b_g, g_last, scale, HAS_G, PREC, PRECA, F32_DOTS)
         if K > BK:
             b_dh2 = _dh_piece_out(b_dh2, _rows_t(q, bos, T, i_t, i_h, 1, H, K, BT, BK),
-                                  _rows_t(w, bos, T, i_t, i_h, 1, H, K, BT, BK), b_do, b_dd, b_g, g_last, scale, HAS_G, PREC)
+                                  _rows_t(w, bos, T, i_t, i_h, 1, H, K, BT, BK), b_do, b_dd, b_g, g_last, scale, HAS_G, PREC, PRECA, F32_DOTS)
         if K > 2 * BK:
             b_dh3 = _dh_piece_out(b_dh3, _rows_t(q, bos, T, i_t, i_h, 2, H, K, BT, BK),
-                                  _rows_t(w, bos, T, i_t, i_h, 2, H, K, BT, BK), b_do, b_dd, b_g, g_last, scale, HAS_G, PREC)
+                                  _rows_t(w, bos, T, i_t, i_h, 2, H, K, BT, BK), b_do, b_dd, b_g, g_last, scale, HAS_G, PREC, PRECA, F32_DOTS)
         if K > 3 * BK:
             b_dh4 = _dh_piece_out(b_dh4, _rows_t(q, bos, T, i_t, i_h, 3, H, K, BT, BK),
-                                  _rows_t(w, bos, T, i_t, i_h, 3, H, K, BT, BK), b_do, b_dd, b_g, g_last, scale, HAS_G, PREC)
+                                  _rows_t(w, bos, T, i_t, i_h, 3, H, K, BT, BK), b_do, b_dd, b_g, g_last, scale, HAS_G, PREC, PRECA, F32_DOTS)
     if STORE_DH0:
         _store_pieces(dh0, i_nh, i_v, b_dh1, b_dh2, b_dh3, b_dh4, K, V, BK, BV)
 
@@ -541,6 +566,17 @@ CHUNK_SIZES = (16, 32, 64)  # the inverse handles chunks of up to four 16 x 16 b
 KERNEL_CHUNK = 64
 
 
+# The products of _delta_dh_kernel that take fp32 operands (TF32 dots) in bf16 / fp16 when K > 64
+# (its F32_DOTS bit mask: 1 P^T dO, 2 K dS, 4 W^T dDelta). With bf16 operands throughout, its dS and
+# dDelta were wrong on an H100 (Triton 3.6) for K = 128 / 256, relative error 0.2-1.7, and not the
+# same from run to run (0.85 / 1.13 / 1.66 for one input): a miscompile, not rounding. Bisected on
+# the GPU (benchmarks/scripts/bisect_delta_grads.py, 2026-12-07, session 15): no single product in
+# fp32 mended all cases (2 and 16 mended the gated one only), 1 | 2 | 4 and all six did, to 5.7e-3
+# (bf16 rounding), and the delta-rule GPU tests (every gradient vs float64, K up to 256) passed.
+# K = 64 was right without it and keeps bf16 operands.
+HALF_DH_F32_DOTS = 7
+
+
 def _preca(dtype: torch.dtype) -> str:
     """tl.dot's precision for the accumulation-dtype products (inverse, W, U, UT backward): TF32
     for half inputs (more precise than the inputs), else as ``_prec``."""
@@ -616,12 +652,14 @@ class _DeltaRuleFn(torch.autograd.Function):
         dh = torch.empty_like(h)  # fp32: _delta_dg_kernel reads it unrounded
         dvn = torch.empty(v.shape, dtype=acc, device=v.device)  # dDelta = dU
         dh0 = torch.empty(N, H, K, V, dtype=acc, device=q.device) if h0 is not None else None
+        half = q.dtype in (torch.float16, torch.bfloat16)
         _delta_dh_kernel[(triton.cdiv(V, BVs), N * H)](
             q, k, w, gc if has_g else q, do, dh, dvn, dht if dht is not None else q,
             dh0 if dh0 is not None else q, cu, offsets, scale,
             H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs, HAS_G=has_g, USE_DHT=dht is not None,
-            STORE_DH0=dh0 is not None, **meta,
-            **launch_options("delta.delta_dh", num_warps=4, num_stages=1),
+            STORE_DH0=dh0 is not None, PRECA=_preca(q.dtype), **meta,
+            **launch_options("delta.delta_dh", num_warps=4, num_stages=1,
+                             F32_DOTS=HALF_DH_F32_DOTS if half and K > BK else 0),
         )
         dq = torch.empty_like(q)
         dkp = torch.empty(k.shape, dtype=acc, device=k.device)

@@ -12,10 +12,11 @@ state pass and a chunk-parallel output pass follows the flash-linear-attention d
 With no gradient wanted (inference, prefill) the forward need keep no per-chunk states, the largest
 tensors of the forward (at T = 64k, H = 16, K = V = 128 in bf16: 537 MB, written once and read
 once, against 268 MB for each of q, k, v and o); the training forward keeps them for the backward
-pass. The grouped forward (``_forward_grouped``, off by default until timed on a GPU:
-``GROUPED_BY_DEFAULT``) finds S at every GS-th chunk start by a two-level pass (each group's own
-part, all groups at once; then a scan over the groups) and its output pass
-(``_fwd_grouped_kernel``) walks each group's GS chunks from there, updating S in registers.
+pass. The grouped forward (``_forward_grouped``; on a GPU where the sequence gives enough groups,
+``_chunks_per_group``: 11-22% faster than the per-chunk kernels from T = 16k on an H100) finds S
+at every GS-th chunk start by a two-level pass (each group's own part, all groups at once; then a
+scan over the groups) and its output pass (``_fwd_grouped_kernel``) walks each group's GS chunks
+from there, updating S in registers.
 
 Every sequence layout is handled as packed variable lengths: ``[B, T]`` inputs are viewed as
 ``[1, B*T]`` with ``cu_seqlens = [0, T, 2T, ...]``; chunks never cross a sequence boundary.
@@ -672,23 +673,26 @@ def _cumsum(g: Tensor, cu: Tensor, indices: Tensor, NC: int, BT: int) -> Tensor:
     return gc
 
 
-# The grouped inference forward is the default once its gpu tests have passed on a GPU and it has
-# been timed there against the per-chunk kernels; until then only launch_overrides' GS runs it
-# (the tests, tune_kernels.py). Its output pass passed on an H100 (2026-12-07, session 14) behind
-# the per-chunk state pass; the two-level state pass that replaced that has not run on a GPU.
-GROUPED_BY_DEFAULT = False
+# The grouped inference forward is the default where the sequence is long enough (below). Timed
+# on an H100 against the per-chunk kernels (2026-12-07, session 15; B = 1, H = 16, K = V = 128,
+# bf16; tune_kernels.py, ms): linear attention 4k / 16k / 64k GS 1: 0.086 / 0.303 / 1.172, GS 8:
+# 0.085 / 0.299 / 1.134, GS 16: 0.090 / 0.268 / 1.032; simple GLA 16k / 64k GS 1: 0.367 / 1.436,
+# GS 16: 0.303 / 1.125. GS 2 and 4 were slower than GS 1 at every length. Its GPU tests passed
+# there (tests/ops/test_triton_kernels.py -k inference_forward, sessions 14 and 15).
+GROUPED_BY_DEFAULT = True
 
 
 def _chunks_per_group(NC: int, H: int, V: int, BV: int, device: torch.device) -> int:
-    """Chunks per group of the inference forward: the most (a power of two, at most 16) that
-    still leaves 4 programs per SM in the output pass (1: the per-chunk kernels instead)."""
+    """Chunks per group of the inference forward: 16, else 8, where the output pass keeps at least
+    one program per SM with that many (1 otherwise: the per-chunk kernels; GS 2 and 4 lost to them
+    on an H100 at every length timed)."""
     if device.type != "cuda":
         return 1
-    target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    gs = 1
-    while gs < 16 and NC * H * triton.cdiv(V, BV) // (2 * gs) >= target:
-        gs *= 2
-    return gs
+    programs = NC * H * triton.cdiv(V, BV)
+    for gs in (16, 8):
+        if programs // gs >= torch.cuda.get_device_properties(device).multi_processor_count:
+            return gs
+    return 1
 
 
 def _forward_grouped(q, k, v, gc, scale, h0, want_ht, cu, BT, GS, BV, opts):

@@ -24,23 +24,6 @@ from longctx.ops.deltanet.checks import check_beta, prepare_qk
 from longctx.ops.deltanet.recurrent import recurrent_delta_rule
 
 
-def half_delta_backward_unsupported(q: Tensor, *inputs: Tensor | None) -> str | None:
-    """Why the delta-rule kernels (DeltaNet, Gated DeltaNet, log-linear over Gated DeltaNet) cannot
-    take this call, or None. In bf16 / fp16 on a GPU with key dims over 64 their backward gives
-    wrong gradients (H100, Triton 3.6, 2026-12-07, T = 1000 / 300, K = 128 / 256: DeltaNet dk
-    relative error 1.0 / 0.38, Gated DeltaNet dv 0.22 / 0.29; float32 and K = 64 right, and the
-    outputs and final states right in bf16: benchmarks/results/2026-12-07-h100-session14). Refused
-    when a gradient is wanted (``q`` or any of ``inputs`` requires one): ``auto`` runs PyTorch,
-    ``triton`` says why. (The forward's own bf16 fault at K > 64, session 9, is fixed: its states
-    are held in 64-row pieces.)"""
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, *inputs))
-    if grad and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] > 64:
-        return (f"the delta-rule kernels' backward gave wrong gradients in {q.dtype} with key dims over "
-                "64 on a GPU (found 2026-12-07, not yet fixed); run it in float32, without gradients, "
-                "or with backend='torch'")
-    return None
-
-
 def ut_solve(k: Tensor, beta: Tensor, decay: Tensor, rhs: Tensor) -> Tensor:
     """The UT transform applied to ``rhs`` (DeltaNet §3.3; GDN §3.3):
     ``(I + StrictTril(diag(beta) (K K^T ⊙ decay)))^{-1} diag(beta) rhs``, by one triangular solve.
@@ -140,8 +123,7 @@ def chunk_delta_rule(
         )
     dtype = torch.promote_types(q.dtype, torch.float32)  # half inputs are computed in float32
     qc, kc = prepare_qk(op, q, k, use_qk_l2norm, dtype)
-    unsupported = kernel_unsupported(Dk, Dv) or half_delta_backward_unsupported(q, k, v, beta, initial_state)
-    if wants_triton(op, backend, q, k, v, beta, initial_state, supported=unsupported):
+    if wants_triton(op, backend, q, k, v, beta, initial_state, supported=kernel_unsupported(Dk, Dv)):
         from longctx.ops.deltanet.triton import triton_delta_rule
 
         return triton_delta_rule(

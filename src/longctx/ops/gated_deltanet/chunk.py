@@ -18,7 +18,7 @@ from longctx.ops.common.checks import (
     default_scale,
 )
 from longctx.ops.deltanet.checks import check_beta, prepare_qk
-from longctx.ops.deltanet.chunk import chunk_delta_core, half_delta_backward_unsupported
+from longctx.ops.deltanet.chunk import chunk_delta_core
 from longctx.ops.gated_deltanet.recurrent import recurrent_gated_delta_rule
 
 
@@ -56,8 +56,7 @@ def chunk_gated_delta_rule(
         )
     dtype = torch.promote_types(q.dtype, torch.float32)  # half inputs are computed in float32
     qc, kc = prepare_qk(op, q, k, use_qk_l2norm, dtype)
-    unsupported = kernel_unsupported(Dk, Dv) or half_delta_backward_unsupported(q, k, v, g, beta, initial_state)
-    if wants_triton(op, backend, q, k, v, g, beta, initial_state, supported=unsupported):
+    if wants_triton(op, backend, q, k, v, g, beta, initial_state, supported=kernel_unsupported(Dk, Dv)):
         from longctx.ops.gated_deltanet.triton import triton_gated_delta_rule
 
         return triton_gated_delta_rule(

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from longctx.ops.common.backend import kernel_unsupported, wants_triton
-from longctx.ops.deltanet.chunk import half_delta_backward_unsupported, ut_solve
+from longctx.ops.deltanet.chunk import ut_solve
 from longctx.ops.gla.chunk import _intra_chunk_scores, _sub_chunk_size
 from longctx.ops.log_linear.fenwick import (
     FenwickState,
@@ -245,10 +245,7 @@ def _chunk_or_kernel(op: str, p: Prepared, C: int, output_final_state: bool, bac
     """A prepared base through the Triton kernels where ``backend`` asks for them and they can run
     it, else the PyTorch chunked form: o [B, T, H, Dv] (compute dtype) and the final level states
     [B, bit_length(t0 + T), H, Dk, Dv] or None."""
-    unsupported = _triton_unsupported(p, C)
-    if unsupported is None and p.beta is not None:  # over Gated DeltaNet: the delta-rule kernels
-        unsupported = half_delta_backward_unsupported(*tensors)
-    if wants_triton(op, backend, *tensors, supported=unsupported):
+    if wants_triton(op, backend, *tensors, supported=_triton_unsupported(p, C)):
         from longctx.ops.log_linear.triton import triton_log_linear_prepared
 
         return triton_log_linear_prepared(p, C, tensors[0].dtype, output_final_state)
