@@ -26,7 +26,9 @@ BUDGET = {
     "triton_gla._bwd_dqk_kernel": 64,
     "triton_gla._bwd_dg_kernel": 128,  # 96 B since its straddle sum went from 64 steps to sub-chunks
     "triton_delta._delta_dqk_kernel": 128,  # gated 72 B since its dg store went (ptxas's allocation)
-    "triton_delta._delta_dh_kernel": 64,  # gated 20 B with dS in 64-row pieces (was 236 as one [K, BV] tile)
+    # gated 20 B with dS in 64-row pieces (was 236 as one [K, BV] tile); 156 B since three of its
+    # products take fp32 operands at K > 64 in half precision (HALF_DH_F32_DOTS, the Hopper mend)
+    "triton_delta._delta_dh_kernel": 192,
     "triton_delta._wy_bwd_kernel": 1024,  # 8 warps: 56-188; not yet tried on a GPU
     "triton_log_linear._bwd_dqkv_kernel": 512,
 }
