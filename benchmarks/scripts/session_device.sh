@@ -18,12 +18,20 @@
 #  - TUNE="op op": tune_kernels.py's sweep of the launch settings (tune.json / tune.txt).
 #  - the kernel bench (OPS; kernels.json is rewritten after every row, so a timeout keeps what
 #    finished), then the decode latency if PHASE_C > 0.
+#  - TCACHE_OUT=1: the Triton kernel cache comes back as triton_cache.tgz; put it in .tcache/ (ignored)
+#    and carry ".tcache": the next fresh machine starts with every kernel compiled.
 set -u
 export PYTHONUNBUFFERED=1
 R=$PWD
 TOTAL=${TOTAL:-570}
 START=$(date +%s)
 left() { echo $((TOTAL - $(date +%s) + START)); }
+# the Triton kernel cache of an earlier call (.tcache/triton_cache.tgz, from TCACHE_OUT=1; carry
+# ".tcache"): a fresh machine otherwise compiles ours and fla's kernels again, 60-100 s per op
+TCACHE=${TRITON_CACHE_DIR:-$HOME/.triton/cache}
+if [ -f .tcache/triton_cache.tgz ]; then
+  mkdir -p "$TCACHE" && tar -xzf .tcache/triton_cache.tgz -C "$TCACHE" && echo "triton cache: $(ls "$TCACHE" | wc -l) entries"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
 python -c "import torch, triton, sys; print(sys.version); print('torch', torch.__version__, 'triton', triton.__version__)" >> "$OUT/gpu.txt"
 python -m pip install -q --no-deps --no-index .whl/*.whl >> "$OUT/gpu.txt" 2>&1
@@ -198,3 +206,12 @@ PY
 fi
 [ -n "${DPID-}" ] && wait "$DPID" && cat "$OUT/delta_diag.txt"
 [ -n "${ZPID-}" ] && wait "$ZPID" && tail -5 "$OUT/zoology.log"
+if [ "${TCACHE_OUT:-0}" = 1 ]; then  # the cache back for the next call (one file of <= 16 MiB; 8 files at most)
+  if [ "$(ls "$OUT" | wc -l)" -lt 8 ]; then
+    tar -czf /tmp/triton_cache.tgz -C "$TCACHE" . && SZ=$(stat -c %s /tmp/triton_cache.tgz)
+    if [ "$SZ" -lt 16000000 ]; then cp /tmp/triton_cache.tgz "$OUT/"; fi
+    echo "triton cache: $SZ bytes ($(ls "$TCACHE" | wc -l) entries)"
+  else
+    echo "triton cache: not returned, \$OUT already holds 8 files"
+  fi
+fi

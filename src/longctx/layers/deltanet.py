@@ -163,10 +163,73 @@ class DeltaNet(Mixer):
         self.check_input(x)
         if state is not None:
             self.check_state(state, x.shape[0])
+            fused = self._fused_step(x, state)
+            if fused is not None:
+                return fused
         inputs, conv = self._inputs(x, state)
         o, S = self._mix(inputs, state)
         y = self._output(o, x, inputs)
         return y, (None if state is None else self.state_class(self.name, S, conv))
+
+    # -- decode one token as one fused kernel ---------------------------------------------------
+    layer_step_op: ClassVar[str] = "deltanet_layer_step"  # its name for backend.wants_triton
+
+    def _in_weights(self) -> list[Tensor]:
+        """The input projections' weights in ``triton_delta_layer_step``'s order of z."""
+        return [self.wq.weight, self.wk.weight, self.wv.weight, self.wb.weight]
+
+    def _gate_params(self) -> tuple[Tensor | None, Tensor | None]:
+        return None, None  # (A_log, dt_bias): DeltaNet has no decay
+
+    def _in_weight(self) -> Tensor:
+        """The input projections' weights stacked [ZW, d_model], for one GEMV per decode step;
+        cached until a weight is replaced or changed in place (its storage or version moves)."""
+        ws = self._in_weights()
+        key = tuple((w.data_ptr(), w._version, w.dtype) for w in ws)
+        cached = self.__dict__.get("_in_weight_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, torch.cat([w.detach() for w in ws]))
+            self.__dict__["_in_weight_cache"] = cached  # not a buffer: never in the state dict
+        return cached[1]
+
+    def _fused_step(self, x: Tensor, state: DeltaNetState) -> tuple[Tensor, DeltaNetState] | None:
+        """The one-token decode step as one GEMV (every input projection), one Triton kernel (conv,
+        SiLU, norms, beta, gate, the delta step, RMSNorm, output gate: ``triton_delta_layer_step``)
+        and W_o; None where it does not apply: more than one token, a gradient wanted, a head too
+        large for it, or the backend not asking for it (``"auto"`` once it has passed on a GPU,
+        ``"triton"`` always)."""
+        from longctx.ops.common.backend import (
+            decode_inplace,
+            has_triton,
+            layer_step_unsupported,
+            wants_triton,
+        )
+
+        c = self.config
+        H = c.n_heads
+        K, V = c.key_dim // H, c.value_dim // H
+        if x.shape[1] != 1 or (torch.is_grad_enabled() and (x.requires_grad or self.wo.weight.requires_grad)):
+            return None
+        if not has_triton() or layer_step_unsupported(K, V, c.conv_size) is not None:
+            return None
+        if not wants_triton(self.layer_step_op, None, x, state.S, state.conv):
+            return None
+        from longctx.ops.common.triton_delta_layer_step import delta_layer_step
+
+        dtype = torch.promote_types(x.dtype, torch.float32)  # the state's compute dtype
+        S, buf = state.S.to(dtype).contiguous(), state.conv.to(x.dtype).contiguous()
+        # in place inside backend.inplace_decode (a CUDA graph's static buffers), else new tensors
+        S_out = state.S if decode_inplace(state.S, dtype) else torch.empty_like(S)
+        buf_out = state.conv if decode_inplace(state.conv, x.dtype) else torch.empty_like(buf)
+        A_log, dt_bias = self._gate_params()
+        out = delta_layer_step(
+            F.linear(x[:, 0], self._in_weight()), self.conv.weight.view(c.conv_channels, c.conv_size), buf,
+            S, self.norm.weight, H=H, K=K, V=V, scale=K ** -0.5, l2_eps=1e-6,
+            norm_eps=self.norm.eps if self.norm.eps is not None else torch.finfo(x.dtype).eps,
+            neg_eig=c.allow_neg_eigval, A_log=A_log, dt_bias=dt_bias, buf_out=buf_out, S_out=S_out,
+        )
+        return self.wo(out).unsqueeze(1), self.state_class(self.name, S_out, buf_out)
 
     # -- state ----------------------------------------------------------------------------------
     def _state_shapes(self, batch_size: int) -> tuple[tuple[int, ...], tuple[int, ...]]:

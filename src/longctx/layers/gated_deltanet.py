@@ -75,6 +75,14 @@ class GatedDeltaNet(DeltaNet):
             dt = dt.clamp(min=c.dt_init_floor)
             self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus(dt_bias) = dt
 
+    layer_step_op: ClassVar[str] = "gated_deltanet_layer_step"
+
+    def _in_weights(self) -> list[Tensor]:
+        return [*super()._in_weights(), self.wa.weight, self.wg.weight]
+
+    def _gate_params(self) -> tuple[Tensor | None, Tensor | None]:
+        return self.A_log, self.dt_bias
+
     def _inputs(self, x: Tensor, state: DeltaNetState | None) -> tuple[dict[str, Tensor],
                                                                          Tensor | None]:
         """x [B, T, d_model] -> ({"q", "k", "v", "g", "beta"} as ``chunk_gated_delta_rule`` takes

@@ -119,6 +119,22 @@ def decode_unsupported(K: int) -> str | None:
     return f"key / feature dim {K} > {MAX_DECODE_K}" if K > MAX_DECODE_K else None
 
 
+# a head's state, in values, that one program of the fused layer step holds (16 warps: 128
+# registers a thread and no spills at K = 128, V = 256, sm_90a ptxas, 2026-12-07)
+MAX_LAYER_STEP_KV = 128 * 256
+
+
+def layer_step_unsupported(K: int, V: int, conv_size: int) -> str | None:
+    """Why the fused DeltaNet / Gated DeltaNet layer step (``triton_delta_layer_step``) cannot take
+    heads of key dim K, value dim V and a conv of ``conv_size`` taps, or None."""
+    pow2 = lambda n: 1 << max(0, n - 1).bit_length()  # triton.next_power_of_2, without triton
+    if max(16, pow2(K)) * max(16, pow2(V)) > MAX_LAYER_STEP_KV:
+        return f"a head's state {K} x {V} is over the {MAX_LAYER_STEP_KV} values one program holds"
+    if conv_size > 16:
+        return f"conv_size {conv_size} > 16"
+    return None
+
+
 # -- decode under a CUDA graph --------------------------------------------------------------------
 _inplace = [False]
 
@@ -171,6 +187,7 @@ __all__ = [
     "inplace_decode",
     "interpreting",
     "kernel_unsupported",
+    "layer_step_unsupported",
     "set_backend",
     "stream_capturing",
     "use_backend",

@@ -1,0 +1,119 @@
+"""The fused DeltaNet / Gated DeltaNet layer step (``triton_delta_layer_step``) against the layers'
+own PyTorch decode step: outputs, the new state S and the new conv buffer over several steps,
+functional by default and in place inside ``inplace_decode``. Float64 in Triton's CPU interpreter
+(exact to rounding); float32 on a GPU (marker ``gpu``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.helpers import assert_close
+from tests.ops.triton_support import DEVICE, HAS_TRITON, ON_CUDA  # first: picks the interpreter
+
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")
+DTYPE = torch.float32 if ON_CUDA else torch.float64
+TOL = 1e-4 if ON_CUDA else 1e-10
+MARKS = [pytest.mark.gpu] if ON_CUDA else []
+
+
+def _layer(mixer: str, **kw):
+    from longctx.layers.deltanet import DeltaNet, DeltaNetConfig
+    from longctx.layers.gated_deltanet import GatedDeltaNet, GatedDeltaNetConfig
+
+    cls, cfg = (GatedDeltaNet, GatedDeltaNetConfig) if mixer == "gated_deltanet" else (DeltaNet, DeltaNetConfig)
+    torch.manual_seed(0)
+    layer = cls(cfg(**kw)).to(DEVICE, DTYPE).eval()
+    with torch.no_grad():  # an RMSNorm weight away from 1, so the kernel must read it
+        layer.norm.weight.uniform_(0.5, 1.5)
+    return layer
+
+
+def _steps(layer, backend: str, x, state, n: int):
+    from longctx.ops.common.backend import use_backend
+
+    ys = []
+    with torch.no_grad(), use_backend(backend):
+        for t in range(n):
+            y, state = layer(x[:, t:t + 1], state)
+            ys.append(y)
+    return torch.cat(ys, 1), state
+
+
+@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
+@pytest.mark.parametrize(("d_model", "n_heads", "conv_size", "neg"), [
+    pytest.param(32, 2, 4, False, marks=MARKS), pytest.param(24, 3, 2, True, marks=MARKS),
+    pytest.param(40, 1, 3, False, marks=MARKS)])
+def test_fused_step_matches_the_layer_step(mixer, d_model, n_heads, conv_size, neg) -> None:
+    """Prefilled by the chunk form, then 3 one-token steps: fused == PyTorch (head dims 16, 8 and
+    40 (not a power of two), conv taps 4 / 2 / 3, beta in (0, 1) and (0, 2))."""
+    layer = _layer(mixer, d_model=d_model, n_heads=n_heads, conv_size=conv_size, allow_neg_eigval=neg)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 9, d_model, generator=gen, dtype=DTYPE).to(DEVICE)
+    with torch.no_grad():
+        _, state = layer(x[:, :6], layer.init_state(2, DEVICE))
+    ref, ref_state = _steps(layer, "torch", x[:, 6:], state, 3)
+    out, new_state = _steps(layer, "triton", x[:, 6:], state, 3)
+    assert_close(ref, out, TOL, "y")
+    assert_close(ref_state.S, new_state.S, TOL, "S")
+    assert_close(ref_state.conv, new_state.conv, TOL, "conv buffer")
+
+
+@pytest.mark.parametrize("mixer", [pytest.param(m, marks=MARKS) for m in ("deltanet", "gated_deltanet")])
+def test_functional_by_default_in_place_inside_inplace_decode(mixer) -> None:
+    """The step leaves its input state alone (speculative decoding keeps old states), except
+    inside ``inplace_decode`` (a CUDA graph's static buffers), where it writes S and the conv
+    buffer where they lie, with the same values."""
+    from longctx.ops.common.backend import inplace_decode
+
+    layer = _layer(mixer, d_model=32, n_heads=2)
+    x = torch.randn(1, 4, 32, dtype=DTYPE, device=DEVICE)
+    with torch.no_grad():
+        _, state = layer(x[:, :3], layer.init_state(1, DEVICE))
+    before = (state.S.clone(), state.conv.clone())
+    y, new = _steps(layer, "triton", x[:, 3:], state, 1)
+    assert torch.equal(state.S, before[0]) and torch.equal(state.conv, before[1])
+    assert new.S.data_ptr() != state.S.data_ptr()
+    with inplace_decode():
+        y2, new2 = _steps(layer, "triton", x[:, 3:], state, 1)
+    assert new2.S is state.S and new2.conv is state.conv
+    assert torch.equal(y, y2) and torch.equal(new.S, state.S) and torch.equal(new.conv, state.conv)
+
+
+def test_not_taken_with_a_gradient_or_under_auto_on_the_cpu() -> None:
+    """With a gradient wanted the layer keeps its differentiable PyTorch step; "auto" never picks
+    the kernel for CPU tensors (nor, until it passes on a GPU, for CUDA ones)."""
+    from longctx.ops.common.backend import GPU_VERIFIED, GRAPH_VERIFIED_STEPS, use_backend
+
+    layer = _layer("gated_deltanet", d_model=32, n_heads=2).to("cpu")
+    x = torch.randn(1, 1, 32, dtype=DTYPE)
+    state = layer.init_state(1)
+    with use_backend("triton"):
+        assert layer._fused_step(x, state) is None  # parameters require grad, grad mode on
+        y, _ = layer(x, state)
+    assert y.requires_grad
+    with torch.no_grad(), use_backend("auto"):
+        assert layer._fused_step(x, state) is None
+    assert "gated_deltanet_layer_step" not in GPU_VERIFIED | GRAPH_VERIFIED_STEPS
+
+
+def test_cached_input_weight_follows_changes_to_the_weights() -> None:
+    """The stacked input weight is rebuilt once a projection changes in place (an optimiser step)."""
+    layer = _layer("gated_deltanet", d_model=32, n_heads=2)
+    w = layer._in_weight()
+    assert layer._in_weight() is w  # cached
+    c = layer.config
+    assert w.shape == (2 * c.key_dim + 2 * c.value_dim + 2 * c.n_heads, 32)
+    with torch.no_grad():
+        layer.wg.weight.add_(1.0)
+    w2 = layer._in_weight()
+    assert w2 is not w and torch.equal(w2[-c.value_dim:], layer.wg.weight)
+
+
+def test_unsupported_heads_fall_back() -> None:
+    from longctx.ops.common.backend import layer_step_unsupported
+
+    assert layer_step_unsupported(128, 256, 4) is None  # Gated DeltaNet's heads at expand_v = 2
+    assert "over the" in layer_step_unsupported(256, 256, 4)
+    assert "conv_size" in layer_step_unsupported(64, 64, 17)
+    assert layer_step_unsupported(40, 40, 4) is None  # padded to 64 x 64
