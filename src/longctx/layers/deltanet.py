@@ -175,7 +175,7 @@ class DeltaNet(Mixer):
     layer_step_op: ClassVar[str] = "deltanet_layer_step"  # its name for backend.wants_triton
 
     def _in_weights(self) -> list[Tensor]:
-        """The input projections' weights in ``triton_delta_layer_step``'s order of z."""
+        """The input projections' weights in ``triton_layer_step``'s order of z."""
         return [self.wq.weight, self.wk.weight, self.wv.weight, self.wb.weight]
 
     def _gate_params(self) -> tuple[Tensor | None, Tensor | None]:
@@ -195,7 +195,7 @@ class DeltaNet(Mixer):
 
     def _fused_step(self, x: Tensor, state: DeltaNetState) -> tuple[Tensor, DeltaNetState] | None:
         """The one-token decode step as one GEMV (every input projection), one Triton kernel (conv,
-        SiLU, norms, beta, gate, the delta step, RMSNorm, output gate: ``triton_delta_layer_step``)
+        SiLU, norms, beta, gate, the delta step, RMSNorm, output gate: ``triton_layer_step``)
         and W_o; None where it does not apply: more than one token, a gradient wanted, a head too
         large for it, or the backend not asking for it (``"auto"`` once it has passed on a GPU,
         ``"triton"`` always)."""
@@ -215,7 +215,7 @@ class DeltaNet(Mixer):
             return None
         if not wants_triton(self.layer_step_op, None, x, state.S, state.conv):
             return None
-        from longctx.ops.common.triton_delta_layer_step import delta_layer_step
+        from longctx.ops.common.triton_layer_step import delta_layer_step
 
         dtype = torch.promote_types(x.dtype, torch.float32)  # the state's compute dtype
         S, buf = state.S.to(dtype).contiguous(), state.conv.to(x.dtype).contiguous()

@@ -157,12 +157,52 @@ class Mamba2(Mixer):
         new = None if buf is None else xp[:, xp.shape[1] - (K - 1):].clone()
         return F.silu(out), new
 
+    # -- decode one token as one fused kernel -------------------------------------------------
+    def _fused_step(self, x: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State] | None:
+        """The one-token decode step as in_proj, one Triton kernel (conv, SiLU, dt, the SSD step,
+        D skip, output gate, the RMSNorm's weight and per-head sums: ``triton_layer_step``),
+        out_proj and the RMSNorm's scale; None where it does not apply: more than one token, a
+        gradient wanted, heads too large for it, or the backend not asking for it (``"auto"``
+        once it has passed on a GPU, ``"triton"`` always)."""
+        from longctx.ops.common.backend import (
+            decode_inplace,
+            has_triton,
+            layer_step_unsupported,
+            wants_triton,
+        )
+
+        c = self.config
+        H, G, P, N = c.n_heads, c.n_groups, c.ssd_head_dim, c.d_state
+        if x.shape[1] != 1 or (torch.is_grad_enabled() and (x.requires_grad or self.out_proj.weight.requires_grad)):
+            return None
+        if not has_triton() or layer_step_unsupported(P, N, c.d_conv) is not None:
+            return None
+        if not wants_triton("mamba2_layer_step", None, x, state.conv, state.ssm):
+            return None
+        from longctx.ops.common.triton_layer_step import rms_scale, ssd_layer_step
+
+        dtype = torch.promote_types(x.dtype, torch.float32)  # the SSD state's compute dtype
+        S = state.ssm.to(dtype).contiguous()
+        S_out = state.ssm if decode_inplace(state.ssm, dtype) else torch.empty_like(S)
+        w = self.conv1d
+        out, ssq, conv = ssd_layer_step(
+            F.linear(x[:, 0], self.in_proj.weight), w.weight.view(c.conv_dim, c.d_conv), w.bias,
+            state.conv.to(x.dtype).contiguous(), S, self.A_log, self.dt_bias, self.D, self.norm.weight,
+            H=H, G=G, P=P, N=N, S_out=S_out,
+        )
+        eps = self.norm.eps if self.norm.eps is not None else torch.finfo(x.dtype).eps
+        y = rms_scale(self.out_proj(out), ssq, c.d_inner, eps)
+        return y.unsqueeze(1), Mamba2State(self.name, conv, S_out)
+
     # -- the Mixer contract -------------------------------------------------------------------
     def forward(self, x: Tensor, state: Mamba2State | None = None) -> tuple[Tensor, Mamba2State | None]:
         """x [B, T, d_model] -> (y [B, T, d_model], new state or None)."""
         self.check_input(x)
         if state is not None:
             self.check_state(state, x.shape[0])
+            fused = self._fused_step(x, state)
+            if fused is not None:
+                return fused
         inputs, conv = self._inputs(x, state)
         o, ssm = self._op(inputs, state)
         y = self._output(o, x, inputs)

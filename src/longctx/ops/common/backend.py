@@ -125,8 +125,9 @@ MAX_LAYER_STEP_KV = 128 * 256
 
 
 def layer_step_unsupported(K: int, V: int, conv_size: int) -> str | None:
-    """Why the fused DeltaNet / Gated DeltaNet layer step (``triton_delta_layer_step``) cannot take
-    heads of key dim K, value dim V and a conv of ``conv_size`` taps, or None."""
+    """Why the fused DeltaNet / Gated DeltaNet / Mamba-2 layer step (``triton_layer_step``) cannot
+    take heads of key dim K, value dim V (Mamba-2: head dim P, state size N) and a conv of
+    ``conv_size`` taps, or None."""
     pow2 = lambda n: 1 << max(0, n - 1).bit_length()  # triton.next_power_of_2, without triton
     if max(16, pow2(K)) * max(16, pow2(V)) > MAX_LAYER_STEP_KV:
         return f"a head's state {K} x {V} is over the {MAX_LAYER_STEP_KV} values one program holds"

@@ -1,5 +1,5 @@
-"""The fused DeltaNet / Gated DeltaNet layer step (``triton_delta_layer_step``) against the layers'
-own PyTorch decode step: outputs, the new state S and the new conv buffer over several steps,
+"""The fused DeltaNet / Gated DeltaNet / Mamba-2 layer steps (``triton_layer_step``) against the
+layers' own PyTorch decode step: outputs, the new state S and the new conv buffer over several steps,
 functional by default and in place inside ``inplace_decode``. Float64 in Triton's CPU interpreter
 (exact to rounding); float32 on a GPU (marker ``gpu``)."""
 
@@ -20,8 +20,10 @@ MARKS = [pytest.mark.gpu] if ON_CUDA else []
 def _layer(mixer: str, **kw):
     from longctx.layers.deltanet import DeltaNet, DeltaNetConfig
     from longctx.layers.gated_deltanet import GatedDeltaNet, GatedDeltaNetConfig
+    from longctx.layers.mamba2 import Mamba2, Mamba2Config
 
-    cls, cfg = (GatedDeltaNet, GatedDeltaNetConfig) if mixer == "gated_deltanet" else (DeltaNet, DeltaNetConfig)
+    cls, cfg = {"deltanet": (DeltaNet, DeltaNetConfig), "gated_deltanet": (GatedDeltaNet, GatedDeltaNetConfig),
+                "mamba2": (Mamba2, Mamba2Config)}[mixer]
     torch.manual_seed(0)
     layer = cls(cfg(**kw)).to(DEVICE, DTYPE).eval()
     with torch.no_grad():  # an RMSNorm weight away from 1, so the kernel must read it
@@ -59,6 +61,29 @@ def test_fused_step_matches_the_layer_step(mixer, d_model, n_heads, conv_size, n
     assert_close(ref_state.conv, new_state.conv, TOL, "conv buffer")
 
 
+@pytest.mark.parametrize(("d_model", "n_heads", "n_groups", "d_state", "d_conv"), [
+    pytest.param(16, 2, 1, 16, 4, marks=MARKS), pytest.param(24, 4, 2, 8, 2, marks=MARKS),
+    pytest.param(20, 5, 5, 12, 3, marks=MARKS), pytest.param(16, 1, 1, 16, 1, marks=MARKS)])
+def test_fused_mamba2_step_matches_the_layer_step(d_model, n_heads, n_groups, d_state, d_conv) -> None:
+    """Mamba-2: prefilled by the chunk form, then 3 one-token steps: fused == PyTorch (head dims
+    16 / 12 / 8 / 32, one group, groups of 2 heads, a group per head; state sizes 16 / 8 / 12
+    (not a power of two); conv taps 4 / 2 / 3 / 1)."""
+    layer = _layer("mamba2", d_model=d_model, n_heads=n_heads, n_groups=n_groups, d_state=d_state,
+                   d_conv=d_conv)
+    with torch.no_grad():  # a skip and a conv bias that matter
+        layer.D.uniform_(-1, 1)
+        layer.conv1d.bias.uniform_(-0.5, 0.5)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 9, d_model, generator=gen, dtype=DTYPE).to(DEVICE)
+    with torch.no_grad():
+        _, state = layer(x[:, :6], layer.init_state(2, DEVICE))
+    ref, ref_state = _steps(layer, "torch", x[:, 6:], state, 3)
+    out, new_state = _steps(layer, "triton", x[:, 6:], state, 3)
+    assert_close(ref, out, TOL, "y")
+    assert_close(ref_state.ssm, new_state.ssm, TOL, "ssm")
+    assert_close(ref_state.conv, new_state.conv, TOL, "conv buffer")
+
+
 @pytest.mark.parametrize("mixer", [pytest.param(m, marks=MARKS) for m in ("deltanet", "gated_deltanet")])
 def test_functional_by_default_in_place_inside_inplace_decode(mixer) -> None:
     """The step leaves its input state alone (speculative decoding keeps old states), except
@@ -80,6 +105,28 @@ def test_functional_by_default_in_place_inside_inplace_decode(mixer) -> None:
     assert torch.equal(y, y2) and torch.equal(new.S, state.S) and torch.equal(new.conv, state.conv)
 
 
+@pytest.mark.parametrize("inplace", [pytest.param(b, marks=MARKS) for b in (False, True)])
+def test_mamba2_state_in_place_only_inside_inplace_decode(inplace: bool) -> None:
+    """Mamba-2's SSD state follows the same rule; its conv buffer is always new (heads of a group
+    share their B / C channels)."""
+    from contextlib import nullcontext
+
+    from longctx.ops.common.backend import inplace_decode
+
+    layer = _layer("mamba2", d_model=16, n_heads=2)
+    x = torch.randn(1, 4, 16, dtype=DTYPE, device=DEVICE)
+    with torch.no_grad():
+        _, state = layer(x[:, :3], layer.init_state(1, DEVICE))
+    ref, ref_state = _steps(layer, "torch", x[:, 3:], state, 1)
+    before = state.ssm.clone()
+    with inplace_decode() if inplace else nullcontext():
+        y, new = _steps(layer, "triton", x[:, 3:], state, 1)
+    assert (new.ssm is state.ssm) == inplace and new.conv is not state.conv
+    assert torch.equal(state.ssm, new.ssm if inplace else before)
+    assert_close(ref, y, TOL, "y")
+    assert_close(ref_state.ssm, new.ssm, TOL, "ssm")
+
+
 def test_not_taken_with_a_gradient_or_under_auto_on_the_cpu() -> None:
     """With a gradient wanted the layer keeps its differentiable PyTorch step; "auto" never picks
     the kernel for CPU tensors (nor, until it passes on a GPU, for CUDA ones)."""
@@ -94,7 +141,8 @@ def test_not_taken_with_a_gradient_or_under_auto_on_the_cpu() -> None:
     assert y.requires_grad
     with torch.no_grad(), use_backend("auto"):
         assert layer._fused_step(x, state) is None
-    assert "gated_deltanet_layer_step" not in GPU_VERIFIED | GRAPH_VERIFIED_STEPS
+    for op in ("deltanet_layer_step", "gated_deltanet_layer_step", "mamba2_layer_step"):
+        assert op not in GPU_VERIFIED | GRAPH_VERIFIED_STEPS
 
 
 def test_cached_input_weight_follows_changes_to_the_weights() -> None:
