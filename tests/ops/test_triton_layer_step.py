@@ -1,4 +1,4 @@
-"""The fused DeltaNet / Gated DeltaNet / Mamba-2 layer steps (``triton_layer_step``) against the
+"""The fused DeltaNet / Gated DeltaNet / Mamba-2 / GLA layer steps (``triton_layer_step``) against the
 layers' own PyTorch decode step: outputs, the new state S and the new conv buffer over several steps,
 functional by default and in place inside ``inplace_decode``. Float64 in Triton's CPU interpreter
 (exact to rounding); float32 on a GPU (marker ``gpu``)."""
@@ -20,10 +20,11 @@ MARKS = [pytest.mark.gpu] if ON_CUDA else []
 def _layer(mixer: str, **kw):
     from longctx.layers.deltanet import DeltaNet, DeltaNetConfig
     from longctx.layers.gated_deltanet import GatedDeltaNet, GatedDeltaNetConfig
+    from longctx.layers.gla import GatedLinearAttention, GLAConfig
     from longctx.layers.mamba2 import Mamba2, Mamba2Config
 
     cls, cfg = {"deltanet": (DeltaNet, DeltaNetConfig), "gated_deltanet": (GatedDeltaNet, GatedDeltaNetConfig),
-                "mamba2": (Mamba2, Mamba2Config)}[mixer]
+                "mamba2": (Mamba2, Mamba2Config), "gla": (GatedLinearAttention, GLAConfig)}[mixer]
     torch.manual_seed(0)
     layer = cls(cfg(**kw)).to(DEVICE, DTYPE).eval()
     with torch.no_grad():  # an RMSNorm weight away from 1, so the kernel must read it
@@ -84,6 +85,23 @@ def test_fused_mamba2_step_matches_the_layer_step(d_model, n_heads, n_groups, d_
     assert_close(ref_state.conv, new_state.conv, TOL, "conv buffer")
 
 
+@pytest.mark.parametrize(("d_model", "n_heads", "expand_k", "gate_rank"), [
+    pytest.param(32, 2, 0.5, 16, marks=MARKS), pytest.param(24, 3, 1.0, 4, marks=MARKS),
+    pytest.param(40, 1, 0.5, 3, marks=MARKS)])
+def test_fused_gla_step_matches_the_layer_step(d_model, n_heads, expand_k, gate_rank) -> None:
+    """GLA: prefilled by the chunk form, then 3 one-token steps: fused == PyTorch (key / value head
+    dims 8 / 16, 8 / 8, 20 / 40; gate ranks 16 / 4 / 3)."""
+    layer = _layer("gla", d_model=d_model, n_heads=n_heads, expand_k=expand_k, gate_rank=gate_rank)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 9, d_model, generator=gen, dtype=DTYPE).to(DEVICE)
+    with torch.no_grad():
+        _, state = layer(x[:, :6], layer.init_state(2, DEVICE))
+    ref, ref_state = _steps(layer, "torch", x[:, 6:], state, 3)
+    out, new_state = _steps(layer, "triton", x[:, 6:], state, 3)
+    assert_close(ref, out, TOL, "y")
+    assert_close(ref_state.S, new_state.S, TOL, "S")
+
+
 @pytest.mark.parametrize("mixer", [pytest.param(m, marks=MARKS) for m in ("deltanet", "gated_deltanet")])
 def test_functional_by_default_in_place_inside_inplace_decode(mixer) -> None:
     """The step leaves its input state alone (speculative decoding keeps old states), except
@@ -141,7 +159,7 @@ def test_not_taken_with_a_gradient_or_under_auto_on_the_cpu() -> None:
     assert y.requires_grad
     with torch.no_grad(), use_backend("auto"):
         assert layer._fused_step(x, state) is None
-    for op in ("deltanet_layer_step", "gated_deltanet_layer_step", "mamba2_layer_step"):
+    for op in ("deltanet_layer_step", "gated_deltanet_layer_step", "mamba2_layer_step", "gla_layer_step"):
         assert op not in GPU_VERIFIED | GRAPH_VERIFIED_STEPS
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from longctx.ops.common import check_positive_int
 
@@ -37,3 +38,16 @@ def heads_of_size(owner: str, head_size: int, width: int, width_desc: str) -> in
     if head_size and width % head_size:
         raise ValueError(f"{owner}: head_size={head_size} must divide {width_desc}")
     return width // head_size if head_size else 0
+
+
+def stacked_weight(module: nn.Module, weights: list[Tensor]) -> Tensor:
+    """``weights`` (Linear weights [out_i, d_model]) stacked [sum out_i, d_model], for one GEMV per
+    decode step in place of one per projection; cached on ``module`` (never in its state dict)
+    until a weight is replaced or changed in place (its storage or version moves)."""
+    key = tuple((w.data_ptr(), w._version, w.dtype) for w in weights)
+    cached = module.__dict__.get("_stacked_weight_cache")
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, torch.cat([w.detach() for w in weights]))
+        module.__dict__["_stacked_weight_cache"] = cached
+    return cached[1]

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longctx.layers.base import Mixer, MixerConfig, State, dtype_bytes
-from longctx.layers.common import check_positive, merge_heads, split_heads
+from longctx.layers.common import check_positive, merge_heads, split_heads, stacked_weight
 from longctx.ops.deltanet import chunk_delta_rule, delta_rule_step
 from longctx.ops.deltanet.checks import l2norm
 
@@ -182,16 +182,7 @@ class DeltaNet(Mixer):
         return None, None  # (A_log, dt_bias): DeltaNet has no decay
 
     def _in_weight(self) -> Tensor:
-        """The input projections' weights stacked [ZW, d_model], for one GEMV per decode step;
-        cached until a weight is replaced or changed in place (its storage or version moves)."""
-        ws = self._in_weights()
-        key = tuple((w.data_ptr(), w._version, w.dtype) for w in ws)
-        cached = self.__dict__.get("_in_weight_cache")
-        if cached is None or cached[0] != key:
-            with torch.no_grad():
-                cached = (key, torch.cat([w.detach() for w in ws]))
-            self.__dict__["_in_weight_cache"] = cached  # not a buffer: never in the state dict
-        return cached[1]
+        return stacked_weight(self, self._in_weights())
 
     def _fused_step(self, x: Tensor, state: DeltaNetState) -> tuple[Tensor, DeltaNetState] | None:
         """The one-token decode step as one GEMV (every input projection), one Triton kernel (conv,

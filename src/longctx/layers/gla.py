@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longctx.layers.base import Mixer, MixerConfig, State, dtype_bytes
-from longctx.layers.common import check_positive, merge_heads, split_heads
+from longctx.layers.common import check_positive, merge_heads, split_heads, stacked_weight
 from longctx.ops.gla import chunk_gla, gla_step
 
 
@@ -80,8 +80,49 @@ class GatedLinearAttention(Mixer):
         """o [B, T, H, Dv] -> y [B, T, d_model]: (RMSNorm(o) * swish(x W_r)) W_o (§4.4)."""
         return self.wo(merge_heads(self.norm(o)) * F.silu(self.wr(x)))
 
+    def _fused_step(self, x: Tensor, state: GLAState) -> tuple[Tensor, GLAState] | None:
+        """The one-token decode step as one GEMV (q, k, v, the gate's first projection and W_r
+        stacked), one Triton kernel (the gate's second projection, logsigmoid, the GLA step,
+        RMSNorm, the output gate: ``triton_layer_step``) and W_o; None where it does not apply:
+        more than one token, a gradient wanted, heads too large for it, or the backend not asking
+        for it (``"auto"`` once it has passed on a GPU, ``"triton"`` always)."""
+        from longctx.ops.common.backend import (
+            decode_inplace,
+            has_triton,
+            layer_step_unsupported,
+            wants_triton,
+        )
+
+        c = self.config
+        H = c.n_heads
+        K, V = c.key_dim // H, c.head_dim
+        if x.shape[1] != 1 or (torch.is_grad_enabled() and (x.requires_grad or self.wo.weight.requires_grad)):
+            return None
+        if not has_triton() or layer_step_unsupported(K, V, 1) is not None or c.gate_rank > 64:
+            return None
+        if not wants_triton("gla_layer_step", None, x, state.S):
+            return None
+        from longctx.ops.common.triton_layer_step import gla_layer_step
+
+        dtype = torch.promote_types(x.dtype, torch.float32)  # the state's compute dtype
+        S = state.S.to(dtype).contiguous()
+        S_out = state.S if decode_inplace(state.S, dtype) else torch.empty_like(S)
+        w_in = stacked_weight(self, [self.wq.weight, self.wk.weight, self.wv.weight, self.gate[0].weight,
+                                     self.wr.weight])
+        g2 = self.gate[1]
+        out = gla_layer_step(F.linear(x[:, 0], w_in), g2.weight, g2.bias, S, self.norm.weight, H=H, K=K, V=V,
+                             scale=K ** -0.5, tau=c.gate_tau,
+                             norm_eps=self.norm.eps if self.norm.eps is not None else torch.finfo(x.dtype).eps,
+                             S_out=S_out)
+        return self.wo(out).unsqueeze(1), GLAState(self.name, S_out)
+
     def forward(self, x: Tensor, state: GLAState | None = None):
         self.check_input(x)
+        if state is not None:
+            self.check_state(state, x.shape[0])
+            fused = self._fused_step(x, state)
+            if fused is not None:
+                return fused
         c = self.config
         inputs, _ = self._inputs(x, state)
         q, k, v, g = inputs["q"], inputs["k"], inputs["v"], inputs["g"]

@@ -24,7 +24,12 @@ Mamba-2 (``ssd_layer_step``; Dao & Gu 2024, §7.1): z rows ``[z (H P) | x (H P) 
 dt (H)]`` (its in_proj as it is), conv with bias over x | B | C, then per head
     dt = softplus(dt_raw + dt_bias),   S' = e^{dt A} S + dt x B^T  (S [P, N]),   y = S' C + D x
     u  = y ⊙ SiLU(z),   out = u ⊙ w_norm  and  ssq = sum(u^2) over the head's P channels
-Its RMSNorm spans every head, so the kernel leaves the scale r = (mean(u^2) + eps)^(-1/2) to
+GLA (``gla_layer_step``; Yang et al. 2024, §4.4): z rows ``[q (H K) | k (H K) | v (H V) | the gate's
+low-rank input (R) | r (H V)]``, then per head
+    g = logsigmoid(W_g2 z_R + b_g2) / tau  (K),   S' = diag(e^g) S + k v^T,   o = scale q^T S'
+    out = RMSNorm(o) ⊙ SiLU(z_r)
+
+Mamba-2's RMSNorm spans every head, so the kernel leaves the scale r = (mean(u^2) + eps)^(-1/2) to
 ``rms_scale`` after out_proj (a linear map: out_proj(r u ⊙ w) = r out_proj(u ⊙ w)). Heads of a
 group share B / C channels, so its conv buffer is always written to a new tensor.
 """
@@ -231,4 +236,59 @@ def rms_scale(y: Tensor, ssq: Tensor, D: int, eps: float) -> Tensor:
     return y
 
 
-__all__ = ["delta_layer_step", "rms_scale", "ssd_layer_step"]
+@triton.jit
+def _gla_layer_step_kernel(
+    z, w2, b2, s_in, s_out, norm_w, out, scale, tau, norm_eps,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, BR: tl.constexpr, ACC: tl.constexpr,
+):
+    """One (batch, head) of GLA: grid (B * H,). z [B, 2 H K + 2 H V + R]; w2 [H K, R], b2 [H K]
+    (the gate's second projection); S [B, H, K, V]; norm_w [V]; out [B, H V]."""
+    i_bh = tl.program_id(0)
+    b, h = i_bh // H, i_bh % H
+    z_row = z + b * (2 * H * K + 2 * H * V + R)
+    rk, rv, rr = tl.arange(0, BK), tl.arange(0, BV), tl.arange(0, BR)
+    mk, mv, mr = rk < K, rv < V, rr < R
+    b_q = tl.load(z_row + h * K + rk, mask=mk, other=0.0).to(ACC) * scale
+    b_k = tl.load(z_row + H * K + h * K + rk, mask=mk, other=0.0).to(ACC)
+    b_v = tl.load(z_row + 2 * H * K + h * V + rv, mask=mv, other=0.0).to(ACC)
+    b_zr = tl.load(z_row + 2 * H * K + H * V + rr, mask=mr, other=0.0).to(ACC)
+    b_w2 = tl.load(w2 + (h * K + rk)[:, None] * R + rr[None, :], mask=mk[:, None] & mr[None, :], other=0.0)
+    b_a = tl.sum(b_w2.to(ACC) * b_zr[None, :], axis=1) + tl.load(b2 + h * K + rk, mask=mk, other=0.0).to(ACC)
+    b_g = (tl.minimum(b_a, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(b_a)))) / tau  # logsigmoid / tau (§4.4)
+    p_s = i_bh.to(tl.int64) * K * V + rk[:, None] * V + rv[None, :]
+    m_s = mk[:, None] & mv[None, :]
+    b_s = tl.load(s_in + p_s, mask=m_s, other=0.0).to(ACC) * tl.exp(b_g)[:, None] + b_k[:, None] * b_v[None, :]
+    tl.store(s_out + p_s, b_s.to(s_out.dtype.element_ty), mask=m_s)
+    b_o = tl.sum(b_q[:, None] * b_s, axis=0)  # [BV] = scale q^T S'
+    b_o = b_o / tl.sqrt(tl.sum(b_o * b_o, axis=0) / V + norm_eps) * tl.load(norm_w + rv, mask=mv, other=0.0).to(ACC)
+    b_r = tl.load(z_row + 2 * H * K + H * V + R + h * V + rv, mask=mv, other=0.0).to(ACC)
+    b_o *= b_r / (1.0 + tl.exp(-b_r))
+    tl.store(out + b * H * V + h * V + rv, b_o.to(out.dtype.element_ty), mask=mv)
+
+
+def gla_layer_step(z: Tensor, w2: Tensor, b2: Tensor, S: Tensor, norm_w: Tensor, *, H: int, K: int, V: int,
+                   scale: float, tau: float, norm_eps: float, S_out: Tensor | None = None) -> Tensor:
+    """GLA's fused step (module docstring). z [B, 2 H K + 2 H V + R]; w2 [H K, R], b2 [H K]; S [B, H, K,
+    V] in float32 (float64); norm_w [V]. Returns RMSNorm(o) ⊙ SiLU(r) [B, H V] in z's dtype; the new
+    state goes to ``S_out`` (S itself to update in place; S is overwritten when None is given)."""
+    Bsz = z.shape[0]
+    R = w2.shape[-1]
+    for name, t, shape in (("z", z, (Bsz, 2 * H * K + 2 * H * V + R)), ("w2", w2, (H * K, R)), ("b2", b2, (H * K,)),
+                           ("S", S, (Bsz, H, K, V)), ("S_out", S_out if S_out is not None else S, (Bsz, H, K, V)),
+                           ("norm_w", norm_w, (V,))):
+        if tuple(t.shape) != shape or not t.is_contiguous():
+            raise ValueError(f"gla_layer_step: {name} must be contiguous with shape {list(shape)}, got {list(t.shape)}")
+    if S.dtype not in (torch.float32, torch.float64) or (S_out is not None and S_out.dtype != S.dtype):
+        raise TypeError(f"gla_layer_step: the state is kept in float32 (float64), got {S.dtype}")
+    out = torch.empty(Bsz, H * V, dtype=z.dtype, device=z.device)
+    BK, BV = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
+    _gla_layer_step_kernel[(Bsz * H,)](
+        z, w2, b2, S, S if S_out is None else S_out, norm_w, out, float(scale), float(tau), float(norm_eps),
+        H=H, K=K, V=V, R=R, BK=BK, BV=BV, BR=max(2, triton.next_power_of_2(R)),
+        ACC=tl.float64 if S.dtype == torch.float64 else tl.float32, num_warps=max(4, min(16, BK * BV // 1024)),
+    )
+    return out
+
+
+__all__ = ["delta_layer_step", "gla_layer_step", "rms_scale", "ssd_layer_step"]
