@@ -22,6 +22,9 @@
 #    and carry ".tcache": the next fresh machine starts with every kernel compiled.
 set -u
 export PYTHONUNBUFFERED=1
+# fla's autotuned launch settings to disk, beside the compiled kernels: the bench's row processes
+# (and, with the cache carried, later calls) reuse them instead of timing every config again
+export TRITON_CACHE_AUTOTUNING=1
 R=$PWD
 TOTAL=${TOTAL:-570}
 START=$(date +%s)
