@@ -145,20 +145,21 @@ def test_mamba2_state_in_place_only_inside_inplace_decode(inplace: bool) -> None
     assert_close(ref_state.ssm, new.ssm, TOL, "ssm")
 
 
-def test_not_taken_with_a_gradient_or_under_auto_on_the_cpu() -> None:
-    """With a gradient wanted the layer keeps its differentiable PyTorch step; "auto" never picks
-    the kernel for CPU tensors (nor, until it passes on a GPU, for CUDA ones)."""
+@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet", "mamba2", "gla"])
+def test_not_taken_with_a_gradient_or_under_auto(mixer) -> None:
+    """With a gradient wanted the layer keeps its differentiable PyTorch step; "auto" picks the
+    kernel for no tensors yet (CPU ones never; CUDA ones once it has passed on a GPU)."""
     from longctx.ops.common.backend import GPU_VERIFIED, GRAPH_VERIFIED_STEPS, use_backend
 
-    layer = _layer("gated_deltanet", d_model=32, n_heads=2).to("cpu")
-    x = torch.randn(1, 1, 32, dtype=DTYPE)
-    state = layer.init_state(1)
+    layer = _layer(mixer, d_model=32, n_heads=2)
+    x = torch.randn(1, 1, 32, dtype=DTYPE, device=DEVICE)
+    state = layer.init_state(1, DEVICE)
     with use_backend("triton"):
         assert layer._fused_step(x, state) is None  # parameters require grad, grad mode on
-        y, _ = layer(x, state)
-    assert y.requires_grad
     with torch.no_grad(), use_backend("auto"):
         assert layer._fused_step(x, state) is None
+    with torch.no_grad(), use_backend("triton"):
+        assert layer._fused_step(x, state) is not None
     for op in ("deltanet_layer_step", "gated_deltanet_layer_step", "mamba2_layer_step", "gla_layer_step"):
         assert op not in GPU_VERIFIED | GRAPH_VERIFIED_STEPS
 
