@@ -43,6 +43,20 @@ def _steps(layer, backend: str, x, state, n: int):
     return torch.cat(ys, 1), state
 
 
+def _check_against_torch(layer, d_model: int, seed: int, state_names: tuple[str, ...]) -> None:
+    """Prefilled by the chunk form over 6 tokens (batch 2), then 3 one-token steps: the fused step
+    ("triton") == the layer's PyTorch step: outputs and every named state tensor."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 9, d_model, generator=gen, dtype=DTYPE).to(DEVICE)
+    with torch.no_grad():
+        _, state = layer(x[:, :6], layer.init_state(2, DEVICE))
+    ref, ref_state = _steps(layer, "torch", x[:, 6:], state, 3)
+    out, new_state = _steps(layer, "triton", x[:, 6:], state, 3)
+    assert_close(ref, out, TOL, "y")
+    for name in state_names:
+        assert_close(getattr(ref_state, name), getattr(new_state, name), TOL, name)
+
+
 @pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
 @pytest.mark.parametrize(("d_model", "n_heads", "conv_size", "neg"), [
     pytest.param(32, 2, 4, False, marks=MARKS), pytest.param(24, 3, 2, True, marks=MARKS),
@@ -51,15 +65,7 @@ def test_fused_step_matches_the_layer_step(mixer, d_model, n_heads, conv_size, n
     """Prefilled by the chunk form, then 3 one-token steps: fused == PyTorch (head dims 16, 8 and
     40 (not a power of two), conv taps 4 / 2 / 3, beta in (0, 1) and (0, 2))."""
     layer = _layer(mixer, d_model=d_model, n_heads=n_heads, conv_size=conv_size, allow_neg_eigval=neg)
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 9, d_model, generator=gen, dtype=DTYPE).to(DEVICE)
-    with torch.no_grad():
-        _, state = layer(x[:, :6], layer.init_state(2, DEVICE))
-    ref, ref_state = _steps(layer, "torch", x[:, 6:], state, 3)
-    out, new_state = _steps(layer, "triton", x[:, 6:], state, 3)
-    assert_close(ref, out, TOL, "y")
-    assert_close(ref_state.S, new_state.S, TOL, "S")
-    assert_close(ref_state.conv, new_state.conv, TOL, "conv buffer")
+    _check_against_torch(layer, d_model, 1, ("S", "conv"))
 
 
 @pytest.mark.parametrize(("d_model", "n_heads", "n_groups", "d_state", "d_conv"), [
@@ -74,15 +80,7 @@ def test_fused_mamba2_step_matches_the_layer_step(d_model, n_heads, n_groups, d_
     with torch.no_grad():  # a skip and a conv bias that matter
         layer.D.uniform_(-1, 1)
         layer.conv1d.bias.uniform_(-0.5, 0.5)
-    gen = torch.Generator().manual_seed(2)
-    x = torch.randn(2, 9, d_model, generator=gen, dtype=DTYPE).to(DEVICE)
-    with torch.no_grad():
-        _, state = layer(x[:, :6], layer.init_state(2, DEVICE))
-    ref, ref_state = _steps(layer, "torch", x[:, 6:], state, 3)
-    out, new_state = _steps(layer, "triton", x[:, 6:], state, 3)
-    assert_close(ref, out, TOL, "y")
-    assert_close(ref_state.ssm, new_state.ssm, TOL, "ssm")
-    assert_close(ref_state.conv, new_state.conv, TOL, "conv buffer")
+    _check_against_torch(layer, d_model, 2, ("ssm", "conv"))
 
 
 @pytest.mark.parametrize(("d_model", "n_heads", "expand_k", "gate_rank"), [
@@ -92,14 +90,7 @@ def test_fused_gla_step_matches_the_layer_step(d_model, n_heads, expand_k, gate_
     """GLA: prefilled by the chunk form, then 3 one-token steps: fused == PyTorch (key / value head
     dims 8 / 16, 8 / 8, 20 / 40; gate ranks 16 / 4 / 3)."""
     layer = _layer("gla", d_model=d_model, n_heads=n_heads, expand_k=expand_k, gate_rank=gate_rank)
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 9, d_model, generator=gen, dtype=DTYPE).to(DEVICE)
-    with torch.no_grad():
-        _, state = layer(x[:, :6], layer.init_state(2, DEVICE))
-    ref, ref_state = _steps(layer, "torch", x[:, 6:], state, 3)
-    out, new_state = _steps(layer, "triton", x[:, 6:], state, 3)
-    assert_close(ref, out, TOL, "y")
-    assert_close(ref_state.S, new_state.S, TOL, "S")
+    _check_against_torch(layer, d_model, 3, ("S",))
 
 
 @pytest.mark.parametrize("mixer", [pytest.param(m, marks=MARKS) for m in ("deltanet", "gated_deltanet")])

@@ -51,3 +51,21 @@ def stacked_weight(module: nn.Module, weights: list[Tensor]) -> Tensor:
             cached = (key, torch.cat([w.detach() for w in weights]))
         module.__dict__["_stacked_weight_cache"] = cached
     return cached[1]
+
+
+def wants_fused_step(module: nn.Module, op: str, x: Tensor, state: tuple[Tensor, ...], K: int, V: int,
+                     conv_size: int = 1) -> bool:
+    """Whether ``module`` decodes this call with its fused whole-layer step ``op``
+    (``ops.common.triton_layer_step``): one token, no gradient wanted (the kernel has no
+    backward), heads of key dim K and value dim V it can hold (``backend.layer_step_unsupported``),
+    Triton installed, and the backend asking for it ("auto" only once it has passed on a GPU,
+    "triton" always)."""
+    from longctx.ops.common.backend import has_triton, layer_step_unsupported, wants_triton
+
+    if x.shape[1] != 1:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())):
+        return False
+    if not has_triton() or layer_step_unsupported(K, V, conv_size) is not None:
+        return False
+    return wants_triton(op, None, x, *state)

@@ -24,7 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longctx.layers.base import Mixer, MixerConfig, State, dtype_bytes
-from longctx.layers.common import check_positive, merge_heads, split_heads, stacked_weight
+from longctx.layers.common import (
+    check_positive,
+    merge_heads,
+    split_heads,
+    stacked_weight,
+    wants_fused_step,
+)
 from longctx.ops.deltanet import chunk_delta_rule, delta_rule_step
 from longctx.ops.deltanet.checks import l2norm
 
@@ -190,21 +196,12 @@ class DeltaNet(Mixer):
         and W_o; None where it does not apply: more than one token, a gradient wanted, a head too
         large for it, or the backend not asking for it (``"auto"`` once it has passed on a GPU,
         ``"triton"`` always)."""
-        from longctx.ops.common.backend import (
-            decode_inplace,
-            has_triton,
-            layer_step_unsupported,
-            wants_triton,
-        )
+        from longctx.ops.common.backend import decode_inplace
 
         c = self.config
         H = c.n_heads
         K, V = c.key_dim // H, c.value_dim // H
-        if x.shape[1] != 1 or (torch.is_grad_enabled() and (x.requires_grad or self.wo.weight.requires_grad)):
-            return None
-        if not has_triton() or layer_step_unsupported(K, V, c.conv_size) is not None:
-            return None
-        if not wants_triton(self.layer_step_op, None, x, state.S, state.conv):
+        if not wants_fused_step(self, self.layer_step_op, x, (state.S, state.conv), K, V, c.conv_size):
             return None
         from longctx.ops.common.triton_layer_step import delta_layer_step
 

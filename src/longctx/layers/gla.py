@@ -14,7 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longctx.layers.base import Mixer, MixerConfig, State, dtype_bytes
-from longctx.layers.common import check_positive, merge_heads, split_heads, stacked_weight
+from longctx.layers.common import (
+    check_positive,
+    merge_heads,
+    split_heads,
+    stacked_weight,
+    wants_fused_step,
+)
 from longctx.ops.gla import chunk_gla, gla_step
 
 
@@ -86,21 +92,12 @@ class GatedLinearAttention(Mixer):
         RMSNorm, the output gate: ``triton_layer_step``) and W_o; None where it does not apply:
         more than one token, a gradient wanted, heads too large for it, or the backend not asking
         for it (``"auto"`` once it has passed on a GPU, ``"triton"`` always)."""
-        from longctx.ops.common.backend import (
-            decode_inplace,
-            has_triton,
-            layer_step_unsupported,
-            wants_triton,
-        )
+        from longctx.ops.common.backend import decode_inplace
 
         c = self.config
         H = c.n_heads
         K, V = c.key_dim // H, c.head_dim
-        if x.shape[1] != 1 or (torch.is_grad_enabled() and (x.requires_grad or self.wo.weight.requires_grad)):
-            return None
-        if not has_triton() or layer_step_unsupported(K, V, 1) is not None or c.gate_rank > 64:
-            return None
-        if not wants_triton("gla_layer_step", None, x, state.S):
+        if c.gate_rank > 64 or not wants_fused_step(self, "gla_layer_step", x, (state.S,), K, V):
             return None
         from longctx.ops.common.triton_layer_step import gla_layer_step
 

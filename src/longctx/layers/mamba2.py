@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longctx.layers.base import Mixer, MixerConfig, State, dtype_bytes
-from longctx.layers.common import check_positive, heads_of_size, merge_heads
+from longctx.layers.common import check_positive, heads_of_size, merge_heads, wants_fused_step
 from longctx.ops.mamba2 import chunk_ssd, ssd_step
 
 
@@ -164,20 +164,11 @@ class Mamba2(Mixer):
         out_proj and the RMSNorm's scale; None where it does not apply: more than one token, a
         gradient wanted, heads too large for it, or the backend not asking for it (``"auto"``
         once it has passed on a GPU, ``"triton"`` always)."""
-        from longctx.ops.common.backend import (
-            decode_inplace,
-            has_triton,
-            layer_step_unsupported,
-            wants_triton,
-        )
+        from longctx.ops.common.backend import decode_inplace
 
         c = self.config
         H, G, P, N = c.n_heads, c.n_groups, c.ssd_head_dim, c.d_state
-        if x.shape[1] != 1 or (torch.is_grad_enabled() and (x.requires_grad or self.out_proj.weight.requires_grad)):
-            return None
-        if not has_triton() or layer_step_unsupported(P, N, c.d_conv) is not None:
-            return None
-        if not wants_triton("mamba2_layer_step", None, x, state.conv, state.ssm):
+        if not wants_fused_step(self, "mamba2_layer_step", x, (state.conv, state.ssm), P, N, c.d_conv):
             return None
         from longctx.ops.common.triton_layer_step import rms_scale, ssd_layer_step
 
