@@ -129,8 +129,8 @@ def shared_memory(fn: JITFunction, sig: dict, const: dict, num_warps: int, num_s
 
 def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bfloat16
          ) -> dict[str, Callable[[], object]]:
-    """Forward + backward of each chunked op on CPU tensors of ``dtype`` (the kernels are only
-    recorded)."""
+    """Forward + backward of each chunked op, and the fused layer decode steps, on CPU tensors of
+    ``dtype`` (the kernels are only recorded)."""
     from longctx.ops.common.triton_delta import delta_rule_chunk
     from longctx.ops.common.triton_gla import gla_chunk
     from longctx.ops.common.triton_launch import launch_overrides
@@ -154,6 +154,34 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
                 fn(*args)
         return run
 
+    def layer_steps() -> dict[str, Callable[[], object]]:
+        """The fused whole-layer decode steps at a model's sizes: Gated DeltaNet with V = 2 K (its
+        expand_v), Mamba-2 with P = 64, N = 128 (the paper's), GLA with K = K / 2 (its expand_k);
+        input dtype ``dtype``, states in float32."""
+        from longctx.ops.common.triton_layer_step import (
+            delta_layer_step,
+            gla_layer_step,
+            ssd_layer_step,
+        )
+
+        f32 = lambda *shape: torch.zeros(*shape)
+        V2, KC, P, N, R = 2 * V, 4, 64, 128, 16
+        C = 2 * H * K + H * V2
+        C2 = H * P + 2 * N
+        return {
+            "gated_deltanet/layer_step": lambda: delta_layer_step(
+                torch.zeros(B, C + 2 * H + H * V2, dtype=dtype), f32(C, KC), torch.zeros(B, KC - 1, C, dtype=dtype),
+                f32(B, H, K, V2), f32(V2), H=H, K=K, V=V2, scale=1.0, l2_eps=1e-6, norm_eps=1e-5, neg_eig=False,
+                A_log=f32(H), dt_bias=f32(H)),
+            "mamba2/layer_step": lambda: ssd_layer_step(
+                torch.zeros(B, 2 * H * P + 2 * N + H, dtype=dtype), f32(C2, KC), f32(C2),
+                torch.zeros(B, KC - 1, C2, dtype=dtype), f32(B, H, P, N), f32(H), f32(H), f32(H), f32(H * P),
+                H=H, G=1, P=P, N=N),
+            "gla/layer_step": lambda: gla_layer_step(
+                torch.zeros(B, 2 * H * (K // 2) + 2 * H * V + R, dtype=dtype), f32(H * (K // 2), R), f32(H * (K // 2)),
+                f32(B, H, K // 2, V), f32(V), H=H, K=K // 2, V=V, scale=1.0, tau=16.0, norm_eps=1e-5),
+        }
+
     q, k, v = rand(B, T, H, K), rand(B, T, H, K), rand(B, T, H, V)
     g = rand(B, T, H, dtype=torch.float32)
     gk = rand(B, T, H, K, dtype=torch.float32)
@@ -168,6 +196,7 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
         "deltanet": fwd_bwd(delta_rule_chunk, q, k, v, beta),
         "gated_deltanet": fwd_bwd(delta_rule_chunk, q, k, v, beta, g),
         "log_linear_mamba2": fwd_bwd(log_linear_scalar_decay_chunk, q, k, v, g, lam),
+        **layer_steps(),
     }
 
 
