@@ -19,6 +19,7 @@ kernels named, or of all) and prints a table.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import re
@@ -47,7 +48,8 @@ def record_launches(run: Callable[[], object]) -> list[tuple]:
 
     def recorder(self, *args, grid, warmup, **kwargs):
         opts = {k: kwargs.pop(k) for k in ("num_warps", "num_stages") if k in kwargs}
-        bound = dict(zip(self.arg_names, args, strict=False)) | kwargs
+        defaults = {p.name: p.default for p in self.params if p.default is not inspect.Parameter.empty}
+        bound = defaults | dict(zip(self.arg_names, args, strict=False)) | kwargs
         sig, const = {}, {}
         for i, name in enumerate(self.arg_names):
             value = bound[name]
@@ -148,9 +150,9 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
                                 allow_unused=True)
         return run
 
-    def inference(fn, *args):  # no gradient wanted: the grouped forward (at any device's grouping)
+    def inference(fn, *args, kernel="scalar_decay.fwd_grouped"):  # no gradient wanted: the grouped forward
         def run():
-            with torch.no_grad(), launch_overrides({"scalar_decay.fwd_grouped": {"GS": 16}}):
+            with torch.no_grad(), launch_overrides({kernel: {"GS": 16}}):
                 fn(*args)
         return run
 
@@ -193,6 +195,7 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
         "linear_attention/inference": inference(scalar_decay_chunk, q, k, v),
         "simple_gla/inference": inference(scalar_decay_chunk, q, k, v, g),
         "gla": fwd_bwd(gla_chunk, q, k, v, gk),
+        "gla/inference": inference(gla_chunk, q, k, v, gk, kernel="gla.fwd_grouped"),
         "deltanet": fwd_bwd(delta_rule_chunk, q, k, v, beta),
         "gated_deltanet": fwd_bwd(delta_rule_chunk, q, k, v, beta, g),
         "log_linear_mamba2": fwd_bwd(log_linear_scalar_decay_chunk, q, k, v, g, lam),

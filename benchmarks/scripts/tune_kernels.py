@@ -23,7 +23,7 @@ import sys
 import torch
 
 KERNELS = {  # op -> (kernel name, backward?) in launch order
-    "gla": [("gla.fwd_h", 0), ("gla.fwd_A", 0), ("gla.fwd_o", 0),
+    "gla": [("gla.fwd_h", 0), ("gla.fwd_A", 0), ("gla.fwd_o", 0), ("gla.fwd_grouped", 0),
             ("gla.bwd_dh", 1), ("gla.bwd_dv_dA", 1), ("gla.bwd_dqk", 1)],
     "simple_gla": [("scalar_decay.fwd_h", 0), ("scalar_decay.fwd_o", 0), ("scalar_decay.fwd_grouped", 0),
                    ("scalar_decay.bwd_dh", 1), ("scalar_decay.bwd_dqkv", 1)],
@@ -80,7 +80,7 @@ def main() -> None:
                 continue
             run = _run(op, T, bool(bwd))
             ref = [t.float() for t in run() if t is not None]
-            sweep = GROUPED_SETTINGS if kernel == "scalar_decay.fwd_grouped" else (
+            sweep = GROUPED_SETTINGS if kernel.endswith(".fwd_grouped") else (
                 TILE_SETTINGS if kernel in TILED else SETTINGS)
             for s in sweep:
                 row = {"op": op, "T": T, "kernel": kernel, **s}

@@ -251,3 +251,45 @@ def test_gate_gradient_in_half_precision_is_as_exact_as_the_others(gate) -> None
         return triton_gla(q, k, v, g, scale=0.5, output_final_state=True, chunk_size=32, sub_chunk=16)
 
     check_half_gradients(f"gate {gate}", ref, fn, [q, k, v, g], 3, ("dq", "dk", "dv", "dg"))
+
+
+@pytest.mark.parametrize(("dtype", "groups", "gate"),
+                         _maybe_gpu([(d, gs, gate) for d in DTYPES for gs in (2, 3) for gate in ("mild", "strong")]))
+def test_inference_forward_in_groups_of_chunks_matches_recurrence(dtype, groups, gate) -> None:
+    """No gradient wanted, ``GS`` = groups: the state at every group start by the two-level pass
+    (per key dim decays) and an output pass carrying S through each group's chunks. Outputs and
+    final states of packed sequences (a partial last group and chunk, a 1-token sequence) match
+    the recurrence from initial states, and the training forward (gradient wanted) to rounding."""
+    from longctx.ops.common.triton_launch import launch_overrides
+    from longctx.ops.gla.triton import triton_gla
+
+    lens = [83, 16, 1, 50] if not ON_CUDA else [1000, 64, 1, 3000, 37]
+    H, K, V = (2, 80, 20) if not ON_CUDA else (4, 128, 128)  # K 80: S in two pieces of 64 rows
+    T = sum(lens)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    gen = torch.Generator().manual_seed(12)
+    q, k, v = _rand(1, T, H, K, gen=gen), _rand(1, T, H, K, gen=gen), _rand(1, T, H, V, gen=gen)
+    q, k = q * K ** -0.5, k * K ** -0.5
+    g, S0 = _gate((1, T, H, K), GATES[gate], gen), _rand(len(lens), H, K, V, gen=gen)
+    outs, finals = [], []
+    for n, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
+        o, S = naive_gla(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], scale=0.5, initial_state=S0[n:n + 1],
+                         output_final_state=True)
+        outs.append(o)
+        finals.append(S)
+    o_ref, S_ref = torch.cat(outs, 1), torch.cat(finals)
+    args = [t.to(DEVICE, dtype) for t in (q, k, v)]
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def run():
+        return triton_gla(*args, g.to(DEVICE, acc), scale=0.5, initial_state=S0.to(DEVICE, acc),
+                          output_final_state=True, cu_seqlens=cu.to(DEVICE), **TILES)
+
+    with launch_overrides({"gla.fwd_grouped": {"GS": groups}}), torch.no_grad():
+        o, S = run()
+    assert_close(o_ref, o.double().cpu(), TOL[dtype], "grouped forward: o")
+    assert_close(S_ref, S.double().cpu(), TOL[dtype], "grouped forward: final state")
+    args[0].requires_grad_()
+    o_train, S_train = run()  # the per-chunk kernels (their states are kept for the backward)
+    assert_close(o_train.detach().double(), o.double(), TOL[dtype], "grouped vs per-chunk: o")
+    assert_close(S_train.detach().double(), S.double(), TOL[dtype], "grouped vs per-chunk: final state")

@@ -10,6 +10,13 @@ The state pass and the output pass are separate kernels (as in ``triton_scalar_d
 layout, packed-sequence bounds, chunk-local cumsum and reverse cumsum are reused here): every
 ``[B, T]`` layout is packed variable lengths, ``[1, B*T]`` with ``cu_seqlens = [0, T, 2T, ...]``.
 
+With no gradient wanted, ``launch_overrides({"gla.fwd_grouped": {"GS": n}})`` runs the grouped
+inference forward instead (``triton_scalar_decay``'s, with a decay per key dim): the state at every
+GS-th chunk start by a two-level pass (``_fwd_h_group_kernel``, then the scan with the groups' log
+decays per key dim) and an output pass (``_fwd_grouped_kernel``) that carries S through each group's
+chunks in registers; no per-chunk states are written. Off by default (``GROUPED_BY_DEFAULT``) until
+it has run on a GPU.
+
 Numerical stability (the paper's secondary chunking, §4.3). The fully parallel factorisation
 ``A = (Q ⊙ e^G)(K ⊙ e^{-G})^T`` needs ``exp(-G)``, i.e. ``exp(+|G|)``: with a gate of -5 per token,
 a 64-token chunk reaches e^320 (float32 overflows past e^88; 0 * inf = NaN). Here no exp of a
@@ -59,8 +66,13 @@ from longctx.ops.common.triton_scalar_decay import (
     KERNEL_CHUNK,
     _acc,
     _chunk,
+    _chunks_per_group,
+    _cols,
     _direct_dg,
+    _fwd_h_scan_kernel,
+    _init_pieces,
     _prec,
+    _rows_t,
     _sequence,
     _state_dtype,
     _sum_after,
@@ -125,6 +137,23 @@ def _row(x, bos, T, r, i_h, i_k, H: tl.constexpr, K: tl.constexpr, BK: tl.conste
 
 
 @triton.jit
+def _gla_h_step(b_h, k, v, gc, bos, T, i_t, i_h, i_k, i_v, H: tl.constexpr, K: tl.constexpr,
+                V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    """One [BK, BV] tile (key dims of block i_k) of S through chunk i_t:
+    diag(e^{G_last}) S + (K ⊙ e^{G_last - G})^T V; returns it and G_last [BK]."""
+    p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K),
+                            (i_k * BK, i_t * BT), (BK, BT), (0, 1))  # K^T
+    p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                            (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+    b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")
+    b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
+    g_last = _gate_last(gc, bos, T, i_t, i_h, i_k, H, K, BT, BK)
+    b_gt = _gate_rows_t(gc, g_last, bos, T, i_t * BT, i_h, i_k, H, K, BT, BK)  # G^T [BK, BT]
+    b_kd = (b_k * tl.exp(g_last[:, None] - b_gt)).to(b_k.dtype)  # (K ⊙ e^{G_last - G})^T
+    return b_h * tl.exp(g_last)[:, None] + tl.dot(b_kd, b_v, input_precision=PREC), g_last
+
+
+@triton.jit
 def _fwd_h_kernel(
     k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
@@ -143,16 +172,7 @@ def _fwd_h_kernel(
         p_h = tl.make_block_ptr(h + ((boh + i_t) * H + i_h) * K * V, (K, V), (V, 1),
                                 (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         tl.store(p_h, b_h.to(p_h.dtype.element_ty), boundary_check=(0, 1))
-        p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K),
-                                (i_k * BK, i_t * BT), (BK, BT), (0, 1))  # K^T
-        p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
-                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")
-        b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
-        g_last = _gate_last(gc, bos, T, i_t, i_h, i_k, H, K, BT, BK)
-        b_gt = _gate_rows_t(gc, g_last, bos, T, i_t * BT, i_h, i_k, H, K, BT, BK)  # G^T [BK, BT]
-        b_kd = (b_k * tl.exp(g_last[:, None] - b_gt)).to(b_k.dtype)  # (K ⊙ e^{G_last - G})^T
-        b_h = b_h * tl.exp(g_last)[:, None] + tl.dot(b_kd, b_v, input_precision=PREC)
+        b_h, _ = _gla_h_step(b_h, k, v, gc, bos, T, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV, PREC)
     if STORE_HT:
         p_ht = tl.make_block_ptr(ht + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         tl.store(p_ht, b_h.to(p_ht.dtype.element_ty), boundary_check=(0, 1))
@@ -519,9 +539,158 @@ def _bwd_dg_kernel(
 # host side
 
 
+@triton.jit
+def _fwd_h_group_kernel(
+    k, v, gc, hl, gtot, cu_seqlens, group_indices, GS,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """The grouped inference forward's first level (``triton_scalar_decay._fwd_h_group_kernel``
+    with a decay per key dim): each group's own contribution to the state, its GS chunks from a
+    zero state (into hl), and its total log decay per key dim (into gtot [groups, H, K], by the
+    programs of value tile 0); grid (K/BK, V/BV, groups * H)."""
+    i_k, i_v, i_gh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_g, i_h = i_gh // H, i_gh % H
+    i_s, bos, T = _chunk(cu_seqlens, group_indices, i_g)
+    b_h = tl.zeros([BK, BV], dtype=ACC)
+    b_gt = tl.zeros([BK], dtype=ACC)
+    for i_t in range(i_s * GS, tl.minimum(i_s * GS + GS, tl.cdiv(T, BT))):
+        b_h, g_last = _gla_h_step(b_h, k, v, gc, bos, T, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV, PREC)
+        b_gt += g_last
+    p_l = tl.make_block_ptr(hl + i_gh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+    tl.store(p_l, b_h.to(p_l.dtype.element_ty), boundary_check=(0, 1))
+    cols = i_k * BK + tl.arange(0, BK)
+    tl.store(gtot + i_gh * K + cols, b_gt, mask=(cols < K) & (i_v == 0))
+
+
+@triton.jit
+def _piece_o(b_h, q, gc, bos, T, i_t, i_h, p, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
+             BP: tl.constexpr, PREC: tl.constexpr):
+    """(Q ⊙ e^G) S over key dims [p BP, p BP + BP) (one piece of S): [BT, BV]."""
+    b_q = _cols(q, bos, T, i_t, i_h, p, H, K, BT, BP)
+    g_last = _gate_last(gc, bos, T, i_t, i_h, p, H, K, BT, BP)
+    b_qg = (b_q * tl.exp(_gate_rows(gc, g_last, bos, T, i_t * BT, i_h, p, H, K, BT, BP))).to(b_q.dtype)
+    return tl.dot(b_qg, b_h.to(b_q.dtype), input_precision=PREC)
+
+
+@triton.jit
+def _piece_out(b_h, k, gc, b_v, bos, T, i_t, i_h, p, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
+               BP: tl.constexpr, PREC: tl.constexpr):
+    """One piece of S after chunk i_t: diag(e^{G_last}) S + (K ⊙ e^{G_last - G})^T V."""
+    b_kt = _rows_t(k, bos, T, i_t, i_h, p, H, K, BT, BP)
+    g_last = _gate_last(gc, bos, T, i_t, i_h, p, H, K, BT, BP)
+    b_kd = (b_kt * tl.exp(g_last[:, None] - _gate_rows_t(gc, g_last, bos, T, i_t * BT, i_h, p, H, K, BT, BP)))
+    return b_h * tl.exp(g_last)[:, None] + tl.dot(b_kd.to(b_kt.dtype), b_v, input_precision=PREC)
+
+
+@triton.jit
+def _fwd_grouped_kernel(
+    q, k, v, gc, h, A, o, cu_seqlens, group_indices, scale, GS,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr,
+    BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """O of the GS chunks of one group from the state at the group's start (h: one per group,
+    fp32), S carried from chunk to chunk in registers (``triton_scalar_decay._fwd_grouped_kernel``
+    with a decay per key dim and the intra-chunk scores A from ``_fwd_A_kernel``):
+        O_[n] = scale (Q ⊙ e^G) S_n + A V,      S_{n+1} = diag(e^{G_last}) S_n + (K ⊙ e^{G_last - G})^T V
+    grid (V/BV, groups, H). S is held as up to four pieces of BP <= 64 rows (K <= 4 BP)."""
+    tl.static_assert(BP <= 64 and K <= 4 * BP, "S is held as up to four pieces of at most 64 rows")
+    i_v, i_g, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_s, bos, T = _chunk(cu_seqlens, group_indices, i_g)
+    b_h1, b_h2, b_h3, b_h4 = _init_pieces(h, i_g * H + i_h, i_v, True, ACC, K, V, BP, BV)
+    for i_t in range(i_s * GS, tl.minimum(i_s * GS + GS, tl.cdiv(T, BT))):
+        b_o = _piece_o(b_h1, q, gc, bos, T, i_t, i_h, 0, H, K, BT, BP, PREC)
+        if K > BP:
+            b_o += _piece_o(b_h2, q, gc, bos, T, i_t, i_h, 1, H, K, BT, BP, PREC)
+        if K > 2 * BP:
+            b_o += _piece_o(b_h3, q, gc, bos, T, i_t, i_h, 2, H, K, BT, BP, PREC)
+        if K > 3 * BP:
+            b_o += _piece_o(b_h4, q, gc, bos, T, i_t, i_h, 3, H, K, BT, BP, PREC)
+        p_A = tl.make_block_ptr(A + (bos * H + i_h) * BT, (T, BT), (H * BT, 1), (i_t * BT, 0), (BT, BT), (1, 0))
+        p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        b_A = tl.load(p_A, boundary_check=(0,), padding_option="zero")
+        b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
+        b_o = b_o * scale + tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
+        p_o = tl.make_block_ptr(o + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0, 1))
+        b_h1 = _piece_out(b_h1, k, gc, b_v, bos, T, i_t, i_h, 0, H, K, BT, BP, PREC)
+        if K > BP:
+            b_h2 = _piece_out(b_h2, k, gc, b_v, bos, T, i_t, i_h, 1, H, K, BT, BP, PREC)
+        if K > 2 * BP:
+            b_h3 = _piece_out(b_h3, k, gc, b_v, bos, T, i_t, i_h, 2, H, K, BT, BP, PREC)
+        if K > 3 * BP:
+            b_h4 = _piece_out(b_h4, k, gc, b_v, bos, T, i_t, i_h, 3, H, K, BT, BP, PREC)
+
+
 def _blocks(K: int, V: int) -> tuple[int, int]:
     """(BK, BV): key / value blocks of at most 64 (at least 16, the smallest tl.dot tile)."""
     return min(64, max(16, triton.next_power_of_2(K))), min(64, max(16, triton.next_power_of_2(V)))
+
+
+def _cumsum_and_scores(q: Tensor, k: Tensor, g: Tensor, scale: float, cu: Tensor, indices: Tensor, NC: int,
+                       BT: int, BC: int) -> tuple[Tensor, Tensor]:
+    """The chunk-local gate cumsums G [1, T, H, K] (fp32; fp64 for fp64) and the intra-chunk scores
+    A [T, H, BT] (``_fwd_A_kernel``; in the input dtype for half inputs, read rounded)."""
+    _, _, H, K = q.shape
+    BK = _blocks(K, 1)[0]
+    ACC = _acc(q.dtype)[1]
+    gc = torch.empty(g.shape, dtype=_acc(g.dtype)[0], device=g.device)
+    _chunk_cumsum_kernel[(triton.cdiv(K, BK), NC, H)](g, gc, cu, indices, H=H, K=K, BT=BT, BK=BK)
+    A = q.new_empty(q.shape[1], H, BT, dtype=_state_dtype(q.dtype))
+    _fwd_A_kernel[(NC * (BT // BC), H)](
+        q, k, gc, A, cu, indices, scale, H=H, K=K, BT=BT, BC=BC, BK=BK, BD=min(BK, 16), ACC=ACC,
+        PREC=_prec(q.dtype),  # 4 warps for the [BC, BC, BD] diagonal block (ptxas: 111 registers, no
+        # spills); not yet timed on a GPU (the column-loop kernel before it: 8 warps, 2 stages)
+        **launch_options("gla.fwd_A", num_warps=4, num_stages=2),
+    )
+    return gc, A
+
+
+# The grouped inference forward (no gradient wanted: no per-chunk states; ``triton_scalar_decay``'s
+# with a decay per key dim) is exact in the interpreter but has not run on a GPU, so it is off by
+# default: ``launch_overrides({"gla.fwd_grouped": {"GS": n}})`` runs it (the tests, tune_kernels.py).
+GROUPED_BY_DEFAULT = False
+
+
+def _inference(q, k, v, g, h0, scale, want_ht, cu, BT, BC):
+    """``gla_chunk``'s forward when no gradient is wanted: the grouped forward where GS > 1 (the
+    state at every GS-th chunk start by a two-level pass, then an output pass carrying S through
+    each group's chunks), else the training forward's kernels."""
+    _, _, H, K = q.shape
+    V = v.shape[-1]
+    N = cu.numel() - 1
+    _, indices, NC = chunk_layout(cu, BT)
+    BK, BV = _blocks(K, V)
+    opts = launch_options("gla.fwd_grouped", num_warps=4, num_stages=2, BV=BV)
+    BVo = opts.pop("BV")
+    GS = opts.pop("GS", None) or (_chunks_per_group(NC, H, V, BVo, q.device) if GROUPED_BY_DEFAULT else 1)
+    if GS <= 1 or K > 256:  # the output pass holds S as at most four pieces of 64 rows
+        return _GlaFn.apply(q, k, v, g, h0, scale, want_ht, cu, BT, BC)
+    acc, ACC = _acc(q.dtype)
+    prec = _prec(q.dtype)
+    gc, A = _cumsum_and_scores(q, k, g, scale, cu, indices, NC, BT, BC)
+    goffsets, gindices, NG = chunk_layout(cu, BT * GS)
+    h = q.new_empty(NG, H, K, V, dtype=acc)  # the state at each group start
+    hl = torch.empty_like(h)  # each group's own part
+    gtot = torch.empty(NG, H, K, dtype=acc, device=q.device)  # each group's log decay per key dim
+    ht = q.new_empty(N, H, K, V, dtype=acc) if want_ht else None
+    st = launch_options("gla.fwd_h", num_warps=4, num_stages=3, BK=min(BK, 32), BV=min(BV, 32))
+    grid = (triton.cdiv(K, st["BK"]), triton.cdiv(V, st["BV"]))
+    _fwd_h_group_kernel[(*grid, NG * H)](k, v, gc, hl, gtot, cu, gindices, GS, H=H, K=K, V=V, BT=BT,
+                                         ACC=ACC, PREC=prec, **st)
+    _fwd_h_scan_kernel[(*grid, N * H)](
+        hl, gtot, h, h0 if h0 is not None else h, ht if want_ht else h, goffsets, H=H, K=K, V=V,
+        BK=st["BK"], BV=st["BV"], HAS_G=True, ACC=ACC, USE_H0=h0 is not None, STORE_HT=want_ht, GK=True,
+        **launch_options("gla.fwd_h_scan", num_warps=4, num_stages=2),
+    )
+    o = torch.empty_like(v)
+    _fwd_grouped_kernel[(triton.cdiv(V, BVo), NG, H)](
+        q, k, v, gc, h, A, o, cu, gindices, scale, GS, H=H, K=K, V=V, BT=BT,
+        BP=min(64, max(16, triton.next_power_of_2(K))), BV=BVo, ACC=ACC, PREC=prec, **opts,
+    )
+    return o, ht
 
 
 class _GlaFn(torch.autograd.Function):
@@ -534,8 +703,7 @@ class _GlaFn(torch.autograd.Function):
         BK, BV = _blocks(K, V)
         acc, ACC = _acc(q.dtype)
         prec = _prec(q.dtype)
-        gc = torch.empty(g.shape, dtype=_acc(g.dtype)[0], device=g.device)  # [1, T, H, K]
-        _chunk_cumsum_kernel[(triton.cdiv(K, BK), NC, H)](g, gc, cu, indices, H=H, K=K, BT=BT, BK=BK)
+        gc, A = _cumsum_and_scores(q, k, g, scale, cu, indices, NC, BT, BC)
         h = q.new_empty(NC, H, K, V, dtype=_state_dtype(q.dtype))  # rounded as its readers round it
         ht = q.new_empty(N, H, K, V, dtype=acc) if want_ht else None
         # 32 x 32 state tiles (4x the programs): forward 0.487 -> 0.436 ms at 4k, H100 (tune_kernels.py)
@@ -543,13 +711,6 @@ class _GlaFn(torch.autograd.Function):
         _fwd_h_kernel[(triton.cdiv(K, opts["BK"]), triton.cdiv(V, opts["BV"]), N * H)](
             k, v, gc, h, h0 if h0 is not None else q, ht if want_ht else q, cu, offsets,
             H=H, K=K, V=V, BT=BT, ACC=ACC, PREC=prec, USE_H0=h0 is not None, STORE_HT=want_ht, **opts,
-        )
-        A = q.new_empty(q.shape[1], H, BT, dtype=_state_dtype(q.dtype))  # [T, H, BT]; read rounded
-        _fwd_A_kernel[(NC * (BT // BC), H)](
-            q, k, gc, A, cu, indices, scale, H=H, K=K, BT=BT, BC=BC, BK=BK, BD=min(BK, 16), ACC=ACC,
-            PREC=prec,  # 4 warps for the [BC, BC, BD] diagonal block (ptxas: 111 registers, no
-            # spills); not yet timed on a GPU (the column-loop kernel before it: 8 warps, 2 stages)
-            **launch_options("gla.fwd_A", num_warps=4, num_stages=2),
         )
         o = torch.empty_like(v)
         _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](
@@ -645,5 +806,8 @@ def gla_chunk(
     cu, flat = packed_sequences(B, T, q.device, cu_seqlens)
     q, k, v, g = (flat(t).contiguous() for t in (q, k, v, g))
     h0 = initial_state.contiguous() if initial_state is not None else None
-    o, ht = _GlaFn.apply(q, k, v, g, h0, float(scale), output_final_state, cu, chunk_size, sub_chunk)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, h0)):
+        o, ht = _GlaFn.apply(q, k, v, g, h0, float(scale), output_final_state, cu, chunk_size, sub_chunk)
+    else:
+        o, ht = _inference(q, k, v, g, h0, float(scale), output_final_state, cu, chunk_size, sub_chunk)
     return o.reshape(B, T, H, v.shape[-1]), ht

@@ -315,10 +315,12 @@ def _fwd_h_scan_kernel(
     hl, gtot, h, h0, ht, group_offsets,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_G: tl.constexpr, ACC: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
+    GK: tl.constexpr = False,
 ):
     """The state at every group start (into h), S_{g+1} = e^{G_g} S_g + L_g in order over the
     sequence's groups (one tile load, scale and add each), and the final state; grid (K/BK, V/BV,
-    N*H)."""
+    N*H). GK: the groups' log decays are per key dim, gtot [groups, H, K] (GLA's
+    ``diag(e^{G_g})``), else one per head, gtot [groups, H]."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     g0 = tl.load(group_offsets + i_n).to(tl.int64)
@@ -329,7 +331,10 @@ def _fwd_h_scan_kernel(
     for i_s in range(NG):
         i_gh = (g0 + i_s) * H + i_h
         tl.store(_state_ptr(h, i_gh, i_v, i_k, K, V, BK, BV), b_h.to(h.dtype.element_ty), boundary_check=(0, 1))
-        if HAS_G:
+        if GK:
+            cols = i_k * BK + tl.arange(0, BK)
+            b_h *= tl.exp(tl.load(gtot + i_gh * K + cols, mask=cols < K, other=0.0))[:, None]
+        elif HAS_G:
             b_h *= tl.exp(tl.load(gtot + i_gh))
         b_h += tl.load(_state_ptr(hl, i_gh, i_v, i_k, K, V, BK, BV), boundary_check=(0, 1))
     if STORE_HT:
