@@ -156,6 +156,31 @@ def test_graph_decode_equals_eager(mixer, short_conv: int, backend: str) -> None
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not ON_CUDA, reason="needs a CUDA device")
+def test_graph_decode_with_the_fused_layer_steps_equals_pytorch() -> None:
+    """backend "triton": the graph replays the fused whole-layer steps (``triton_layer_step``:
+    GLA, Gated DeltaNet, Mamba-2, DeltaNet), writing S and the conv buffers in its static buffers;
+    its logits match PyTorch's eager step token by token."""
+    model = _model(["gla", "gated_deltanet", "mamba2", "deltanet"], short_conv=0, device="cuda")
+    B = 2
+    idx = torch.randint(61, (B, 37), device="cuda")
+    with use_backend("triton"):
+        dec = CUDAGraphDecoder(model, B)
+        logits = dec.prefill(idx)
+    with use_backend("torch"):
+        ref_logits, state = model(idx, model.init_state(B))
+    assert_close(ref_logits, logits, 1e-4, "prefill")
+    tok = ref_logits[:, -1:].argmax(-1)
+    for t in range(12):
+        with use_backend("torch"):
+            ref, state = model(tok, state)
+        with use_backend("triton"):
+            out = dec.step(tok)
+        assert_close(ref[:, -1], out, 1e-4, f"step {t}")
+        tok = ref[:, -1:].argmax(-1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_CUDA, reason="needs a CUDA device")
 def test_graph_generate_and_streamer_match_eager() -> None:
     model = _model(["gated_deltanet", "mamba2"], short_conv=2, device="cuda")
     idx = torch.randint(61, (1, 20), device="cuda")
