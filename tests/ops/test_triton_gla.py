@@ -20,6 +20,7 @@ from tests.ops.test_triton_kernels import (
     _grads,
     _maybe_gpu,
     _rand,
+    check_grouped_forward,
     check_half_gradients,
 )
 from tests.ops.triton_support import DEVICE, HAS_TRITON, ON_CUDA  # first: picks the interpreter
@@ -260,7 +261,6 @@ def test_inference_forward_in_groups_of_chunks_matches_recurrence(dtype, groups,
     (per key dim decays) and an output pass carrying S through each group's chunks. Outputs and
     final states of packed sequences (a partial last group and chunk, a 1-token sequence) match
     the recurrence from initial states, and the training forward (gradient wanted) to rounding."""
-    from longctx.ops.common.triton_launch import launch_overrides
     from longctx.ops.gla.triton import triton_gla
 
     lens = [83, 16, 1, 50] if not ON_CUDA else [1000, 64, 1, 3000, 37]
@@ -285,11 +285,4 @@ def test_inference_forward_in_groups_of_chunks_matches_recurrence(dtype, groups,
         return triton_gla(*args, g.to(DEVICE, acc), scale=0.5, initial_state=S0.to(DEVICE, acc),
                           output_final_state=True, cu_seqlens=cu.to(DEVICE), **TILES)
 
-    with launch_overrides({"gla.fwd_grouped": {"GS": groups}}), torch.no_grad():
-        o, S = run()
-    assert_close(o_ref, o.double().cpu(), TOL[dtype], "grouped forward: o")
-    assert_close(S_ref, S.double().cpu(), TOL[dtype], "grouped forward: final state")
-    args[0].requires_grad_()
-    o_train, S_train = run()  # the per-chunk kernels (their states are kept for the backward)
-    assert_close(o_train.detach().double(), o.double(), TOL[dtype], "grouped vs per-chunk: o")
-    assert_close(S_train.detach().double(), S.double(), TOL[dtype], "grouped vs per-chunk: final state")
+    check_grouped_forward(run, "gla.fwd_grouped", groups, o_ref, S_ref, args[0], dtype)

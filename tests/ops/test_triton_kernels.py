@@ -379,7 +379,6 @@ def test_inference_forward_in_groups_of_chunks_matches_recurrence(dtype, gated, 
     output pass carries S through the group's chunks. Outputs and final states of packed sequences
     (a partial last group and chunk, a 1-token sequence) match the recurrence, with the initial
     states, and the forward kept for the backward pass (gradient wanted) to rounding."""
-    from longctx.ops.common.triton_launch import launch_overrides
     from longctx.ops.common.triton_scalar_decay import scalar_decay_chunk
 
     lens = [83, 16, 1, 50] if not ON_CUDA else [1000, 64, 1, 3000, 37]
@@ -400,12 +399,21 @@ def test_inference_forward_in_groups_of_chunks_matches_recurrence(dtype, gated, 
         return scalar_decay_chunk(*args, g_in, scale=0.5, initial_state=S0.to(DEVICE, acc),
                                   output_final_state=True, cu_seqlens=cu.to(DEVICE), chunk_size=chunk)
 
-    with launch_overrides({"scalar_decay.fwd_grouped": {"GS": groups}}), torch.no_grad():
+    check_grouped_forward(run, "scalar_decay.fwd_grouped", groups, o_ref, S_ref, args[0], dtype)
+
+
+def check_grouped_forward(run, kernel: str, groups: int, o_ref, S_ref, first_input, dtype) -> None:
+    """``run()`` (outputs, final state) under ``kernel``'s GS = groups without a gradient == the
+    float64 references, and == the training forward (``first_input`` then requires a gradient:
+    the per-chunk kernels, their states kept for the backward) to rounding."""
+    from longctx.ops.common.triton_launch import launch_overrides
+
+    with launch_overrides({kernel: {"GS": groups}}), torch.no_grad():
         o, S = run()
     assert_close(o_ref, o.double().cpu(), TOL[dtype], "grouped forward: o")
     assert_close(S_ref, S.double().cpu(), TOL[dtype], "grouped forward: final state")
-    args[0].requires_grad_()
-    o_train, S_train = run()  # the per-chunk kernels (their states are kept for the backward)
+    first_input.requires_grad_()
+    o_train, S_train = run()
     assert_close(o_train.detach().double(), o.double(), TOL[dtype], "grouped vs per-chunk: o")
     assert_close(S_train.detach().double(), S.double(), TOL[dtype], "grouped vs per-chunk: final state")
 

@@ -233,6 +233,21 @@ def _fwd_A_kernel(
 
 
 @triton.jit
+def _store_o(b_o, A, v, o, bos, T, i_t, i_h, i_v, scale, H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+             BV: tl.constexpr, PREC: tl.constexpr):
+    """O_[n] = scale b_o + A V for chunk i_t and value block i_v (b_o = (Q ⊙ e^G) S_n), stored into
+    o; returns the chunk's V [BT, BV]."""
+    p_A = tl.make_block_ptr(A + (bos * H + i_h) * BT, (T, BT), (H * BT, 1), (i_t * BT, 0), (BT, BT), (1, 0))
+    p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+    b_A = tl.load(p_A, boundary_check=(0,), padding_option="zero")
+    b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
+    b_o = b_o * scale + tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
+    p_o = tl.make_block_ptr(o + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+    tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0, 1))
+    return b_v
+
+
+@triton.jit
 def _fwd_o_kernel(
     q, v, gc, h, A, o, cu_seqlens, chunk_indices, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
@@ -253,15 +268,7 @@ def _fwd_o_kernel(
         b_g = _gate_rows(gc, g_last, bos, T, i_t * BT, i_h, i_k, H, K, BT, BK)
         b_qg = (b_q * tl.exp(b_g)).to(b_q.dtype)  # Q ⊙ e^G
         b_o += tl.dot(b_qg, b_h.to(b_q.dtype), input_precision=PREC)
-    p_A = tl.make_block_ptr(A + (bos * H + i_h) * BT, (T, BT), (H * BT, 1), (i_t * BT, 0), (BT, BT), (1, 0))
-    p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
-                            (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-    b_A = tl.load(p_A, boundary_check=(0,), padding_option="zero")
-    b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
-    b_o = b_o * scale + tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
-    p_o = tl.make_block_ptr(o + (bos * H + i_h) * V, (T, V), (H * V, 1),
-                            (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-    tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0, 1))
+    _store_o(b_o, A, v, o, bos, T, i_t, i_h, i_v, scale, H, V, BT, BV, PREC)
 
 
 @triton.jit
@@ -606,15 +613,7 @@ def _fwd_grouped_kernel(
             b_o += _piece_o(b_h3, q, gc, bos, T, i_t, i_h, 2, H, K, BT, BP, PREC)
         if K > 3 * BP:
             b_o += _piece_o(b_h4, q, gc, bos, T, i_t, i_h, 3, H, K, BT, BP, PREC)
-        p_A = tl.make_block_ptr(A + (bos * H + i_h) * BT, (T, BT), (H * BT, 1), (i_t * BT, 0), (BT, BT), (1, 0))
-        p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
-                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        b_A = tl.load(p_A, boundary_check=(0,), padding_option="zero")
-        b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
-        b_o = b_o * scale + tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
-        p_o = tl.make_block_ptr(o + (bos * H + i_h) * V, (T, V), (H * V, 1),
-                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0, 1))
+        b_v = _store_o(b_o, A, v, o, bos, T, i_t, i_h, i_v, scale, H, V, BT, BV, PREC)
         b_h1 = _piece_out(b_h1, k, gc, b_v, bos, T, i_t, i_h, 0, H, K, BT, BP, PREC)
         if K > BP:
             b_h2 = _piece_out(b_h2, k, gc, b_v, bos, T, i_t, i_h, 1, H, K, BT, BP, PREC)
