@@ -69,10 +69,10 @@ from longctx.ops.common.triton_scalar_decay import (
     _chunks_per_group,
     _cols,
     _direct_dg,
-    _fwd_h_scan_kernel,
     _init_pieces,
     _prec,
     _rows_t,
+    _scan_groups,
     _sequence,
     _state_dtype,
     _sum_after,
@@ -679,11 +679,7 @@ def _inference(q, k, v, g, h0, scale, want_ht, cu, BT, BC):
     grid = (triton.cdiv(K, st["BK"]), triton.cdiv(V, st["BV"]))
     _fwd_h_group_kernel[(*grid, NG * H)](k, v, gc, hl, gtot, cu, gindices, GS, H=H, K=K, V=V, BT=BT,
                                          ACC=ACC, PREC=prec, **st)
-    _fwd_h_scan_kernel[(*grid, N * H)](
-        hl, gtot, h, h0 if h0 is not None else h, ht if want_ht else h, goffsets, H=H, K=K, V=V,
-        BK=st["BK"], BV=st["BV"], HAS_G=True, ACC=ACC, USE_H0=h0 is not None, STORE_HT=want_ht, GK=True,
-        **launch_options("gla.fwd_h_scan", num_warps=4, num_stages=2),
-    )
+    _scan_groups(hl, gtot, h, h0, ht, goffsets, st, True, "gla.fwd_h_scan", per_key=True)
     o = torch.empty_like(v)
     _fwd_grouped_kernel[(triton.cdiv(V, BVo), NG, H)](
         q, k, v, gc, h, A, o, cu, gindices, scale, GS, H=H, K=K, V=V, BT=BT,

@@ -640,10 +640,20 @@ def _grouped_state_pass(k, v, gc, h, h0, ht, cu, goffsets, gindices, BT: int, GS
         k, v, gc if gc is not None else k, hl, gtot, cu, gindices, GS, H=H, K=K, V=V, BT=BT,
         HAS_G=gc is not None, ACC=ACC, PREC=_prec(k.dtype), **opts,
     )
-    _fwd_h_scan_kernel[(*grid, (cu.numel() - 1) * H)](
+    _scan_groups(hl, gtot, h, h0, ht, goffsets, opts, gc is not None, "scalar_decay.fwd_h_scan")
+
+
+def _scan_groups(hl: Tensor, gtot: Tensor, h: Tensor, h0: Tensor | None, ht: Tensor | None, goffsets: Tensor,
+                 tiles: dict, has_g: bool, launch: str, per_key: bool = False) -> None:
+    """The grouped state pass's second level (``_fwd_h_scan_kernel``): from each group's own part hl
+    [groups, H, K, V] and log decay gtot ([groups, H]; per_key: [groups, H, K], GLA's), the state
+    at every group start into h and the final state into ht (if given), over ``tiles``' BK x BV
+    tiles; ``launch`` names its launch settings."""
+    _, H, K, V = h.shape
+    _fwd_h_scan_kernel[(triton.cdiv(K, tiles["BK"]), triton.cdiv(V, tiles["BV"]), (goffsets.numel() - 1) * H)](
         hl, gtot, h, h0 if h0 is not None else h, ht if ht is not None else h, goffsets, H=H, K=K, V=V,
-        BK=opts["BK"], BV=opts["BV"], HAS_G=gc is not None, ACC=ACC, USE_H0=h0 is not None,
-        STORE_HT=ht is not None, **launch_options("scalar_decay.fwd_h_scan", num_warps=4, num_stages=2),
+        BK=tiles["BK"], BV=tiles["BV"], HAS_G=has_g, ACC=_acc(h.dtype)[1], USE_H0=h0 is not None,
+        STORE_HT=ht is not None, GK=per_key, **launch_options(launch, num_warps=4, num_stages=2),
     )
 
 
