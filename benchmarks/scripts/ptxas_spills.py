@@ -174,14 +174,15 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
             "gated_deltanet/layer_step": lambda: delta_layer_step(
                 torch.zeros(B, C + 2 * H + H * V2, dtype=dtype), f32(C, KC), torch.zeros(B, KC - 1, C, dtype=dtype),
                 f32(B, H, K, V2), f32(V2), H=H, K=K, V=V2, scale=1.0, l2_eps=1e-6, norm_eps=1e-5, neg_eig=False,
-                A_log=f32(H), dt_bias=f32(H)),
+                buf_out=torch.zeros(B, KC - 1, C, dtype=dtype), S_out=f32(B, H, K, V2), A_log=f32(H), dt_bias=f32(H)),
             "mamba2/layer_step": lambda: ssd_layer_step(
                 torch.zeros(B, 2 * H * P + 2 * N + H, dtype=dtype), f32(C2, KC), f32(C2),
                 torch.zeros(B, KC - 1, C2, dtype=dtype), f32(B, H, P, N), f32(H), f32(H), f32(H), f32(H * P),
-                H=H, G=1, P=P, N=N),
+                H=H, G=1, P=P, N=N, S_out=f32(B, H, P, N)),
             "gla/layer_step": lambda: gla_layer_step(
                 torch.zeros(B, 2 * H * (K // 2) + 2 * H * V + R, dtype=dtype), f32(H * (K // 2), R), f32(H * (K // 2)),
-                f32(B, H, K // 2, V), f32(V), H=H, K=K // 2, V=V, scale=1.0, tau=16.0, norm_eps=1e-5),
+                f32(B, H, K // 2, V), f32(V), H=H, K=K // 2, V=V, scale=1.0, tau=16.0, norm_eps=1e-5,
+                S_out=f32(B, H, K // 2, V)),
         }
 
     q, k, v = rand(B, T, H, K), rand(B, T, H, K), rand(B, T, H, V)

@@ -53,6 +53,21 @@ def stacked_weight(module: nn.Module, weights: list[Tensor]) -> Tensor:
     return cached[1]
 
 
+def step_state(state: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """A state tensor for a fused decode step: (it in ``dtype``, contiguous; where the step writes
+    the new one: the tensor itself inside ``backend.inplace_decode`` (a CUDA graph's static buffers),
+    else a new tensor, so the old state stays as it was)."""
+    from longctx.ops.common.backend import decode_inplace
+
+    t = state.to(dtype).contiguous()
+    return t, state if decode_inplace(state, dtype) else torch.empty_like(t)
+
+
+def norm_eps(norm: nn.RMSNorm, dtype: torch.dtype) -> float:
+    """The epsilon ``norm`` applies: its own, or ``dtype``'s machine epsilon where it has none."""
+    return norm.eps if norm.eps is not None else torch.finfo(dtype).eps
+
+
 def wants_fused_step(module: nn.Module, op: str, x: Tensor, state: tuple[Tensor, ...], K: int, V: int,
                      conv_size: int = 1) -> bool:
     """Whether ``module`` decodes this call with its fused whole-layer step ``op``

@@ -27,8 +27,10 @@ from longctx.layers.base import Mixer, MixerConfig, State, dtype_bytes
 from longctx.layers.common import (
     check_positive,
     merge_heads,
+    norm_eps,
     split_heads,
     stacked_weight,
+    step_state,
     wants_fused_step,
 )
 from longctx.ops.deltanet import chunk_delta_rule, delta_rule_step
@@ -196,8 +198,6 @@ class DeltaNet(Mixer):
         and W_o; None where it does not apply: more than one token, a gradient wanted, a head too
         large for it, or the backend not asking for it (``"auto"`` once it has passed on a GPU,
         ``"triton"`` always)."""
-        from longctx.ops.common.backend import decode_inplace
-
         c = self.config
         H = c.n_heads
         K, V = c.key_dim // H, c.value_dim // H
@@ -205,16 +205,12 @@ class DeltaNet(Mixer):
             return None
         from longctx.ops.common.triton_layer_step import delta_layer_step
 
-        dtype = torch.promote_types(x.dtype, torch.float32)  # the state's compute dtype
-        S, buf = state.S.to(dtype).contiguous(), state.conv.to(x.dtype).contiguous()
-        # in place inside backend.inplace_decode (a CUDA graph's static buffers), else new tensors
-        S_out = state.S if decode_inplace(state.S, dtype) else torch.empty_like(S)
-        buf_out = state.conv if decode_inplace(state.conv, x.dtype) else torch.empty_like(buf)
+        S, S_out = step_state(state.S, torch.promote_types(x.dtype, torch.float32))  # S in >= float32
+        buf, buf_out = step_state(state.conv, x.dtype)
         A_log, dt_bias = self._gate_params()
         out = delta_layer_step(
             F.linear(x[:, 0], self._in_weight()), self.conv.weight.view(c.conv_channels, c.conv_size), buf,
-            S, self.norm.weight, H=H, K=K, V=V, scale=K ** -0.5, l2_eps=1e-6,
-            norm_eps=self.norm.eps if self.norm.eps is not None else torch.finfo(x.dtype).eps,
+            S, self.norm.weight, H=H, K=K, V=V, scale=K ** -0.5, l2_eps=1e-6, norm_eps=norm_eps(self.norm, x.dtype),
             neg_eig=c.allow_neg_eigval, A_log=A_log, dt_bias=dt_bias, buf_out=buf_out, S_out=S_out,
         )
         return self.wo(out).unsqueeze(1), self.state_class(self.name, S_out, buf_out)

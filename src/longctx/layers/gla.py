@@ -17,8 +17,10 @@ from longctx.layers.base import Mixer, MixerConfig, State, dtype_bytes
 from longctx.layers.common import (
     check_positive,
     merge_heads,
+    norm_eps,
     split_heads,
     stacked_weight,
+    step_state,
     wants_fused_step,
 )
 from longctx.ops.gla import chunk_gla, gla_step
@@ -92,8 +94,6 @@ class GatedLinearAttention(Mixer):
         RMSNorm, the output gate: ``triton_layer_step``) and W_o; None where it does not apply:
         more than one token, a gradient wanted, heads too large for it, or the backend not asking
         for it (``"auto"`` once it has passed on a GPU, ``"triton"`` always)."""
-        from longctx.ops.common.backend import decode_inplace
-
         c = self.config
         H = c.n_heads
         K, V = c.key_dim // H, c.head_dim
@@ -101,16 +101,12 @@ class GatedLinearAttention(Mixer):
             return None
         from longctx.ops.common.triton_layer_step import gla_layer_step
 
-        dtype = torch.promote_types(x.dtype, torch.float32)  # the state's compute dtype
-        S = state.S.to(dtype).contiguous()
-        S_out = state.S if decode_inplace(state.S, dtype) else torch.empty_like(S)
+        S, S_out = step_state(state.S, torch.promote_types(x.dtype, torch.float32))  # S in >= float32
         w_in = stacked_weight(self, [self.wq.weight, self.wk.weight, self.wv.weight, self.gate[0].weight,
                                      self.wr.weight])
         g2 = self.gate[1]
         out = gla_layer_step(F.linear(x[:, 0], w_in), g2.weight, g2.bias, S, self.norm.weight, H=H, K=K, V=V,
-                             scale=K ** -0.5, tau=c.gate_tau,
-                             norm_eps=self.norm.eps if self.norm.eps is not None else torch.finfo(x.dtype).eps,
-                             S_out=S_out)
+                             scale=K ** -0.5, tau=c.gate_tau, norm_eps=norm_eps(self.norm, x.dtype), S_out=S_out)
         return self.wo(out).unsqueeze(1), GLAState(self.name, S_out)
 
     def forward(self, x: Tensor, state: GLAState | None = None):

@@ -23,7 +23,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longctx.layers.base import Mixer, MixerConfig, State, dtype_bytes
-from longctx.layers.common import check_positive, heads_of_size, merge_heads, wants_fused_step
+from longctx.layers.common import (
+    check_positive,
+    heads_of_size,
+    merge_heads,
+    norm_eps,
+    step_state,
+    wants_fused_step,
+)
 from longctx.ops.mamba2 import chunk_ssd, ssd_step
 
 
@@ -164,25 +171,20 @@ class Mamba2(Mixer):
         out_proj and the RMSNorm's scale; None where it does not apply: more than one token, a
         gradient wanted, heads too large for it, or the backend not asking for it (``"auto"``
         once it has passed on a GPU, ``"triton"`` always)."""
-        from longctx.ops.common.backend import decode_inplace
-
         c = self.config
         H, G, P, N = c.n_heads, c.n_groups, c.ssd_head_dim, c.d_state
         if not wants_fused_step(self, "mamba2_layer_step", x, (state.conv, state.ssm), P, N, c.d_conv):
             return None
         from longctx.ops.common.triton_layer_step import rms_scale, ssd_layer_step
 
-        dtype = torch.promote_types(x.dtype, torch.float32)  # the SSD state's compute dtype
-        S = state.ssm.to(dtype).contiguous()
-        S_out = state.ssm if decode_inplace(state.ssm, dtype) else torch.empty_like(S)
+        S, S_out = step_state(state.ssm, torch.promote_types(x.dtype, torch.float32))  # S in >= float32
         w = self.conv1d
         out, ssq, conv = ssd_layer_step(
             F.linear(x[:, 0], self.in_proj.weight), w.weight.view(c.conv_dim, c.d_conv), w.bias,
             state.conv.to(x.dtype).contiguous(), S, self.A_log, self.dt_bias, self.D, self.norm.weight,
             H=H, G=G, P=P, N=N, S_out=S_out,
         )
-        eps = self.norm.eps if self.norm.eps is not None else torch.finfo(x.dtype).eps
-        y = rms_scale(self.out_proj(out), ssq, c.d_inner, eps)
+        y = rms_scale(self.out_proj(out), ssq, c.d_inner, norm_eps(self.norm, x.dtype))
         return y.unsqueeze(1), Mamba2State(self.name, conv, S_out)
 
     # -- the Mixer contract -------------------------------------------------------------------

@@ -109,39 +109,47 @@ def _delta_layer_step_kernel(
     tl.store(out + b * H * V + h * V + rv, b_o.to(out.dtype.element_ty), mask=mv)
 
 
+def _check(fn: str, S: Tensor, S_out: Tensor, *specs: tuple[str, Tensor, tuple[int, ...]]) -> None:
+    """The layer steps' argument checks, as far as the kernels' memory safety needs (the shapes are
+    the layers' to get right): each (name, tensor, shape) contiguous with that shape, the state S
+    and its output S_out in float32 (float64)."""
+    for name, t, shape in specs:
+        if tuple(t.shape) != shape or not t.is_contiguous():
+            raise ValueError(f"{fn}: {name} must be contiguous with shape {list(shape)}, got {list(t.shape)}")
+    if S.dtype not in (torch.float32, torch.float64) or S_out.dtype != S.dtype:
+        raise TypeError(f"{fn}: the state is kept in float32 (float64), got {S.dtype} / {S_out.dtype}")
+
+
+def _meta(S: Tensor, tile_values: int) -> dict:
+    """Launch arguments shared by the layer steps: the arithmetic dtype (the state's) and the warps
+    for one program's [rows, cols] tile of S (``tile_values`` of them; 16 warps from 16K)."""
+    return {"ACC": tl.float64 if S.dtype == torch.float64 else tl.float32,
+            "num_warps": max(4, min(16, tile_values // 1024))}
+
+
 def delta_layer_step(z: Tensor, conv_w: Tensor, buf: Tensor, S: Tensor, norm_w: Tensor, *, H: int, K: int,
-                     V: int, scale: float, l2_eps: float, norm_eps: float, neg_eig: bool,
-                     A_log: Tensor | None = None, dt_bias: Tensor | None = None, buf_out: Tensor | None = None,
-                     S_out: Tensor | None = None) -> Tensor:
+                     V: int, scale: float, l2_eps: float, norm_eps: float, neg_eig: bool, buf_out: Tensor,
+                     S_out: Tensor, A_log: Tensor | None = None, dt_bias: Tensor | None = None) -> Tensor:
     """The fused step (module docstring). z [B, ZW] (the input projections' outputs, in the layer's
     dtype); conv_w [C, KC]; buf [B, KC - 1, C]; S [B, H, K, V] in the compute dtype (float32, or
     float64); norm_w [V]; A_log, dt_bias [H] (Gated DeltaNet) or None (DeltaNet). The new conv
     buffer and state go to ``buf_out`` / ``S_out`` (the inputs themselves to update in place).
-    Returns the normed (and gated) output [B, H V] in z's dtype. Shapes are the layer's to get
-    right; they are checked here only as far as the kernel's memory safety needs."""
+    Returns the normed (and gated) output [B, H V] in z's dtype."""
     B = z.shape[0]
     KC = conv_w.shape[-1]
     C = 2 * H * K + H * V
     gated = A_log is not None
     ZW = C + (2 * H + H * V if gated else H)
-    for name, t, shape in (("z", z, (B, ZW)), ("conv_w", conv_w, (C, KC)), ("buf", buf, (B, KC - 1, C)),
-                           ("S", S, (B, H, K, V)), ("norm_w", norm_w, (V,)), ("buf_out", buf_out, (B, KC - 1, C)),
-                           ("S_out", S_out, (B, H, K, V))):
-        if t is not None and (tuple(t.shape) != shape or not t.is_contiguous()):
-            raise ValueError(f"delta_layer_step: {name} must be contiguous with shape {list(shape)}, "
-                             f"got {list(t.shape)}")
-    if S.dtype not in (torch.float32, torch.float64) or (S_out is not None and S_out.dtype != S.dtype):
-        raise TypeError(f"delta_layer_step: the state is kept in float32 (float64), got {S.dtype}")
-    buf_out = torch.empty_like(buf) if buf_out is None else buf_out
-    S_out = torch.empty_like(S) if S_out is None else S_out
+    _check("delta_layer_step", S, S_out, ("z", z, (B, ZW)), ("conv_w", conv_w, (C, KC)), ("buf", buf, (B, KC - 1, C)),
+           ("S", S, (B, H, K, V)), ("norm_w", norm_w, (V,)), ("buf_out", buf_out, (B, KC - 1, C)),
+           ("S_out", S_out, (B, H, K, V)))
     out = torch.empty(B, H * V, dtype=z.dtype, device=z.device)
     BK, BV = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
     _delta_layer_step_kernel[(B * H,)](
         z, conv_w, buf, buf_out, S, S_out, A_log if gated else norm_w, dt_bias if gated else norm_w,
         norm_w, out, float(scale), float(l2_eps), float(norm_eps),
         H=H, K=K, V=V, KC=KC, BK=BK, BV=BV, BKC=triton.next_power_of_2(KC), GATED=gated,
-        NEG_EIG=neg_eig, ACC=tl.float64 if S.dtype == torch.float64 else tl.float32,
-        num_warps=max(4, min(16, BK * BV // 1024)),
+        NEG_EIG=neg_eig, **_meta(S, BK * BV),
     )
     return out
 
@@ -196,23 +204,18 @@ def _rms_scale_kernel(y, ssq, D, eps, H: tl.constexpr, BH: tl.constexpr, W: tl.c
 
 def ssd_layer_step(z: Tensor, conv_w: Tensor, conv_b: Tensor, buf: Tensor, S: Tensor, A_log: Tensor,
                    dt_bias: Tensor, D: Tensor, norm_w: Tensor, *, H: int, G: int, P: int, N: int,
-                   S_out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                   S_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Mamba-2's fused step (module docstring). z [B, 2 H P + 2 G N + H] (in_proj's output);
     conv_w [C, KC], conv_b [C]; buf [B, KC - 1, C]; S [B, H, P, N] in float32 (float64);
     A_log, dt_bias, D [H]; norm_w [H P]. Returns (u ⊙ w_norm [B, H P] in z's dtype, to go through
     out_proj and then ``rms_scale``; the per-head sums of u^2 [B, H]; the new conv buffer); the new
-    state goes to ``S_out`` (S itself to update in place; a new tensor when None, read it back as
-    ``S_out``)."""
+    state goes to ``S_out`` (S itself to update in place)."""
     Bsz = z.shape[0]
     KC = conv_w.shape[-1]
     C = H * P + 2 * G * N
-    for name, t, shape in (("z", z, (Bsz, 2 * H * P + 2 * G * N + H)), ("conv_w", conv_w, (C, KC)),
-                           ("conv_b", conv_b, (C,)), ("buf", buf, (Bsz, KC - 1, C)), ("S", S, (Bsz, H, P, N)),
-                           ("S_out", S_out if S_out is not None else S, (Bsz, H, P, N)), ("norm_w", norm_w, (H * P,))):
-        if tuple(t.shape) != shape or not t.is_contiguous():
-            raise ValueError(f"ssd_layer_step: {name} must be contiguous with shape {list(shape)}, got {list(t.shape)}")
-    if S.dtype not in (torch.float32, torch.float64) or (S_out is not None and S_out.dtype != S.dtype):
-        raise TypeError(f"ssd_layer_step: the state is kept in float32 (float64), got {S.dtype}")
+    _check("ssd_layer_step", S, S_out, ("z", z, (Bsz, 2 * H * P + 2 * G * N + H)), ("conv_w", conv_w, (C, KC)),
+           ("conv_b", conv_b, (C,)), ("buf", buf, (Bsz, KC - 1, C)), ("S", S, (Bsz, H, P, N)),
+           ("S_out", S_out, (Bsz, H, P, N)), ("norm_w", norm_w, (H * P,)))
     if H % G:
         raise ValueError(f"ssd_layer_step: groups {G} must divide heads {H}")
     buf_out = torch.empty_like(buf)
@@ -220,9 +223,8 @@ def ssd_layer_step(z: Tensor, conv_w: Tensor, conv_b: Tensor, buf: Tensor, S: Te
     ssq = torch.empty(Bsz, H, dtype=S.dtype, device=z.device)
     BP, BN = max(16, triton.next_power_of_2(P)), max(16, triton.next_power_of_2(N))
     _ssd_layer_step_kernel[(Bsz * H,)](
-        z, conv_w, conv_b, buf, buf_out, S, S if S_out is None else S_out, A_log, dt_bias, D, norm_w, out, ssq,
-        H=H, G=G, P=P, N=N, KC=KC, BP=BP, BN=BN, BKC=triton.next_power_of_2(KC),
-        ACC=tl.float64 if S.dtype == torch.float64 else tl.float32, num_warps=max(4, min(16, BP * BN // 1024)),
+        z, conv_w, conv_b, buf, buf_out, S, S_out, A_log, dt_bias, D, norm_w, out, ssq,
+        H=H, G=G, P=P, N=N, KC=KC, BP=BP, BN=BN, BKC=triton.next_power_of_2(KC), **_meta(S, BP * BN),
     )
     return out, ssq, buf_out
 
@@ -268,25 +270,19 @@ def _gla_layer_step_kernel(
 
 
 def gla_layer_step(z: Tensor, w2: Tensor, b2: Tensor, S: Tensor, norm_w: Tensor, *, H: int, K: int, V: int,
-                   scale: float, tau: float, norm_eps: float, S_out: Tensor | None = None) -> Tensor:
+                   scale: float, tau: float, norm_eps: float, S_out: Tensor) -> Tensor:
     """GLA's fused step (module docstring). z [B, 2 H K + 2 H V + R]; w2 [H K, R], b2 [H K]; S [B, H, K,
     V] in float32 (float64); norm_w [V]. Returns RMSNorm(o) ⊙ SiLU(r) [B, H V] in z's dtype; the new
-    state goes to ``S_out`` (S itself to update in place; S is overwritten when None is given)."""
+    state goes to ``S_out`` (S itself to update in place)."""
     Bsz = z.shape[0]
     R = w2.shape[-1]
-    for name, t, shape in (("z", z, (Bsz, 2 * H * K + 2 * H * V + R)), ("w2", w2, (H * K, R)), ("b2", b2, (H * K,)),
-                           ("S", S, (Bsz, H, K, V)), ("S_out", S_out if S_out is not None else S, (Bsz, H, K, V)),
-                           ("norm_w", norm_w, (V,))):
-        if tuple(t.shape) != shape or not t.is_contiguous():
-            raise ValueError(f"gla_layer_step: {name} must be contiguous with shape {list(shape)}, got {list(t.shape)}")
-    if S.dtype not in (torch.float32, torch.float64) or (S_out is not None and S_out.dtype != S.dtype):
-        raise TypeError(f"gla_layer_step: the state is kept in float32 (float64), got {S.dtype}")
+    _check("gla_layer_step", S, S_out, ("z", z, (Bsz, 2 * H * K + 2 * H * V + R)), ("w2", w2, (H * K, R)),
+           ("b2", b2, (H * K,)), ("S", S, (Bsz, H, K, V)), ("S_out", S_out, (Bsz, H, K, V)), ("norm_w", norm_w, (V,)))
     out = torch.empty(Bsz, H * V, dtype=z.dtype, device=z.device)
     BK, BV = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
     _gla_layer_step_kernel[(Bsz * H,)](
-        z, w2, b2, S, S if S_out is None else S_out, norm_w, out, float(scale), float(tau), float(norm_eps),
-        H=H, K=K, V=V, R=R, BK=BK, BV=BV, BR=max(2, triton.next_power_of_2(R)),
-        ACC=tl.float64 if S.dtype == torch.float64 else tl.float32, num_warps=max(4, min(16, BK * BV // 1024)),
+        z, w2, b2, S, S_out, norm_w, out, float(scale), float(tau), float(norm_eps),
+        H=H, K=K, V=V, R=R, BK=BK, BV=BV, BR=max(2, triton.next_power_of_2(R)), **_meta(S, BK * BV),
     )
     return out
 
