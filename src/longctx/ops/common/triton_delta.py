@@ -211,11 +211,8 @@ def _dh_piece_in(b_dh, b_k, b_qt, g_last, b_g, HAS_G: tl.constexpr, PREC: tl.con
                  PRECA: tl.constexpr, F32_DOTS: tl.constexpr):
     """One piece's share of the chunk's scores P^T = K Q^T and of dDelta's state part
     (K ⊙ e^{G_last - G}) dS: (P^T part [BT, BT], dDelta part [BT, BV]). F32_DOTS & 2: the latter
-    with fp32 operands (dS unrounded); & 16: the former."""
-    if F32_DOTS & 16:
-        b_pt = tl.dot(b_k.to(b_dh.dtype), b_qt.to(b_dh.dtype), input_precision=PRECA)
-    else:
-        b_pt = tl.dot(b_k, b_qt, input_precision=PREC)
+    with fp32 operands (dS unrounded)."""
+    b_pt = tl.dot(b_k, b_qt, input_precision=PREC)
     if F32_DOTS & 2:
         b_kf = b_k.to(b_dh.dtype)
         if HAS_G:
@@ -230,21 +227,15 @@ def _dh_piece_in(b_dh, b_k, b_qt, g_last, b_g, HAS_G: tl.constexpr, PREC: tl.con
 def _dh_piece_out(b_dh, b_qt, b_wt, b_do, b_dd, b_g, g_last, scale, HAS_G: tl.constexpr, PREC: tl.constexpr,
                   PRECA: tl.constexpr, F32_DOTS: tl.constexpr):
     """dS (one piece of rows) before the chunk: e^{G_last} dS + scale (Q ⊙ e^G)^T dO - W^T dDelta.
-    F32_DOTS & 4: W^T dDelta with fp32 operands (dDelta unrounded); & 8: W^T put through
-    registers before its dot (bf16); & 32: (Q ⊙ e^G)^T dO with fp32 operands."""
+    F32_DOTS & 4: W^T dDelta with fp32 operands (dDelta unrounded)."""
     if HAS_G:
         b_dh *= tl.exp(g_last)
-        b_qs = b_qt * (tl.exp(b_g) * scale)[None, :]
+        b_qt = (b_qt * (tl.exp(b_g) * scale)[None, :]).to(b_do.dtype)
     else:
-        b_qs = b_qt * scale
-    if F32_DOTS & 32:
-        b_dh += tl.dot(b_qs.to(b_dh.dtype), b_do.to(b_dh.dtype), input_precision=PRECA)
-    else:
-        b_dh += tl.dot(b_qs.to(b_do.dtype), b_do, input_precision=PREC)
+        b_qt = (b_qt * scale).to(b_do.dtype)
+    b_dh += tl.dot(b_qt, b_do, input_precision=PREC)
     if F32_DOTS & 4:
         return b_dh - tl.dot(b_wt.to(b_dd.dtype), b_dd, input_precision=PRECA)
-    if F32_DOTS & 8:
-        b_wt = tl.where(b_g[None, :] <= 0.0, b_wt, 0.0).to(b_wt.dtype)
     return b_dh - tl.dot(b_wt, b_dd.to(b_wt.dtype), input_precision=PREC)
 
 
@@ -570,10 +561,11 @@ KERNEL_CHUNK = 64
 # (its F32_DOTS bit mask: 1 P^T dO, 2 K dS, 4 W^T dDelta). With bf16 operands throughout, its dS and
 # dDelta were wrong on an H100 (Triton 3.6) for K = 128 / 256, relative error 0.2-1.7, and not the
 # same from run to run (0.85 / 1.13 / 1.66 for one input): a miscompile, not rounding. Bisected on
-# the GPU (benchmarks/scripts/bisect_delta_grads.py, 2026-12-07, session 15): no single product in
-# fp32 mended all cases (2 and 16 mended the gated one only), 1 | 2 | 4 and all six did, to 5.7e-3
-# (bf16 rounding), and the delta-rule GPU tests (every gradient vs float64, K up to 256) passed.
-# K = 64 was right without it and keeps bf16 operands.
+# the GPU (benchmarks/scripts/bisect_delta_grads.py, 2026-12-07, session 15, over these three and
+# three more products since dropped: K Q^T, Q^T dO, W^T through registers): no single product in
+# fp32 mended all cases (K dS and K Q^T mended the gated one only), 1 | 2 | 4 and all six did, to
+# 5.7e-3 (bf16 rounding), and the delta-rule GPU tests (every gradient vs float64, K up to 256)
+# passed. K = 64 was right without it and keeps bf16 operands.
 HALF_DH_F32_DOTS = 7
 
 

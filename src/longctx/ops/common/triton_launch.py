@@ -24,8 +24,8 @@ TILED: dict[str, tuple[str, ...]] = {k: ("BK", "BV") for k in (
 # (GS = 1: the per-chunk kernels). Unlike the other settings, GS changes the order in which the
 # state is summed (per group, then over groups): results agree to rounding, not to the bit
 TILED["scalar_decay.fwd_grouped"] = TILED["gla.fwd_grouped"] = ("BV", "GS")
-# which of the delta-rule backward state pass's products take fp32 operands (a bit mask, see
-# triton_delta._delta_dh_kernel): the search for the bf16 fault at K > 64 on Hopper
+# which of the delta-rule backward state pass's products take fp32 operands (bits 1 | 2 | 4, see
+# triton_delta.HALF_DH_F32_DOTS): 0 reproduces its bf16 fault at K > 64 on Hopper
 TILED["delta.delta_dh"] = ("F32_DOTS",)
 
 
