@@ -115,6 +115,28 @@ def test_without_initial_or_final_state(dtype) -> None:
     _check("no_state", ref, fn, [q, k, v, beta, g], dtype, names=NAMES[:5])
 
 
+# the interpreter adds float16: a half dtype, whose states the inference forward keeps in float16
+@pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES + ([] if ON_CUDA else [torch.float16])]))
+@pytest.mark.parametrize("gated", [False, True])
+def test_inference_forward_equals_the_training_forward(dtype, gated) -> None:
+    """No gradient wanted: the forward keeps the chunk states in the input dtype and skips X
+    (``triton_delta._forward(train=False)``); the output pass rounds the states to that dtype before
+    its product in both paths, so o and the final state are the same, bit for bit."""
+    from longctx.ops.common.triton_delta import delta_rule_chunk
+
+    B, T, H, K, V = (2, 70, 2, 16, 16) if not ON_CUDA else (2, 1000, 4, 128, 128)
+    q, k, v, beta, g, S0 = (t.to(DEVICE) for t in _inputs(B, T, H, K, V, seed=12))
+    q, k, v = (t.to(dtype) for t in (q, k, v))
+    g = _acc(g) if gated else None
+    beta, S0 = _acc(beta), _acc(S0)
+    kw = {"scale": 0.5, "initial_state": S0, "output_final_state": True, "chunk_size": 64}
+    with torch.no_grad():
+        o_inf, S_inf = delta_rule_chunk(q, k, v, beta, g, **kw)
+    o_train, S_train = delta_rule_chunk(q.requires_grad_(), k, v, beta, g, **kw)
+    assert o_train.requires_grad and not o_inf.requires_grad
+    assert torch.equal(o_inf, o_train.detach()) and torch.equal(S_inf, S_train.detach())
+
+
 @pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
 @pytest.mark.parametrize("gated", [False, True])
 def test_packed_variable_lengths_equal_separate_calls(dtype, gated) -> None:

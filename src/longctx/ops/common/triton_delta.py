@@ -84,6 +84,7 @@ from longctx.ops.common.triton_scalar_decay import (
     _prec,
     _rows_t,
     _sequence,
+    _state_dtype,
     _store_pieces,
     _straddle_sum,
     _sum_after,
@@ -120,8 +121,10 @@ def _wy_fwd_kernel(
     k, v, beta, gc, ainv, w, u, cu_seqlens, chunk_indices,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, PRECA: tl.constexpr,
+    STORE_X: tl.constexpr,
 ):
-    """X = (I + A)^{-1} (into ainv [chunks, H, BT, BT]), W and U of one chunk; grid (chunks, H)."""
+    """X = (I + A)^{-1} (into ainv [chunks, H, BT, BT] if STORE_X: the backward reads it), W and U
+    of one chunk; grid (chunks, H)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
     idx = tl.arange(0, BT)
@@ -142,8 +145,9 @@ def _wy_fwd_kernel(
         b_A = tl.where(strict, b_A, 0.0)
         b_kscale = b_beta
     b_X = _unit_lower_inverse(b_A * b_beta[:, None], BT, ACC, PRECA)
-    p_X = tl.make_block_ptr(ainv + (i_c * H + i_h) * BT * BT, (BT, BT), (BT, 1), (0, 0), (BT, BT), (1, 0))
-    tl.store(p_X, b_X.to(p_X.dtype.element_ty))
+    if STORE_X:
+        p_X = tl.make_block_ptr(ainv + (i_c * H + i_h) * BT * BT, (BT, BT), (BT, 1), (0, 0), (BT, BT), (1, 0))
+        tl.store(p_X, b_X.to(p_X.dtype.element_ty))
     for i_k in range(tl.cdiv(K, BK)):
         p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1),
                                 (i_t * BT, i_k * BK), (BT, BK), (1, 0))
@@ -587,45 +591,57 @@ def _meta(q: Tensor) -> dict:
     return {"ACC": ACC, "PREC": _prec(q.dtype)}
 
 
+def _forward(q, k, v, beta, g, h0, scale, want_ht, cu, BT, train: bool):
+    """The forward kernels. train: keep what the backward reads (X, and the chunk states S_n in
+    fp32, which dW = -dDelta S_n^T and dg read unrounded); else S_n is kept in the input dtype
+    (``_state_dtype``: the output pass rounds it to that before its product anyway, so o is the
+    same) and X is not stored, which halves the state traffic of an inference forward.
+    Returns o, the final state and the tensors the backward saves (None when not train)."""
+    offsets, indices, NC = chunk_layout(cu, BT)
+    _, _, H, K = q.shape
+    V = v.shape[-1]
+    N = cu.numel() - 1
+    _, BVs, BK, BV = _blocks(K, V)
+    acc, _ = _acc(q.dtype)
+    meta = _meta(q)
+    has_g = g is not None
+    gc = None
+    if has_g:
+        gc = torch.empty(g.shape, dtype=acc, device=g.device)
+        _chunk_cumsum_kernel[(NC, H)](g, gc, cu, indices, H=H, BT=BT)
+    ainv = torch.empty(NC, H, BT, BT, dtype=acc, device=q.device) if train else None
+    w, u = torch.empty_like(k), torch.empty_like(v)
+    _wy_fwd_kernel[(NC, H)](
+        k, v, beta, gc if has_g else q, ainv if train else q, w, u, cu, indices,
+        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, PRECA=_preca(q.dtype), STORE_X=train, **meta,
+        **launch_options("delta.wy_fwd", num_warps=4, num_stages=1),
+    )
+    h = q.new_empty(NC, H, K, V, dtype=acc if train else _state_dtype(q.dtype))
+    vn = torch.empty_like(v)
+    ht = q.new_empty(N, H, K, V, dtype=acc) if want_ht else None
+    _delta_h_kernel[(triton.cdiv(V, BVs), N * H)](
+        k, w, u, gc if has_g else q, h, vn, h0 if h0 is not None else q, ht if want_ht else q,
+        cu, offsets, H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs, HAS_G=has_g,
+        USE_H0=h0 is not None, STORE_HT=want_ht, **meta,
+        **launch_options("delta.delta_h", num_warps=4, num_stages=1),
+    )
+    o = torch.empty_like(v)
+    _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](  # the scalar-decay outputs, v = Delta
+        q, k, vn, gc if has_g else q, h, o, cu, indices, scale,
+        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, **meta,
+        **launch_options("delta.fwd_o", num_warps=4, num_stages=3),
+    )
+    saved = (gc, ainv, w, u, h, vn, offsets, indices, NC) if train else None
+    return o, ht, saved
+
+
 class _DeltaRuleFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, beta, g, h0, scale, want_ht, cu, BT):
-        offsets, indices, NC = chunk_layout(cu, BT)
-        _, _, H, K = q.shape
-        V = v.shape[-1]
-        N = cu.numel() - 1
-        _, BVs, BK, BV = _blocks(K, V)
-        acc, _ = _acc(q.dtype)
-        meta = _meta(q)
-        has_g = g is not None
-        gc = None
-        if has_g:
-            gc = torch.empty(g.shape, dtype=acc, device=g.device)
-            _chunk_cumsum_kernel[(NC, H)](g, gc, cu, indices, H=H, BT=BT)
-        ainv = torch.empty(NC, H, BT, BT, dtype=acc, device=q.device)
-        w, u = torch.empty_like(k), torch.empty_like(v)
-        _wy_fwd_kernel[(NC, H)](
-            k, v, beta, gc if has_g else q, ainv, w, u, cu, indices,
-            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, PRECA=_preca(q.dtype), **meta,
-            **launch_options("delta.wy_fwd", num_warps=4, num_stages=1),
-        )
-        h = q.new_empty(NC, H, K, V, dtype=acc)  # fp32: dW = -dDelta S_n^T and dg read it unrounded
-        vn = torch.empty_like(v)
-        ht = q.new_empty(N, H, K, V, dtype=acc) if want_ht else None
-        _delta_h_kernel[(triton.cdiv(V, BVs), N * H)](
-            k, w, u, gc if has_g else q, h, vn, h0 if h0 is not None else q, ht if want_ht else q,
-            cu, offsets, H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs, HAS_G=has_g,
-            USE_H0=h0 is not None, STORE_HT=want_ht, **meta,
-            **launch_options("delta.delta_h", num_warps=4, num_stages=1),
-        )
-        o = torch.empty_like(v)
-        _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](  # the scalar-decay outputs, v = Delta
-            q, k, vn, gc if has_g else q, h, o, cu, indices, scale,
-            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, **meta,
-            **launch_options("delta.fwd_o", num_warps=4, num_stages=3),
-        )
+        o, ht, (gc, ainv, w, u, h, vn, offsets, indices, NC) = _forward(
+            q, k, v, beta, g, h0, scale, want_ht, cu, BT, train=True)
         ctx.save_for_backward(q, k, v, beta, gc, h0, ainv, w, u, h, vn, cu, offsets, indices)
-        ctx.meta = (scale, BT, NC, g is not None and g.requires_grad, g.dtype if has_g else None)
+        ctx.meta = (scale, BT, NC, g is not None and g.requires_grad, g.dtype if g is not None else None)
         return o, ht
 
     @staticmethod
@@ -713,5 +729,8 @@ def delta_rule_chunk(
     if g is not None:
         g = flat(g).to(acc).contiguous()
     h0 = initial_state.to(acc).contiguous() if initial_state is not None else None
-    o, ht = _DeltaRuleFn.apply(q, k, v, beta, g, h0, float(scale), output_final_state, cu, chunk_size)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, beta, g, h0)):
+        o, ht = _DeltaRuleFn.apply(q, k, v, beta, g, h0, float(scale), output_final_state, cu, chunk_size)
+    else:
+        o, ht, _ = _forward(q, k, v, beta, g, h0, float(scale), output_final_state, cu, chunk_size, train=False)
     return o.reshape(B, T, H, v.shape[-1]), ht
