@@ -18,6 +18,7 @@
 #  - TUNE="op op": tune_kernels.py's sweep of the launch settings (tune.json / tune.txt).
 #  - the kernel bench (OPS; kernels.json is rewritten after every row, so a timeout keeps what
 #    finished), then the decode latency if PHASE_C > 0.
+#  - WARM=1: the bench's kernels (ours and fla's, per op of OPS) compile in parallel beside the tests.
 #  - TCACHE_OUT=1: the Triton kernel cache comes back as triton_cache.tgz; put it in .tcache/ (ignored)
 #    and carry ".tcache": the next fresh machine starts with every kernel compiled.
 set -u
@@ -137,7 +138,18 @@ for e in "${entries[@]}"; do
   ( eval "PYTHONPATH=src timeout ${PHASE_A:-270} python /tmp/pytest_mask.py -m 'gpu or not slow' $e -q -p no:cacheprovider -rfE" > "/tmp/gt/$i.txt" 2>&1 ) &
   pids+=($!)
 done
+# WARM=1: beside the tests, one process per op of OPS runs the bench's 4k row once (timings thrown
+# away) so that ours' and fla's kernels compile in parallel on the CPUs, not one op after another
+# inside the timed bench. fla's autotuning is not cached here (it would pick its configs on a
+# shared GPU): the bench's first row of each op times them again, with the kernels compiled.
+if [ "${WARM:-0}" = 1 ]; then
+  for op in $(echo "${OPS:-gla,linear_attention,simple_gla,ssd,log_linear,deltanet,gated_deltanet,log_linear_gdn}" | tr , ' '); do
+    ( TRITON_CACHE_AUTOTUNING=0 PYTHONPATH=src timeout ${PHASE_A:-270} python -c "import torch, sys; from longctx.bench.kernels import _op_row; print(_op_row(sys.argv[1], 4096, 1, 16, 128, torch.bfloat16, True, 3e12))" "$op" > "/tmp/gt/warm_$op.txt" 2>&1 ) &
+    pids+=($!)
+  done
+fi
 for p in "${pids[@]}"; do wait "$p"; done
+[ "${WARM:-0}" = 1 ] && for f in /tmp/gt/warm_*.txt; do echo "warm $f: $(tail -c 300 "$f" | tr '\n' ' ')"; done | cut -c1-400
 if [ "${#entries[@]}" -gt 0 ]; then
   i=0
   for e in "${entries[@]}"; do i=$((i + 1)); echo "=== $e"; cat "/tmp/gt/$i.txt"; done > "$OUT/gpu_tests.txt"
