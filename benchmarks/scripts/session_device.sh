@@ -19,8 +19,9 @@
 #  - the kernel bench (OPS; kernels.json is rewritten after every row, so a timeout keeps what
 #    finished), then the decode latency if PHASE_C > 0.
 #  - WARM=1: the bench's kernels (ours and fla's, per op of OPS) compile in parallel beside the tests.
-#  - TCACHE_OUT=1: the Triton kernel cache comes back as triton_cache.tgz; put it in .tcache/ (ignored)
-#    and carry ".tcache": the next fresh machine starts with every kernel compiled.
+#  - TCACHE_OUT=1: the Triton kernel cache of the warm-up and the bench (the tests compile into their own)
+#    comes back as triton_cache.tgz (or its parts .tgz.aa, .ab); put them in .tcache/ (ignored) and
+#    carry ".tcache": the next fresh machine starts with those kernels compiled.
 set -u
 export PYTHONUNBUFFERED=1
 # fla's autotuned launch settings to disk, beside the compiled kernels: the bench's row processes
@@ -33,8 +34,8 @@ left() { echo $((TOTAL - $(date +%s) + START)); }
 # the Triton kernel cache of an earlier call (.tcache/triton_cache.tgz, from TCACHE_OUT=1; carry
 # ".tcache"): a fresh machine otherwise compiles ours and fla's kernels again, 60-100 s per op
 TCACHE=${TRITON_CACHE_DIR:-$HOME/.triton/cache}
-if [ -f .tcache/triton_cache.tgz ]; then
-  mkdir -p "$TCACHE" && tar -xzf .tcache/triton_cache.tgz -C "$TCACHE" && echo "triton cache: $(ls "$TCACHE" | wc -l) entries"
+if ls .tcache/triton_cache.tgz* > /dev/null 2>&1; then  # one file, or parts .tgz.aa, .ab, ...
+  mkdir -p "$TCACHE" && cat .tcache/triton_cache.tgz* | tar -xz -C "$TCACHE" && echo "triton cache: $(ls "$TCACHE" | wc -l) entries"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
 python -c "import torch, triton, sys; print(sys.version); print('torch', torch.__version__, 'triton', triton.__version__)" >> "$OUT/gpu.txt"
@@ -135,7 +136,8 @@ entries=()
 [ -n "$TESTS" ] && IFS=';' read -ra entries <<< "$TESTS"
 for e in "${entries[@]}"; do
   i=$((i + 1))
-  ( eval "PYTHONPATH=src timeout ${PHASE_A:-270} python /tmp/pytest_mask.py -m 'gpu or not slow' $e -q -p no:cacheprovider -rfE" > "/tmp/gt/$i.txt" 2>&1 ) &
+  # the tests compile into their own cache: the one TCACHE_OUT returns holds the bench's kernels only
+  ( eval "TRITON_CACHE_DIR=/tmp/tcache_tests PYTHONPATH=src timeout ${PHASE_A:-270} python /tmp/pytest_mask.py -m 'gpu or not slow' $e -q -p no:cacheprovider -rfE" > "/tmp/gt/$i.txt" 2>&1 ) &
   pids+=($!)
 done
 # WARM=1: beside the tests, one process per op of OPS runs the bench's 4k row once (timings thrown
@@ -221,12 +223,13 @@ PY
 fi
 [ -n "${DPID-}" ] && wait "$DPID" && cat "$OUT/delta_diag.txt"
 [ -n "${ZPID-}" ] && wait "$ZPID" && tail -5 "$OUT/zoology.log"
-if [ "${TCACHE_OUT:-0}" = 1 ]; then  # the cache back for the next call (one file of <= 16 MiB; 8 files at most)
-  if [ "$(ls "$OUT" | wc -l)" -lt 8 ]; then
-    tar -czf /tmp/triton_cache.tgz -C "$TCACHE" . && SZ=$(stat -c %s /tmp/triton_cache.tgz)
-    if [ "$SZ" -lt 16000000 ]; then cp /tmp/triton_cache.tgz "$OUT/"; fi
-    echo "triton cache: $SZ bytes ($(ls "$TCACHE" | wc -l) entries)"
+if [ "${TCACHE_OUT:-0}" = 1 ]; then  # the cache back for the next call: files of <= 16 MiB, 8 files at most
+  tar -czf /tmp/triton_cache.tgz -C "$TCACHE" . && SZ=$(stat -c %s /tmp/triton_cache.tgz)
+  NPART=$(( (SZ + 15000000 - 1) / 15000000 ))
+  if [ $(( $(ls "$OUT" | wc -l) + NPART )) -le 8 ] && [ "$NPART" -le 2 ]; then  # 2 parts: the carry's 64 MiB
+    if [ "$NPART" -eq 1 ]; then cp /tmp/triton_cache.tgz "$OUT/"; else split -b 15000000 /tmp/triton_cache.tgz "$OUT/triton_cache.tgz."; fi
+    echo "triton cache: $SZ bytes in $NPART file(s) ($(ls "$TCACHE" | wc -l) entries)"
   else
-    echo "triton cache: not returned, \$OUT already holds 8 files"
+    echo "triton cache: not returned ($SZ bytes, $(ls "$OUT" | wc -l) files in \$OUT)"
   fi
 fi
