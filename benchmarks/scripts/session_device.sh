@@ -18,7 +18,8 @@
 #  - TUNE="op op": tune_kernels.py's sweep of the launch settings (tune.json / tune.txt).
 #  - the kernel bench (OPS; kernels.json is rewritten after every row, so a timeout keeps what
 #    finished), then the decode latency if PHASE_C > 0.
-#  - WARM=1: the bench's kernels (ours and fla's, per op of OPS) compile in parallel beside the tests.
+#  - WARM=1: the bench's kernels (ours and fla's, per op of OPS) and TUNE's settings compile in parallel
+#    beside the tests.
 #  - TCACHE_OUT=1: the Triton kernel cache of the warm-up and the bench (the tests compile into their own)
 #    comes back as triton_cache.tgz (or its parts .tgz.aa, .ab); put them in .tcache/ (ignored) and
 #    carry ".tcache": the next fresh machine starts with those kernels compiled.
@@ -149,6 +150,10 @@ if [ "${WARM:-0}" = 1 ]; then
     ( TRITON_CACHE_AUTOTUNING=0 PYTHONPATH=src timeout ${PHASE_A:-270} python -c "import torch, sys; from longctx.bench.kernels import _op_row; print(_op_row(sys.argv[1], 4096, 1, 16, 128, torch.bfloat16, True, 3e12))" "$op" > "/tmp/gt/warm_$op.txt" 2>&1 ) &
     pids+=($!)
   done
+fi
+if [ "${WARM:-0}" = 1 ] && [ -n "${TUNE-}" ]; then  # the sweep's settings compile now too (its timings here: thrown away)
+  ( PYTHONPATH=src timeout ${PHASE_A:-270} python benchmarks/scripts/tune_kernels.py /tmp/gt/tune_warm.json $TUNE > /tmp/gt/warm_tune.txt 2>&1 ) &
+  pids+=($!)
 fi
 for p in "${pids[@]}"; do wait "$p"; done
 [ "${WARM:-0}" = 1 ] && for f in /tmp/gt/warm_*.txt; do echo "warm $f: $(tail -c 300 "$f" | tr '\n' ' ')"; done | cut -c1-400
