@@ -166,7 +166,7 @@ def _fwd_h_kernel(
     bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
     b_h = tl.zeros([BK, BV], dtype=ACC)
     if USE_H0:
-        p_h0 = tl.make_block_ptr(h0 + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        p_h0 = tl.make_block_ptr(h0 + i_nh.to(tl.int64) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         b_h += tl.load(p_h0, boundary_check=(0, 1), padding_option="zero").to(b_h.dtype)
     for i_t in range(NT):
         p_h = tl.make_block_ptr(h + ((boh + i_t) * H + i_h) * K * V, (K, V), (V, 1),
@@ -174,7 +174,7 @@ def _fwd_h_kernel(
         tl.store(p_h, b_h.to(p_h.dtype.element_ty), boundary_check=(0, 1))
         b_h, _ = _gla_h_step(b_h, k, v, gc, bos, T, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV, PREC)
     if STORE_HT:
-        p_ht = tl.make_block_ptr(ht + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        p_ht = tl.make_block_ptr(ht + i_nh.to(tl.int64) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         tl.store(p_ht, b_h.to(p_ht.dtype.element_ty), boundary_check=(0, 1))
 
 
@@ -260,7 +260,7 @@ def _fwd_o_kernel(
     for i_k in range(tl.cdiv(K, BK)):
         p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1),
                                 (i_t * BT, i_k * BK), (BT, BK), (1, 0))
-        p_h = tl.make_block_ptr(h + (i_c * H + i_h) * K * V, (K, V), (V, 1),
+        p_h = tl.make_block_ptr(h + (i_c * H + i_h).to(tl.int64) * K * V, (K, V), (V, 1),
                                 (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")
         b_h = tl.load(p_h, boundary_check=(0, 1), padding_option="zero")
@@ -283,7 +283,7 @@ def _bwd_dh_kernel(
     bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
     b_dh = tl.zeros([BK, BV], dtype=ACC)
     if USE_DHT:
-        p_dht = tl.make_block_ptr(dht + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        p_dht = tl.make_block_ptr(dht + i_nh.to(tl.int64) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         b_dh += tl.load(p_dht, boundary_check=(0, 1), padding_option="zero").to(b_dh.dtype)
     for i_r in range(NT):
         i_t = NT - 1 - i_r
@@ -301,7 +301,7 @@ def _bwd_dh_kernel(
         b_qg = (b_q * tl.exp(b_gt) * scale).to(b_do.dtype)  # scale (Q ⊙ e^G)^T
         b_dh = b_dh * tl.exp(g_last)[:, None] + tl.dot(b_qg, b_do, input_precision=PREC)
     if STORE_DH0:
-        p_dh0 = tl.make_block_ptr(dh0 + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        p_dh0 = tl.make_block_ptr(dh0 + i_nh.to(tl.int64) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         tl.store(p_dh0, b_dh.to(p_dh0.dtype.element_ty), boundary_check=(0, 1))
 
 
@@ -330,7 +330,7 @@ def _bwd_dv_dA_kernel(
         for i_k in range(tl.cdiv(K, BK)):
             p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1),
                                     (i_t * BT, i_k * BK), (BT, BK), (1, 0))
-            p_dh = tl.make_block_ptr(dh + (i_c * H + i_h) * K * V, (K, V), (V, 1),
+            p_dh = tl.make_block_ptr(dh + (i_c * H + i_h).to(tl.int64) * K * V, (K, V), (V, 1),
                                      (i_k * BK, i_v * BV), (BK, BV), (1, 0))
             b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")
             b_dh = tl.load(p_dh, boundary_check=(0, 1), padding_option="zero")
@@ -377,9 +377,9 @@ def _bwd_dqk_kernel(
     for i_v in range(tl.cdiv(V, BV)):
         p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1), (r0, i_v * BV), (BC, BV), (1, 0))
         p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1), (r0, i_v * BV), (BC, BV), (1, 0))
-        p_ht = tl.make_block_ptr(h + (i_c * H + i_h) * K * V, (V, K), (1, V),
+        p_ht = tl.make_block_ptr(h + (i_c * H + i_h).to(tl.int64) * K * V, (V, K), (1, V),
                                  (i_v * BV, i_k * BK), (BV, BK), (0, 1))
-        p_dht = tl.make_block_ptr(dh + (i_c * H + i_h) * K * V, (V, K), (1, V),
+        p_dht = tl.make_block_ptr(dh + (i_c * H + i_h).to(tl.int64) * K * V, (V, K), (1, V),
                                   (i_v * BV, i_k * BK), (BV, BK), (0, 1))
         b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
         b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
@@ -523,8 +523,8 @@ def _bwd_dg_kernel(
     for i_v in range(tl.cdiv(V, BV)):
         p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        p_ht = tl.make_block_ptr(h + (i_c * H + i_h) * K * V, (V, K), (1, V), (i_v * BV, i_k * BK), (BV, BK), (0, 1))
-        p_dht = tl.make_block_ptr(dh + (i_c * H + i_h) * K * V, (V, K), (1, V), (i_v * BV, i_k * BK), (BV, BK), (0, 1))
+        p_ht = tl.make_block_ptr(h + (i_c * H + i_h).to(tl.int64) * K * V, (V, K), (1, V), (i_v * BV, i_k * BK), (BV, BK), (0, 1))
+        p_dht = tl.make_block_ptr(dh + (i_c * H + i_h).to(tl.int64) * K * V, (V, K), (1, V), (i_v * BV, i_k * BK), (BV, BK), (0, 1))
         b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
         b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
         b_ht = tl.load(p_ht, boundary_check=(0, 1), padding_option="zero").to(b_do.dtype)  # rounded as
@@ -564,7 +564,7 @@ def _fwd_h_group_kernel(
     for i_t in range(i_s * GS, tl.minimum(i_s * GS + GS, tl.cdiv(T, BT))):
         b_h, g_last = _gla_h_step(b_h, k, v, gc, bos, T, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV, PREC)
         b_gt += g_last
-    p_l = tl.make_block_ptr(hl + i_gh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+    p_l = tl.make_block_ptr(hl + i_gh.to(tl.int64) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
     tl.store(p_l, b_h.to(p_l.dtype.element_ty), boundary_check=(0, 1))
     cols = i_k * BK + tl.arange(0, BK)
     tl.store(gtot + i_gh * K + cols, b_gt, mask=(cols < K) & (i_v == 0))

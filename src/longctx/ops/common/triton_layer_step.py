@@ -17,8 +17,9 @@ are one program per (batch, head), fed by one GEMV for all the input projections
 ``z`` rows are laid out ``[q (H K) | k (H K) | v (H V) | b (H) | a (H) | gate (H V)]`` (the last two
 only when gated). The state S [B, H, K, V] and the conv buffer [B, K_c - 1, 2 H K + H V] are
 written to the given output tensors, which may be the inputs themselves (a CUDA graph's static
-buffers): each program reads all of its head's state before it writes any of it, and no two
-programs share a channel. Arithmetic in float32 (float64 for float64 inputs).
+buffers): each program reads all of its head's state before it writes any of it (a barrier between
+the reads and the writes: the threads that read an element need not be the ones that write it),
+and no two programs share a channel. Arithmetic in float32 (float64 for float64 inputs).
 
 Mamba-2 (``ssd_layer_step``; Dao & Gu 2024, §7.1): z rows ``[z (H P) | x (H P) | B (G N) | C (G N) |
 dt (H)]`` (its in_proj as it is), conv with bias over x | B | C, then per head
@@ -59,7 +60,11 @@ def _conv_silu(z_row, buf_in, buf_out, conv_w, b, ch, rc, mc, ms, C: tl.constexp
     pre = tl.sum(b_w * b_xp, axis=0)
     if conv_b is not None:
         pre += tl.load(conv_b + ch + rc, mask=mc, other=0.0).to(ACC)
-    # the buffer keeps the last KC - 1 inputs: row i of the new buffer is row i + 1 of xp
+    # the buffer keeps the last KC - 1 inputs: row i of the new buffer is row i + 1 of xp. In place
+    # (buf_out = buf_in) row i - 1 is written from the thread that read row i, and the thread that
+    # reads row i - 1 may sit in another warp: every read of the tile is done before any write
+    # (the suspected cause of in-graph steps going wrong from the second token on, H100, 2026-12-07)
+    tl.debug_barrier()
     m_new = (ri[:, None] >= 1) & (ri[:, None] < KC) & ms[None, :]
     tl.store(buf_out + p_buf - C, b_xp.to(buf_out.dtype.element_ty), mask=m_new)
     return pre / (1.0 + tl.exp(-pre))
@@ -100,6 +105,7 @@ def _delta_layer_step_kernel(
     b_v = b_beta * (b_v - tl.sum(b_k[:, None] * b_s, axis=0))
     b_s += b_k[:, None] * b_v[None, :]
     b_o = tl.sum(b_q[:, None] * b_s, axis=0)  # [BV] = scale q^T S'
+    tl.debug_barrier()  # in place: every read of S is done before any write (see _conv_silu)
     tl.store(s_out + p_s, b_s.to(s_out.dtype.element_ty), mask=m_s)
     b_o = b_o / tl.sqrt(tl.sum(b_o * b_o, axis=0) / V + norm_eps)  # RMSNorm (masked columns are 0)
     b_o *= tl.load(norm_w + rv, mask=mv, other=0.0).to(ACC)
@@ -182,6 +188,7 @@ def _ssd_layer_step_kernel(
     m_s = mp[:, None] & mn[None, :]
     b_s = tl.load(s_in + p_s, mask=m_s, other=0.0).to(ACC)  # [BP, BN]
     b_s = b_s * tl.exp(-dt * tl.exp(tl.load(A_log + h).to(ACC))) + (dt * b_x)[:, None] * b_B[None, :]
+    tl.debug_barrier()  # in place: every read of S is done before any write (see _conv_silu)
     tl.store(s_out + p_s, b_s.to(s_out.dtype.element_ty), mask=m_s)
     b_y = tl.sum(b_s * b_C[None, :], axis=1) + tl.load(D + h).to(ACC) * b_x  # [BP]
     b_zg = tl.load(z_row + h * P + rp, mask=mp, other=0.0).to(ACC)
@@ -261,6 +268,7 @@ def _gla_layer_step_kernel(
     p_s = i_bh.to(tl.int64) * K * V + rk[:, None] * V + rv[None, :]
     m_s = mk[:, None] & mv[None, :]
     b_s = tl.load(s_in + p_s, mask=m_s, other=0.0).to(ACC) * tl.exp(b_g)[:, None] + b_k[:, None] * b_v[None, :]
+    tl.debug_barrier()  # in place: every read of S is done before any write (see _conv_silu)
     tl.store(s_out + p_s, b_s.to(s_out.dtype.element_ty), mask=m_s)
     b_o = tl.sum(b_q[:, None] * b_s, axis=0)  # [BV] = scale q^T S'
     b_o = b_o / tl.sqrt(tl.sum(b_o * b_o, axis=0) / V + norm_eps) * tl.load(norm_w + rv, mask=mv, other=0.0).to(ACC)

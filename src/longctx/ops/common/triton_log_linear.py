@@ -156,7 +156,7 @@ def _fwd_o_kernel(
         for i_k in range(tl.cdiv(K, BK)):
             p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1),
                                     (i_t * BT, i_k * BK), (BT, BK), (1, 0))
-            p_z = tl.make_block_ptr(z + ((i_c * H + i_h) * M + i_m) * K * V, (K, V), (V, 1),
+            p_z = tl.make_block_ptr(z + ((i_c * H + i_h) * M + i_m).to(tl.int64) * K * V, (K, V), (V, 1),
                                     (i_k * BK, i_v * BV), (BK, BV), (1, 0))
             b_q = tl.load(p_q, boundary_check=(0, 1))
             b_r += tl.dot(b_q, tl.load(p_z, boundary_check=(0, 1)).to(b_q.dtype), input_precision=PREC)
@@ -255,9 +255,9 @@ def _bwd_dqkv_kernel(
                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1),
                                  (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        p_dh = tl.make_block_ptr(dh + (i_c * H + i_h) * K * V, (K, V), (V, 1),
+        p_dh = tl.make_block_ptr(dh + (i_c * H + i_h).to(tl.int64) * K * V, (K, V), (V, 1),
                                  (0, i_v * BV), (BK, BV), (1, 0))
-        p_dht = tl.make_block_ptr(dh + (i_c * H + i_h) * K * V, (V, K), (1, V),
+        p_dht = tl.make_block_ptr(dh + (i_c * H + i_h).to(tl.int64) * K * V, (V, K), (1, V),
                                   (i_v * BV, 0), (BV, BK), (0, 1))
         b_v = tl.load(p_v, boundary_check=(0, 1))
         b_do = tl.load(p_do, boundary_check=(0, 1))
@@ -280,7 +280,7 @@ def _bwd_dqkv_kernel(
         for i_v in range(tl.cdiv(V, BV)):
             p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1),
                                      (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-            p_zt = tl.make_block_ptr(z + ((i_c * H + i_h) * M + i_m) * K * V, (V, K), (1, V),
+            p_zt = tl.make_block_ptr(z + ((i_c * H + i_h) * M + i_m).to(tl.int64) * K * V, (V, K), (1, V),
                                      (i_v * BV, 0), (BV, BK), (0, 1))  # Z^(m)_n^T
             b_do = tl.load(p_do, boundary_check=(0, 1))
             b_x += tl.dot(b_do, tl.load(p_zt, boundary_check=(0, 1)).to(b_do.dtype),

@@ -133,7 +133,7 @@ def _cols(x, bos, T, i_t, i_h, p, H: tl.constexpr, K: tl.constexpr, BT: tl.const
 @triton.jit
 def _state_ptr(x, i_s, i_v, p, K: tl.constexpr, V: tl.constexpr, BP: tl.constexpr, BV: tl.constexpr):
     """Block pointer to rows [p BP, p BP + BP) and columns of block i_v of state i_s of x [.., K, V]."""
-    return tl.make_block_ptr(x + i_s * K * V, (K, V), (V, 1), (p * BP, i_v * BV), (BP, BV), (1, 0))
+    return tl.make_block_ptr(x + i_s.to(tl.int64) * K * V, (K, V), (V, 1), (p * BP, i_v * BV), (BP, BV), (1, 0))
 
 
 @triton.jit
@@ -233,7 +233,7 @@ def _fwd_h_kernel(
     bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
     b_h = tl.zeros([BK, BV], dtype=ACC)
     if USE_H0:
-        p_h0 = tl.make_block_ptr(h0 + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        p_h0 = tl.make_block_ptr(h0 + i_nh.to(tl.int64) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         b_h += tl.load(p_h0, boundary_check=(0, 1))
     for i_t in range(NT):
         p_h = tl.make_block_ptr(h + ((boh + i_t) * H + i_h) * K * V, (K, V), (V, 1),
@@ -241,7 +241,7 @@ def _fwd_h_kernel(
         tl.store(p_h, b_h.to(p_h.dtype.element_ty), boundary_check=(0, 1))
         b_h, _ = _h_step(b_h, k, v, gc, bos, T, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV, HAS_G, PREC)
     if STORE_HT:
-        p_ht = tl.make_block_ptr(ht + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        p_ht = tl.make_block_ptr(ht + i_nh.to(tl.int64) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         tl.store(p_ht, b_h.to(p_ht.dtype.element_ty), boundary_check=(0, 1))
 
 
@@ -261,7 +261,7 @@ def _fwd_o_kernel(
                                 (i_t * BT, i_k * BK), (BT, BK), (1, 0))
         p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K),
                                 (i_k * BK, i_t * BT), (BK, BT), (0, 1))
-        p_h = tl.make_block_ptr(h + (i_c * H + i_h) * K * V, (K, V), (V, 1),
+        p_h = tl.make_block_ptr(h + (i_c * H + i_h).to(tl.int64) * K * V, (K, V), (V, 1),
                                 (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         b_q = tl.load(p_q, boundary_check=(0, 1))
         b_k = tl.load(p_k, boundary_check=(0, 1))
@@ -304,7 +304,7 @@ def _fwd_h_group_kernel(
     for i_t in range(i_s * GS, tl.minimum(i_s * GS + GS, tl.cdiv(T, BT))):
         b_h, g_last = _h_step(b_h, k, v, gc, bos, T, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV, HAS_G, PREC)
         b_gt += g_last
-    p_l = tl.make_block_ptr(hl + i_gh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+    p_l = tl.make_block_ptr(hl + i_gh.to(tl.int64) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
     tl.store(p_l, b_h.to(p_l.dtype.element_ty), boundary_check=(0, 1))
     if HAS_G:
         tl.store(gtot + i_gh + tl.arange(0, 1), b_gt, mask=(i_k == 0) & (i_v == 0))
@@ -405,7 +405,7 @@ def _bwd_dh_kernel(
     bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
     b_dh = tl.zeros([BK, BV], dtype=ACC)
     if USE_DHT:
-        p_dht = tl.make_block_ptr(dht + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        p_dht = tl.make_block_ptr(dht + i_nh.to(tl.int64) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         b_dh += tl.load(p_dht, boundary_check=(0, 1))
     for i_r in range(NT):
         i_t = NT - 1 - i_r
@@ -426,7 +426,7 @@ def _bwd_dh_kernel(
             b_q = (b_q * scale).to(b_do.dtype)
         b_dh += tl.dot(b_q, b_do, input_precision=PREC)
     if STORE_DH0:
-        p_dh0 = tl.make_block_ptr(dh0 + i_nh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        p_dh0 = tl.make_block_ptr(dh0 + i_nh.to(tl.int64) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         tl.store(p_dh0, b_dh.to(p_dh0.dtype.element_ty), boundary_check=(0, 1))
 
 
@@ -469,11 +469,11 @@ def _bwd_dqkv_kernel(
                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1),
                                  (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        p_h = tl.make_block_ptr(h + (i_c * H + i_h) * K * V, (V, K), (1, V),
+        p_h = tl.make_block_ptr(h + (i_c * H + i_h).to(tl.int64) * K * V, (V, K), (1, V),
                                 (i_v * BV, 0), (BV, BK), (0, 1))  # S_n^T
-        p_dh = tl.make_block_ptr(dh + (i_c * H + i_h) * K * V, (K, V), (V, 1),
+        p_dh = tl.make_block_ptr(dh + (i_c * H + i_h).to(tl.int64) * K * V, (K, V), (V, 1),
                                  (0, i_v * BV), (BK, BV), (1, 0))  # dH_{n+1}
-        p_dht = tl.make_block_ptr(dh + (i_c * H + i_h) * K * V, (V, K), (1, V),
+        p_dht = tl.make_block_ptr(dh + (i_c * H + i_h).to(tl.int64) * K * V, (V, K), (1, V),
                                   (i_v * BV, 0), (BV, BK), (0, 1))  # dH_{n+1}^T
         b_v = tl.load(p_v, boundary_check=(0, 1))
         b_do = tl.load(p_do, boundary_check=(0, 1))

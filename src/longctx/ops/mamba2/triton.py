@@ -36,4 +36,6 @@ def triton_ssd(
                                output_final_state=output_final_state, cu_seqlens=cu_seqlens)
     if D is not None:
         y = y + (D.to(y.dtype)[:, None] * x).to(y.dtype)  # skip connection D x_t
-    return y, (ht.transpose(-1, -2) if ht is not None else None)
+    # contiguous: a decode step continuing from it (``backend.inplace_decode``) updates a state in place
+    # only where it is laid out as [N, H, P, N_state]
+    return y, (ht.transpose(-1, -2).contiguous() if ht is not None else None)
