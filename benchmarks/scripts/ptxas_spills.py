@@ -151,8 +151,8 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
         return run
 
     def inference(fn, *args, kernel="scalar_decay.fwd_grouped"):  # no gradient wanted: the grouped forward
-        def run():
-            with torch.no_grad(), launch_overrides({kernel: {"GS": 16}}):
+        def run():  # (kernel None: the op's own inference forward, e.g. the delta rule's staged pass)
+            with torch.no_grad(), launch_overrides({kernel: {"GS": 16}} if kernel else {}):
                 fn(*args)
         return run
 
@@ -199,6 +199,7 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
         "gla/inference": inference(gla_chunk, q, k, v, gk, kernel="gla.fwd_grouped"),
         "deltanet": fwd_bwd(delta_rule_chunk, q, k, v, beta),
         "gated_deltanet": fwd_bwd(delta_rule_chunk, q, k, v, beta, g),
+        "gated_deltanet/inference": inference(delta_rule_chunk, q, k, v, beta, g, kernel=None),
         "log_linear_mamba2": fwd_bwd(log_linear_scalar_decay_chunk, q, k, v, g, lam),
         **layer_steps(),
     }

@@ -18,6 +18,7 @@
 #  - TUNE="op op": tune_kernels.py's sweep of the launch settings (tune.json / tune.txt).
 #  - the kernel bench (OPS; kernels.json is rewritten after every row, so a timeout keeps what
 #    finished), then the decode latency if PHASE_C > 0.
+#  - DELTA_STAGED=1: the tests and the bench run with triton_delta.STAGED_TRAINING_PASSES = True.
 #  - WARM=1: the bench's kernels (ours and fla's, per op of OPS) and TUNE's settings compile in parallel
 #    beside the tests.
 #  - TCACHE_OUT=1: the Triton kernel cache of the warm-up and the bench (the tests compile into their own)
@@ -128,6 +129,9 @@ import os, sys
 if os.environ.get("DH_MASK"):
     from longctx.ops.common import triton_delta
     triton_delta.HALF_DH_F32_DOTS = int(os.environ["DH_MASK"])
+if os.environ.get("DELTA_STAGED"):  # the delta rule's training state passes at 3 stages, on trial
+    from longctx.ops.common import triton_delta
+    triton_delta.STAGED_TRAINING_PASSES = True
 import pytest
 sys.exit(pytest.main(sys.argv[1:]))
 PY
@@ -181,6 +185,9 @@ from longctx.bench.kernels import run_kernel_bench, summary_table
 if os.environ.get("DH_MASK"):  # at import: the bench's row processes re-import this file
     from longctx.ops.common import triton_delta
     triton_delta.HALF_DH_F32_DOTS = int(os.environ["DH_MASK"])
+if os.environ.get("DELTA_STAGED"):
+    from longctx.ops.common import triton_delta
+    triton_delta.STAGED_TRAINING_PASSES = True
 if __name__ == "__main__":
     res = run_kernel_bench(os.environ["OPS"].split(","), [int(t) for t in os.environ.get("LENGTHS", "4096,16384,65536").split(",")], out="/tmp/kb")
     print(summary_table(res))
