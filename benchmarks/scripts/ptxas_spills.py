@@ -201,6 +201,7 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
         "gated_deltanet": fwd_bwd(delta_rule_chunk, q, k, v, beta, g),
         "gated_deltanet/inference": inference(delta_rule_chunk, q, k, v, beta, g, kernel=None),
         "log_linear_mamba2": fwd_bwd(log_linear_scalar_decay_chunk, q, k, v, g, lam),
+        "log_linear_mamba2/inference": inference(log_linear_scalar_decay_chunk, q, k, v, g, lam, kernel=None),
         **layer_steps(),
     }
 

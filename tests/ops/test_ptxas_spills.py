@@ -59,6 +59,7 @@ def test_every_op_and_kernel_is_compiled(launches: list[dict]) -> None:
     ops = {r["op"] for r in launches}
     assert ops == {"linear_attention", "simple_gla", "gla", "deltanet", "gated_deltanet", "log_linear_mamba2",
                    "linear_attention/inference", "simple_gla/inference", "gla/inference", "gated_deltanet/inference",
+                   "log_linear_mamba2/inference",
                    "gated_deltanet/layer_step",
                    "mamba2/layer_step", "gla/layer_step"}
     kernels = {r["kernel"] for r in launches}

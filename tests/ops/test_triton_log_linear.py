@@ -98,6 +98,34 @@ def test_decay_gradient_is_direct_not_a_cancelling_sum() -> None:
         assert_close(r, o.double(), tol, f"d{n}")
 
 
+@pytest.mark.parametrize("dtype", [pytest.param(d, marks=gpu if ON_CUDA else ()) for d in
+                                   ([torch.float32, torch.bfloat16] if ON_CUDA else [F64, torch.float16])])
+@pytest.mark.parametrize("packed", [False, True])
+def test_inference_forward_equals_the_training_forward(dtype, packed) -> None:
+    """No gradient wanted: the level states are kept only where the output pass reads them, in the
+    input dtype (``triton_log_linear._forward(train=False)``); the output pass rounds them to that
+    dtype before its product in both paths, so o is the same, bit for bit. T = 71 with chunks of
+    16 (three chunk levels) in the interpreter; 1000 with chunks of 64 on a GPU."""
+    from longctx.ops.common.triton_log_linear import log_linear_scalar_decay_chunk
+
+    B, T, H, K, V, C = (2, 71, 2, 16, 16, 16) if not ON_CUDA else (2, 1000, 4, 128, 128, 64)
+    gen = torch.Generator().manual_seed(3)
+    rand = lambda *s: torch.randn(*s, generator=gen, dtype=F64)
+    q, k, v = rand(B, T, H, K) * K ** -0.5, rand(B, T, H, K) * K ** -0.5, rand(B, T, H, V)
+    g, lam = F.logsigmoid(rand(B, T, H) + 3), F.softplus(rand(B, T, H, required_levels(T - 1)))
+    cu = None
+    if packed:  # the batch as two packed sequences of other lengths
+        q, k, v, g, lam = (t.reshape(1, B * T, *t.shape[2:]) for t in (q, k, v, g, lam))
+        cu = torch.tensor([0, 45, B * T], dtype=torch.int32, device=DEVICE)
+    q, k, v = (t.to(DEVICE, dtype) for t in (q, k, v))
+    g, lam = g.to(DEVICE, torch.float32 if dtype != F64 else F64), lam.to(DEVICE, dtype)
+    with torch.no_grad():
+        o_inf = log_linear_scalar_decay_chunk(q, k, v, g, lam, chunk_size=C, cu_seqlens=cu)
+    o_train = log_linear_scalar_decay_chunk(q.requires_grad_(), k, v, g, lam, chunk_size=C, cu_seqlens=cu)
+    assert o_train.requires_grad and not o_inf.requires_grad
+    assert torch.equal(o_inf, o_train.detach())
+
+
 @gpu
 @pytest.mark.skipif(not ON_CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

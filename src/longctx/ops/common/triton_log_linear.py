@@ -56,6 +56,7 @@ from longctx.ops.common.triton_scalar_decay import (
     _load_g,
     _prec,
     _sequence,
+    _state_dtype,
     _straddle_sum,
     chunk_layout,
     max_seqlen,
@@ -110,11 +111,11 @@ def _level_weights(lam, bos, T, i_t, i_h, H: tl.constexpr, L: tl.constexpr, BT: 
 def _fwd_z_kernel(
     k, v, gc, z, cu_seqlens, chunk_offsets, M,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, STORE_ALL: tl.constexpr,
 ):
-    """Z^(m) entering every chunk into z [chunks, H, M, K, V] (also where the chunk does not read
-    it: the decay gradient's carry term needs it); grid (K/BK, V/BV, sequences * H * M), one chunk
-    level per program."""
+    """Z^(m) entering every chunk into z [chunks, H, M, K, V]; grid (K/BK, V/BV, sequences * H * M),
+    one chunk level per program. STORE_ALL: also where the chunk does not read it (the decay
+    gradient's carry term needs it); else only the entries ``_fwd_o_kernel`` reads."""
     i_k, i_v, i_nhm = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_m, i_nh = i_nhm % M, i_nhm // M  # i_m = m - 1
     i_n, i_h = i_nh // H, i_nh % H
@@ -123,9 +124,10 @@ def _fwd_z_kernel(
     for i_t in range(NT):
         rd = (i_t >> i_m) & 1  # chunk i_t reads level m / else it feeds it
         keep = ((i_t >> (i_m + 1)) << (i_m + 1)) != i_t  # i_t mod 2^m != 0: no reset
-        p_z = tl.make_block_ptr(z + (((boh + i_t) * H + i_h) * M + i_m) * K * V, (K, V), (V, 1),
-                                (i_k * BK, i_v * BV), (BK, BV), (1, 0))
-        tl.store(p_z, b_z.to(p_z.dtype.element_ty), boundary_check=(0, 1))
+        if STORE_ALL or rd == 1:
+            p_z = tl.make_block_ptr(z + (((boh + i_t) * H + i_h) * M + i_m) * K * V, (K, V), (V, 1),
+                                    (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+            tl.store(p_z, b_z.to(p_z.dtype.element_ty), boundary_check=(0, 1))
         b_k, b_v = _kt_v(k, v, bos, T, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV)
         b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
         b_v = (b_v * tl.exp(g_last - b_g)[:, None]).to(b_k.dtype)  # V ⊙ e^{G_last - G}
@@ -151,17 +153,17 @@ def _fwd_o_kernel(
                                 (i_k * BK, i_t * BT), (BK, BT), (0, 1))
         b_A += tl.dot(tl.load(p_q, boundary_check=(0, 1)), tl.load(p_k, boundary_check=(0, 1)),
                       input_precision=PREC)
-    for i_m in range(M):  # the chunk levels; chunk n reads level m where bit m-1 of n is 1
-        b_r = tl.zeros([BT, BV], dtype=ACC)
-        for i_k in range(tl.cdiv(K, BK)):
-            p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1),
-                                    (i_t * BT, i_k * BK), (BT, BK), (1, 0))
-            p_z = tl.make_block_ptr(z + ((i_c * H + i_h) * M + i_m).to(tl.int64) * K * V, (K, V), (V, 1),
-                                    (i_k * BK, i_v * BV), (BK, BV), (1, 0))
-            b_q = tl.load(p_q, boundary_check=(0, 1))
-            b_r += tl.dot(b_q, tl.load(p_z, boundary_check=(0, 1)).to(b_q.dtype), input_precision=PREC)
-        b_lm = _lam_col(lam, bos, T, i_t, i_h, LOG2C + 1 + i_m, H, L, BT).to(ACC)
-        b_o += tl.where(((i_t >> i_m) & 1) == 1, b_lm, 0.0)[:, None] * b_r
+    for i_m in range(M):  # the chunk levels; chunk n reads level m where bit m-1 of n is 1, only those
+        if ((i_t >> i_m) & 1) == 1:
+            b_r = tl.zeros([BT, BV], dtype=ACC)
+            for i_k in range(tl.cdiv(K, BK)):
+                p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1),
+                                        (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+                p_z = tl.make_block_ptr(z + ((i_c * H + i_h) * M + i_m).to(tl.int64) * K * V, (K, V), (V, 1),
+                                        (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+                b_q = tl.load(p_q, boundary_check=(0, 1))
+                b_r += tl.dot(b_q, tl.load(p_z, boundary_check=(0, 1)).to(b_q.dtype), input_precision=PREC)
+            b_o += _lam_col(lam, bos, T, i_t, i_h, LOG2C + 1 + i_m, H, L, BT).to(ACC)[:, None] * b_r
     b_g, _ = _load_g(gc, bos, T, i_t, i_h, H, BT)
     b_o *= tl.exp(b_g)[:, None]
     idx = tl.arange(0, BT)
@@ -320,33 +322,43 @@ def chunk_levels(max_chunks: int) -> int:
     return max(max_chunks - 1, 0).bit_length()
 
 
+def _forward(q, k, v, g, lam, cu, chunk_size, train: bool):
+    """The forward kernels. train: z keeps every level state entering every chunk in fp32 (the
+    backward's carry term reads them all); else only the entries the output pass reads, in the input
+    dtype (``_state_dtype``: the output pass rounds them to it before its product anyway, so o is
+    the same), a quarter of the bytes for half inputs. Returns o and, when train, (gc, z, offsets,
+    indices, NC, M)."""
+    offsets, indices, NC = chunk_layout(cu, chunk_size)
+    _, _, H, K = q.shape
+    V, L = v.shape[-1], lam.shape[-1]
+    N = cu.numel() - 1
+    M = chunk_levels(-(-max_seqlen(cu) // chunk_size))  # chunks of the longest
+    LOG2C = chunk_size.bit_length() - 1
+    _, BK, BV = _blocks(K, V)
+    acc, ACC = _acc(q.dtype)
+    prec = _prec(q.dtype)
+    gc = torch.empty(g.shape, dtype=acc, device=g.device)
+    _chunk_cumsum_kernel[(NC, H)](g, gc, cu, indices, H=H, BT=chunk_size)
+    z = q.new_empty(NC, H, M, K, V, dtype=acc if train else _state_dtype(q.dtype)) if M else q  # q: unread
+    if M:
+        _fwd_z_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H * M)](
+            k, v, gc, z, cu, offsets, M, H=H, K=K, V=V, BT=chunk_size, BK=BK, BV=BV, ACC=ACC,
+            PREC=prec, STORE_ALL=train,
+            **launch_options("log_linear.fwd_z", num_warps=4, num_stages=3),
+        )
+    o = torch.empty_like(v)
+    _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](
+        q, k, v, gc, lam, z, o, cu, indices, M, H=H, K=K, V=V, L=L, BT=chunk_size, LOG2C=LOG2C,
+        BK=BK, BV=BV, ACC=ACC, PREC=prec,
+        **launch_options("log_linear.fwd_o", num_warps=4, num_stages=3),
+    )
+    return o, ((gc, z, offsets, indices, NC, M) if train else None)
+
+
 class _LogLinearScalarDecayFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, lam, cu, chunk_size):
-        offsets, indices, NC = chunk_layout(cu, chunk_size)
-        _, _, H, K = q.shape
-        V, L = v.shape[-1], lam.shape[-1]
-        N = cu.numel() - 1
-        M = chunk_levels(-(-max_seqlen(cu) // chunk_size))  # chunks of the longest
-        LOG2C = chunk_size.bit_length() - 1
-        _, BK, BV = _blocks(K, V)
-        acc, ACC = _acc(q.dtype)
-        prec = _prec(q.dtype)
-        gc = torch.empty(g.shape, dtype=acc, device=g.device)
-        _chunk_cumsum_kernel[(NC, H)](g, gc, cu, indices, H=H, BT=chunk_size)
-        z = q.new_empty(NC, H, M, K, V, dtype=acc) if M else q  # q: an unread placeholder
-        if M:
-            _fwd_z_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H * M)](
-                k, v, gc, z, cu, offsets, M, H=H, K=K, V=V, BT=chunk_size, BK=BK, BV=BV, ACC=ACC,
-                PREC=prec,
-                **launch_options("log_linear.fwd_z", num_warps=4, num_stages=3),
-            )
-        o = torch.empty_like(v)
-        _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](
-            q, k, v, gc, lam, z, o, cu, indices, M, H=H, K=K, V=V, L=L, BT=chunk_size, LOG2C=LOG2C,
-            BK=BK, BV=BV, ACC=ACC, PREC=prec,
-            **launch_options("log_linear.fwd_o", num_warps=4, num_stages=3),
-        )
+        o, (gc, z, offsets, indices, NC, M) = _forward(q, k, v, g, lam, cu, chunk_size, train=True)
         ctx.save_for_backward(q, k, v, gc, lam, z, cu, offsets, indices)
         ctx.meta = (chunk_size, NC, M, g.dtype)
         return o
@@ -412,7 +424,10 @@ def log_linear_scalar_decay_chunk(
     B, T, H, _ = q.shape
     cu, flat = packed_sequences(B, T, q.device, cu_seqlens)
     q, k, v, g, lam = (flat(t).contiguous() for t in (q, k, v, g, lam))
-    o = _LogLinearScalarDecayFn.apply(q, k, v, g, lam, cu, chunk_size)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, g, lam)):
+        o = _LogLinearScalarDecayFn.apply(q, k, v, g, lam, cu, chunk_size)
+    else:  # no gradient wanted: the inference forward (``_forward``)
+        o, _ = _forward(q, k, v, g, lam, cu, chunk_size, train=False)
     return o.reshape(B, T, H, v.shape[-1])
 
 
