@@ -102,10 +102,11 @@ def test_decay_gradient_is_direct_not_a_cancelling_sum() -> None:
                                    ([torch.float32, torch.bfloat16] if ON_CUDA else [F64, torch.float16])])
 @pytest.mark.parametrize("packed", [False, True])
 def test_inference_forward_equals_the_training_forward(dtype, packed) -> None:
-    """No gradient wanted: the level states are kept only where the output pass reads them, in the
-    input dtype (``triton_log_linear._forward(train=False)``); the output pass rounds them to that
-    dtype before its product in both paths, so o is the same, bit for bit. T = 71 with chunks of
-    16 (three chunk levels) in the interpreter; 1000 with chunks of 64 on a GPU."""
+    """No gradient wanted: a level's state is kept only at the first chunk of each block that reads
+    it, in the input dtype, and the block's later chunks decay it from there
+    (``triton_log_linear._forward(train=False)``); o agrees with the training forward's to the
+    input dtype's rounding. T = 71 with chunks of 16 (three chunk levels) in the interpreter; 1000
+    with chunks of 64 on a GPU (four levels)."""
     from longctx.ops.common.triton_log_linear import log_linear_scalar_decay_chunk
 
     B, T, H, K, V, C = (2, 71, 2, 16, 16, 16) if not ON_CUDA else (2, 1000, 4, 128, 128, 64)
@@ -123,7 +124,8 @@ def test_inference_forward_equals_the_training_forward(dtype, packed) -> None:
         o_inf = log_linear_scalar_decay_chunk(q, k, v, g, lam, chunk_size=C, cu_seqlens=cu)
     o_train = log_linear_scalar_decay_chunk(q.requires_grad_(), k, v, g, lam, chunk_size=C, cu_seqlens=cu)
     assert o_train.requires_grad and not o_inf.requires_grad
-    assert torch.equal(o_inf, o_train.detach())
+    tol = {F64: 1e-12, torch.float16: 2e-3, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+    assert_close(o_train.detach().double().cpu(), o_inf.double().cpu(), tol, "o")
 
 
 @gpu

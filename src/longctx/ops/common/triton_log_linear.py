@@ -115,7 +115,9 @@ def _fwd_z_kernel(
 ):
     """Z^(m) entering every chunk into z [chunks, H, M, K, V]; grid (K/BK, V/BV, sequences * H * M),
     one chunk level per program. STORE_ALL: also where the chunk does not read it (the decay
-    gradient's carry term needs it); else only the entries ``_fwd_o_kernel`` reads."""
+    gradient's carry term needs it); else only at the first chunk b of each block that reads it
+    (the later readers n of the block add nothing to it, so Z^(m)_n = e^{Gc_n - Gc_b} Z^(m)_b:
+    ``_fwd_o_kernel`` with FIRST), about N states in all instead of N M."""
     i_k, i_v, i_nhm = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_m, i_nh = i_nhm % M, i_nhm // M  # i_m = m - 1
     i_n, i_h = i_nh // H, i_nh % H
@@ -124,7 +126,7 @@ def _fwd_z_kernel(
     for i_t in range(NT):
         rd = (i_t >> i_m) & 1  # chunk i_t reads level m / else it feeds it
         keep = ((i_t >> (i_m + 1)) << (i_m + 1)) != i_t  # i_t mod 2^m != 0: no reset
-        if STORE_ALL or rd == 1:
+        if STORE_ALL or (i_t & ((2 << i_m) - 1)) == (1 << i_m):  # (else: the block's first reader)
             p_z = tl.make_block_ptr(z + (((boh + i_t) * H + i_h) * M + i_m) * K * V, (K, V), (V, 1),
                                     (i_k * BK, i_v * BV), (BK, BV), (1, 0))
             tl.store(p_z, b_z.to(p_z.dtype.element_ty), boundary_check=(0, 1))
@@ -137,11 +139,15 @@ def _fwd_z_kernel(
 
 @triton.jit
 def _fwd_o_kernel(
-    q, k, v, gc, lam, z, o, cu_seqlens, chunk_indices, M,
+    q, k, v, gc, lam, z, gcc, o, cu_seqlens, chunk_indices, M,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
     LOG2C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    FIRST: tl.constexpr,
 ):
-    """O_[n] = (Q K^T ⊙ D ⊙ Λ) V + e^G ⊙ sum_m λ^(c+m) ⊙ (Q Z^(m)_n); grid (V/BV, chunks, H)."""
+    """O_[n] = (Q K^T ⊙ D ⊙ Λ) V + e^G ⊙ sum_m λ^(c+m) ⊙ (Q Z^(m)_n); grid (V/BV, chunks, H).
+    FIRST: z holds Z^(m) only at each block's first reader b (``_fwd_z_kernel``), and
+    Z^(m)_n = e^{Gc_n - Gc_b} Z^(m)_b with gcc [chunks, H] (float64) = Gc, the log decay of the
+    sequence's chunks before chunk n."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
     i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
     b_o = tl.zeros([BT, BV], dtype=ACC)
@@ -155,14 +161,19 @@ def _fwd_o_kernel(
                       input_precision=PREC)
     for i_m in range(M):  # the chunk levels; chunk n reads level m where bit m-1 of n is 1, only those
         if ((i_t >> i_m) & 1) == 1:
+            i_z = i_c  # the chunk whose z entry holds the state
+            if FIRST:
+                i_z = i_c - (i_t & ((1 << i_m) - 1))  # the block's first reader: bits below m-1 cleared
             b_r = tl.zeros([BT, BV], dtype=ACC)
             for i_k in range(tl.cdiv(K, BK)):
                 p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1),
                                         (i_t * BT, i_k * BK), (BT, BK), (1, 0))
-                p_z = tl.make_block_ptr(z + ((i_c * H + i_h) * M + i_m).to(tl.int64) * K * V, (K, V), (V, 1),
+                p_z = tl.make_block_ptr(z + ((i_z * H + i_h) * M + i_m).to(tl.int64) * K * V, (K, V), (V, 1),
                                         (i_k * BK, i_v * BV), (BK, BV), (1, 0))
                 b_q = tl.load(p_q, boundary_check=(0, 1))
                 b_r += tl.dot(b_q, tl.load(p_z, boundary_check=(0, 1)).to(b_q.dtype), input_precision=PREC)
+            if FIRST:  # the decay from the block's first reader to this chunk, e^{Gc_n - Gc_b} <= 1
+                b_r *= tl.exp((tl.load(gcc + i_c * H + i_h) - tl.load(gcc + i_z * H + i_h)).to(ACC))
             b_o += _lam_col(lam, bos, T, i_t, i_h, LOG2C + 1 + i_m, H, L, BT).to(ACC)[:, None] * b_r
     b_g, _ = _load_g(gc, bos, T, i_t, i_h, H, BT)
     b_o *= tl.exp(b_g)[:, None]
@@ -322,12 +333,22 @@ def chunk_levels(max_chunks: int) -> int:
     return max(max_chunks - 1, 0).bit_length()
 
 
+def _chunk_decays(gc: Tensor, cu: Tensor, offsets: Tensor, indices: Tensor, BT: int) -> Tensor:
+    """Gc [chunks, H] in float64: the log decay of the chunks of chunk n's sequence before it (the
+    sum of their G_last), so the decay from chunk b to chunk n is e^{Gc_n - Gc_b}. float64: Gc
+    reaches -1e4 and more over long sequences, and only differences of nearby chunks are used."""
+    seq, i_t = indices[:, 0].long(), indices[:, 1].long()
+    last = torch.minimum(cu[seq].long() + (i_t + 1) * BT, cu[seq + 1].long()) - 1
+    g_last = gc.reshape(-1, gc.shape[-1])[last].double()  # [chunks, H]
+    before = g_last.cumsum(0) - g_last  # over every chunk before it, in the packed order
+    return (before - before[offsets[seq].long()]).contiguous()  # less the earlier sequences'
+
+
 def _forward(q, k, v, g, lam, cu, chunk_size, train: bool):
     """The forward kernels. train: z keeps every level state entering every chunk in fp32 (the
-    backward's carry term reads them all); else only the entries the output pass reads, in the input
-    dtype (``_state_dtype``: the output pass rounds them to it before its product anyway, so o is
-    the same), a quarter of the bytes for half inputs. Returns o and, when train, (gc, z, offsets,
-    indices, NC, M)."""
+    backward's carry term reads them all); else only at each block's first reader, in the input
+    dtype (``_state_dtype``), about N states instead of N M (``_fwd_z_kernel``); o agrees to
+    rounding. Returns o and, when train, (gc, z, offsets, indices, NC, M)."""
     offsets, indices, NC = chunk_layout(cu, chunk_size)
     _, _, H, K = q.shape
     V, L = v.shape[-1], lam.shape[-1]
@@ -347,9 +368,10 @@ def _forward(q, k, v, g, lam, cu, chunk_size, train: bool):
             **launch_options("log_linear.fwd_z", num_warps=4, num_stages=3),
         )
     o = torch.empty_like(v)
+    gcc = q if train or not M else _chunk_decays(gc, cu, offsets, indices, chunk_size)  # q: unread
     _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](
-        q, k, v, gc, lam, z, o, cu, indices, M, H=H, K=K, V=V, L=L, BT=chunk_size, LOG2C=LOG2C,
-        BK=BK, BV=BV, ACC=ACC, PREC=prec,
+        q, k, v, gc, lam, z, gcc, o, cu, indices, M, H=H, K=K, V=V, L=L, BT=chunk_size, LOG2C=LOG2C,
+        BK=BK, BV=BV, ACC=ACC, PREC=prec, FIRST=not train,
         **launch_options("log_linear.fwd_o", num_warps=4, num_stages=3),
     )
     return o, ((gc, z, offsets, indices, NC, M) if train else None)
