@@ -130,11 +130,12 @@ def _fwd_z_kernel(
             p_z = tl.make_block_ptr(z + (((boh + i_t) * H + i_h) * M + i_m) * K * V, (K, V), (V, 1),
                                     (i_k * BK, i_v * BV), (BK, BV), (1, 0))
             tl.store(p_z, b_z.to(p_z.dtype.element_ty), boundary_check=(0, 1))
-        b_k, b_v = _kt_v(k, v, bos, T, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV)
         b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
-        b_v = (b_v * tl.exp(g_last - b_g)[:, None]).to(b_k.dtype)  # V ⊙ e^{G_last - G}
-        b_u = tl.dot(b_k, b_v, input_precision=PREC)  # U_n
-        b_z = tl.where(keep, b_z * tl.exp(g_last), 0.0) + tl.where(rd == 0, b_u, 0.0)
+        b_z = tl.where(keep, b_z * tl.exp(g_last), 0.0)
+        if rd == 0:  # only the chunks that feed the level read k and v (half of them)
+            b_k, b_v = _kt_v(k, v, bos, T, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV)
+            b_v = (b_v * tl.exp(g_last - b_g)[:, None]).to(b_k.dtype)  # V ⊙ e^{G_last - G}
+            b_z += tl.dot(b_k, b_v, input_precision=PREC)  # U_n
 
 
 @triton.jit
