@@ -603,9 +603,11 @@ def _pass_stages(dtype: torch.dtype, K: int, train: bool) -> int:
     Timed on an H100 (2026-12-07, Gated DeltaNet's bf16 inference forward, K = V = 128, H = 16):
     with the forward pass at 1 / 2 / 3 stages the op took 0.427 / 0.289 / 0.272 ms at T = 4k and
     6.37 / 4.10 / 3.79 ms at T = 64k, with bit-identical outputs. Until ``STAGED_TRAINING_PASSES``
-    only that case (the inference forward, half inputs) is staged; the rest stays at 1 stage."""
+    only that case is staged (the inference forward, half inputs, 64 < K <= 128: S as two pieces
+    of 64 rows); the rest stays at 1 stage."""
     half = dtype in (torch.float16, torch.bfloat16)
-    if K > 128 or dtype == torch.float64 or not (STAGED_TRAINING_PASSES or (half and not train)):
+    tuned = half and not train and K > 64
+    if K > 128 or dtype == torch.float64 or not (STAGED_TRAINING_PASSES or tuned):
         return 1
     return 3 if half else 2
 
