@@ -90,6 +90,7 @@ from longctx.ops.common.triton_scalar_decay import (
     _sum_after,
     _sum_before,
     chunk_layout,
+    grad_wanted,
     packed_sequences,
 )
 
@@ -755,7 +756,7 @@ def delta_rule_chunk(
     if g is not None:
         g = flat(g).to(acc).contiguous()
     h0 = initial_state.to(acc).contiguous() if initial_state is not None else None
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, beta, g, h0)):
+    if grad_wanted(q, k, v, beta, g, h0):
         o, ht = _DeltaRuleFn.apply(q, k, v, beta, g, h0, float(scale), output_final_state, cu, chunk_size)
     else:
         o, ht, _ = _forward(q, k, v, beta, g, h0, float(scale), output_final_state, cu, chunk_size, train=False)

@@ -78,6 +78,7 @@ from longctx.ops.common.triton_scalar_decay import (
     _sum_after,
     _sum_before,
     chunk_layout,
+    grad_wanted,
     packed_sequences,
 )
 
@@ -801,7 +802,7 @@ def gla_chunk(
     cu, flat = packed_sequences(B, T, q.device, cu_seqlens)
     q, k, v, g = (flat(t).contiguous() for t in (q, k, v, g))
     h0 = initial_state.contiguous() if initial_state is not None else None
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, h0)):
+    if grad_wanted(q, k, v, g, h0):
         o, ht = _GlaFn.apply(q, k, v, g, h0, float(scale), output_final_state, cu, chunk_size, sub_chunk)
     else:
         o, ht = _inference(q, k, v, g, h0, float(scale), output_final_state, cu, chunk_size, sub_chunk)

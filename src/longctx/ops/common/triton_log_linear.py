@@ -59,6 +59,7 @@ from longctx.ops.common.triton_scalar_decay import (
     _state_dtype,
     _straddle_sum,
     chunk_layout,
+    grad_wanted,
     max_seqlen,
     packed_sequences,
 )
@@ -447,7 +448,7 @@ def log_linear_scalar_decay_chunk(
     B, T, H, _ = q.shape
     cu, flat = packed_sequences(B, T, q.device, cu_seqlens)
     q, k, v, g, lam = (flat(t).contiguous() for t in (q, k, v, g, lam))
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, g, lam)):
+    if grad_wanted(q, k, v, g, lam):
         o = _LogLinearScalarDecayFn.apply(q, k, v, g, lam, cu, chunk_size)
     else:  # no gradient wanted: the inference forward (``_forward``)
         o, _ = _forward(q, k, v, g, lam, cu, chunk_size, train=False)

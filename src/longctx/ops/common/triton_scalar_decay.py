@@ -590,6 +590,14 @@ def _acc(dtype: torch.dtype) -> tuple[torch.dtype, object]:
     return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
 
 
+def grad_wanted(*tensors: Tensor | None) -> bool:
+    """Whether autograd will want gradients of ``tensors`` (None entries skipped): grad mode on and
+    one of them requiring grad. Else the kernels run their inference forward (nothing kept for a
+    backward). Inside ``autograd.Function.forward`` ``needs_input_grad`` cannot tell: it stays True
+    under ``torch.no_grad()``."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _state_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype of the per-chunk states kept in memory between kernels (h, dh): the input's for
     half inputs, else the accumulation dtype. Every kernel rounds a loaded state to the input dtype
@@ -836,7 +844,7 @@ def scalar_decay_chunk(
     if g is not None:
         g = flat(g).contiguous()
     h0 = initial_state.contiguous() if initial_state is not None else None
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, h0)):
+    if grad_wanted(q, k, v, g, h0):
         o, ht = _ScalarDecayFn.apply(q, k, v, g, h0, float(scale), output_final_state, cu, chunk_size)
     else:  # no per-chunk states to keep for a backward pass
         o, ht = _inference(q, k, v, g, h0, float(scale), output_final_state, cu, chunk_size)
