@@ -123,15 +123,21 @@ DEFAULT_TESTS="tests/ops/test_triton_delta.py -k 'delta_rule_kernel_matches and 
 TESTS=${TESTS:-$DEFAULT_TESTS}
 [ "$TESTS" = none ] && TESTS=
 mkdir -p /tmp/gt
-# pytest with triton_delta.HALF_DH_F32_DOTS = $DH_MASK when set (the bisect's mend, on trial)
+# settings on trial, imported by the tests, the warm-up and the bench (their row processes too):
+# triton_delta.HALF_DH_F32_DOTS = $DH_MASK (the bisect's mend) and, with DELTA_STAGED=1, the delta
+# rule's training state passes at 3 stages
+cat > /tmp/trials.py <<'PY'
+import os
+if os.environ.get("DH_MASK") or os.environ.get("DELTA_STAGED"):
+    from longctx.ops.common import triton_delta
+    if os.environ.get("DH_MASK"):
+        triton_delta.HALF_DH_F32_DOTS = int(os.environ["DH_MASK"])
+    if os.environ.get("DELTA_STAGED"):
+        triton_delta.STAGED_TRAINING_PASSES = True
+PY
 cat > /tmp/pytest_mask.py <<'PY'
-import os, sys
-if os.environ.get("DH_MASK"):
-    from longctx.ops.common import triton_delta
-    triton_delta.HALF_DH_F32_DOTS = int(os.environ["DH_MASK"])
-if os.environ.get("DELTA_STAGED"):  # the delta rule's training state passes at 3 stages, on trial
-    from longctx.ops.common import triton_delta
-    triton_delta.STAGED_TRAINING_PASSES = True
+import sys
+import trials  # noqa: F401 - the settings on trial
 import pytest
 sys.exit(pytest.main(sys.argv[1:]))
 PY
@@ -151,7 +157,7 @@ done
 # shared GPU): the bench's first row of each op times them again, with the kernels compiled.
 if [ "${WARM:-0}" = 1 ]; then
   for op in $(echo "${OPS:-gla,linear_attention,simple_gla,ssd,log_linear,deltanet,gated_deltanet,log_linear_gdn}" | tr , ' '); do
-    ( TRITON_CACHE_AUTOTUNING=0 PYTHONPATH=src timeout ${PHASE_A:-270} python -c "import torch, sys; from longctx.bench.kernels import _op_row; print(_op_row(sys.argv[1], 4096, 1, 16, 128, torch.bfloat16, True, 3e12))" "$op" > "/tmp/gt/warm_$op.txt" 2>&1 ) &
+    ( TRITON_CACHE_AUTOTUNING=0 PYTHONPATH=src:/tmp timeout ${PHASE_A:-270} python -c "import torch, sys, trials; from longctx.bench.kernels import _op_row; print(_op_row(sys.argv[1], 4096, 1, 16, 128, torch.bfloat16, True, 3e12))" "$op" > "/tmp/gt/warm_$op.txt" 2>&1 ) &
     pids+=($!)
   done
 fi
@@ -181,13 +187,8 @@ kernel_bench() {
     # from a file, not stdin: the bench spawns a process per row, which re-imports the main script
     cat > /tmp/kernel_bench.py <<'PY'
 import os
+import trials  # noqa: F401 - at import: the bench's row processes re-import this file
 from longctx.bench.kernels import run_kernel_bench, summary_table
-if os.environ.get("DH_MASK"):  # at import: the bench's row processes re-import this file
-    from longctx.ops.common import triton_delta
-    triton_delta.HALF_DH_F32_DOTS = int(os.environ["DH_MASK"])
-if os.environ.get("DELTA_STAGED"):
-    from longctx.ops.common import triton_delta
-    triton_delta.STAGED_TRAINING_PASSES = True
 if __name__ == "__main__":
     res = run_kernel_bench(os.environ["OPS"].split(","), [int(t) for t in os.environ.get("LENGTHS", "4096,16384,65536").split(",")], out="/tmp/kb")
     print(summary_table(res))
