@@ -15,6 +15,7 @@
 #  - ZWAIT=1: the zoology workers finish (or time out) before anything below is timed.
 #  - BREAKDOWN=op,op: each kernel's CUDA time in one call of the op, ours vs fla (kernel_breakdown.py;
 #    BREAKDOWN_ARGS="--backward --T 16384" passes its options).
+#  - EXTRA="python script.py \$OUT/x.json ...": one more command after the tests (output: extra.txt).
 #  - TUNE="op op": tune_kernels.py's sweep of the launch settings (tune.json / tune.txt).
 #  - the kernel bench (OPS; kernels.json is rewritten after every row, so a timeout keeps what
 #    finished), then the decode latency if PHASE_C > 0.
@@ -176,6 +177,11 @@ fi
 if [ "${ZWAIT:-0}" = 1 ] && [ -n "${ZPID-}" ]; then  # the timings below run with the GPU to themselves
   wait "$ZPID"; ZPID=
   tail -3 "$OUT/zoology.log"; echo "zoology done, $(left) s left"
+fi
+
+if [ -n "${EXTRA-}" ] && [ "$(left)" -gt 60 ]; then  # one more command, e.g. a parts timing script
+  ( eval "PYTHONPATH=src timeout $(( $(left) < 200 ? $(left) - 30 : 170 )) $EXTRA" > "$OUT/extra.txt" 2>&1 )
+  tail -20 "$OUT/extra.txt"
 fi
 
 # the kernel bench (ours vs fla vs SDPA, OPS x LENGTHS); BENCH_FIRST=1: before the breakdown / tuning,
