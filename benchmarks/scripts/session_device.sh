@@ -15,7 +15,8 @@
 #  - ZWAIT=1: the zoology workers finish (or time out) before anything below is timed.
 #  - BREAKDOWN=op,op: each kernel's CUDA time in one call of the op, ours vs fla (kernel_breakdown.py;
 #    BREAKDOWN_ARGS="--backward --T 16384" passes its options).
-#  - EXTRA="python script.py \$OUT/x.json ...": one more command after the tests (output: extra.txt).
+#  - EXTRA="python script.py /tmp/x.json ...": one more command after the tests (its output: extra.txt).
+#  (tune.json and breakdown.json stay on the device: their .txt hold the same rows, and 8 files come back)
 #  - TUNE="op op": tune_kernels.py's sweep of the launch settings (tune.json / tune.txt).
 #  - the kernel bench (OPS; kernels.json is rewritten after every row, so a timeout keeps what
 #    finished), then the decode latency if PHASE_C > 0.
@@ -207,12 +208,12 @@ PY
 [ "${BENCH_FIRST:-0}" = 1 ] && kernel_bench
 
 if [ -n "${BREAKDOWN-}" ] && [ "$(left)" -gt 60 ]; then  # e.g. BREAKDOWN=gla,simple_gla: ours vs fla per kernel
-  PYTHONPATH=src timeout $(( $(left) < 200 ? $(left) - 30 : 170 )) python benchmarks/scripts/kernel_breakdown.py "$OUT/breakdown.json" ${BREAKDOWN//,/ } ${BREAKDOWN_ARGS-} > "$OUT/breakdown.txt" 2>&1
+  PYTHONPATH=src timeout $(( $(left) < 200 ? $(left) - 30 : 170 )) python benchmarks/scripts/kernel_breakdown.py /tmp/breakdown.json ${BREAKDOWN//,/ } ${BREAKDOWN_ARGS-} > "$OUT/breakdown.txt" 2>&1
   tail -40 "$OUT/breakdown.txt"
 fi
 
 if [ -n "${TUNE-}" ] && [ "$(left)" -gt 90 ]; then  # e.g. TUNE="gla simple_gla": launch settings swept
-  PYTHONPATH=src timeout $(( $(left) - ${PHASE_C:-0} - 60 )) python benchmarks/scripts/tune_kernels.py "$OUT/tune.json" $TUNE > "$OUT/tune.txt" 2>&1
+  PYTHONPATH=src timeout $(( $(left) - ${PHASE_C:-0} - 60 )) python benchmarks/scripts/tune_kernels.py /tmp/tune.json $TUNE > "$OUT/tune.txt" 2>&1
   tail -30 "$OUT/tune.txt"
 fi
 
