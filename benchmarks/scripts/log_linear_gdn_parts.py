@@ -4,7 +4,7 @@ each piece of one call timed alone on the kernel bench's inputs (B=1 H=16 D=128 
     python benchmarks/scripts/log_linear_gdn_parts.py OUT.json [--T 8192 65536]
 
 Pieces: the whole op (forward, no grad; forward + backward), ``prepare_delta``, the levels inside
-chunks in PyTorch (``_intra``; its triangular solve alone, and the inverse by matmuls instead), the chunk levels (``_chunk_levels``: M
+chunks in PyTorch (``_intra``; its triangular solve alone), the chunk levels (``_chunk_levels``: M
 copies of the base in one kernel call), and the base kernel once (one copy: what the op would
 cost at 1x its base). ms, median of ``triton.testing.do_bench``. Needs a GPU.
 """
@@ -34,7 +34,7 @@ def _bench(fn: Callable[[], object], cuda: bool, warmup: int = 5) -> float:
 def _row(T: int, H: int, D: int, cuda: bool) -> dict:
     from longctx.bench.kernels import _inputs, _ours
     from longctx.ops.common.triton_delta import delta_rule_chunk
-    from longctx.ops.deltanet.chunk import unit_lower_inverse, ut_solve
+    from longctx.ops.deltanet.chunk import ut_solve
     from longctx.ops.log_linear.chunk import _chunked, _decay_matrix
     from longctx.ops.log_linear.inputs import prepare_delta
     from longctx.ops.log_linear.triton import _chunk_levels, _intra
@@ -69,15 +69,9 @@ def _row(T: int, H: int, D: int, cuda: bool) -> dict:
         decay = _decay_matrix(gc.cumsum(dim=3))
         eye = torch.eye(C, dtype=qc.dtype, device=qc.device).expand(*qc.shape[:3], C, C)
         timed("intra_ut_solve", lambda: ut_solve(kc, bc, decay, eye))
-        A = torch.tril(bc[..., None] * (kc @ kc.transpose(-1, -2)) * decay, diagonal=-1)
-        timed("intra_inverse_by_matmuls", lambda: unit_lower_inverse(A) * bc[..., None, :])
-        row["inverse_max_diff"] = float((unit_lower_inverse(A) * bc[..., None, :] - ut_solve(kc, bc, decay, eye)).abs().max())
         pos = torch.arange(T, device=q.device)
         timed("chunk_levels", lambda: _chunk_levels(p, C, q.dtype, [0], [T], pos, None))
         timed("base_once", lambda: delta_rule_chunk(q, k, v, beta, g, scale=D ** -0.5))
-    kg, Ag = kc.clone().requires_grad_(), A.clone().requires_grad_()
-    timed("intra_ut_solve_fwdbwd", lambda: torch.autograd.grad(ut_solve(kg, bc, decay, eye).sum(), kg))
-    timed("intra_inverse_by_matmuls_fwdbwd", lambda: torch.autograd.grad(unit_lower_inverse(Ag).sum(), Ag))
     diff = [t.requires_grad_() for t in (q, k, v, g, beta, lam)]
     do = torch.randn_like(v)
     timed("op_fwdbwd", lambda: torch.autograd.grad(op(q, k, v, g, beta, lam), diff, do), 3)

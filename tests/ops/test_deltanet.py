@@ -317,24 +317,3 @@ def test_step_errors():
         delta_rule_step(q[:, 0], k[:, 0], v[:, 0], beta, None)
     with pytest.raises(ValueError, match=r"state must have shape \[2, 3, 8, 5\]"):
         delta_rule_step(q[:, 0], k[:, 0], v[:, 0], beta[:, 0], make_state(dk=4))
-
-
-@pytest.mark.parametrize("C", [1, 2, 16, 64])
-def test_unit_lower_inverse_is_the_triangular_solve(C):
-    """The UT transform's inverse by block merges (matmuls only) equals the triangular solve in
-    float64, its gradient too; a block size that is not a power of two is refused."""
-    from longctx.ops.deltanet.chunk import unit_lower_inverse
-
-    gen = torch.Generator().manual_seed(C)
-    A = (torch.randn(2, 3, C, C, generator=gen, dtype=torch.float64) * 0.3).tril(-1).requires_grad_()
-    eye = torch.eye(C, dtype=torch.float64)
-    ref = torch.linalg.solve_triangular(A + eye, eye.expand(2, 3, C, C), upper=False, unitriangular=True)
-    X = unit_lower_inverse(A)
-    assert_close(ref, X, 1e-12, "inverse")
-    if C > 1:  # a 1x1 block's inverse is 1, whatever A
-        w = torch.randn(2, 3, C, C, generator=gen, dtype=torch.float64)
-        (g_ref,) = torch.autograd.grad((ref * w).sum(), A)
-        (g,) = torch.autograd.grad((X * w).sum(), A)
-        assert_close(g_ref.tril(-1), g.tril(-1), 1e-11, "grad")
-    with pytest.raises(ValueError, match="power of two"):
-        unit_lower_inverse(torch.zeros(3, 3))

@@ -38,28 +38,6 @@ def ut_solve(k: Tensor, beta: Tensor, decay: Tensor, rhs: Tensor) -> Tensor:
                                          unitriangular=True)
 
 
-def unit_lower_inverse(A: Tensor) -> Tensor:
-    """(I + A)^{-1} for strictly lower-triangular A [..., C, C] (C a power of two), by matmuls only:
-    the inverses of the diagonal blocks double in size, 1 -> 2 -> ... -> C, each by
-    [[L11, 0], [L21, L22]]^{-1} = [[X11, 0], [-X22 L21 X11, X22]] (the block merge of fla's
-    ``solve_tril``, from 1x1 blocks up). log2(C) rounds of batched products where
-    ``torch.linalg.solve_triangular`` runs a batched TRSM; differentiable through autograd."""
-    *batch, C, _ = A.shape
-    if C & (C - 1):
-        raise ValueError(f"unit_lower_inverse: the block size must be a power of two, got {C}")
-    X = torch.ones(*batch, C, 1, 1, dtype=A.dtype, device=A.device)  # the 1x1 diagonal blocks
-    b = 1
-    while b < C:
-        n = C // (2 * b)
-        blocks = torch.diagonal(A.reshape(*batch, n, 2 * b, n, 2 * b), dim1=-4, dim2=-2).movedim(-1, -3)
-        X11, X22 = X[..., 0::2, :, :], X[..., 1::2, :, :]  # [..., n, b, b]
-        X21 = -(X22 @ blocks[..., b:, :b] @ X11)
-        top = torch.cat([X11, torch.zeros_like(X11)], dim=-1)
-        X = torch.cat([top, torch.cat([X21, X22], dim=-1)], dim=-2)  # [..., n, 2b, 2b]
-        b *= 2
-    return X[..., 0, :, :]
-
-
 def chunk_delta_core(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None, S0: Tensor, C: int
 ) -> tuple[Tensor, Tensor]:
