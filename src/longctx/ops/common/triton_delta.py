@@ -588,12 +588,14 @@ def _blocks(K: int, V: int) -> tuple[int, int, int, int]:
 
 
 # The training passes (the forward that keeps fp32 states for the backward, and the backward's
-# _delta_dh_kernel) at the staged settings of ``_pass_stages``: they compile for sm_90 within shared
-# memory (190 KiB for the bf16 backward at K = 128) but have not run on a GPU yet, and
-# _delta_dh_kernel has a history of Hopper miscompiles at K > 64 in half precision
-# (``HALF_DH_F32_DOTS``, found at 1 stage). Set True once the kernel-matches tests pass with it on a
-# GPU (session_device.sh: DELTA_STAGED=1 sets it in the tests and the bench).
-STAGED_TRAINING_PASSES = False
+# _delta_dh_kernel) at the staged settings of ``_pass_stages``. _delta_dh_kernel has a history of
+# Hopper miscompiles at K > 64 in half precision (``HALF_DH_F32_DOTS``, found at 1 stage), so the
+# staging waited for the kernel-matches tests (every gradient against float64): they passed with it
+# on 2026-12-07 (session 17; DeltaNet float32 + bf16 on an H200, Gated DeltaNet bf16 and float32 at
+# K = 64 / 128 on an H100). With it, at T = 64k on an H100 (B=1 H=16 K=V=128 bf16), the DeltaNet
+# forward + backward took 11.74 ms (18.21 at 1 stage, session 16), Gated DeltaNet's 18.03 (23.96).
+# False runs every pass but the tuned inference forward at 1 stage again.
+STAGED_TRAINING_PASSES = True
 
 
 def _pass_stages(dtype: torch.dtype, K: int, train: bool) -> int:
@@ -603,9 +605,8 @@ def _pass_stages(dtype: torch.dtype, K: int, train: bool) -> int:
     190 KiB in bf16 and 305 KiB in fp32, of the 227 KiB an H100 has (tests/ops/test_ptxas_spills.py).
     Timed on an H100 (2026-12-07, Gated DeltaNet's bf16 inference forward, K = V = 128, H = 16):
     with the forward pass at 1 / 2 / 3 stages the op took 0.427 / 0.289 / 0.272 ms at T = 4k and
-    6.37 / 4.10 / 3.79 ms at T = 64k, with bit-identical outputs. Until ``STAGED_TRAINING_PASSES``
-    only that case is staged (the inference forward, half inputs, 64 < K <= 128: S as two pieces
-    of 64 rows); the rest stays at 1 stage."""
+    6.37 / 4.10 / 3.79 ms at T = 64k, with bit-identical outputs. ``STAGED_TRAINING_PASSES`` False
+    stages only that case (the inference forward, half inputs, 64 < K <= 128)."""
     half = dtype in (torch.float16, torch.bfloat16)
     tuned = half and not train and K > 64
     if K > 128 or dtype == torch.float64 or not (STAGED_TRAINING_PASSES or tuned):
