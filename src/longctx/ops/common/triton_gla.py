@@ -14,8 +14,8 @@ With no gradient wanted, ``launch_overrides({"gla.fwd_grouped": {"GS": n}})`` ru
 inference forward instead (``triton_scalar_decay``'s, with a decay per key dim): the state at every
 GS-th chunk start by a two-level pass (``_fwd_h_group_kernel``, then the scan with the groups' log
 decays per key dim) and an output pass (``_fwd_grouped_kernel``) that carries S through each group's
-chunks in registers; no per-chunk states are written. Off by default (``GROUPED_BY_DEFAULT``) until
-it has run on a GPU.
+chunks in registers; no per-chunk states are written. Off by default (``GROUPED_BY_DEFAULT``): on
+an H100 it was slower than the per-chunk forward at every group size.
 
 Numerical stability (the paper's secondary chunking, §4.3). The fully parallel factorisation
 ``A = (Q ⊙ e^G)(K ⊙ e^{-G})^T`` needs ``exp(-G)``, i.e. ``exp(+|G|)``: with a gate of -5 per token,
@@ -649,8 +649,12 @@ def _cumsum_and_scores(q: Tensor, k: Tensor, g: Tensor, scale: float, cu: Tensor
 
 
 # The grouped inference forward (no gradient wanted: no per-chunk states; ``triton_scalar_decay``'s
-# with a decay per key dim) is exact in the interpreter but has not run on a GPU, so it is off by
-# default: ``launch_overrides({"gla.fwd_grouped": {"GS": n}})`` runs it (the tests, tune_kernels.py).
+# with a decay per key dim) passes its GPU tests but does not pay here, so it is off by default:
+# on an H100 at T = 64k (B=1 H=16 K=V=128 bf16, 2026-12-07, tune_kernels.py) the forward took
+# 5.68 ms per chunk (GS 1) and 7.30 / 6.64 / 6.36 / 6.28 ms at GS 2 / 4 / 8 / 16. Unlike the
+# scalar decay's, its output pass carries S with a decay per key dim through each group's chunks,
+# which costs more than the per-chunk states it saves writing.
+# ``launch_overrides({"gla.fwd_grouped": {"GS": n}})`` runs it (the tests, tune_kernels.py).
 GROUPED_BY_DEFAULT = False
 
 
