@@ -20,7 +20,8 @@
 #  - TUNE="op op": tune_kernels.py's sweep of the launch settings (tune.json / tune.txt).
 #  - the kernel bench (OPS; kernels.json is rewritten after every row, so a timeout keeps what
 #    finished), then the decode latency if PHASE_C > 0.
-#  - DELTA_STAGED=1: the tests and the bench run with triton_delta.STAGED_TRAINING_PASSES = True.
+#  - DELTA_STAGED=1: the tests and the bench run with triton_delta.STAGED_TRAINING_PASSES = True (the
+#    default since session 17; kept for trying the flag again after a kernel change).
 #  - WARM=1: the bench's kernels (ours and fla's, per op of OPS) and TUNE's settings compile in parallel
 #    beside the tests.
 #  - TCACHE_OUT=1: the Triton kernel cache of the warm-up and the bench (the tests compile into their own)
