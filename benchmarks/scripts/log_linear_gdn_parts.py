@@ -5,8 +5,10 @@ each piece of one call timed alone on the kernel bench's inputs (B=1 H=16 D=128 
 
 Pieces: the whole op (forward, no grad; forward + backward), ``prepare_delta``, the levels inside
 chunks in PyTorch (``_intra``; its triangular solve alone), the chunk levels (``_chunk_levels``: M
-copies of the base in one kernel call), and the base kernel once (one copy: what the op would
-cost at 1x its base). ms, median of ``triton.testing.do_bench``. Needs a GPU.
+copies of the base in one kernel call; ``_delta_levels``: the fused level pass instead, with its
+largest difference from the copies), and the base kernel once (one copy: what the op would cost at
+1x its base). ms, median of ``triton.testing.do_bench``. Without a GPU: one host-timed call each
+in the interpreter (a smoke run).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def _row(T: int, H: int, D: int, cuda: bool) -> dict:
     from longctx.ops.deltanet.chunk import ut_solve
     from longctx.ops.log_linear.chunk import _chunked, _decay_matrix
     from longctx.ops.log_linear.inputs import prepare_delta
-    from longctx.ops.log_linear.triton import _chunk_levels, _intra
+    from longctx.ops.log_linear.triton import _chunk_levels, _delta_levels, _intra
 
     C = 64
     q, k, v, g, beta, lam = _inputs("log_linear_gdn", 1, T, H, D, torch.bfloat16 if cuda else torch.float64,
@@ -71,6 +73,14 @@ def _row(T: int, H: int, D: int, cuda: bool) -> dict:
         timed("intra_ut_solve", lambda: ut_solve(kc, bc, decay, eye))
         pos = torch.arange(T, device=q.device)
         timed("chunk_levels", lambda: _chunk_levels(p, C, q.dtype, [0], [T], pos, None))
+        # the fused level pass (ops/common/triton_log_linear_delta.py) in their place, and how far apart
+        timed("chunk_levels_fused", lambda: _delta_levels(p, C, q.dtype, [0], [T], None))
+        try:
+            diff = _delta_levels(p, C, q.dtype, [0], [T], None) - _chunk_levels(p, C, q.dtype, [0], [T], pos, None)
+            row["fused_vs_copies_max_diff"] = float(diff.abs().max())
+        except Exception as e:  # noqa: BLE001
+            row["fused_vs_copies_max_diff"] = f"{type(e).__name__}: {str(e)[:200]}"
+        print(T, "fused_vs_copies_max_diff", row["fused_vs_copies_max_diff"], flush=True)
         timed("base_once", lambda: delta_rule_chunk(q, k, v, beta, g, scale=D ** -0.5))
     diff = [t.requires_grad_() for t in (q, k, v, g, beta, lam)]
     do = torch.randn_like(v)

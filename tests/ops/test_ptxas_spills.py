@@ -59,7 +59,7 @@ def test_every_op_and_kernel_is_compiled(launches: list[dict]) -> None:
     ops = {r["op"] for r in launches}
     assert ops == {"linear_attention", "simple_gla", "gla", "deltanet", "gated_deltanet", "log_linear_mamba2",
                    "linear_attention/inference", "simple_gla/inference", "gla/inference", "gated_deltanet/inference",
-                   "log_linear_mamba2/inference",
+                   "log_linear_mamba2/inference", "log_linear_gdn/inference",
                    "gated_deltanet/layer_step",
                    "mamba2/layer_step", "gla/layer_step"}
     kernels = {r["kernel"] for r in launches}
@@ -68,7 +68,7 @@ def test_every_op_and_kernel_is_compiled(launches: list[dict]) -> None:
             "triton_delta._wy_bwd_kernel", "triton_log_linear._bwd_dqkv_kernel",
             "triton_layer_step._delta_layer_step_kernel", "triton_layer_step._ssd_layer_step_kernel",
             "triton_layer_step._gla_layer_step_kernel", "triton_gla._fwd_grouped_kernel",
-            "triton_gla._fwd_h_group_kernel"} <= kernels
+            "triton_gla._fwd_h_group_kernel", "triton_log_linear_delta._delta_levels_kernel"} <= kernels
     for dtype in ("bf16", "fp32"):  # both dtypes recorded every op
         assert {r["op"] for r in launches if r["dtype"] == dtype} == ops
     assert all(r["registers"] > 0 for r in launches if r["dtype"] == "bf16")  # ptxas's report was read

@@ -39,7 +39,8 @@ from longctx.ops.common.checks import check_cu_seqlens
 from longctx.ops.common.triton_delta import delta_rule_chunk
 from longctx.ops.common.triton_gla import gla_chunk
 from longctx.ops.common.triton_log_linear import log_linear_scalar_decay_chunk
-from longctx.ops.common.triton_scalar_decay import packed_sequences, scalar_decay_chunk
+from longctx.ops.common.triton_log_linear_delta import delta_chunk_levels
+from longctx.ops.common.triton_scalar_decay import grad_wanted, packed_sequences, scalar_decay_chunk
 from longctx.ops.log_linear.chunk import (
     _chunk,
     _chunked,
@@ -215,6 +216,32 @@ def _initial_levels(p: Prepared, C: int, io_dtype: torch.dtype, pos: Tensor,
     return o
 
 
+# The delta rule's fused level pass (``triton_log_linear_delta``) is exact in the interpreter and
+# compiles for sm_90a without spills, but has not run on a GPU: off until its gpu tests pass there
+# (test_triton_log_linear_levels.py sets it; session_device.sh: LL_DELTA_FUSED=1).
+FUSED_DELTA_LEVELS = False
+
+
+def _fused_delta_levels(p: Prepared, S_levels: list[Tensor] | None) -> bool:
+    """Whether the chunk levels take the delta rule's fused level pass (``triton_log_linear_delta``):
+    a delta-rule base from position 0, no state in or out, no gradient wanted."""
+    return (FUSED_DELTA_LEVELS and p.beta is not None and p.S0 is None and p.t0 == 0 and S_levels is None
+            and not grad_wanted(p.q, p.k, p.v, p.g, p.beta, p.lam))
+
+
+def _delta_levels(p: Prepared, C: int, io_dtype: torch.dtype, starts: list[int], lens: list[int],
+                  cu_seqlens: Tensor | None) -> Tensor:
+    """``_chunk_levels`` of a delta-rule base by the fused level pass: [B, T, H, Dv]."""
+    B, T, H, _ = p.q.shape
+    levels = max(((n - 1) // C).bit_length() for n in lens if n) if any(lens) else 0
+    if levels == 0:
+        return p.v.new_zeros(B, T, H, p.v.shape[-1])
+    cu, flat = packed_sequences(B, T, p.q.device, cu_seqlens)
+    o = delta_chunk_levels(flat(p.q.to(io_dtype)), flat(p.k.to(io_dtype)), flat(p.v.to(io_dtype)),
+                           flat(p.beta), None if p.g is None else flat(p.g), flat(p.lam), cu, lens, levels, C)
+    return o.view(B, T, H, -1).to(p.v.dtype)
+
+
 def log_linear_by_levels(p: Prepared, C: int, io_dtype: torch.dtype, output_final_state: bool = False,
                          cu_seqlens: Tensor | None = None):
     """Log-linear attention over any base with a chunked kernel: the levels inside chunks of C
@@ -244,7 +271,10 @@ def log_linear_by_levels(p: Prepared, C: int, io_dtype: torch.dtype, output_fina
     if output_final_state:
         S = p.q.new_zeros(B, t1.bit_length(), H, Dk, Dv) if S is None else S
         S_levels = list(S.unbind(1))
-    o = o + _chunk_levels(p, C, io_dtype, starts, lens, pos, S_levels)
+    if _fused_delta_levels(p, S_levels):
+        o = o + _delta_levels(p, C, io_dtype, starts, lens, cu_seqlens)
+    else:
+        o = o + _chunk_levels(p, C, io_dtype, starts, lens, pos, S_levels)
     if p.S0 is not None:
         o = o + _initial_levels(p, C, io_dtype, pos, S_levels)
     return o, (None if S is None else torch.stack(S_levels, dim=1))
