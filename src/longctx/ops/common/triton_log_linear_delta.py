@@ -21,6 +21,8 @@ takes this path for exactly those calls and the copies otherwise.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import triton
 import triton.language as tl
@@ -98,29 +100,31 @@ def _delta_levels_kernel(
 def _effective_query(q: Tensor, k: Tensor, w: Tensor, gc: Tensor | None, lens: list[int], BT: int) -> Tensor:
     """Q̃ = (Q ⊙ e^G) - (Q K^T ⊙ Γ)_{i>=j} W per chunk (PyTorch, the accumulation dtype), in the
     kernels' layout [1, TT, H, K]: q, k, w [1, TT, H, K] packed sequences of lengths ``lens``; gc
-    [1, TT, H] chunk-local cumulative log-gates or None."""
+    [1, TT, H] chunk-local cumulative log-gates or None. Consecutive sequences of one length go as
+    one batch (B rows of T tokens: one)."""
     out = torch.empty(q.shape, dtype=torch.promote_types(q.dtype, torch.float32), device=q.device)
+    causal = torch.ones(BT, BT, dtype=torch.bool, device=q.device).tril()
     start = 0
-    for n in lens:  # sequences of one length share their chunking (one batch of chunks each)
-        pad = -n % BT
+    for n, group in itertools.groupby(lens):
+        S, pad = len(list(group)), -n % BT
         N = (n + pad) // BT
 
-        def chunks(x: Tensor, s: int = start, n: int = n, pad: int = pad, N: int = N) -> Tensor:
-            x = torch.nn.functional.pad(x[0, s:s + n].to(out.dtype), (0, 0) * (x.dim() - 3) + (0, 0, 0, pad))
-            return x.reshape(N, BT, *x.shape[1:]).transpose(1, 2)  # [N, H, BT, ...]
+        def chunks(x: Tensor, s: int = start, S: int = S, n: int = n, pad: int = pad, N: int = N) -> Tensor:
+            x = x[0, s:s + S * n].to(out.dtype).reshape(S, n, *x.shape[2:])
+            x = torch.nn.functional.pad(x, (0, 0) * (x.dim() - 3) + (0, 0, 0, pad))
+            return x.reshape(S, N, BT, *x.shape[2:]).transpose(2, 3)  # [S, N, H, BT, ...]
 
         qc, kc, wc = chunks(q), chunks(k), chunks(w)
         scores = qc @ kc.transpose(-1, -2)
-        causal = torch.ones(BT, BT, dtype=torch.bool, device=q.device).tril()
         if gc is not None:
-            G = chunks(gc[..., None])[..., 0]  # [N, H, BT]
+            G = chunks(gc[..., None])[..., 0]  # [S, N, H, BT]
             scores = scores * torch.where(causal, G[..., :, None] - G[..., None, :], float("-inf")).exp()
             qc = qc * G[..., None].exp()
         else:
             scores = scores.masked_fill(~causal, 0.0)
-        qt = qc - scores @ wc
-        out[0, start:start + n] = qt.transpose(1, 2).reshape(N * BT, qt.shape[1], -1)[:n]
-        start += n
+        qt = (qc - scores @ wc).transpose(2, 3).reshape(S, N * BT, *q.shape[2:])[:, :n]
+        out[0, start:start + S * n] = qt.reshape(S * n, *q.shape[2:])
+        start += S * n
     return out
 
 
