@@ -5,8 +5,9 @@ each piece of one call timed alone on the kernel bench's inputs (B=1 H=16 D=128 
 
 Pieces: the whole op (forward, no grad; forward + backward), ``prepare_delta``, the levels inside
 chunks in PyTorch (``_intra``; its triangular solve alone), the chunk levels (``_chunk_levels``: M
-copies of the base in one kernel call; ``_delta_levels``: the fused level pass instead, with its
-largest difference from the copies), and the base kernel once (one copy: what the op would cost at
+copies of the base in one kernel call), the fused inference forward in place of both (``_delta_fused``:
+every level in three kernels, with its largest difference from them; and the whole op with it on),
+and the base kernel once (one copy: what the op would cost at
 1x its base). ms, median of ``triton.testing.do_bench``. Without a GPU: one host-timed call each
 in the interpreter (a smoke run).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -34,12 +36,13 @@ def _bench(fn: Callable[[], object], cuda: bool, warmup: int = 5) -> float:
 
 
 def _row(T: int, H: int, D: int, cuda: bool) -> dict:
+    import longctx.ops.log_linear.triton as ll_triton
     from longctx.bench.kernels import _inputs, _ours
     from longctx.ops.common.triton_delta import delta_rule_chunk
     from longctx.ops.deltanet.chunk import ut_solve
     from longctx.ops.log_linear.chunk import _chunked, _decay_matrix
     from longctx.ops.log_linear.inputs import prepare_delta
-    from longctx.ops.log_linear.triton import _chunk_levels, _delta_levels, _intra
+    from longctx.ops.log_linear.triton import _chunk_levels, _delta_fused, _intra
 
     C = 64
     q, k, v, g, beta, lam = _inputs("log_linear_gdn", 1, T, H, D, torch.bfloat16 if cuda else torch.float64,
@@ -73,14 +76,19 @@ def _row(T: int, H: int, D: int, cuda: bool) -> dict:
         timed("intra_ut_solve", lambda: ut_solve(kc, bc, decay, eye))
         pos = torch.arange(T, device=q.device)
         timed("chunk_levels", lambda: _chunk_levels(p, C, q.dtype, [0], [T], pos, None))
-        # the fused level pass (ops/common/triton_log_linear_delta.py) in their place, and how far apart
-        timed("chunk_levels_fused", lambda: _delta_levels(p, C, q.dtype, [0], [T], None))
+        # the fused inference forward (ops/common/triton_log_linear_delta.py) in place of both, how far
+        # apart (relative to the largest output), and the whole op with it
+        timed("fused_all_levels", lambda: _delta_fused(p, C, q.dtype, [T], None))
         try:
-            diff = _delta_levels(p, C, q.dtype, [0], [T], None) - _chunk_levels(p, C, q.dtype, [0], [T], pos, None)
-            row["fused_vs_copies_max_diff"] = float(diff.abs().max())
+            ref = _intra(p, C)[0] + _chunk_levels(p, C, q.dtype, [0], [T], pos, None)
+            diff = _delta_fused(p, C, q.dtype, [T], None) - ref
+            row["fused_vs_copies_max_diff"] = float(diff.abs().max() / ref.abs().max())
         except Exception as e:  # noqa: BLE001
             row["fused_vs_copies_max_diff"] = f"{type(e).__name__}: {str(e)[:200]}"
         print(T, "fused_vs_copies_max_diff", row["fused_vs_copies_max_diff"], flush=True)
+        saved, ll_triton.FUSED_DELTA_LEVELS = ll_triton.FUSED_DELTA_LEVELS, True
+        timed("op_fwd_fused", lambda: op(q, k, v, g, beta, lam))
+        ll_triton.FUSED_DELTA_LEVELS = saved
         timed("base_once", lambda: delta_rule_chunk(q, k, v, beta, g, scale=D ** -0.5))
     diff = [t.requires_grad_() for t in (q, k, v, g, beta, lam)]
     do = torch.randn_like(v)
@@ -96,6 +104,9 @@ def main() -> int:
     ap.add_argument("--D", type=int, default=128)
     args = ap.parse_args()
     cuda = torch.cuda.is_available()  # without: one call each, timed on the host (a smoke run)
+    if not cuda:  # in Triton's interpreter, with the tests' fix for it (before any kernel is imported)
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+        import tests.ops.triton_support  # noqa: F401
     res: dict = {"device": torch.cuda.get_device_name() if cuda else "cpu", "rows": []}
     for T in args.T:
         res["rows"].append(_row(T, args.H, args.D, cuda))

@@ -137,7 +137,7 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
     from longctx.ops.common.triton_gla import gla_chunk
     from longctx.ops.common.triton_launch import launch_overrides
     from longctx.ops.common.triton_log_linear import log_linear_scalar_decay_chunk
-    from longctx.ops.common.triton_log_linear_delta import delta_chunk_levels
+    from longctx.ops.common.triton_log_linear_delta import delta_log_linear_forward
     from longctx.ops.common.triton_scalar_decay import scalar_decay_chunk
 
     def rand(*shape, dtype=dtype):
@@ -203,10 +203,10 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
         "gated_deltanet/inference": inference(delta_rule_chunk, q, k, v, beta, g, kernel=None),
         "log_linear_mamba2": fwd_bwd(log_linear_scalar_decay_chunk, q, k, v, g, lam),
         "log_linear_mamba2/inference": inference(log_linear_scalar_decay_chunk, q, k, v, g, lam, kernel=None),
-        # the chunk levels of log-linear Gated DeltaNet by the fused level pass (chunks of 64)
-        "log_linear_gdn/inference": inference(delta_chunk_levels, q, k, v, beta, g, lam,
-                                              torch.tensor([0, T], dtype=torch.int32), [T],  # B = 1
-                                              ((T - 1) // 64).bit_length(), 64, kernel=None),
+        # log-linear Gated DeltaNet's fused inference forward (chunks of 64)
+        "log_linear_gdn/inference": inference(delta_log_linear_forward, q, k, v, beta, g, lam,
+                                              torch.tensor([0, T], dtype=torch.int32), [T], 64,  # B = 1
+                                              kernel=None),
         **layer_steps(),
     }
 

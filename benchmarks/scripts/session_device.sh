@@ -22,8 +22,8 @@
 #    finished), then the decode latency if PHASE_C > 0.
 #  - DELTA_STAGED=1: the tests and the bench run with triton_delta.STAGED_TRAINING_PASSES = True (the
 #    default since session 17; kept for trying the flag again after a kernel change).
-#  - LL_DELTA_FUSED=1: log-linear Gated DeltaNet's inference forward takes the fused level pass
-#    (ops/log_linear/triton.FUSED_DELTA_LEVELS) in the tests' processes, the warm-up and the bench.
+#  - LL_DELTA_FUSED=1: log-linear Gated DeltaNet's inference forward takes the fused path
+#    (ops/log_linear/triton.FUSED_DELTA_LEVELS: every level in three kernels) in the tests' processes, the warm-up and the bench.
 #  - WARM=1: the bench's kernels (ours and fla's, per op of OPS) and TUNE's settings compile in parallel
 #    beside the tests.
 #  - TCACHE_OUT=1: the Triton kernel cache of the warm-up and the bench (the tests compile into their own)

@@ -253,8 +253,10 @@ def test_cu_seqlens_errors_name_the_argument() -> None:
 
 FUSED_CASES = [
     # (B, T, H, K, V, chunk): chunks of 16, 5 and 13 chunks (chunk levels 1..3 / 1..4), K = 32 in
-    # two pieces of 16; on a GPU K = 128 in two pieces of 64 and 16 chunk levels of chunks of 64
-    *[pytest.param(F64, s, marks=[interpreter]) for s in [(2, 71, 2, 16, 8, 16), (1, 200, 1, 32, 16, 16)]],
+    # two pieces of 16, and T = 20 (packed: 6 + 14, no chunk level at all); on a GPU K = 128 in two
+    # pieces of 64 and 16 chunk levels of chunks of 64
+    *[pytest.param(F64, s, marks=[interpreter])
+      for s in [(2, 71, 2, 16, 8, 16), (1, 200, 1, 32, 16, 16), (1, 20, 2, 16, 8, 16)]],
     *[pytest.param(dt, s, marks=GPU_MARKS) for dt in (torch.float32, torch.bfloat16)
       for s in [(1, 1000, 2, 128, 64, 64), (2, 300, 4, 64, 64, 16)]],
 ]
@@ -262,16 +264,16 @@ FUSED_CASES = [
 
 @pytest.mark.parametrize("dtype,size", FUSED_CASES)
 def test_fused_delta_levels_match_naive(dtype: torch.dtype, size: tuple, monkeypatch) -> None:
-    """No gradient wanted, positions from 0, no state: the chunk levels of log-linear Gated DeltaNet
-    take the fused level pass (``triton_log_linear_delta``: one UT transform, one walk per level),
-    not the copies of the base; the output matches the float64 matrix form, and packed sequences
+    """No gradient wanted, positions from 0, no state: log-linear Gated DeltaNet takes the fused
+    inference forward (``triton_log_linear_delta``: one UT transform, the levels inside chunks in a
+    kernel, one walk per chunk level), not PyTorch and the copies of the base; the output matches the float64 matrix form, and packed sequences
     (cu_seqlens) match each sequence alone."""
     import longctx.ops.log_linear.triton as ll_triton
 
     ran = []
-    fused = ll_triton.delta_chunk_levels
+    fused = ll_triton.delta_log_linear_forward
     monkeypatch.setattr(ll_triton, "FUSED_DELTA_LEVELS", True)  # off by default until a GPU run
-    monkeypatch.setattr(ll_triton, "delta_chunk_levels", lambda *a: ran.append(1) or fused(*a))
+    monkeypatch.setattr(ll_triton, "delta_log_linear_forward", lambda *a: ran.append(1) or fused(*a))
     B, T, H, K, V, chunk = size
     x = _inputs("gated_deltanet", B, T, H, K, V, seed=T)
     ref, _ = naive_log_linear_gated_deltanet(**x, use_qk_l2norm=True)
@@ -293,7 +295,7 @@ def test_fused_delta_levels_match_naive(dtype: torch.dtype, size: tuple, monkeyp
 def test_fused_delta_levels_without_a_gate_equal_zero_gates() -> None:
     """g None (DeltaNet's transitions) is the gated pass with g = 0; a lam without the chunk levels'
     columns is refused by name."""
-    from longctx.ops.common.triton_log_linear_delta import delta_chunk_levels
+    from longctx.ops.common.triton_log_linear_delta import delta_log_linear_forward
 
     gen = torch.Generator().manual_seed(3)
     T, H, K, V = 80, 2, 16, 8
@@ -301,9 +303,9 @@ def test_fused_delta_levels_without_a_gate_equal_zero_gates() -> None:
     q, k, v = r(1, T, H, K), F.normalize(r(1, T, H, K), dim=-1), r(1, T, H, V)
     beta, lam = torch.rand(1, T, H, generator=gen, dtype=F64), torch.rand(1, T, H, 8, generator=gen, dtype=F64)
     cu = torch.tensor([0, T], dtype=torch.int32)
-    none = delta_chunk_levels(q, k, v, beta, None, lam, cu, [T], 3, 16)
-    zeros = delta_chunk_levels(q, k, v, beta, torch.zeros(1, T, H, dtype=F64), lam, cu, [T], 3, 16)
+    none = delta_log_linear_forward(q, k, v, beta, None, lam, cu, [T], 16)
+    zeros = delta_log_linear_forward(q, k, v, beta, torch.zeros(1, T, H, dtype=F64), lam, cu, [T], 16)
     assert none.abs().max() > 0
     assert_close(zeros, none, 1e-12, "g None")
     with pytest.raises(ValueError, match="lam has 6 levels"):
-        delta_chunk_levels(q, k, v, beta, None, lam[..., :6], cu, [T], 3, 16)
+        delta_log_linear_forward(q, k, v, beta, None, lam[..., :6], cu, [T], 16)

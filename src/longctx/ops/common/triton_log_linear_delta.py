@@ -1,4 +1,5 @@
-"""The chunk levels of log-linear (Gated) DeltaNet in one pass over the levels (inference forward).
+"""Log-linear (Gated) DeltaNet's inference forward in three kernels: the UT transform, the levels
+inside each chunk, and every chunk level in one pass.
 
 ``ops/log_linear/triton.py`` runs level c + m (m = 1..M, chunks of C = 2^c) as one more copy of the
 sequence through the delta-rule kernel, with v masked to zero outside the level's sources: M
@@ -15,24 +16,33 @@ with K̃ = K ⊙ e^{G_last - G} and the chunk's effective query Q̃ = (Q ⊙ e^G
 (a reader writes nothing but its tokens still erase: ``chunk._delta_pieces``' Qeff, the same for
 every level). One program per (value block, level, sequence x head), the levels in parallel; each
 writes its level's outputs (zero for source chunks) to o [M, T, H, V], summed afterwards.
+Before the walk, one program per chunk (``_delta_intra_kernel``) forms Q̃ and the levels 0..c inside
+the chunk, O = ((P X diag(beta)) ⊙ Λ) V with P = (Q K^T ⊙ Γ)_{i>=j}, X = (I + A)^{-1} (the delta
+rule's intra-chunk matrix P X diag(beta) maps V to the outputs linearly, so masking V per level is
+masking its columns per pair: Λ_ij = λ_i^(bit_length(i XOR j)), ``chunk.intra_output``).
 Positions from 0 in each sequence, no state in or out, no gradient: ``log_linear_by_levels``
 takes this path for exactly those calls and the copies otherwise.
 """
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from longctx.ops.common.triton_delta import _blocks, _pass_stages, _preca, _wy_fwd_kernel
+from longctx.ops.common.triton_delta import (
+    _blocks,
+    _pass_stages,
+    _preca,
+    _unit_lower_inverse,
+    _wy_fwd_kernel,
+)
 from longctx.ops.common.triton_launch import launch_options
-from longctx.ops.common.triton_log_linear import _lam_col
+from longctx.ops.common.triton_log_linear import _lam_col, _level_weights
 from longctx.ops.common.triton_scalar_decay import (
     _acc,
+    _chunk,
     _chunk_cumsum_kernel,
     _cols,
     _init_pieces,
@@ -97,72 +107,102 @@ def _delta_levels_kernel(
                                              H, K, BT, BK, HAS_G, PREC)
 
 
-def _effective_query(q: Tensor, k: Tensor, w: Tensor, gc: Tensor | None, lens: list[int], BT: int) -> Tensor:
-    """Q̃ = (Q ⊙ e^G) - (Q K^T ⊙ Γ)_{i>=j} W per chunk (PyTorch, the accumulation dtype), in the
-    kernels' layout [1, TT, H, K]: q, k, w [1, TT, H, K] packed sequences of lengths ``lens``; gc
-    [1, TT, H] chunk-local cumulative log-gates or None. Consecutive sequences of one length go as
-    one batch (B rows of T tokens: one)."""
-    out = torch.empty(q.shape, dtype=torch.promote_types(q.dtype, torch.float32), device=q.device)
-    causal = torch.ones(BT, BT, dtype=torch.bool, device=q.device).tril()
-    start = 0
-    for n, group in itertools.groupby(lens):
-        S, pad = len(list(group)), -n % BT
-        N = (n + pad) // BT
+@triton.jit
+def _delta_intra_kernel(
+    q, k, v, beta, gc, w, lam, qt, o, cu_seqlens, chunk_indices,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, C_LOG: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr,
+    PREC: tl.constexpr, PRECA: tl.constexpr,
+):
+    """One chunk, with P = (Q K^T ⊙ Γ)_{i>=j} and X = (I + A)^{-1} (recomputed, as in
+    ``_wy_fwd_kernel``): the levels inside it, O = ((P X diag(beta)) ⊙ Λ) V with Λ_ij =
+    λ_i^(bit_length(i XOR j)) (the delta rule's intra-chunk matrix P X diag(beta) is linear in V,
+    so each level keeps its own pairs: ``chunk.intra_output``), into o [TT, H, V]; and the
+    effective query Q̃ = Q ⊙ e^G - P W, into qt [TT, H, K]; grid (chunks, H)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
+    idx = tl.arange(0, BT)
+    rows = i_t * BT + idx
+    b_beta = tl.load(beta + (bos + rows) * H + i_h, mask=rows < T, other=0.0).to(ACC)
+    b_A = tl.zeros([BT, BT], dtype=ACC)
+    b_P = tl.zeros([BT, BT], dtype=ACC)
+    for i_k in range(tl.cdiv(K, BK)):
+        p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        b_k = tl.load(p_k, boundary_check=(0, 1))
+        b_A += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)  # K K^T
+        b_P += tl.dot(tl.load(p_q, boundary_check=(0, 1)), tl.trans(b_k), input_precision=PREC)  # Q K^T
+    strict = idx[:, None] > idx[None, :]
+    causal = idx[:, None] >= idx[None, :]
+    if HAS_G:
+        b_g, _ = _load_g(gc, bos, T, i_t, i_h, H, BT)
+        b_A *= tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], float("-inf")))
+        b_P *= tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], float("-inf")))
+        b_qscale = tl.exp(b_g)
+    else:
+        b_A = tl.where(strict, b_A, 0.0)
+        b_P = tl.where(causal, b_P, 0.0)
+        b_qscale = tl.full([BT], 1.0, dtype=ACC)
+    b_X = _unit_lower_inverse(b_A * b_beta[:, None], BT, ACC, PRECA)
+    b_M = tl.dot(b_P, b_X, input_precision=PRECA) * b_beta[None, :]
+    b_M *= _level_weights(lam, bos, T, i_t, i_h, H, L, BT, C_LOG, ACC, False)
+    for i_v in range(tl.cdiv(V, BV)):
+        p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        b_o = tl.dot(b_M, tl.load(p_v, boundary_check=(0, 1)).to(ACC), input_precision=PRECA)
+        p_o = tl.make_block_ptr(o + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0, 1))
+    for i_k in range(tl.cdiv(K, BK)):
+        p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        p_w = tl.make_block_ptr(w + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        b_qt = tl.load(p_q, boundary_check=(0, 1)).to(ACC) * b_qscale[:, None]
+        b_qt -= tl.dot(b_P, tl.load(p_w, boundary_check=(0, 1)).to(ACC), input_precision=PRECA)
+        p_qt = tl.make_block_ptr(qt + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+        tl.store(p_qt, b_qt.to(p_qt.dtype.element_ty), boundary_check=(0, 1))
 
-        def chunks(x: Tensor, s: int = start, S: int = S, n: int = n, pad: int = pad, N: int = N) -> Tensor:
-            x = x[0, s:s + S * n].to(out.dtype).reshape(S, n, *x.shape[2:])
-            x = torch.nn.functional.pad(x, (0, 0) * (x.dim() - 3) + (0, 0, 0, pad))
-            return x.reshape(S, N, BT, *x.shape[2:]).transpose(2, 3)  # [S, N, H, BT, ...]
 
-        qc, kc, wc = chunks(q), chunks(k), chunks(w)
-        scores = qc @ kc.transpose(-1, -2)
-        if gc is not None:
-            G = chunks(gc[..., None])[..., 0]  # [S, N, H, BT]
-            scores = scores * torch.where(causal, G[..., :, None] - G[..., None, :], float("-inf")).exp()
-            qc = qc * G[..., None].exp()
-        else:
-            scores = scores.masked_fill(~causal, 0.0)
-        qt = (qc - scores @ wc).transpose(2, 3).reshape(S, N * BT, *q.shape[2:])[:, :n]
-        out[0, start:start + S * n] = qt.reshape(S * n, *q.shape[2:])
-        start += S * n
-    return out
-
-
-def delta_chunk_levels(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None, lam: Tensor,
-                       cu: Tensor, lens: list[int], levels: int, BT: int) -> Tensor:
-    """Levels c + 1 .. c + ``levels`` (C = BT = 2^c) of log-linear (Gated) DeltaNet, summed:
-    [1, TT, H, V] in the accumulation dtype. Packed sequences ``cu`` (int32 [N+1]) of lengths
-    ``lens``, positions from 0 in each; q (scaled), k (unit norm) [1, TT, H, K]; v [1, TT, H, V];
-    beta, g [1, TT, H] (g None: DeltaNet); lam [1, TT, H, L] (L > c + levels)."""
+def delta_log_linear_forward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None, lam: Tensor,
+                             cu: Tensor, lens: list[int], BT: int) -> Tensor:
+    """Log-linear (Gated) DeltaNet's inference forward, every level summed: [1, TT, H, V] in the
+    accumulation dtype. The levels inside chunks of C = BT = 2^c (``_delta_intra_kernel``, which
+    also forms the readers' Q̃) and the chunk levels c + 1 .. c + M, M = bit_length(chunks - 1) of
+    the longest sequence (``_delta_levels_kernel``). Packed sequences ``cu`` (int32 [N+1]) of
+    lengths ``lens``, positions from 0 in each; q (scaled), k (unit norm) [1, TT, H, K]; v [1, TT,
+    H, V]; beta, g [1, TT, H] (g None: DeltaNet); lam [1, TT, H, L], L > c + M."""
     _, TT, H, K = q.shape
-    V, L = v.shape[-1], lam.shape[-1]
-    if L <= BT.bit_length() - 1 + levels:
-        raise ValueError(f"delta_chunk_levels: lam has {L} levels, the chunk levels need {BT.bit_length() + levels}")
+    V, L, C_LOG = v.shape[-1], lam.shape[-1], BT.bit_length() - 1
+    levels = max((((n - 1) // BT).bit_length() for n in lens if n), default=0)
+    if L <= C_LOG + levels:
+        raise ValueError(f"delta_log_linear_forward: lam has {L} levels, these lengths need {C_LOG + levels + 1}")
     offsets, indices, NC = chunk_layout(cu, BT)
     N = cu.numel() - 1
     _, BVs, BK, BV = _blocks(K, V)
     acc, ACC = _acc(q.dtype)
-    prec = _prec(q.dtype)
-    gc = None
-    if g is not None:
+    prec, preca, has_g = _prec(q.dtype), _preca(q.dtype), g is not None
+    gc = q  # a placeholder pointer without a gate
+    if has_g:
         gc = torch.empty(g.shape, dtype=acc, device=g.device)
         _chunk_cumsum_kernel[(NC, H)](g, gc, cu, indices, H=H, BT=BT)
     w, u = torch.empty_like(k), torch.empty_like(v)
     _wy_fwd_kernel[(NC, H)](
-        k, v, beta, gc if gc is not None else q, q, w, u, cu, indices,
-        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=gc is not None, ACC=ACC, PREC=prec,
-        PRECA=_preca(q.dtype), STORE_X=False,
+        k, v, beta, gc, q, w, u, cu, indices,
+        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, ACC=ACC, PREC=prec, PRECA=preca, STORE_X=False,
         **launch_options("delta.wy_fwd", num_warps=4, num_stages=1),
     )
-    qt = _effective_query(q, k, w, gc, lens, BT).to(q.dtype)
-    o = torch.empty(levels, TT, H, V, dtype=q.dtype, device=q.device)
+    qt, o = torch.empty_like(q), torch.empty(1, TT, H, V, dtype=acc, device=q.device)
+    _delta_intra_kernel[(NC, H)](
+        q, k, v, beta, gc, w, lam, qt, o, cu, indices,
+        H=H, K=K, V=V, L=L, C_LOG=C_LOG, BT=BT, BK=BK, BV=BV, HAS_G=has_g, ACC=ACC, PREC=prec, PRECA=preca,
+        **launch_options("log_linear.delta_intra", num_warps=8, num_stages=1),
+    )
+    if levels == 0:
+        return o
+    o_levels = torch.empty(levels, TT, H, V, dtype=q.dtype, device=q.device)
     _delta_levels_kernel[(triton.cdiv(V, BVs), levels, N * H)](
-        k, w, u, qt, gc if gc is not None else q, lam, o, cu, offsets, TT,
-        H=H, K=K, V=V, L=L, C_LOG=BT.bit_length() - 1, BT=BT, BK=BK, BV=BVs, HAS_G=gc is not None,
-        ACC=ACC, PREC=prec,
+        k, w, u, qt, gc, lam, o_levels, cu, offsets, TT,
+        H=H, K=K, V=V, L=L, C_LOG=C_LOG, BT=BT, BK=BK, BV=BVs, HAS_G=has_g, ACC=ACC, PREC=prec,
         **launch_options("log_linear.delta_levels", num_warps=4, num_stages=_pass_stages(q.dtype, K, False)),
     )
-    return o.sum(0, dtype=acc).unsqueeze(0)
+    return o + o_levels.sum(0, dtype=acc).unsqueeze(0)
 
 
-__all__ = ["delta_chunk_levels"]
+__all__ = ["delta_log_linear_forward"]

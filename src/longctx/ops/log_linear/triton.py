@@ -39,7 +39,7 @@ from longctx.ops.common.checks import check_cu_seqlens
 from longctx.ops.common.triton_delta import delta_rule_chunk
 from longctx.ops.common.triton_gla import gla_chunk
 from longctx.ops.common.triton_log_linear import log_linear_scalar_decay_chunk
-from longctx.ops.common.triton_log_linear_delta import delta_chunk_levels
+from longctx.ops.common.triton_log_linear_delta import delta_log_linear_forward
 from longctx.ops.common.triton_scalar_decay import grad_wanted, packed_sequences, scalar_decay_chunk
 from longctx.ops.log_linear.chunk import (
     _chunk,
@@ -216,29 +216,25 @@ def _initial_levels(p: Prepared, C: int, io_dtype: torch.dtype, pos: Tensor,
     return o
 
 
-# The delta rule's fused level pass (``triton_log_linear_delta``) is exact in the interpreter and
-# compiles for sm_90a without spills, but has not run on a GPU: off until its gpu tests pass there
+# The delta rule's fused inference forward (``triton_log_linear_delta``) is exact in the interpreter
+# and compiles for sm_90a without spills, but has not run on a GPU: off until its gpu tests pass
 # (test_triton_log_linear_levels.py sets it; session_device.sh: LL_DELTA_FUSED=1).
 FUSED_DELTA_LEVELS = False
 
 
-def _fused_delta_levels(p: Prepared, S_levels: list[Tensor] | None) -> bool:
-    """Whether the chunk levels take the delta rule's fused level pass (``triton_log_linear_delta``):
+def _fused_delta(p: Prepared) -> bool:
+    """Whether the call takes the delta rule's fused inference forward (``triton_log_linear_delta``):
     a delta-rule base from position 0, no state in or out, no gradient wanted."""
-    return (FUSED_DELTA_LEVELS and p.beta is not None and p.S0 is None and p.t0 == 0 and S_levels is None
+    return (FUSED_DELTA_LEVELS and p.beta is not None and p.S0 is None and p.t0 == 0
             and not grad_wanted(p.q, p.k, p.v, p.g, p.beta, p.lam))
 
 
-def _delta_levels(p: Prepared, C: int, io_dtype: torch.dtype, starts: list[int], lens: list[int],
-                  cu_seqlens: Tensor | None) -> Tensor:
-    """``_chunk_levels`` of a delta-rule base by the fused level pass: [B, T, H, Dv]."""
+def _delta_fused(p: Prepared, C: int, io_dtype: torch.dtype, lens: list[int], cu_seqlens: Tensor | None) -> Tensor:
+    """Every level of a delta-rule base by the fused inference forward: [B, T, H, Dv]."""
     B, T, H, _ = p.q.shape
-    levels = max(((n - 1) // C).bit_length() for n in lens if n) if any(lens) else 0
-    if levels == 0:
-        return p.v.new_zeros(B, T, H, p.v.shape[-1])
     cu, flat = packed_sequences(B, T, p.q.device, cu_seqlens)
-    o = delta_chunk_levels(flat(p.q.to(io_dtype)), flat(p.k.to(io_dtype)), flat(p.v.to(io_dtype)),
-                           flat(p.beta), None if p.g is None else flat(p.g), flat(p.lam), cu, lens, levels, C)
+    o = delta_log_linear_forward(flat(p.q.to(io_dtype)), flat(p.k.to(io_dtype)), flat(p.v.to(io_dtype)),
+                                 flat(p.beta), None if p.g is None else flat(p.g), flat(p.lam), cu, lens, C)
     return o.view(B, T, H, -1).to(p.v.dtype)
 
 
@@ -254,16 +250,17 @@ def log_linear_by_levels(p: Prepared, C: int, io_dtype: torch.dtype, output_fina
     states [B, bit_length(t0 + T), H, Dk, Dv] (the FenwickState's S) or None."""
     B, T, H, Dk = p.q.shape
     Dv, dev, t0, t1 = p.v.shape[-1], p.q.device, p.t0, p.t0 + T
+    if cu_seqlens is not None and (B != 1 or p.S0 is not None or output_final_state):
+        raise ValueError("log_linear_by_levels: packed sequences (cu_seqlens) take B = 1 and no "
+                         "initial or final state")
+    cu = [b * T for b in range(B + 1)] if cu_seqlens is None else cu_seqlens.tolist()
+    starts, lens = cu[:-1], [b - a for a, b in itertools.pairwise(cu)]
+    if not output_final_state and _fused_delta(p):
+        return _delta_fused(p, C, io_dtype, lens, cu_seqlens), None
     if cu_seqlens is None:
-        starts, lens = [b * T for b in range(B)], [T] * B
         pos = t0 + torch.arange(T, device=dev)  # [T]: every row alike
         o, S = _intra(p, C, output_final_state)
     else:
-        if B != 1 or p.S0 is not None or output_final_state:
-            raise ValueError("log_linear_by_levels: packed sequences (cu_seqlens) take B = 1 and no "
-                             "initial or final state")
-        cu = cu_seqlens.tolist()
-        starts, lens = cu[:-1], [b - a for a, b in itertools.pairwise(cu)]
         seq = torch.repeat_interleave(torch.arange(len(lens), device=dev), torch.tensor(lens, device=dev))
         pos = torch.arange(T, device=dev) - torch.tensor(starts, device=dev)[seq]  # within its sequence
         o, S = _intra_packed(p, C, starts, lens), None
@@ -271,10 +268,7 @@ def log_linear_by_levels(p: Prepared, C: int, io_dtype: torch.dtype, output_fina
     if output_final_state:
         S = p.q.new_zeros(B, t1.bit_length(), H, Dk, Dv) if S is None else S
         S_levels = list(S.unbind(1))
-    if _fused_delta_levels(p, S_levels):
-        o = o + _delta_levels(p, C, io_dtype, starts, lens, cu_seqlens)
-    else:
-        o = o + _chunk_levels(p, C, io_dtype, starts, lens, pos, S_levels)
+    o = o + _chunk_levels(p, C, io_dtype, starts, lens, pos, S_levels)
     if p.S0 is not None:
         o = o + _initial_levels(p, C, io_dtype, pos, S_levels)
     return o, (None if S is None else torch.stack(S_levels, dim=1))
