@@ -24,6 +24,9 @@
 #    default since session 17; kept for trying the flag again after a kernel change).
 #  - LL_DELTA_FUSED=1: log-linear Gated DeltaNet's inference forward takes the fused path
 #    (ops/log_linear/triton.FUSED_DELTA_LEVELS: every level in three kernels) in the tests' processes, the warm-up and the bench.
+#  - GATE_ON_DELTA=1: the state passes of _pieces_out put the gate on Delta's rows, not on K^T
+#    (ops/common/triton_scalar_decay.GATE_ON_DELTA) in the warm-up and the bench (the tests take
+#    both settings as a parameter).
 #  - WARM=1: the bench's kernels (ours and fla's, per op of OPS) and TUNE's settings compile in parallel
 #    beside the tests.
 #  - TCACHE_OUT=1: the Triton kernel cache of the warm-up and the bench (the tests compile into their own)
@@ -133,6 +136,9 @@ mkdir -p /tmp/gt
 # rule's training state passes at 3 stages
 cat > /tmp/trials.py <<'PY'
 import os
+if os.environ.get("GATE_ON_DELTA"):
+    from longctx.ops.common import triton_scalar_decay
+    triton_scalar_decay.GATE_ON_DELTA = True
 if os.environ.get("LL_DELTA_FUSED"):
     from longctx.ops.log_linear import triton as ll_triton
     ll_triton.FUSED_DELTA_LEVELS = True

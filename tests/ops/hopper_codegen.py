@@ -85,7 +85,10 @@ def _delta_cases() -> dict[str, tuple]:
             cases[f"delta_h_{tag}"] = (td._delta_h_kernel, {
                 "k": "*bf16", "w": "*bf16", "u": "*bf16", "gc": "*fp32", "h": "*fp32", "vn": "*bf16",
                 "h0": "*fp32", "ht": "*fp32", "cu_seqlens": "*i32", "chunk_offsets": "*i32"},
-                {**common, "BK": min(K, 64), "USE_H0": True, "STORE_HT": True})
+                {**common, "BK": min(K, 64), "USE_H0": True, "STORE_HT": True, "GATE_D": False})
+            if gated:  # the gate on Delta's rows (triton_scalar_decay.GATE_ON_DELTA): K^T untouched
+                cases[f"delta_h_{tag}_on_delta"] = (cases[f"delta_h_{tag}"][0], cases[f"delta_h_{tag}"][1],
+                                                   {**cases[f"delta_h_{tag}"][2], "GATE_D": True})
             cases[f"delta_dh_{tag}"] = (td._delta_dh_kernel, {
                 "q": "*bf16", "k": "*bf16", "w": "*bf16", "gc": "*fp32", "do": "*bf16", "dh": "*fp32",
                 "dvn": "*bf16", "dht": "*fp32", "dh0": "*fp32", "cu_seqlens": "*i32",

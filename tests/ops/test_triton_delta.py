@@ -77,9 +77,15 @@ def test_delta_rule_kernel_matches_recurrence(dtype, size) -> None:
     _check("deltanet", ref, fn, [q, k, v, beta, S0], dtype, names=("q", "k", "v", "beta", "S0"))
 
 
+@pytest.mark.parametrize("gate_on_delta", [False, True])
 @pytest.mark.parametrize(("dtype", "size"), _maybe_gpu([(d, s) for d in DTYPES for s in SIZES]))
-def test_gated_delta_rule_kernel_matches_recurrence(dtype, size) -> None:
+def test_gated_delta_rule_kernel_matches_recurrence(dtype, size, gate_on_delta, monkeypatch) -> None:
+    """gate_on_delta: the state pass puts the gate on Delta's rows instead of on K^T
+    (``triton_scalar_decay.GATE_ON_DELTA``, off until this passes on a GPU)."""
+    from longctx.ops.common import triton_scalar_decay
     from longctx.ops.gated_deltanet.triton import triton_gated_delta_rule
+
+    monkeypatch.setattr(triton_scalar_decay, "GATE_ON_DELTA", gate_on_delta)
 
     B, T, H, K, V, C = size
     q, k, v, beta, g, S0 = _inputs(B, T, H, K, V, seed=T + 1)

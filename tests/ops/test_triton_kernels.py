@@ -373,13 +373,17 @@ def test_uniform_offsets_cache_is_bounded() -> None:
 
 
 @pytest.mark.parametrize(("dtype", "gated", "groups"),
-                         _maybe_gpu([(d, gated, gs) for d in DTYPES for gated in (True, False) for gs in (2, 3)]))
-def test_inference_forward_in_groups_of_chunks_matches_recurrence(dtype, gated, groups) -> None:
+                         _maybe_gpu([(d, gated, gs) for d in DTYPES for gated in ("k", "delta", False) for gs in (2, 3)]))
+def test_inference_forward_in_groups_of_chunks_matches_recurrence(dtype, gated, groups, monkeypatch) -> None:
     """No gradient wanted: the state pass keeps only every ``groups``-th chunk's state and the
     output pass carries S through the group's chunks. Outputs and final states of packed sequences
     (a partial last group and chunk, a 1-token sequence) match the recurrence, with the initial
-    states, and the forward kept for the backward pass (gradient wanted) to rounding."""
+    states, and the forward kept for the backward pass (gradient wanted) to rounding. gated "k" /
+    "delta": the output pass puts the gate on K^T or on V's rows (``GATE_ON_DELTA``)."""
+    from longctx.ops.common import triton_scalar_decay
     from longctx.ops.common.triton_scalar_decay import scalar_decay_chunk
+
+    monkeypatch.setattr(triton_scalar_decay, "GATE_ON_DELTA", gated == "delta")
 
     lens = [83, 16, 1, 50] if not ON_CUDA else [1000, 64, 1, 3000, 37]
     H, K, V, chunk = (2, 80, 20, 16) if not ON_CUDA else (4, 128, 128, 64)  # K 80: two pieces of S

@@ -71,6 +71,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from longctx.ops.common import triton_scalar_decay
 from longctx.ops.common.triton_launch import launch_options
 from longctx.ops.common.triton_scalar_decay import (
     _acc,
@@ -172,7 +173,7 @@ def _delta_h_kernel(
     k, w, u, gc, h, vn, h0, ht, cu_seqlens, chunk_offsets,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
-    USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
+    USE_H0: tl.constexpr, STORE_HT: tl.constexpr, GATE_D: tl.constexpr,
 ):
     """S_n at every chunk start (into h), Delta = U - W S_n (into vn) and the final state, in order
     over the chunks; grid (V/BV, N*H). The rows of S (key dims) are up to four pieces of BK <= 64
@@ -206,7 +207,7 @@ def _delta_h_kernel(
         else:
             b_g, g_last = tl.zeros([BT], dtype=tl.float32), 0.0
         b_h1, b_h2, b_h3, b_h4 = _pieces_out(b_h1, b_h2, b_h3, b_h4, k, b_d, b_g, g_last, bos, T, i_t, i_h,
-                                             H, K, BT, BK, HAS_G, PREC)
+                                             H, K, BT, BK, HAS_G, PREC, GATE_D)
     if STORE_HT:
         _store_pieces(ht, i_nh, i_v, b_h1, b_h2, b_h3, b_h4, K, V, BK, BV)
 
@@ -650,7 +651,7 @@ def _forward(q, k, v, beta, g, h0, scale, want_ht, cu, BT, train: bool):
     _delta_h_kernel[(triton.cdiv(V, BVs), N * H)](
         k, w, u, gc if has_g else q, h, vn, h0 if h0 is not None else q, ht if want_ht else q,
         cu, offsets, H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs, HAS_G=has_g,
-        USE_H0=h0 is not None, STORE_HT=want_ht, **meta,
+        USE_H0=h0 is not None, STORE_HT=want_ht, GATE_D=triton_scalar_decay.GATE_ON_DELTA, **meta,
         **launch_options("delta.delta_h", num_warps=4, num_stages=_pass_stages(q.dtype, K, train)),
     )
     o = torch.empty_like(v)

@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from longctx.ops.common import triton_scalar_decay
 from longctx.ops.common.triton_delta import (
     _blocks,
     _pass_stages,
@@ -74,7 +75,7 @@ def _delta_levels_kernel(
     k, w, u, qt, gc, lam, o, cu_seqlens, chunk_offsets, TT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, C_LOG: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, GATE_D: tl.constexpr,
 ):
     """Level c + m (m = program_id(1) + 1) of one sequence and head, value block i_v: the walk of the
     module docstring; o [M, TT, H, V] gets λ^(c+m) Q̃ S^(m) at reader chunks, 0 at sources."""
@@ -104,7 +105,7 @@ def _delta_levels_kernel(
         else:
             b_g, g_last = tl.zeros([BT], dtype=tl.float32), 0.0
         b_h1, b_h2, b_h3, b_h4 = _pieces_out(b_h1, b_h2, b_h3, b_h4, k, b_d, b_g, g_last, bos, T, i_t, i_h,
-                                             H, K, BT, BK, HAS_G, PREC)
+                                             H, K, BT, BK, HAS_G, PREC, GATE_D)
 
 
 @triton.jit
@@ -200,7 +201,7 @@ def delta_log_linear_forward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: T
     _delta_levels_kernel[(triton.cdiv(V, BVs), levels, N * H)](
         k, w, u, qt, gc, lam, o_levels, cu, offsets, TT,
         H=H, K=K, V=V, L=L, C_LOG=C_LOG, BT=BT, BK=BK, BV=BVs, HAS_G=has_g, ACC=ACC, PREC=prec,
-        **launch_options("log_linear.delta_levels", num_warps=4, num_stages=_pass_stages(q.dtype, K, False)),
+        GATE_D=triton_scalar_decay.GATE_ON_DELTA, **launch_options("log_linear.delta_levels", num_warps=4, num_stages=_pass_stages(q.dtype, K, False)),
     )
     return o + o_levels.sum(0, dtype=acc).unsqueeze(0)
 

@@ -171,26 +171,37 @@ def _store_pieces(x, i_s, i_v, b1, b2, b3, b4, K: tl.constexpr, V: tl.constexpr,
 
 
 @triton.jit
-def _h_piece_out(b_h, b_kt, b_d, b_g, g_last, HAS_G: tl.constexpr, PREC: tl.constexpr):
-    """S (one piece of rows) after the chunk: e^{G_last} S + (K ⊙ e^{G_last - G})^T Delta."""
+def _h_piece_out(b_h, b_kt, b_d, b_g, g_last, HAS_G: tl.constexpr, GATE_K: tl.constexpr, PREC: tl.constexpr):
+    """S (one piece of rows) after the chunk: e^{G_last} S + (K ⊙ e^{G_last - G})^T Delta, the gate
+    put on this piece of K^T (GATE_K) or already on Delta's rows by the caller."""
     if HAS_G:
         b_h *= tl.exp(g_last)
-        b_kt = (b_kt * tl.exp(g_last - b_g)[None, :]).to(b_kt.dtype)
+        if GATE_K:
+            b_kt = (b_kt * tl.exp(g_last - b_g)[None, :]).to(b_kt.dtype)
     return b_h + tl.dot(b_kt, b_d.to(b_kt.dtype), input_precision=PREC)
 
 
 @triton.jit
 def _pieces_out(b_h1, b_h2, b_h3, b_h4, k, b_d, b_g, g_last, bos, T, i_t, i_h, H: tl.constexpr,
-                K: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr):
+                K: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr,
+                GATE_D: tl.constexpr):
     """``_h_piece_out`` for each piece of rows K has (K^T reloaded per piece: a cache hit, fewer
-    live registers than keeping the chunk's K^T through the step)."""
-    b_h1 = _h_piece_out(b_h1, _rows_t(k, bos, T, i_t, i_h, 0, H, K, BT, BP), b_d, b_g, g_last, HAS_G, PREC)
+    live registers than keeping the chunk's K^T through the step). GATE_D: the gate goes on
+    Delta's rows once, (K ⊙ e^{G_last - G})^T Delta = K^T (e^{G_last - G} ⊙ Delta), and each K^T
+    piece from its load straight into the product, as ``_h_step`` and the ungated pass do
+    (``GATE_ON_DELTA``); else on every K^T piece in registers."""
+    if HAS_G and GATE_D:
+        b_d = b_d * tl.exp(g_last - b_g)[:, None]
+    b_h1 = _h_piece_out(b_h1, _rows_t(k, bos, T, i_t, i_h, 0, H, K, BT, BP), b_d, b_g, g_last, HAS_G, not GATE_D, PREC)
     if K > BP:
-        b_h2 = _h_piece_out(b_h2, _rows_t(k, bos, T, i_t, i_h, 1, H, K, BT, BP), b_d, b_g, g_last, HAS_G, PREC)
+        b_h2 = _h_piece_out(b_h2, _rows_t(k, bos, T, i_t, i_h, 1, H, K, BT, BP), b_d, b_g, g_last, HAS_G, not GATE_D,
+                            PREC)
     if K > 2 * BP:
-        b_h3 = _h_piece_out(b_h3, _rows_t(k, bos, T, i_t, i_h, 2, H, K, BT, BP), b_d, b_g, g_last, HAS_G, PREC)
+        b_h3 = _h_piece_out(b_h3, _rows_t(k, bos, T, i_t, i_h, 2, H, K, BT, BP), b_d, b_g, g_last, HAS_G, not GATE_D,
+                            PREC)
     if K > 3 * BP:
-        b_h4 = _h_piece_out(b_h4, _rows_t(k, bos, T, i_t, i_h, 3, H, K, BT, BP), b_d, b_g, g_last, HAS_G, PREC)
+        b_h4 = _h_piece_out(b_h4, _rows_t(k, bos, T, i_t, i_h, 3, H, K, BT, BP), b_d, b_g, g_last, HAS_G, not GATE_D,
+                            PREC)
     return b_h1, b_h2, b_h3, b_h4
 
 
@@ -345,7 +356,7 @@ def _fwd_h_scan_kernel(
 def _fwd_grouped_kernel(
     q, k, v, gc, h, o, cu_seqlens, group_indices, scale, GS,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr,
-    BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, GATE_D: tl.constexpr,
 ):
     """O of the GS chunks of one group (``chunk_layout`` at GS BT tokens) from the state at the
     group's start (h: one per group, fp32), S carried from chunk to chunk in registers:
@@ -390,7 +401,7 @@ def _fwd_grouped_kernel(
                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0, 1))
         b_h1, b_h2, b_h3, b_h4 = _pieces_out(b_h1, b_h2, b_h3, b_h4, k, b_v, b_g, g_last, bos, T, i_t, i_h,
-                                             H, K, BT, BP, HAS_G, PREC)  # S_{n+1}
+                                             H, K, BT, BP, HAS_G, PREC, GATE_D)  # S_{n+1}
 
 
 @triton.jit
@@ -704,6 +715,15 @@ def _cumsum(g: Tensor, cu: Tensor, indices: Tensor, NC: int, BT: int) -> Tensor:
 # there (tests/ops/test_triton_kernels.py -k inference_forward, sessions 14 and 15).
 GROUPED_BY_DEFAULT = True
 
+# The state passes that take ``_pieces_out`` (this grouped forward, the delta rule's
+# _delta_h_kernel, log-linear DeltaNet's level walk): the gate on Delta's rows once (True) or on
+# each K^T piece (False, the way their GPU tests passed). On K^T it puts a [64, 64] multiply and
+# a rounding on each step's critical path, and K^T goes through registers instead of straight
+# from its pipelined load into the product: Gated DeltaNet's forward was 3.88 ms at 64k on an H100
+# against DeltaNet's 2.92 (session 17), fla's 2.73 / 2.91. Exact in the interpreter either way;
+# off until a GPU has run the kernel tests with it (session_device.sh GATE_ON_DELTA=1).
+GATE_ON_DELTA = False
+
 
 def _chunks_per_group(NC: int, H: int, V: int, BV: int, device: torch.device) -> int:
     """Chunks per group of the inference forward: 16, else 8, where the output pass keeps at least
@@ -737,7 +757,7 @@ def _forward_grouped(q, k, v, gc, scale, h0, want_ht, cu, BT, GS, BV, opts):
     _fwd_grouped_kernel[(triton.cdiv(V, BV), NG, H)](
         q, k, v, gc if has_g else q, h, o, cu, gindices, scale, GS,
         H=H, K=K, V=V, BT=BT, BP=min(64, max(16, triton.next_power_of_2(K))), BV=BV, HAS_G=has_g,
-        ACC=ACC, PREC=_prec(q.dtype), **opts,
+        ACC=ACC, PREC=_prec(q.dtype), GATE_D=GATE_ON_DELTA, **opts,
     )
     return o, ht
 
