@@ -186,6 +186,22 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
                 S_out=f32(B, H, K // 2, V)),
         }
 
+    def _grouped_levels(fn):
+        from longctx.ops.common import triton_log_linear
+
+        def run(*args):
+            saved, triton_log_linear.GROUPED_LEVELS = triton_log_linear.GROUPED_LEVELS, True
+            try:
+                return fn(*args)
+            finally:
+                triton_log_linear.GROUPED_LEVELS = saved
+        return run
+
+    def _long(*xs: torch.Tensor, n: int = 2048) -> list[torch.Tensor]:
+        """xs at n tokens (repeated along T); lam with the levels n needs."""
+        out = [x.detach().repeat(1, -(-n // T), *(1,) * (x.dim() - 2))[:, :n] for x in xs[:-1]]
+        return [*out, rand(B, n, H, (n - 1).bit_length() + 1, dtype=torch.float32)]
+
     q, k, v = rand(B, T, H, K), rand(B, T, H, K), rand(B, T, H, V)
     g = rand(B, T, H, dtype=torch.float32)
     gk = rand(B, T, H, K, dtype=torch.float32)
@@ -202,7 +218,10 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
         "gated_deltanet": fwd_bwd(delta_rule_chunk, q, k, v, beta, g),
         "gated_deltanet/inference": inference(delta_rule_chunk, q, k, v, beta, g, kernel=None),
         "log_linear_mamba2": fwd_bwd(log_linear_scalar_decay_chunk, q, k, v, g, lam),
-        "log_linear_mamba2/inference": inference(log_linear_scalar_decay_chunk, q, k, v, g, lam, kernel=None),
+        # with GROUPED_LEVELS, at 2048 tokens: 32 chunks of 64, more than a group of 16, so the level
+        # pass's walk over the groups (_fwd_z_top_kernel) is launched too
+        "log_linear_mamba2/inference": inference(_grouped_levels(log_linear_scalar_decay_chunk),
+                                                 *_long(q, k, v, g, lam), kernel=None),
         # log-linear Gated DeltaNet's fused inference forward (chunks of 64)
         "log_linear_gdn/inference": inference(delta_log_linear_forward, q, k, v, beta, g, lam,
                                               torch.tensor([0, T], dtype=torch.int32), [T], 64,  # B = 1

@@ -27,6 +27,8 @@
 #  - GATE_ON_DELTA=1: the state passes of _pieces_out put the gate on Delta's rows, not on K^T
 #    (ops/common/triton_scalar_decay.GATE_ON_DELTA) in the warm-up and the bench (the tests take
 #    both settings as a parameter).
+#  - GROUPED_LEVELS=1: log-linear's scalar-decay inference forward sums its level states in groups
+#    (ops/common/triton_log_linear.GROUPED_LEVELS) in the warm-up and the bench (the tests take both).
 #  - WARM=1: the bench's kernels (ours and fla's, per op of OPS) and TUNE's settings compile in parallel
 #    beside the tests.
 #  - TCACHE_OUT=1: the Triton kernel cache of the warm-up and the bench (the tests compile into their own)
@@ -136,6 +138,9 @@ mkdir -p /tmp/gt
 # rule's training state passes at 3 stages
 cat > /tmp/trials.py <<'PY'
 import os
+if os.environ.get("GROUPED_LEVELS"):
+    from longctx.ops.common import triton_log_linear
+    triton_log_linear.GROUPED_LEVELS = True
 if os.environ.get("GATE_ON_DELTA"):
     from longctx.ops.common import triton_scalar_decay
     triton_scalar_decay.GATE_ON_DELTA = True

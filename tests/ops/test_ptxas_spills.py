@@ -69,7 +69,8 @@ def test_every_op_and_kernel_is_compiled(launches: list[dict]) -> None:
             "triton_layer_step._delta_layer_step_kernel", "triton_layer_step._ssd_layer_step_kernel",
             "triton_layer_step._gla_layer_step_kernel", "triton_gla._fwd_grouped_kernel",
             "triton_gla._fwd_h_group_kernel", "triton_log_linear_delta._delta_levels_kernel",
-            "triton_log_linear_delta._delta_intra_kernel"} <= kernels
+            "triton_log_linear_delta._delta_intra_kernel", "triton_log_linear._fwd_z_group_kernel",
+            "triton_log_linear._fwd_z_top_kernel"} <= kernels
     for dtype in ("bf16", "fp32"):  # both dtypes recorded every op
         assert {r["op"] for r in launches if r["dtype"] == dtype} == ops
     assert all(r["registers"] > 0 for r in launches if r["dtype"] == "bf16")  # ptxas's report was read

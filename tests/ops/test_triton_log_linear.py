@@ -101,15 +101,22 @@ def test_decay_gradient_is_direct_not_a_cancelling_sum() -> None:
 @pytest.mark.parametrize("dtype", [pytest.param(d, marks=gpu if ON_CUDA else ()) for d in
                                    ([torch.float32, torch.bfloat16] if ON_CUDA else [F64, torch.float16])])
 @pytest.mark.parametrize("packed", [False, True])
-def test_inference_forward_equals_the_training_forward(dtype, packed) -> None:
-    """No gradient wanted: a level's state is kept only at the first chunk of each block that reads
-    it, in the input dtype, and the block's later chunks decay it from there
-    (``triton_log_linear._forward(train=False)``); o agrees with the training forward's to the
-    input dtype's rounding. T = 71 with chunks of 16 (three chunk levels) in the interpreter; 1000
+@pytest.mark.parametrize("GS", [None, 2, 4, 16])
+def test_inference_forward_equals_the_training_forward(dtype, packed, GS, monkeypatch) -> None:
+    """No gradient wanted: one level state per chunk, at each block's first reader, in the input
+    dtype, and the block's later chunks decay it from there. GS None: M walks over every chunk keep
+    those; else (``GROUPED_LEVELS``) they are summed inside groups of GS chunks and then over the
+    groups' sums (``triton_log_linear._inference_levels``). o agrees with the training forward's (every level walked over every chunk) to the input
+    dtype's rounding. T = 150 with chunks of 16 in the interpreter (10 chunks, four chunk levels:
+    GS 2 and 4 leave three and two to the walk over groups, 16 none; packed: 3 and 16 chunks); 1000
     with chunks of 64 on a GPU (four levels)."""
+    from longctx.ops.common import triton_log_linear
+    from longctx.ops.common.triton_launch import launch_overrides
     from longctx.ops.common.triton_log_linear import log_linear_scalar_decay_chunk
 
-    B, T, H, K, V, C = (2, 71, 2, 16, 16, 16) if not ON_CUDA else (2, 1000, 4, 128, 128, 64)
+    monkeypatch.setattr(triton_log_linear, "GROUPED_LEVELS", GS is not None)
+
+    B, T, H, K, V, C = (2, 150, 2, 16, 16, 16) if not ON_CUDA else (2, 1000, 4, 128, 128, 64)
     gen = torch.Generator().manual_seed(3)
     rand = lambda *s: torch.randn(*s, generator=gen, dtype=F64)
     q, k, v = rand(B, T, H, K) * K ** -0.5, rand(B, T, H, K) * K ** -0.5, rand(B, T, H, V)
@@ -120,7 +127,7 @@ def test_inference_forward_equals_the_training_forward(dtype, packed) -> None:
         cu = torch.tensor([0, 45, B * T], dtype=torch.int32, device=DEVICE)
     q, k, v = (t.to(DEVICE, dtype) for t in (q, k, v))
     g, lam = g.to(DEVICE, torch.float32 if dtype != F64 else F64), lam.to(DEVICE, dtype)
-    with torch.no_grad():
+    with torch.no_grad(), launch_overrides({"log_linear.fwd_z_group": {"GS": GS or 16}}):
         o_inf = log_linear_scalar_decay_chunk(q, k, v, g, lam, chunk_size=C, cu_seqlens=cu)
     o_train = log_linear_scalar_decay_chunk(q.requires_grad_(), k, v, g, lam, chunk_size=C, cu_seqlens=cu)
     assert o_train.requires_grad and not o_inf.requires_grad

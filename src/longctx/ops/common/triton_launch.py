@@ -27,6 +27,9 @@ TILED["scalar_decay.fwd_grouped"] = TILED["gla.fwd_grouped"] = ("BV", "GS")
 # which of the delta-rule backward state pass's products take fp32 operands (bits 1 | 2 | 4, see
 # triton_delta.HALF_DH_F32_DOTS): 0 reproduces its bf16 fault at K > 64 on Hopper
 TILED["delta.delta_dh"] = ("F32_DOTS",)
+# log-linear's inference level pass: chunks per group (GS; any power of two >= 2 gives the same
+# states to rounding) and its state tile
+TILED["log_linear.fwd_z_group"] = ("GS", "BK", "BV")
 
 
 def launch_options(kernel: str, **defaults: int) -> dict[str, int]:

@@ -9,11 +9,22 @@ C = 2^c tokens, chunk-local cumulative log-gates ``G_i`` (<= 0), ``D_ij = exp(G_
     Z^(m)_{n+1} = e^{G_last,n} [n mod 2^m != 0] Z^(m)_n + [bit m-1 of n = 0] U_n
     U_n   = (K ⊙ e^{G_last - G})^T V                        (chunk n's sources at its end)
 
-and ``Z^(m)_n`` is read by chunk n only when bit m-1 of n is 1 (stored as zero otherwise). The
-chunk levels m = 1..M are independent recurrences over chunks, so the state kernel runs them in
-parallel (grid K/BK x V/BV x sequences*H*M), each recomputing U_n of the chunks that feed it.
+and ``Z^(m)_n`` is read by chunk n only when bit m-1 of n is 1. The chunk levels m = 1..M are
+independent recurrences over chunks. The training forward runs them in parallel, one walk over
+every chunk per level (grid K/BK x V/BV x sequences*H*M), and keeps every Z^(m)_n for the backward.
 
-Kernels: ``_fwd_z_kernel`` (level states entering every chunk, [chunks, H, M, K, V]),
+The inference forward keeps fewer: a reader chunk n of a level's block adds nothing,
+so Z^(m)_n = e^{Gc_n - Gc_b} Z^(m)_b from the block's first reader b, and b = (2j + 1) 2^(m-1) is
+the first reader of exactly one level, m = ctz(b) + 1: one state per chunk. Without
+``GROUPED_LEVELS`` the M walks store only those; with it, none walks: Z^(m)_b is the sum over the block's first
+half (2^(m-1) chunks ending at b), a range sum, so every chunk's one state comes from sums over
+aligned ranges: inside groups of GS chunks all at once (the levels with blocks of up to GS chunks,
+each group one program walking its GS chunks with those levels' states in registers), then the
+same walk over each sequence's groups with each group's sum and decay as one step (the levels
+above): about N states stored and T / (GS C) sequential steps, instead of M walks of T / C steps.
+
+Kernels: ``_fwd_z_kernel`` (training: level states entering every chunk, [chunks, H, M, K, V]),
+``_fwd_z_group_kernel`` and ``_fwd_z_top_kernel`` (inference: [chunks, H, K, V]),
 ``_fwd_o_kernel`` (output, grid V/BV x chunks x H), ``_bwd_dz_kernel`` (reverse pass per level),
 ``_bwd_dqkv_kernel`` (dq, dk, dv, dλ and q.dq - k.dk per token, grid chunks x H).
 
@@ -115,10 +126,9 @@ def _fwd_z_kernel(
     BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, STORE_ALL: tl.constexpr,
 ):
     """Z^(m) entering every chunk into z [chunks, H, M, K, V]; grid (K/BK, V/BV, sequences * H * M),
-    one chunk level per program. STORE_ALL: also where the chunk does not read it (the decay
-    gradient's carry term needs it); else only at the first chunk b of each block that reads it
-    (the later readers n of the block add nothing to it, so Z^(m)_n = e^{Gc_n - Gc_b} Z^(m)_b:
-    ``_fwd_o_kernel`` with FIRST), about N states in all instead of N M."""
+    one chunk level per program. STORE_ALL: also where the chunk does not read it (the training
+    forward: the decay gradient's carry term needs it); else only at the first chunk b of each
+    block that reads it (the inference forward without ``GROUPED_LEVELS``)."""
     i_k, i_v, i_nhm = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_m, i_nh = i_nhm % M, i_nhm // M  # i_m = m - 1
     i_n, i_h = i_nh // H, i_nh % H
@@ -140,14 +150,94 @@ def _fwd_z_kernel(
 
 
 @triton.jit
+def _level_step(b_z, b_u, a, r, MP: tl.constexpr):
+    """Step r >= 0 of level states b_z [MP, BK, BV] (level m = 1..MP at index m - 1, each summed
+    from zero over the feeding steps of its blocks of 2^m steps): returns the state of level
+    ctz(r) + 1 entering step r, i.e. at its block's first reader (zero for r = 0), and the states
+    entering r + 1: decayed by a, reset at a block start, plus step r's contribution b_u
+    [BK, BV] where r feeds the level (bit m - 1 of r is 0)."""
+    lv = tl.arange(0, MP)
+    low = r & ((2 << lv) - 1)  # r mod 2^m
+    b_first = tl.sum(tl.where((low == (1 << lv))[:, None, None], b_z, 0.0), axis=0)
+    b_z = tl.where((low == 0)[:, None, None], 0.0, b_z * a)
+    return b_first, b_z + tl.where((((r >> lv) & 1) == 0)[:, None, None], b_u[None, :, :], 0.0)
+
+
+@triton.jit
+def _fwd_z_group_kernel(
+    k, v, gc, z, zg, ag, cu_seqlens, chunk_offsets, group_indices,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, GS: tl.constexpr,
+    LP: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """The inference forward's chunk levels m = 1..log2(GS), whose blocks lie inside one group of GS
+    chunks: Z^(m) at every chunk n of the group but its first, for m = ctz(n) + 1 (n is the first
+    reader of that level's block; the block's later readers decay it from there), into z [chunks,
+    H, K, V]; and the group's own contribution decayed to its end, sum_n e^{...} U_n, into zg
+    [groups, H, K, V] (fp32) with its log decay into ag [groups, H]; grid (K/BK, V/BV, groups * H).
+    LP: log2(GS) rounded up to a power of two (the level tile's rows)."""
+    i_k, i_v, i_gh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_g, i_h = i_gh // H, i_gh % H
+    i_n = tl.load(group_indices + i_g * 2)
+    i_s = tl.load(group_indices + i_g * 2 + 1)
+    bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
+    b_z = tl.zeros([LP, BK, BV], dtype=ACC)
+    b_tot = tl.zeros([BK, BV], dtype=ACC)
+    a_tot = tl.zeros([1], dtype=ACC)
+    for r in range(tl.minimum(GS, NT - i_s * GS)):
+        i_t = i_s * GS + r
+        b_k, b_v = _kt_v(k, v, bos, T, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV)
+        b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
+        b_v = (b_v * tl.exp(g_last - b_g)[:, None]).to(b_k.dtype)  # V ⊙ e^{G_last - G}
+        b_u = tl.dot(b_k, b_v, input_precision=PREC)  # U_n
+        b_first, b_z = _level_step(b_z, b_u, tl.exp(g_last), r, LP)
+        if r > 0:
+            p_z = tl.make_block_ptr(z + ((boh + i_t) * H + i_h) * K * V, (K, V), (V, 1),
+                                    (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+            tl.store(p_z, b_first.to(p_z.dtype.element_ty), boundary_check=(0, 1))
+        b_tot = b_tot * tl.exp(g_last) + b_u
+        a_tot += g_last
+    p_t = tl.make_block_ptr(zg + (i_g * H + i_h).to(tl.int64) * K * V, (K, V), (V, 1),
+                            (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+    tl.store(p_t, b_tot.to(p_t.dtype.element_ty), boundary_check=(0, 1))
+    tl.store(ag + i_g * H + i_h + tl.arange(0, 1), a_tot)
+
+
+@triton.jit
+def _fwd_z_top_kernel(
+    zg, ag, z, cu_seqlens, chunk_offsets, group_offsets,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, GS: tl.constexpr,
+    MP: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, ACC: tl.constexpr,
+):
+    """The inference forward's chunk levels above log2(GS): the same level walk over the groups of
+    a sequence with each group's sum and decay (``_fwd_z_group_kernel``) as one step, Z^(m) at
+    the first chunk of every group but the first, into z; grid (K/BK, V/BV, sequences * H)."""
+    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = i_nh // H, i_nh % H
+    _, _, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
+    bog = tl.load(group_offsets + i_n).to(tl.int64)
+    b_z = tl.zeros([MP, BK, BV], dtype=ACC)
+    for i_s in range(tl.cdiv(NT, GS)):
+        p_t = tl.make_block_ptr(zg + ((bog + i_s) * H + i_h) * K * V, (K, V), (V, 1),
+                                (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        b_u = tl.load(p_t, boundary_check=(0, 1)).to(ACC)
+        b_first, b_z = _level_step(b_z, b_u, tl.exp(tl.load(ag + (bog + i_s) * H + i_h).to(ACC)), i_s, MP)
+        if i_s > 0:
+            p_z = tl.make_block_ptr(z + ((boh + i_s * GS) * H + i_h) * K * V, (K, V), (V, 1),
+                                    (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+            tl.store(p_z, b_first.to(p_z.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
 def _fwd_o_kernel(
-    q, k, v, gc, lam, z, gcc, o, cu_seqlens, chunk_indices, M,
+    q, k, v, gc, lam, z, gcc, o, cu_seqlens, chunk_indices, M, MZ,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
     LOG2C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
     FIRST: tl.constexpr,
 ):
     """O_[n] = (Q K^T ⊙ D ⊙ Λ) V + e^G ⊙ sum_m λ^(c+m) ⊙ (Q Z^(m)_n); grid (V/BV, chunks, H).
-    FIRST: z holds Z^(m) only at each block's first reader b (``_fwd_z_kernel``), and
+    z: [chunks, H, MZ, K, V], MZ = M: level m at index m - 1; MZ = 1: chunk b holds only the level
+    it is the first reader of, m = ctz(b) + 1 (``_inference_levels``). FIRST: z holds a level
+    only at each block's first reader b (not every chunk), and
     Z^(m)_n = e^{Gc_n - Gc_b} Z^(m)_b with gcc [chunks, H] (float64) = Gc, the log decay of the
     sequence's chunks before chunk n."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
@@ -166,12 +256,12 @@ def _fwd_o_kernel(
             i_z = i_c  # the chunk whose z entry holds the state
             if FIRST:
                 i_z = i_c - (i_t & ((1 << i_m) - 1))  # the block's first reader: bits below m-1 cleared
+            z_m = z + ((i_z * H + i_h) * MZ + i_m % MZ).to(tl.int64) * K * V
             b_r = tl.zeros([BT, BV], dtype=ACC)
             for i_k in range(tl.cdiv(K, BK)):
                 p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1),
                                         (i_t * BT, i_k * BK), (BT, BK), (1, 0))
-                p_z = tl.make_block_ptr(z + ((i_z * H + i_h) * M + i_m).to(tl.int64) * K * V, (K, V), (V, 1),
-                                        (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+                p_z = tl.make_block_ptr(z_m, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
                 b_q = tl.load(p_q, boundary_check=(0, 1))
                 b_r += tl.dot(b_q, tl.load(p_z, boundary_check=(0, 1)).to(b_q.dtype), input_precision=PREC)
             if FIRST:  # the decay from the block's first reader to this chunk, e^{Gc_n - Gc_b} <= 1
@@ -346,11 +436,55 @@ def _chunk_decays(gc: Tensor, cu: Tensor, offsets: Tensor, indices: Tensor, BT: 
     return (before - before[offsets[seq].long()]).contiguous()  # less the earlier sequences'
 
 
+# Chunks per group of the inference forward's level pass (``_inference_levels``): the levels of
+# blocks up to GS chunks are summed inside each group in parallel, the rest over the groups' sums
+# (a walk of T / (GS C) steps). Exact in the interpreter (float64) at every GS and compiled for
+# sm_90a without spills, but not yet run on a GPU: off (GROUPED_LEVELS) until its gpu tests pass
+# there; until then the inference forward walks every level over every chunk as the training
+# forward does, keeping the first readers' states only (session_device.sh GROUPED_LEVELS=1).
+LEVEL_GROUP = 16
+GROUPED_LEVELS = False
+
+
+def _inference_levels(k: Tensor, v: Tensor, gc: Tensor, cu: Tensor, offsets: Tensor, NC: int, M: int,
+                      BT: int) -> Tensor:
+    """The level states the inference forward's output pass reads, z [chunks, H, K, V] in the
+    input dtype (``_state_dtype``): chunk b >= 1 of a sequence holds Z^(m) for m = ctz(b) + 1, the
+    one level whose block's first reader it is (the block's later readers decay it from there),
+    about N states instead of M walks over the chunks. Levels with blocks of up to GS chunks
+    inside each group (``_fwd_z_group_kernel``, every group in parallel), the rest from the
+    groups' sums (``_fwd_z_top_kernel``)."""
+    _, _, H, K = k.shape
+    V = v.shape[-1]
+    acc, ACC = _acc(k.dtype)
+    opts = launch_options("log_linear.fwd_z_group", num_warps=8, num_stages=2, GS=LEVEL_GROUP, BK=64, BV=64)
+    GS, BK, BV = opts.pop("GS"), opts.pop("BK"), opts.pop("BV")
+    if GS < 2 or GS & (GS - 1):
+        raise ValueError(f"log_linear.fwd_z_group: GS must be a power of two >= 2, got {GS}")
+    LG = GS.bit_length() - 1
+    goffsets, gindices, NG = chunk_layout(cu, BT * GS)
+    z = k.new_empty(NC, H, K, V, dtype=_state_dtype(k.dtype))
+    zg = k.new_empty(NG, H, K, V, dtype=acc)
+    ag = k.new_empty(NG, H, dtype=acc)
+    _fwd_z_group_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), NG * H)](
+        k, v, gc, z, zg, ag, cu, offsets, gindices, H=H, K=K, V=V, BT=BT, GS=GS,
+        LP=triton.next_power_of_2(LG), BK=BK, BV=BV, ACC=ACC, PREC=_prec(k.dtype), **opts,
+    )
+    if M > LG:
+        top = launch_options("log_linear.fwd_z_top", num_warps=4, num_stages=2)
+        _fwd_z_top_kernel[(triton.cdiv(K, 32), triton.cdiv(V, 32), (cu.numel() - 1) * H)](
+            zg, ag, z, cu, offsets, goffsets, H=H, K=K, V=V, BT=BT, GS=GS,
+            MP=triton.next_power_of_2(M - LG), BK=32, BV=32, ACC=ACC, **top,
+        )
+    return z
+
+
 def _forward(q, k, v, g, lam, cu, chunk_size, train: bool):
     """The forward kernels. train: z keeps every level state entering every chunk in fp32 (the
-    backward's carry term reads them all); else only at each block's first reader, in the input
-    dtype (``_state_dtype``), about N states instead of N M (``_fwd_z_kernel``); o agrees to
-    rounding. Returns o and, when train, (gc, z, offsets, indices, NC, M)."""
+    backward's carry term reads them all); else only each block's first reader's, in the input
+    dtype: one state per chunk with ``GROUPED_LEVELS`` (``_inference_levels``), else M walks
+    storing them in [chunks, H, M, K, V]; o agrees to rounding. Returns o and, when train,
+    (gc, z, offsets, indices, NC, M)."""
     offsets, indices, NC = chunk_layout(cu, chunk_size)
     _, _, H, K = q.shape
     V, L = v.shape[-1], lam.shape[-1]
@@ -362,17 +496,19 @@ def _forward(q, k, v, g, lam, cu, chunk_size, train: bool):
     prec = _prec(q.dtype)
     gc = torch.empty(g.shape, dtype=acc, device=g.device)
     _chunk_cumsum_kernel[(NC, H)](g, gc, cu, indices, H=H, BT=chunk_size)
-    z = q.new_empty(NC, H, M, K, V, dtype=acc if train else _state_dtype(q.dtype)) if M else q  # q: unread
-    if M:
+    z, MZ = q, M  # q: unread without chunk levels
+    if M and (train or not GROUPED_LEVELS):
+        z = q.new_empty(NC, H, M, K, V, dtype=acc if train else _state_dtype(q.dtype))
         _fwd_z_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H * M)](
             k, v, gc, z, cu, offsets, M, H=H, K=K, V=V, BT=chunk_size, BK=BK, BV=BV, ACC=ACC,
-            PREC=prec, STORE_ALL=train,
-            **launch_options("log_linear.fwd_z", num_warps=4, num_stages=3),
+            PREC=prec, STORE_ALL=train, **launch_options("log_linear.fwd_z", num_warps=4, num_stages=3),
         )
+    elif M:
+        z, MZ = _inference_levels(k, v, gc, cu, offsets, NC, M, chunk_size), 1
     o = torch.empty_like(v)
     gcc = q if train or not M else _chunk_decays(gc, cu, offsets, indices, chunk_size)  # q: unread
     _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](
-        q, k, v, gc, lam, z, gcc, o, cu, indices, M, H=H, K=K, V=V, L=L, BT=chunk_size, LOG2C=LOG2C,
+        q, k, v, gc, lam, z, gcc, o, cu, indices, M, max(MZ, 1), H=H, K=K, V=V, L=L, BT=chunk_size, LOG2C=LOG2C,
         BK=BK, BV=BV, ACC=ACC, PREC=prec, FIRST=not train,
         **launch_options("log_linear.fwd_o", num_warps=4, num_stages=3),
     )
