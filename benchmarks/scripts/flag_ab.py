@@ -1,0 +1,115 @@
+"""The kernel flags that wait for a GPU, each timed off and on in one process on the same inputs,
+with the largest difference of the outputs: the evidence to turn one on (or leave it off).
+
+    python benchmarks/scripts/flag_ab.py OUT.json [--T 4096 16384 65536] [--flags a,b]
+
+Flags (module attribute -> the ops it changes, forward only unless noted):
+  gate_on_delta     triton_scalar_decay.GATE_ON_DELTA: gated_deltanet (forward; forward+backward,
+                    whose training forward takes it too), simple_gla (its grouped inference forward)
+  fused_delta       ops/log_linear/triton.FUSED_DELTA_LEVELS: log_linear_gdn
+  grouped_levels    triton_log_linear.GROUPED_LEVELS: log_linear
+The kernel bench's inputs (B=1 H=16 D=128 bf16); ms, the median of ``triton.testing.do_bench``.
+Run the flags' GPU tests first (they are parametrised over each flag). Without a GPU: one
+host-timed call each in Triton's interpreter (a smoke run, tiny sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+FLAGS = {  # name -> (module, attribute, [(op, backward)])
+    "gate_on_delta": ("longctx.ops.common.triton_scalar_decay", "GATE_ON_DELTA",
+                      [("gated_deltanet", False), ("gated_deltanet", True), ("simple_gla", False)]),
+    "fused_delta": ("longctx.ops.log_linear.triton", "FUSED_DELTA_LEVELS", [("log_linear_gdn", False)]),
+    "grouped_levels": ("longctx.ops.common.triton_log_linear", "GROUPED_LEVELS", [("log_linear", False)]),
+}
+
+
+def _time(fn: Callable[[], object], cuda: bool) -> float:
+    if not cuda:
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=5, rep=50)
+
+
+def _case(flag: str, op: str, backward: bool, T: int, H: int, D: int, cuda: bool) -> dict:
+    from longctx.bench.kernels import _inputs, _ours
+
+    module, attr, _ = FLAGS[flag]
+    mod = importlib.import_module(module)
+    dtype = torch.bfloat16 if cuda else torch.float64
+    ins = _inputs(op, 1, T, H, D, dtype, seed=T, device="cuda" if cuda else "cpu")
+    fn = _ours(op)
+    if backward:
+        diff = [t.requires_grad_() for t in ins if t.is_floating_point() and t.dim() >= 3]
+        do = torch.randn_like(fn(*ins))
+
+        def run() -> object:
+            return torch.autograd.grad(fn(*ins), diff, do, allow_unused=True)
+    else:
+        def run() -> object:
+            with torch.no_grad():
+                return (fn(*ins),)
+    row: dict = {"flag": flag, "op": op, "T": T, "backward": backward}
+    outs = {}
+    saved = getattr(mod, attr)
+    try:
+        for on in (False, True):
+            setattr(mod, attr, on)
+            key = "on" if on else "off"
+            try:
+                outs[key] = [o for o in run() if o is not None]
+                row[key] = _time(run, cuda)
+            except Exception as e:  # noqa: BLE001 - a failing setting is reported, the others still run
+                row[key] = f"{type(e).__name__}: {str(e)[:200]}"
+    finally:
+        setattr(mod, attr, saved)
+    if len(outs) == 2:  # the largest difference relative to each output's largest entry
+        row["max_rel_diff"] = max(float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-300))
+                                  for a, b in zip(outs["on"], outs["off"], strict=True))
+    if isinstance(row.get("off"), float) and isinstance(row.get("on"), float):
+        row["speedup"] = row["off"] / row["on"]
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--T", type=int, nargs="+", default=[4096, 16384, 65536])
+    ap.add_argument("--H", type=int, default=16)
+    ap.add_argument("--D", type=int, default=128)
+    ap.add_argument("--flags", default=",".join(FLAGS))
+    args = ap.parse_args()
+    cuda = torch.cuda.is_available()
+    if not cuda:  # in Triton's interpreter, with the tests' fix for it (before any kernel is imported)
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+        import tests.ops.triton_support  # noqa: F401
+    res: dict = {"device": torch.cuda.get_device_name() if cuda else "cpu (interpreter smoke run)",
+                 "rows": []}
+    for T in args.T:
+        for flag in args.flags.split(","):
+            for op, backward in FLAGS[flag][2]:
+                res["rows"].append(_case(flag, op, backward, T, args.H, args.D, cuda))
+                tmp = args.out + ".tmp"
+                with open(tmp, "w") as f:
+                    json.dump(res, f, indent=1)
+                os.replace(tmp, args.out)
+                if cuda:
+                    torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
