@@ -119,6 +119,15 @@ def _unit_lower_inverse(b_A, BT: tl.constexpr, ACC: tl.constexpr, PREC: tl.const
 
 
 @triton.jit
+def _chunk_beta(beta, cu_seqlens, chunk_indices, i_c, i_h, H: tl.constexpr, BT: tl.constexpr, ACC: tl.constexpr):
+    """Chunk i_c's index in its sequence, the sequence's first token and length (``_chunk``), and
+    beta of the chunk's rows [BT] (zero past the end)."""
+    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
+    rows = i_t * BT + tl.arange(0, BT)
+    return i_t, bos, T, tl.load(beta + (bos + rows) * H + i_h, mask=rows < T, other=0.0).to(ACC)
+
+
+@triton.jit
 def _wy_fwd_kernel(
     k, v, beta, gc, ainv, w, u, cu_seqlens, chunk_indices,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
@@ -128,10 +137,8 @@ def _wy_fwd_kernel(
     """X = (I + A)^{-1} (into ainv [chunks, H, BT, BT] if STORE_X: the backward reads it), W and U
     of one chunk; grid (chunks, H)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
+    i_t, bos, T, b_beta = _chunk_beta(beta, cu_seqlens, chunk_indices, i_c, i_h, H, BT, ACC)
     idx = tl.arange(0, BT)
-    rows = i_t * BT + idx
-    b_beta = tl.load(beta + (bos + rows) * H + i_h, mask=rows < T, other=0.0).to(ACC)
     b_A = tl.zeros([BT, BT], dtype=ACC)
     for i_k in range(tl.cdiv(K, BK)):
         p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1),

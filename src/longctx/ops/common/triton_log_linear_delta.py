@@ -34,6 +34,7 @@ from torch import Tensor
 from longctx.ops.common import triton_scalar_decay
 from longctx.ops.common.triton_delta import (
     _blocks,
+    _chunk_beta,
     _pass_stages,
     _preca,
     _unit_lower_inverse,
@@ -43,7 +44,6 @@ from longctx.ops.common.triton_launch import launch_options
 from longctx.ops.common.triton_log_linear import _lam_col, _level_weights
 from longctx.ops.common.triton_scalar_decay import (
     _acc,
-    _chunk,
     _chunk_cumsum_kernel,
     _cols,
     _init_pieces,
@@ -121,10 +121,8 @@ def _delta_intra_kernel(
     so each level keeps its own pairs: ``chunk.intra_output``), into o [TT, H, V]; and the
     effective query Q̃ = Q ⊙ e^G - P W, into qt [TT, H, K]; grid (chunks, H)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
+    i_t, bos, T, b_beta = _chunk_beta(beta, cu_seqlens, chunk_indices, i_c, i_h, H, BT, ACC)
     idx = tl.arange(0, BT)
-    rows = i_t * BT + idx
-    b_beta = tl.load(beta + (bos + rows) * H + i_h, mask=rows < T, other=0.0).to(ACC)
     b_A = tl.zeros([BT, BT], dtype=ACC)
     b_P = tl.zeros([BT, BT], dtype=ACC)
     for i_k in range(tl.cdiv(K, BK)):
