@@ -7,7 +7,7 @@ Flags (module attribute -> the ops it changes, forward only unless noted):
   gate_on_delta     triton_scalar_decay.GATE_ON_DELTA: gated_deltanet (forward; forward+backward,
                     whose training forward takes it too), simple_gla (its grouped inference forward)
   fused_delta       ops/log_linear/triton.FUSED_DELTA_LEVELS: log_linear_gdn
-  grouped_levels    triton_log_linear.GROUPED_LEVELS: log_linear
+  grouped_levels    triton_log_linear.GROUPED_LEVELS: log_linear (forward; forward+backward)
 The kernel bench's inputs (B=1 H=16 D=128 bf16); ms, the median of ``triton.testing.do_bench``.
 Run the flags' GPU tests first (they are parametrised over each flag). Without a GPU: one
 host-timed call each in Triton's interpreter (a smoke run, tiny sizes).
@@ -29,7 +29,8 @@ FLAGS = {  # name -> (module, attribute, [(op, backward)])
     "gate_on_delta": ("longctx.ops.common.triton_scalar_decay", "GATE_ON_DELTA",
                       [("gated_deltanet", False), ("gated_deltanet", True), ("simple_gla", False)]),
     "fused_delta": ("longctx.ops.log_linear.triton", "FUSED_DELTA_LEVELS", [("log_linear_gdn", False)]),
-    "grouped_levels": ("longctx.ops.common.triton_log_linear", "GROUPED_LEVELS", [("log_linear", False)]),
+    "grouped_levels": ("longctx.ops.common.triton_log_linear", "GROUPED_LEVELS",
+                       [("log_linear", False), ("log_linear", True)]),
 }
 
 

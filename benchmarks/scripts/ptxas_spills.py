@@ -222,6 +222,9 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
         # pass's walk over the groups (_fwd_z_top_kernel) is launched too
         "log_linear_mamba2/inference": inference(_grouped_levels(log_linear_scalar_decay_chunk),
                                                  *_long(q, k, v, g, lam), kernel=None),
+        # its training forward + backward with GROUPED_LEVELS (one level state per chunk)
+        "log_linear_mamba2/grouped_levels": fwd_bwd(_grouped_levels(log_linear_scalar_decay_chunk),
+                                                    *[x.requires_grad_() for x in _long(q, k, v, g, lam)]),
         # log-linear Gated DeltaNet's fused inference forward (chunks of 64)
         "log_linear_gdn/inference": inference(delta_log_linear_forward, q, k, v, beta, g, lam,
                                               torch.tensor([0, T], dtype=torch.int32), [T], 64,  # B = 1

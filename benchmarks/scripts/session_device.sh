@@ -27,7 +27,7 @@
 #  - GATE_ON_DELTA=1: the state passes of _pieces_out put the gate on Delta's rows, not on K^T
 #    (ops/common/triton_scalar_decay.GATE_ON_DELTA) in the warm-up and the bench (the tests take
 #    both settings as a parameter).
-#  - GROUPED_LEVELS=1: log-linear's scalar-decay inference forward sums its level states in groups
+#  - GROUPED_LEVELS=1: log-linear's scalar-decay kernels keep one level state per chunk, forward and backward
 #    (ops/common/triton_log_linear.GROUPED_LEVELS) in the warm-up and the bench (the tests take both).
 #  - WARM=1: the bench's kernels (ours and fla's, per op of OPS) and TUNE's settings compile in parallel
 #    beside the tests.

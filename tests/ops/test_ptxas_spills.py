@@ -59,7 +59,7 @@ def test_every_op_and_kernel_is_compiled(launches: list[dict]) -> None:
     ops = {r["op"] for r in launches}
     assert ops == {"linear_attention", "simple_gla", "gla", "deltanet", "gated_deltanet", "log_linear_mamba2",
                    "linear_attention/inference", "simple_gla/inference", "gla/inference", "gated_deltanet/inference",
-                   "log_linear_mamba2/inference", "log_linear_gdn/inference",
+                   "log_linear_mamba2/inference", "log_linear_gdn/inference", "log_linear_mamba2/grouped_levels",
                    "gated_deltanet/layer_step",
                    "mamba2/layer_step", "gla/layer_step"}
     kernels = {r["kernel"] for r in launches}
@@ -70,12 +70,15 @@ def test_every_op_and_kernel_is_compiled(launches: list[dict]) -> None:
             "triton_layer_step._gla_layer_step_kernel", "triton_gla._fwd_grouped_kernel",
             "triton_gla._fwd_h_group_kernel", "triton_log_linear_delta._delta_levels_kernel",
             "triton_log_linear_delta._delta_intra_kernel", "triton_log_linear._fwd_z_group_kernel",
-            "triton_log_linear._fwd_z_top_kernel"} <= kernels
+            "triton_log_linear._fwd_z_top_kernel", "triton_log_linear._bwd_dz_compact_kernel",
+            "triton_log_linear._bwd_dh_gather_kernel"} <= kernels
     for dtype in ("bf16", "fp32"):  # both dtypes recorded every op
         assert {r["op"] for r in launches if r["dtype"] == dtype} == ops
     assert all(r["registers"] > 0 for r in launches if r["dtype"] == "bf16")  # ptxas's report was read
-    # shared memory was read (the grouped state scan has no dot and no reduction: it uses none)
-    assert all(r["shared"] > 0 for r in launches if r["kernel"] != "triton_scalar_decay._fwd_h_scan_kernel")
+    # shared memory was read (the grouped state scan and log-linear's dH gather have no dot and no
+    # reduction: they use none)
+    assert all(r["shared"] > 0 for r in launches if r["kernel"] not in (
+        "triton_scalar_decay._fwd_h_scan_kernel", "triton_log_linear._bwd_dh_gather_kernel"))
 
 
 def test_default_launches_stay_within_their_spill_budget(launches: list[dict]) -> None:

@@ -66,23 +66,38 @@ def _check(inputs: dict, dtype: torch.dtype, chunk_size: int, monkeypatch) -> No
 
 
 # T = 71 with chunks of 16: 5 chunks, the last partial, chunk levels m = 1, 2, 3 (chunk 4 reads
-# chunks 0-3 at level c + 3); T = 11: a single partial chunk (no chunk level); T = 48: 3 full ones
-CPU_CASES = [(2, 71, 2, 1, 16, 8, 16), (1, 11, 2, 2, 16, 16, 16), (1, 48, 1, 1, 8, 16, 16)]
+# chunks 0-3 at level c + 3); T = 11: a single partial chunk (no chunk level); T = 48: 3 full ones;
+# T = 300: 19 chunks, five chunk levels (grouped: two of them above groups of 4 chunks)
+CPU_CASES = [(2, 71, 2, 1, 16, 8, 16), (1, 11, 2, 2, 16, 16, 16), (1, 48, 1, 1, 8, 16, 16),
+             (1, 300, 2, 1, 16, 8, 16)]
 
 
 @pytest.mark.skipif(ON_CUDA, reason="the interpreter cases (a GPU runs the gpu-marked ones)")
+@pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("case", CPU_CASES)
-def test_log_linear_mamba2_kernel_matches_naive(case, monkeypatch) -> None:
+def test_log_linear_mamba2_kernel_matches_naive(case, grouped, monkeypatch) -> None:
+    """grouped: ``GROUPED_LEVELS``, one level state per chunk forward and backward (groups of 4
+    chunks here, so the walk over groups runs too)."""
+    from longctx.ops.common import triton_log_linear
+    from longctx.ops.common.triton_launch import launch_overrides
+
+    monkeypatch.setattr(triton_log_linear, "GROUPED_LEVELS", grouped)
     Bsz, T, H, G, N, P, chunk = case
-    _check(_inputs(Bsz, T, H, G, N, P, seed=T, extra_levels=1), F64, chunk, monkeypatch)
+    with launch_overrides({"log_linear.fwd_z_group": {"GS": 4}}):
+        _check(_inputs(Bsz, T, H, G, N, P, seed=T, extra_levels=1), F64, chunk, monkeypatch)
 
 
 @pytest.mark.skipif(ON_CUDA, reason="an interpreter case")
-def test_decay_gradient_is_direct_not_a_cancelling_sum() -> None:
+@pytest.mark.parametrize("grouped", [False, True])
+def test_decay_gradient_is_direct_not_a_cancelling_sum(grouped, monkeypatch) -> None:
     """float32, decays 30x the usual (T = 71, chunks of 16, three chunk levels): the decay's
     gradient per token is summed from terms that each carry their decays, so dA is about as exact as
     the other gradients. From the identity dg = reverse-summed (q.dq - k.dk) it was 1.3e-4 here
-    (its terms cancel to dg's size); direct: 9e-6 (mild decays: 1.2e-6 -> 2e-7)."""
+    (its terms cancel to dg's size); direct: 9e-6 (mild decays: 1.2e-6 -> 2e-7). grouped: with
+    ``GROUPED_LEVELS`` the carry term comes from per-chunk scalars summed over half blocks."""
+    from longctx.ops.common import triton_log_linear
+
+    monkeypatch.setattr(triton_log_linear, "GROUPED_LEVELS", grouped)
     inputs = _inputs(2, 71, 2, 1, 16, 8, seed=71, extra_levels=1)
     inputs["A"] = inputs["A"] * 30
     ref_in = {n: t.clone().requires_grad_() for n, t in inputs.items()}

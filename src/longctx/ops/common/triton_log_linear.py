@@ -23,10 +23,11 @@ each group one program walking its GS chunks with those levels' states in regist
 same walk over each sequence's groups with each group's sum and decay as one step (the levels
 above): about N states stored and T / (GS C) sequential steps, instead of M walks of T / C steps.
 
-Kernels: ``_fwd_z_kernel`` (training: level states entering every chunk, [chunks, H, M, K, V]),
-``_fwd_z_group_kernel`` and ``_fwd_z_top_kernel`` (inference: [chunks, H, K, V]),
-``_fwd_o_kernel`` (output, grid V/BV x chunks x H), ``_bwd_dz_kernel`` (reverse pass per level),
-``_bwd_dqkv_kernel`` (dq, dk, dv, dλ and q.dq - k.dk per token, grid chunks x H).
+Kernels: ``_fwd_z_kernel`` (every level state entering every chunk, [chunks, H, M, K, V]),
+``_fwd_z_group_kernel`` and ``_fwd_z_top_kernel`` (``GROUPED_LEVELS``: [chunks, H, K, V]),
+``_fwd_o_kernel`` (output, grid V/BV x chunks x H), ``_bwd_dz_kernel`` (reverse pass per level;
+``GROUPED_LEVELS``: ``_bwd_dz_compact_kernel`` and ``_bwd_dh_gather_kernel``), ``_bwd_dqkv_kernel``
+(dq, dk, dv, dλ and the decay's gradient per token, grid chunks x H).
 
 Backward (derived here). With dZread_n = (Q ⊙ e^G ⊙ λ^(c+m))^T dO_[n] for a chunk that reads
 level m (zero otherwise), the gradient D^(m)_n of the state entering chunk n runs backwards:
@@ -323,14 +324,117 @@ def _bwd_dz_kernel(
 
 
 @triton.jit
-def _bwd_dqkv_kernel(
-    q, k, v, gc, lam, z, do, dh, carry, dq, dk, dv, dlam, dg, cu_seqlens, chunk_indices, M,
+def _bwd_dz_compact_kernel(
+    q, k, v, do, gc, lam, z, gcc, r, cz, cu_seqlens, chunk_offsets, M,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
     LOG2C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
 ):
+    """The reverse pass of one chunk level over the compact states (``GROUPED_LEVELS``: z [chunks,
+    H, K, V] holds Z^(m)_b at each block's first reader b only). D^(m) runs backwards as in
+    ``_bwd_dz_kernel``; instead of every D^(m)_{n+1} it stores R^(m)_b = D^(m)_b at the first reader
+    b (into r [chunks, H, K, V]: the block's source chunks n get D^(m)_{n+1} = e^{Gc_b - Gc_{n+1}}
+    R^(m)_b, ``_bwd_dh_gather_kernel``), and per chunk one scalar of the carry term, into cz
+    [chunks, H, M, K/BK, V/BV] (this block's share): at a reader n, c_n = <Z^(m)_n, dZread_n>
+    (Z^(m)_n = e^{Gc_n - Gc_b} Z^(m)_b); at a source n, u_n = <U_n, D^(m)_{n+1}>. The carry of chunk
+    n is the sum of the c after it in its reader half, or of the u before it in its source half
+    (``_carry_from_scalars``). Grid (K/BK, V/BV, sequences * H * M)."""
+    i_k, i_v, i_nhm = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_m, i_nh = i_nhm % M, i_nhm // M
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
+    b_d = tl.zeros([BK, BV], dtype=ACC)  # D^(m)_{n+1}
+    for i_r in range(NT):
+        i_t = NT - 1 - i_r
+        i_c = boh + i_t
+        rd = (i_t >> i_m) & 1
+        keep = ((i_t >> (i_m + 1)) << (i_m + 1)) != i_t
+        b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
+        b_dz = tl.zeros([BK, BV], dtype=ACC)
+        if rd == 1:  # dZread_n and c_n = <Z^(m)_n, dZread_n>
+            p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (K, T), (1, H * K),
+                                    (i_k * BK, i_t * BT), (BK, BT), (0, 1))
+            p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                     (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+            b_do = tl.load(p_do, boundary_check=(0, 1))
+            b_w = _lam_col(lam, bos, T, i_t, i_h, LOG2C + 1 + i_m, H, L, BT).to(ACC) * tl.exp(b_g)
+            b_q = (tl.load(p_q, boundary_check=(0, 1)) * b_w[None, :]).to(b_do.dtype)  # (Q ⊙ e^G ⊙ λ)^T
+            b_dz = tl.dot(b_q, b_do, input_precision=PREC)
+            i_z = i_c - (i_t & ((1 << i_m) - 1))  # the block's first reader
+            p_z = tl.make_block_ptr(z + (i_z * H + i_h) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+            dec = tl.exp((tl.load(gcc + i_c * H + i_h) - tl.load(gcc + i_z * H + i_h)).to(ACC))
+            b_val = tl.sum(tl.sum(tl.load(p_z, boundary_check=(0, 1)).to(ACC) * b_dz, axis=1), axis=0) * dec
+        else:  # u_n = <U_n, D^(m)_{n+1}>, U_n = (K ⊙ e^{G_last - G})^T V
+            b_kt, b_v = _kt_v(k, v, bos, T, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV)
+            b_v = (b_v * tl.exp(g_last - b_g)[:, None]).to(b_kt.dtype)
+            b_val = tl.sum(tl.sum(tl.dot(b_kt, b_v, input_precision=PREC) * b_d, axis=1), axis=0)
+        p_c = cz + (((i_c * H + i_h) * M + i_m) * tl.num_programs(0) + i_k) * tl.num_programs(1) + i_v
+        tl.store(p_c, b_val)
+        b_d = tl.where(keep, b_d * tl.exp(g_last), 0.0) + b_dz
+        if rd == 1 and (i_t & ((1 << i_m) - 1)) == 0:  # the first reader b: R^(m)_b = D^(m)_b
+            p_r = tl.make_block_ptr(r + (i_c * H + i_h) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+            tl.store(p_r, b_d.to(p_r.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _bwd_dh_gather_kernel(
+    gc, gcc, r, dh, cu_seqlens, chunk_indices, chunk_offsets, M,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, ACC: tl.constexpr,
+):
+    """dH_n = sum_m [bit m-1 of n = 0] D^(m)_{n+1} = sum_m e^{Gc_b - Gc_n - G_last,n} R^(m)_b over
+    the levels chunk n feeds whose block has a reader (b, its first, inside the sequence), into dh
+    [chunks, H, K, V]; grid (K/BK, V/BV, chunks * H)."""
+    i_k, i_v, i_ch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_c, i_h = (i_ch // H).to(tl.int64), i_ch % H
+    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
+    NT = tl.cdiv(T, BT)
+    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
+    boh = tl.load(chunk_offsets + i_n).to(tl.int64)
+    _, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
+    gc_n = tl.load(gcc + i_c * H + i_h) + g_last  # Gc_{n+1}, float64
+    b_dh = tl.zeros([BK, BV], dtype=ACC)
+    for i_m in range(M):
+        b = ((i_t >> (i_m + 1)) << (i_m + 1)) + (1 << i_m)  # the first reader of n's block
+        if ((i_t >> i_m) & 1) == 0 and b < NT:
+            p_r = tl.make_block_ptr(r + ((boh + b) * H + i_h) * K * V, (K, V), (V, 1),
+                                    (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+            dec = tl.exp((tl.load(gcc + (boh + b) * H + i_h) - gc_n).to(ACC))
+            b_dh += tl.load(p_r, boundary_check=(0, 1)).to(ACC) * dec
+    p_dh = tl.make_block_ptr(dh + (i_c * H + i_h) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+    tl.store(p_dh, b_dh.to(p_dh.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
+def _level_read(b_dq, b_q, b_w, z_m, do, lam, dlam, bos, T, i_t, i_h, col, H: tl.constexpr, K: tl.constexpr,
+                V: tl.constexpr, L: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                ACC: tl.constexpr, PREC: tl.constexpr):
+    """One chunk level's read in the backward: X = dO Z^T (Z = the state at z_m [K, V]) scaled per
+    row by b_w [BT] (e^G, the level's decay, or 0 where the row does not read it); stores
+    dλ^(col) = q . X and returns b_dq + λ^(col) X."""
+    b_x = tl.zeros([BT, BK], dtype=ACC)
+    for i_v in range(tl.cdiv(V, BV)):
+        p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_zt = tl.make_block_ptr(z_m, (V, K), (1, V), (i_v * BV, 0), (BV, BK), (0, 1))  # Z^T
+        b_do = tl.load(p_do, boundary_check=(0, 1))
+        b_x += tl.dot(b_do, tl.load(p_zt, boundary_check=(0, 1)).to(b_do.dtype), input_precision=PREC)
+    b_x = b_w[:, None] * b_x
+    _store_col(dlam, bos, T, i_t, i_h, col, tl.sum(b_q.to(ACC) * b_x, axis=1), H, L, BT)
+    return b_dq + _lam_col(lam, bos, T, i_t, i_h, col, H, L, BT).to(ACC)[:, None] * b_x
+
+
+@triton.jit
+def _bwd_dqkv_kernel(
+    q, k, v, gc, lam, z, gcc, do, dh, carry, dq, dk, dv, dlam, dg, cu_seqlens, chunk_indices, M,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
+    LOG2C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    COMPACT: tl.constexpr,
+):
     """dq, dk, dv, dλ and the decay's gradient dg of one chunk (all of K at once, V in blocks);
     dh [chunks, H, K, V] = sum_m [bit m-1 of n = 0] D^(m)_{n+1}, carry [chunks, H] = sum_m
-    [n mod 2^m != 0] e^{G_last} <Z^(m)_n, D^(m)_{n+1}>. Grid (chunks, H).
+    [n mod 2^m != 0] e^{G_last} <Z^(m)_n, D^(m)_{n+1}>; z [chunks, H, M, K, V], or COMPACT:
+    [chunks, H, K, V] at the blocks' first readers with gcc (``_fwd_o_kernel``'s FIRST). Grid
+    (chunks, H).
     dg directly (as ``triton_scalar_decay``): for token s, the terms whose decay spans g_s,
         dg_s = sum_{t >= s} q_t . dq_t^levels + sum_{j < s} k_j . dk_j^inter + carry_n
                + sum_{t >= s > j} (q_t . k_j) dA_tj
@@ -381,19 +485,16 @@ def _bwd_dqkv_kernel(
     b_dq = tl.zeros([BT, BK], dtype=ACC)
     b_eg = tl.exp(b_g)
     for i_m in range(M):
-        b_x = tl.zeros([BT, BK], dtype=ACC)
-        for i_v in range(tl.cdiv(V, BV)):
-            p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1),
-                                     (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-            p_zt = tl.make_block_ptr(z + ((i_c * H + i_h) * M + i_m).to(tl.int64) * K * V, (V, K), (1, V),
-                                     (i_v * BV, 0), (BV, BK), (0, 1))  # Z^(m)_n^T
-            b_do = tl.load(p_do, boundary_check=(0, 1))
-            b_x += tl.dot(b_do, tl.load(p_zt, boundary_check=(0, 1)).to(b_do.dtype),
-                          input_precision=PREC)
-        b_x = tl.where(((i_t >> i_m) & 1) == 1, b_eg, 0.0)[:, None] * b_x  # levels chunk n reads
-        col = LOG2C + 1 + i_m
-        _store_col(dlam, bos, T, i_t, i_h, col, tl.sum(b_q.to(ACC) * b_x, axis=1), H, L, BT)
-        b_dq += _lam_col(lam, bos, T, i_t, i_h, col, H, L, BT).to(ACC)[:, None] * b_x
+        if COMPACT:  # only the levels chunk n reads, from the block's first reader b, decayed
+            if ((i_t >> i_m) & 1) == 1:
+                i_z = i_c - (i_t & ((1 << i_m) - 1))
+                dec = tl.exp((tl.load(gcc + i_c * H + i_h) - tl.load(gcc + i_z * H + i_h)).to(ACC))
+                b_dq = _level_read(b_dq, b_q, b_eg * dec, z + (i_z * H + i_h).to(tl.int64) * K * V, do, lam,
+                                   dlam, bos, T, i_t, i_h, LOG2C + 1 + i_m, H, K, V, L, BT, BK, BV, ACC, PREC)
+        else:  # every level's state entering chunk n, those it does not read masked out
+            b_w = tl.where(((i_t >> i_m) & 1) == 1, b_eg, 0.0)
+            b_dq = _level_read(b_dq, b_q, b_w, z + ((i_c * H + i_h) * M + i_m).to(tl.int64) * K * V, do, lam,
+                               dlam, bos, T, i_t, i_h, LOG2C + 1 + i_m, H, K, V, L, BT, BK, BV, ACC, PREC)
     # intra-chunk: dλ^(l) = row sums of (Q K^T ⊙ D) ⊙ dP over the pairs at level l
     b_S = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)  # raw scores q_i . k_j
     b_dP = b_dP * tl.where(causal, tl.exp(b_g[:, None] - b_g[None, :]), 0.0)  # dP ⊙ D
@@ -436,20 +537,21 @@ def _chunk_decays(gc: Tensor, cu: Tensor, offsets: Tensor, indices: Tensor, BT: 
     return (before - before[offsets[seq].long()]).contiguous()  # less the earlier sequences'
 
 
-# Chunks per group of the inference forward's level pass (``_inference_levels``): the levels of
-# blocks up to GS chunks are summed inside each group in parallel, the rest over the groups' sums
-# (a walk of T / (GS C) steps). Exact in the interpreter (float64) at every GS and compiled for
-# sm_90a without spills, but not yet run on a GPU: off (GROUPED_LEVELS) until its gpu tests pass
-# there; until then the inference forward walks every level over every chunk as the training
-# forward does, keeping the first readers' states only (session_device.sh GROUPED_LEVELS=1).
+# GROUPED_LEVELS: one level state per chunk, forward and backward. The forward's level pass sums
+# the levels of blocks up to GS chunks inside each group in parallel and the rest over the groups'
+# sums (a walk of T / (GS C) steps); the backward stores R^(m)_b per first reader instead of every
+# D^(m)_{n+1}, gathers dH from them, and sums the decay's carry term from per-chunk scalars
+# (``_bwd_dz_compact_kernel``). N states instead of N M (training: 10.7 GB fewer fp32 written and
+# read, and as many for the backward's e, at 64k, H = 16, D = 128). Exact in the interpreter (float64,
+# every gradient against the naive form; GS 2 / 4 / 16) and compiled for sm_90a without spills, but
+# not yet run on a GPU: off until its gpu tests pass there (session_device.sh GROUPED_LEVELS=1).
 LEVEL_GROUP = 16
 GROUPED_LEVELS = False
 
 
 def _inference_levels(k: Tensor, v: Tensor, gc: Tensor, cu: Tensor, offsets: Tensor, NC: int, M: int,
-                      BT: int) -> Tensor:
-    """The level states the inference forward's output pass reads, z [chunks, H, K, V] in the
-    input dtype (``_state_dtype``): chunk b >= 1 of a sequence holds Z^(m) for m = ctz(b) + 1, the
+                      BT: int, dtype: torch.dtype) -> Tensor:
+    """The level states the output pass reads, z [chunks, H, K, V] in ``dtype``: chunk b >= 1 of a sequence holds Z^(m) for m = ctz(b) + 1, the
     one level whose block's first reader it is (the block's later readers decay it from there),
     about N states instead of M walks over the chunks. Levels with blocks of up to GS chunks
     inside each group (``_fwd_z_group_kernel``, every group in parallel), the rest from the
@@ -457,13 +559,13 @@ def _inference_levels(k: Tensor, v: Tensor, gc: Tensor, cu: Tensor, offsets: Ten
     _, _, H, K = k.shape
     V = v.shape[-1]
     acc, ACC = _acc(k.dtype)
-    opts = launch_options("log_linear.fwd_z_group", num_warps=8, num_stages=2, GS=LEVEL_GROUP, BK=64, BV=64)
+    opts = launch_options("log_linear.fwd_z_group", num_warps=8, num_stages=1, GS=LEVEL_GROUP, BK=64, BV=64)
     GS, BK, BV = opts.pop("GS"), opts.pop("BK"), opts.pop("BV")
     if GS < 2 or GS & (GS - 1):
         raise ValueError(f"log_linear.fwd_z_group: GS must be a power of two >= 2, got {GS}")
     LG = GS.bit_length() - 1
     goffsets, gindices, NG = chunk_layout(cu, BT * GS)
-    z = k.new_empty(NC, H, K, V, dtype=_state_dtype(k.dtype))
+    z = k.new_empty(NC, H, K, V, dtype=dtype)
     zg = k.new_empty(NG, H, K, V, dtype=acc)
     ag = k.new_empty(NG, H, dtype=acc)
     _fwd_z_group_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), NG * H)](
@@ -480,11 +582,12 @@ def _inference_levels(k: Tensor, v: Tensor, gc: Tensor, cu: Tensor, offsets: Ten
 
 
 def _forward(q, k, v, g, lam, cu, chunk_size, train: bool):
-    """The forward kernels. train: z keeps every level state entering every chunk in fp32 (the
-    backward's carry term reads them all); else only each block's first reader's, in the input
-    dtype: one state per chunk with ``GROUPED_LEVELS`` (``_inference_levels``), else M walks
-    storing them in [chunks, H, M, K, V]; o agrees to rounding. Returns o and, when train,
-    (gc, z, offsets, indices, NC, M)."""
+    """The forward kernels. With ``GROUPED_LEVELS``: one level state per chunk, each block's first
+    reader's (``_inference_levels``; fp32 when train, else the input dtype), read by the later
+    readers decayed. Without: M walks over every chunk, keeping every level state entering every
+    chunk in fp32 when train (the backward reads them all), else the first readers' in the input
+    dtype. o agrees to rounding. Returns o and, when train, (gc, z, gcc, offsets, indices, NC, M,
+    compact)."""
     offsets, indices, NC = chunk_layout(cu, chunk_size)
     _, _, H, K = q.shape
     V, L = v.shape[-1], lam.shape[-1]
@@ -496,37 +599,59 @@ def _forward(q, k, v, g, lam, cu, chunk_size, train: bool):
     prec = _prec(q.dtype)
     gc = torch.empty(g.shape, dtype=acc, device=g.device)
     _chunk_cumsum_kernel[(NC, H)](g, gc, cu, indices, H=H, BT=chunk_size)
+    compact = GROUPED_LEVELS and M > 0
     z, MZ = q, M  # q: unread without chunk levels
-    if M and (train or not GROUPED_LEVELS):
+    if compact:
+        z, MZ = _inference_levels(k, v, gc, cu, offsets, NC, M, chunk_size, acc if train else _state_dtype(q.dtype)), 1
+    elif M:
         z = q.new_empty(NC, H, M, K, V, dtype=acc if train else _state_dtype(q.dtype))
         _fwd_z_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H * M)](
             k, v, gc, z, cu, offsets, M, H=H, K=K, V=V, BT=chunk_size, BK=BK, BV=BV, ACC=ACC,
             PREC=prec, STORE_ALL=train, **launch_options("log_linear.fwd_z", num_warps=4, num_stages=3),
         )
-    elif M:
-        z, MZ = _inference_levels(k, v, gc, cu, offsets, NC, M, chunk_size), 1
+    first = bool(M) and (compact or not train)  # the later readers decay the first reader's state
+    gcc = _chunk_decays(gc, cu, offsets, indices, chunk_size) if first else q  # q: unread
     o = torch.empty_like(v)
-    gcc = q if train or not M else _chunk_decays(gc, cu, offsets, indices, chunk_size)  # q: unread
     _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](
         q, k, v, gc, lam, z, gcc, o, cu, indices, M, max(MZ, 1), H=H, K=K, V=V, L=L, BT=chunk_size, LOG2C=LOG2C,
-        BK=BK, BV=BV, ACC=ACC, PREC=prec, FIRST=not train,
+        BK=BK, BV=BV, ACC=ACC, PREC=prec, FIRST=first,
         **launch_options("log_linear.fwd_o", num_warps=4, num_stages=3),
     )
-    return o, ((gc, z, offsets, indices, NC, M) if train else None)
+    return o, ((gc, z, gcc, offsets, indices, NC, M, compact) if train else None)
+
+
+def _carry_from_scalars(cz: Tensor, indices: Tensor, offsets: Tensor) -> Tensor:
+    """The carry term [chunks, H] from ``_bwd_dz_compact_kernel``'s scalars cz [chunks, H, M, ...]:
+    for each level m, a reader chunk n gets the c of the later chunks of its block's reader half,
+    a source chunk n the u of the earlier chunks of its block's source half (none at the block's
+    start). Sums in float64, as differences of one running sum over the packed chunks."""
+    val = cz.flatten(3).sum(3, dtype=torch.float64)  # [chunks, H, M]
+    NC, _, M = val.shape
+    cs = torch.cat([val.new_zeros(1, *val.shape[1:]), val.cumsum(0)])  # cs[n] = sum over x < n
+    n = torch.arange(NC, device=val.device)
+    seq, rel = indices[:, 0].long(), indices[:, 1].long()
+    last = offsets.long()[seq + 1] - 1  # the sequence's last chunk
+    carry = torch.zeros(val.shape[:2], dtype=torch.float64, device=val.device)
+    for i_m in range(M):
+        first = n - (rel & ((1 << i_m) - 1))  # the first chunk of n's half of its level-m block
+        end = torch.minimum(first + (1 << i_m) - 1, last)
+        after, before = cs[end + 1, :, i_m] - cs[n + 1, :, i_m], cs[n, :, i_m] - cs[first, :, i_m]
+        carry += torch.where((((rel >> i_m) & 1) == 1)[:, None], after, before)
+    return carry.to(cz.dtype)
 
 
 class _LogLinearScalarDecayFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, lam, cu, chunk_size):
-        o, (gc, z, offsets, indices, NC, M) = _forward(q, k, v, g, lam, cu, chunk_size, train=True)
-        ctx.save_for_backward(q, k, v, gc, lam, z, cu, offsets, indices)
-        ctx.meta = (chunk_size, NC, M, g.dtype)
+        o, (gc, z, gcc, offsets, indices, NC, M, compact) = _forward(q, k, v, g, lam, cu, chunk_size, train=True)
+        ctx.save_for_backward(q, k, v, gc, lam, z, gcc, cu, offsets, indices)
+        ctx.meta = (chunk_size, NC, M, g.dtype, compact)
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, gc, lam, z, cu, offsets, indices = ctx.saved_tensors
-        BT, NC, M, g_dtype = ctx.meta
+        q, k, v, gc, lam, z, gcc, cu, offsets, indices = ctx.saved_tensors
+        BT, NC, M, g_dtype, compact = ctx.meta
         _, _, H, K = q.shape
         V, L = v.shape[-1], lam.shape[-1]
         N = cu.numel() - 1
@@ -535,9 +660,23 @@ class _LogLinearScalarDecayFn(torch.autograd.Function):
         acc, ACC = _acc(q.dtype)
         prec = _prec(q.dtype)
         do = do.contiguous()
-        if M:
+        nK, nV = triton.cdiv(K, BK), triton.cdiv(V, BV)
+        if M and compact:  # first readers' states only: R^(m)_b and the carry's scalars, dH gathered
+            r = q.new_empty(NC, H, K, V, dtype=acc)
+            cz = q.new_empty(NC, H, M, nK, nV, dtype=acc)
+            _bwd_dz_compact_kernel[(nK, nV, N * H * M)](
+                q, k, v, do, gc, lam, z, gcc, r, cz, cu, offsets, M, H=H, K=K, V=V, L=L, BT=BT,
+                LOG2C=LOG2C, BK=BK, BV=BV, ACC=ACC, PREC=prec,
+                **launch_options("log_linear.bwd_dz_compact", num_warps=4, num_stages=2),
+            )
+            dh = q.new_empty(NC, H, K, V, dtype=acc)
+            _bwd_dh_gather_kernel[(nK, nV, NC * H)](
+                gc, gcc, r, dh, cu, indices, offsets, M, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, ACC=ACC,
+                **launch_options("log_linear.bwd_dh_gather", num_warps=4, num_stages=2),
+            )
+            carry = _carry_from_scalars(cz, indices, offsets)
+        elif M:
             e = q.new_empty(NC, H, M, K, V, dtype=acc)
-            nK, nV = triton.cdiv(K, BK), triton.cdiv(V, BV)
             carry = q.new_empty(NC, H, M, nK, nV, dtype=acc)
             _bwd_dz_kernel[(nK, nV, N * H * M)](
                 q, do, gc, lam, z, e, carry, cu, offsets, M, H=H, K=K, V=V, L=L, BT=BT, LOG2C=LOG2C,
@@ -553,8 +692,9 @@ class _LogLinearScalarDecayFn(torch.autograd.Function):
         dlam = torch.zeros_like(lam)
         dg = torch.empty(q.shape[:3], dtype=acc, device=q.device)
         _bwd_dqkv_kernel[(NC, H)](
-            q, k, v, gc, lam, z, do, dh, carry, dq, dk, dv, dlam, dg, cu, indices, M,
+            q, k, v, gc, lam, z, gcc, do, dh, carry, dq, dk, dv, dlam, dg, cu, indices, M,
             H=H, K=K, V=V, L=L, BT=BT, LOG2C=LOG2C, BK=BKf, BV=min(BV, 32), ACC=ACC, PREC=prec,
+            COMPACT=compact,
             # 8 warps: ptxas spills 3268 -> 332 bytes per thread at K = V = 128 (bf16, sm_90a;
             # benchmarks/results/2026-12-07-cpu-ptxas); not yet timed on a GPU
             **launch_options("log_linear.bwd_dqkv", num_warps=8, num_stages=1),
