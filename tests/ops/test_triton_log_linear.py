@@ -155,7 +155,12 @@ def test_inference_forward_equals_the_training_forward(dtype, packed, GS, monkey
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("size", [(2, 300, 4, 2, 64, 64, 64), (1, 1000, 2, 1, 128, 64, 64),
                                   (1, 133, 2, 1, 16, 32, 16)])
-def test_log_linear_mamba2_kernel_gpu(dtype, size, monkeypatch) -> None:
+@pytest.mark.parametrize("grouped", [False, True])
+def test_log_linear_mamba2_kernel_gpu(dtype, size, grouped, monkeypatch) -> None:
+    """grouped: ``GROUPED_LEVELS`` (one level state per chunk, forward and backward)."""
+    from longctx.ops.common import triton_log_linear
+
+    monkeypatch.setattr(triton_log_linear, "GROUPED_LEVELS", grouped)
     Bsz, T, H, G, N, P, chunk = size
     _check(_inputs(Bsz, T, H, G, N, P, seed=T), dtype, chunk, monkeypatch)
 
