@@ -220,10 +220,16 @@ def test_packed_sequences_match_each_alone(base: str, dtype: torch.dtype) -> Non
         _packed_vs_each(triton_log_linear_attention, naive_log_linear_attention, x, set(x), dtype, chunk)
 
 
+@pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("dtype", VARLEN_DTYPES)
-def test_packed_sequences_mamba2(dtype: torch.dtype) -> None:
+def test_packed_sequences_mamba2(dtype: torch.dtype, grouped: bool, monkeypatch) -> None:
+    """grouped: ``GROUPED_LEVELS`` with groups of 2 chunks (so the walk over groups runs)."""
+    from longctx.ops.common import triton_log_linear
     from longctx.ops.log_linear import naive_log_linear_mamba2
     from longctx.ops.log_linear.triton import triton_log_linear_mamba2
+
+    monkeypatch.setattr(triton_log_linear, "GROUPED_LEVELS", grouped)
+    monkeypatch.setattr(triton_log_linear, "LEVEL_GROUP", 2)
 
     gen = torch.Generator().manual_seed(8)
     T = sum(LENS)
