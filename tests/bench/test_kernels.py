@@ -105,6 +105,20 @@ def test_isolated_rows_record_failures_and_crashes() -> None:
     assert "| sdpa_causal | 4096 | the process running it died |" in table
 
 
+def test_target_table_gives_log_linear_over_its_base_and_sdpa() -> None:
+    from longctx.bench.kernels import target_table
+
+    rows = [{"op": "log_linear", "T": 8192, "ours_fwd": {"ms": 3.0}, "ours_fwdbwd": {"ms": 9.0}},
+            {"op": "simple_gla", "T": 8192, "ours_fwd": {"ms": 1.0}, "ours_fwdbwd": {"ms": 4.0}},
+            {"op": "sdpa_causal", "T": 8192, "sdpa_fwd": {"ms": 1.0}, "sdpa_fwdbwd": {"ms": 6.0}},
+            {"op": "log_linear_gdn", "T": 8192, "ours_fwd": {"ms": None, "error": "OOM"},
+             "ours_fwdbwd": {"ms": None, "error": "OOM"}}]
+    table = target_table({"rows": rows})
+    assert "| log_linear | 8192 | 3.00x | 2.25x | 1.50x |" in table
+    assert "| log_linear_gdn | 8192 | - | - | - |" in table  # its base was not run, its own time failed
+    assert target_table({"rows": rows[1:3]}) == ""
+
+
 def test_cli_compare_refuses_clearly(monkeypatch, capsys) -> None:
     """``longctx bench --compare`` without CUDA, or with a kernel it does not have: one line
     naming the problem (exit status 1), no stack trace."""

@@ -361,3 +361,33 @@ def summary_table(results: dict[str, Any]) -> str:
             f"{ratio('fla_fwdbwd', 'ours_fwdbwd')} | "
             f"{f'{of / floor:.2f}' if of and floor and not math.isnan(floor) else '-'} |")
     return "\n".join(lines)
+
+
+# log-linear op -> its base op (the same kernel family without the Fenwick levels)
+LOG_LINEAR_BASE = {"log_linear": "simple_gla", "log_linear_gdn": "gated_deltanet"}
+
+
+def target_table(results: dict[str, Any]) -> str:
+    """Markdown: issue 9's log-linear targets from one run, per log-linear op and length: its time
+    over its base's (target <= 1.5x at 64k) and its fwd+bwd over SDPA's (target < 1 from 8k).
+    Empty when the run has no log-linear row."""
+    ms = {(r["op"], r["T"]): r for r in results["rows"] if "error" not in r}
+
+    def time(op: str, T: int, key: str) -> float | None:
+        lib = "sdpa" if op == "sdpa_causal" else "ours"
+        return ms.get((op, T), {}).get(f"{lib}_{key}", {}).get("ms")
+
+    def over(a: float | None, b: float | None) -> str:
+        return f"{a / b:.2f}x" if a and b else "-"
+
+    lines = []
+    for op, T in sorted(k for k in ms if k[0] in LOG_LINEAR_BASE):
+        base = LOG_LINEAR_BASE[op]
+        lines.append(f"| {op} | {T} | {over(time(op, T, 'fwd'), time(base, T, 'fwd'))} | "
+                     f"{over(time(op, T, 'fwdbwd'), time(base, T, 'fwdbwd'))} | "
+                     f"{over(time(op, T, 'fwdbwd'), time('sdpa_causal', T, 'fwdbwd'))} |")
+    if not lines:
+        return ""
+    return "\n".join(["| log-linear op | T | fwd / base fwd | fwd+bwd / base fwd+bwd | fwd+bwd / SDPA fwd+bwd |",
+                      "|---|---|---|---|---|", *lines])
+

@@ -94,7 +94,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _bench_kernels(args: argparse.Namespace) -> int:
     """``--compare fla,sdpa``: our Triton kernels vs those libraries on CUDA, in one run."""
-    from longctx.bench.kernels import KERNEL_OPS, run_kernel_bench, summary_table
+    from longctx.bench.kernels import KERNEL_OPS, run_kernel_bench, summary_table, target_table
 
     if args.device != "cuda":
         raise SystemExit("longctx bench: --compare times GPU kernels; add --device cuda")
@@ -113,6 +113,8 @@ def _bench_kernels(args: argparse.Namespace) -> int:
     res = run_kernel_bench(args.ops or KERNEL_OPS, args.lengths, compare, B=args.batch, H=args.heads,
                            D=args.head_dim, dtype=dtype, out=args.out)
     print(summary_table(res))
+    if targets := target_table(res):
+        print(targets)
     print(f"bench: {Path(args.out) / 'kernels.json'}")
     return 0
 
