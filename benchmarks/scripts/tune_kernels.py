@@ -40,6 +40,10 @@ SETTINGS = [{"num_warps": w, "num_stages": s} for w, s in itertools.product((2, 
 # kernels whose tiles are settings too (triton_launch.TILED): fewer warp / stage pairs, x 4 tiles
 TILE_SETTINGS = [{"num_warps": w, "num_stages": s, "BK": bk, "BV": bv} for w, s, (bk, bv) in
                  itertools.product((2, 4), (2, 3), ((64, 64), (64, 32), (32, 64), (32, 32)))]
+# the forward state passes also at BV = 128 (triton_launch.WIDE_BV): K and the gates read once per
+# key block; 4 and 8 warps (a [64, 128] fp32 state is 64 registers a thread at 4)
+WIDE_SETTINGS = TILE_SETTINGS + [{"num_warps": w, "num_stages": s, "BK": bk, "BV": 128} for w, s, bk in
+                                 itertools.product((4, 8), (2, 3), (32, 64))]
 # the inference forward's output pass: chunks per group (1 = the per-chunk kernels) x its tile
 # (2026-12-07, H100, T = 64k: w4 s2 was the best at every GS, so only GS is swept)
 GROUPED_SETTINGS = [{"num_warps": 4, "num_stages": 2, "BV": 64, "GS": gs} for gs in (1, 2, 4, 8, 16)]
@@ -66,7 +70,7 @@ def _run(op: str, T: int, backward: bool):
 def main() -> None:
     import triton.testing
 
-    from longctx.ops.common.triton_launch import TILED, launch_overrides
+    from longctx.ops.common.triton_launch import TILED, WIDE_BV, launch_overrides
 
     p = argparse.ArgumentParser()
     p.add_argument("out")
@@ -83,7 +87,7 @@ def main() -> None:
             run = _run(op, T, bool(bwd))
             ref = [t.float() for t in run() if t is not None]
             sweep = GROUPED_SETTINGS if kernel.endswith(".fwd_grouped") else (
-                TILE_SETTINGS if kernel in TILED else SETTINGS)
+                WIDE_SETTINGS if kernel in WIDE_BV else TILE_SETTINGS if kernel in TILED else SETTINGS)
             for s in sweep:
                 row = {"op": op, "T": T, "kernel": kernel, **s}
                 if (kernel, s["num_warps"]) in SKIP:

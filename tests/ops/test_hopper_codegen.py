@@ -50,7 +50,9 @@ def test_delta_state_passes_avoid_the_pattern(audit: dict[str, list[str]], case:
 
 @pytest.mark.parametrize("case", [f"scalar_{k}_BK{bk}_{g}" for k in ("fwd_h", "bwd_dh") for bk in (32, 64)
                                   for g in ("ungated", "gated")] +
-                         [f"gla_{k}_BK{bk}" for k in ("fwd_h", "bwd_dh") for bk in (32, 64)])
+                         [f"gla_{k}_BK{bk}" for k in ("fwd_h", "bwd_dh") for bk in (32, 64)] +
+                         [f"gla_fwd_h_BK{bk}_BV128" for bk in (32, 64)] +
+                         [f"scalar_fwd_h_BK{bk}_BV128_{g}" for bk in (32, 64) for g in ("ungated", "gated")])
 def test_blocked_state_passes_avoid_the_pattern(audit: dict[str, list[str]], case: str) -> None:
     assert audit[case] == []
 

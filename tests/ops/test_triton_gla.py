@@ -147,16 +147,20 @@ def test_gla_kernel_default_tiles() -> None:
     _check("gla/default_tiles", ref, fn, [q, k, v, g, S0], torch.float64)
 
 
+@pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
-def test_gla_state_pass_tiles_do_not_change_results(dtype) -> None:
+def test_gla_state_pass_tiles_do_not_change_results(dtype, wide) -> None:
     """The state passes (gla.fwd_h, gla.bwd_dh) at tiles other than their defaults (a tuning sweep
     tries them; on a GPU 64 x 64, the forward's default before 2026-12-07 and the backward's now,
-    with 32 x 32 the other way round): outputs, final state and every gradient still match."""
+    with 32 x 32 the other way round; wide: the forward with BV = 128, all of V in one program):
+    outputs, final state and every gradient still match."""
     from longctx.ops.common.triton_launch import launch_overrides
     from longctx.ops.gla.triton import triton_gla
 
     B, T, H, K, V = (1, 40, 1, 32, 32) if not ON_CUDA else (1, 300, 2, 128, 128)
     fwd_tiles = {"BK": 16, "BV": 16} if not ON_CUDA else {"BK": 64, "BV": 64}
+    if wide:
+        fwd_tiles = {"BK": 16 if not ON_CUDA else 32, "BV": 128}
     bwd_tiles = {"BK": 16, "BV": 16} if not ON_CUDA else {"BK": 32, "BV": 32}
     tiles_kw = {} if ON_CUDA else {"chunk_size": 16, "sub_chunk": 8}
     gen = torch.Generator().manual_seed(8)

@@ -110,16 +110,18 @@ def test_simple_gla_kernel_matches_recurrence(dtype, size) -> None:
     _check("simple_gla", ref, fn, [q, k, v, g, S0], dtype)
 
 
+@pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
-def test_scalar_decay_state_pass_tiles_do_not_change_results(dtype) -> None:
+def test_scalar_decay_state_pass_tiles_do_not_change_results(dtype, wide) -> None:
     """The state passes at tiles other than the default (what tune_kernels.py tries; 64 x 64 was
-    the default on a GPU before 2026-12-07) still match the recurrence: outputs, final state and
-    every gradient."""
+    the default on a GPU before 2026-12-07; wide: the forward pass with BV = 128) still match the
+    recurrence: outputs, final state and every gradient."""
     from longctx.ops.common.triton_launch import launch_overrides
     from longctx.ops.retention.triton import triton_simple_gla
 
     B, T, H, K, V = (1, 37, 2, 32, 32) if not ON_CUDA else (1, 300, 2, 128, 128)
     tiles = {"BK": 16, "BV": 16} if not ON_CUDA else {"BK": 64, "BV": 64}
+    fwd_tiles = {**tiles, "BV": 128} if wide else tiles
     gen = torch.Generator().manual_seed(9)
     q, k, v = _rand(B, T, H, K, gen=gen), _rand(B, T, H, K, gen=gen), _rand(B, T, H, V, gen=gen)
     g, S0 = -torch.rand(B, T, H, generator=gen, dtype=torch.float64) * 0.3, _rand(B, H, K, V, gen=gen)
@@ -132,7 +134,7 @@ def test_scalar_decay_state_pass_tiles_do_not_change_results(dtype) -> None:
         f = (lambda t: t) if q.dtype == torch.float64 else (lambda t: t.float())
         return triton_simple_gla(q, k, v, f(g), scale=0.3, initial_state=f(S0), output_final_state=True)
 
-    with launch_overrides({"scalar_decay.fwd_h": tiles, "scalar_decay.bwd_dh": tiles}):
+    with launch_overrides({"scalar_decay.fwd_h": fwd_tiles, "scalar_decay.bwd_dh": tiles}):
         _check("simple_gla/state tiles", ref, fn, [q, k, v, g, S0], dtype)
 
 

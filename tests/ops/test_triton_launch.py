@@ -34,7 +34,14 @@ def test_state_pass_tiles_are_settings() -> None:
     with launch_overrides({"gla.fwd_h": {"BK": 32, "BV": 16}}):
         assert launch_options("gla.fwd_h", num_warps=4, BK=64, BV=64) == {"num_warps": 4, "BK": 32, "BV": 16}
     for bad in (24, 8, 128):
-        with pytest.raises(ValueError, match=f"gla.bwd_dh: BK must be 16, 32 or 64 .*got {bad}"), \
+        with pytest.raises(ValueError, match=f"gla.bwd_dh: BK must be a power of two from 16 .* to 64, got {bad}"), \
                 launch_overrides({"gla.bwd_dh": {"BK": bad}}):
+            pass
+    # the forward state passes' BV (V's columns, the product's N) may be 128; their BK may not
+    with launch_overrides({"gla.fwd_h": {"BV": 128}, "scalar_decay.fwd_h": {"BK": 32, "BV": 128}}):
+        pass
+    for kernel, tile in [("gla.fwd_h", "BK"), ("gla.bwd_dh", "BV"), ("scalar_decay.bwd_dh", "BV")]:
+        with pytest.raises(ValueError, match=f"{kernel}: {tile} must be .* to 64, got 128"), \
+                launch_overrides({kernel: {tile: 128}}):
             pass
     assert OVERRIDES == {}

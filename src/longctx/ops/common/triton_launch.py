@@ -27,6 +27,9 @@ TILED["scalar_decay.fwd_grouped"] = TILED["gla.fwd_grouped"] = ("BV", "GS")
 # which of the delta-rule backward state pass's products take fp32 operands (bits 1 | 2 | 4, see
 # triton_delta.HALF_DH_F32_DOTS): 0 reproduces its bf16 fault at K > 64 on Hopper
 TILED["delta.delta_dh"] = ("F32_DOTS",)
+# the forward state passes whose BV may reach 128: one program per key block reads its K and gates
+# once instead of V / BV times (GLA's fp32 gates are twice K's bytes), at a quarter of the programs
+WIDE_BV = ("gla.fwd_h", "scalar_decay.fwd_h")
 # log-linear's inference level pass: chunks per group (GS; any power of two >= 2 gives the same
 # states to rounding) and its state tile
 TILED["log_linear.fwd_z_group"] = ("GS", "BK", "BV")
@@ -48,13 +51,14 @@ def launch_overrides(settings: dict[str, dict[str, int]]) -> Iterator[None]:
             raise ValueError(f"launch_overrides: {kernel}: unknown setting(s) {sorted(bad)}; "
                              f"expected any of {allowed}")
         for tile in set(opts) & {"BK", "BV"}:
-            n = opts[tile]
-            if not isinstance(n, int) or n < 16 or n > 64 or n & (n - 1):
+            n, top = opts[tile], 128 if tile == "BV" and kernel in WIDE_BV else 64
+            if not isinstance(n, int) or n < 16 or n > top or n & (n - 1):
                 # <= 64: these passes feed K^T / Q^T, loaded through transposed strides, to tl.dot
                 # as its A operand; over 64 rows that tile was miscompiled on Hopper (Triton 3.6,
-                # tests/ops/hopper_codegen.py)
-                raise ValueError(f"launch_overrides: {kernel}: {tile} must be 16, 32 or 64 (a power "
-                                 f"of two from tl.dot's smallest tile to one warpgroup's rows), got {n!r}")
+                # tests/ops/hopper_codegen.py). BV of the forward state passes is the product's N
+                # (V's columns), never such an operand: up to 128 there
+                raise ValueError(f"launch_overrides: {kernel}: {tile} must be a power of two from 16 "
+                                 f"(tl.dot's smallest tile) to {top}, got {n!r}")
     saved = dict(OVERRIDES)
     OVERRIDES.update(settings)
     try:
