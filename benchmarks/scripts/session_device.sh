@@ -29,6 +29,8 @@
 #    both settings as a parameter).
 #  - GROUPED_LEVELS=1: log-linear's scalar-decay kernels keep one level state per chunk, forward and backward
 #    (ops/common/triton_log_linear.GROUPED_LEVELS) in the warm-up and the bench (the tests take both).
+#  (the settings on trial, DELTA_STAGED .. GROUPED_LEVELS, apply to the breakdown and the tuning sweep
+#    too: /tmp/with_trials.py; EXTRA's command sets its own)
 #  - WARM=1: the bench's kernels (ours and fla's, per op of OPS) and TUNE's settings compile in parallel
 #    beside the tests.
 #  - TCACHE_OUT=1: the Triton kernel cache of the warm-up and the bench (the tests compile into their own)
@@ -154,6 +156,16 @@ if os.environ.get("DH_MASK") or os.environ.get("DELTA_STAGED"):
     if os.environ.get("DELTA_STAGED"):
         triton_delta.STAGED_TRAINING_PASSES = True
 PY
+# the breakdown and the tuning sweep run in-process under the same settings
+cat > /tmp/with_trials.py <<'PY'
+import runpy
+import sys
+
+import trials  # noqa: F401 - the settings on trial
+
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+PY
 cat > /tmp/pytest_mask.py <<'PY'
 import sys
 import trials  # noqa: F401 - the settings on trial
@@ -181,7 +193,7 @@ if [ "${WARM:-0}" = 1 ]; then
   done
 fi
 if [ "${WARM:-0}" = 1 ] && [ -n "${TUNE-}" ]; then  # the sweep's settings compile now too (its timings here: thrown away)
-  ( PYTHONPATH=src timeout ${PHASE_A:-270} python benchmarks/scripts/tune_kernels.py /tmp/gt/tune_warm.json $TUNE > /tmp/gt/warm_tune.txt 2>&1 ) &
+  ( PYTHONPATH=src:/tmp timeout ${PHASE_A:-270} python /tmp/with_trials.py benchmarks/scripts/tune_kernels.py /tmp/gt/tune_warm.json $TUNE > /tmp/gt/warm_tune.txt 2>&1 ) &
   pids+=($!)
 fi
 for p in "${pids[@]}"; do wait "$p"; done
@@ -225,12 +237,12 @@ PY
 [ "${BENCH_FIRST:-0}" = 1 ] && kernel_bench
 
 if [ -n "${BREAKDOWN-}" ] && [ "$(left)" -gt 60 ]; then  # e.g. BREAKDOWN=gla,simple_gla: ours vs fla per kernel
-  PYTHONPATH=src timeout $(( $(left) < 200 ? $(left) - 30 : 170 )) python benchmarks/scripts/kernel_breakdown.py /tmp/breakdown.json ${BREAKDOWN//,/ } ${BREAKDOWN_ARGS-} > "$OUT/breakdown.txt" 2>&1
+  PYTHONPATH=src:/tmp timeout $(( $(left) < 200 ? $(left) - 30 : 170 )) python /tmp/with_trials.py benchmarks/scripts/kernel_breakdown.py /tmp/breakdown.json ${BREAKDOWN//,/ } ${BREAKDOWN_ARGS-} > "$OUT/breakdown.txt" 2>&1
   tail -40 "$OUT/breakdown.txt"
 fi
 
 if [ -n "${TUNE-}" ] && [ "$(left)" -gt 90 ]; then  # e.g. TUNE="gla simple_gla": launch settings swept
-  PYTHONPATH=src timeout $(( $(left) - ${PHASE_C:-0} - 60 )) python benchmarks/scripts/tune_kernels.py /tmp/tune.json $TUNE > "$OUT/tune.txt" 2>&1
+  PYTHONPATH=src:/tmp timeout $(( $(left) - ${PHASE_C:-0} - 60 )) python /tmp/with_trials.py benchmarks/scripts/tune_kernels.py /tmp/tune.json $TUNE > "$OUT/tune.txt" 2>&1
   tail -30 "$OUT/tune.txt"
 fi
 
