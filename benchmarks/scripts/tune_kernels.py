@@ -42,6 +42,9 @@ TILE_SETTINGS = [{"num_warps": w, "num_stages": s, "BK": bk, "BV": bv} for w, s,
                  itertools.product((2, 4), (2, 3), ((64, 64), (64, 32), (32, 64), (32, 32)))]
 # the forward state passes also at BV = 128 (triton_launch.WIDE_BV): K and the gates read once per
 # key block; 4 and 8 warps (a [64, 128] fp32 state is 64 registers a thread at 4)
+# kernels whose only tile is BV (GLA's output pass): BV 32 / 64 / 128 x warps x stages
+BV_SETTINGS = [{"num_warps": w, "num_stages": st, "BV": bv} for w, st, bv in
+               itertools.product((4, 8), (2, 3), (32, 64, 128))]
 WIDE_SETTINGS = TILE_SETTINGS + [{"num_warps": w, "num_stages": s, "BK": bk, "BV": 128} for w, s, bk in
                                  itertools.product((4, 8), (2, 3), (32, 64))]
 # the inference forward's output pass: chunks per group (1 = the per-chunk kernels) x its tile
@@ -50,6 +53,21 @@ GROUPED_SETTINGS = [{"num_warps": 4, "num_stages": 2, "BV": 64, "GS": gs} for gs
 # settings not tried, and why: a fault poisons the process for every later row
 SKIP = {("delta.delta_dh", 8): "illegal memory access on the H100 under 2 of 4 variants at num_warps 8 "
                                "(bisect_delta_bwd.py, 2026-12-06, reproduced)"}
+
+
+def _sweep(kernel: str, tiled: dict, wide: tuple) -> list[dict]:
+    """The settings swept for ``kernel``: GS for the grouped forwards; the tiles it takes
+    (triton_launch.TILED: BV only, or BK and BV, BV up to 128 for triton_launch.WIDE_BV) with warps
+    and stages; else warps and stages alone (a kernel whose other TILED setting, e.g. the delta
+    rule's F32_DOTS, is not a launch choice)."""
+    tiles = set(tiled.get(kernel, ())) & {"BK", "BV"}
+    if kernel.endswith(".fwd_grouped"):
+        return GROUPED_SETTINGS
+    if tiles == {"BV"}:
+        return BV_SETTINGS
+    if tiles:
+        return WIDE_SETTINGS if kernel in wide else TILE_SETTINGS
+    return SETTINGS
 
 
 def _run(op: str, T: int, backward: bool):
@@ -86,8 +104,7 @@ def main() -> None:
                 continue
             run = _run(op, T, bool(bwd))
             ref = [t.float() for t in run() if t is not None]
-            sweep = GROUPED_SETTINGS if kernel.endswith(".fwd_grouped") else (
-                WIDE_SETTINGS if kernel in WIDE_BV else TILE_SETTINGS if kernel in TILED else SETTINGS)
+            sweep = _sweep(kernel, TILED, WIDE_BV)
             for s in sweep:
                 row = {"op": op, "T": T, "kernel": kernel, **s}
                 if (kernel, s["num_warps"]) in SKIP:

@@ -152,7 +152,8 @@ def test_gla_kernel_default_tiles() -> None:
 def test_gla_state_pass_tiles_do_not_change_results(dtype, wide) -> None:
     """The state passes (gla.fwd_h, gla.bwd_dh) at tiles other than their defaults (a tuning sweep
     tries them; on a GPU 64 x 64, the forward's default before 2026-12-07 and the backward's now,
-    with 32 x 32 the other way round; wide: the forward with BV = 128, all of V in one program):
+    with 32 x 32 the other way round; wide: the forward state and output passes with BV = 128, all
+    of V in one program):
     outputs, final state and every gradient still match."""
     from longctx.ops.common.triton_launch import launch_overrides
     from longctx.ops.gla.triton import triton_gla
@@ -174,7 +175,8 @@ def test_gla_state_pass_tiles_do_not_change_results(dtype, wide) -> None:
         return triton_gla(q, k, v, _cast(g, q), scale=0.2, initial_state=_cast(S0, q),
                           output_final_state=True, **tiles_kw)
 
-    with launch_overrides({"gla.fwd_h": fwd_tiles, "gla.bwd_dh": bwd_tiles}):
+    out_tiles = {"gla.fwd_o": {"BV": 128}} if wide else {}  # the output pass with all of V too
+    with launch_overrides({"gla.fwd_h": fwd_tiles, "gla.bwd_dh": bwd_tiles, **out_tiles}):
         _check("gla/state tiles", ref, fn, [q, k, v, g, S0], dtype)
 
 

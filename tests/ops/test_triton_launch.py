@@ -23,8 +23,8 @@ def test_overrides_restored_after_an_error() -> None:
 
 
 def test_unknown_setting_is_named() -> None:
-    with pytest.raises(ValueError, match=r"gla.fwd_o: unknown setting\(s\) \['BV'\]"), \
-            launch_overrides({"gla.fwd_o": {"BV": 32}}):
+    with pytest.raises(ValueError, match=r"gla.fwd_A: unknown setting\(s\) \['BV'\]"), \
+            launch_overrides({"gla.fwd_A": {"BV": 32}}):
         pass
     assert OVERRIDES == {}
 
@@ -38,7 +38,8 @@ def test_state_pass_tiles_are_settings() -> None:
                 launch_overrides({"gla.bwd_dh": {"BK": bad}}):
             pass
     # the forward state passes' BV (V's columns, the product's N) may be 128; their BK may not
-    with launch_overrides({"gla.fwd_h": {"BV": 128}, "scalar_decay.fwd_h": {"BK": 32, "BV": 128}}):
+    with launch_overrides({"gla.fwd_h": {"BV": 128}, "scalar_decay.fwd_h": {"BK": 32, "BV": 128},
+                           "gla.fwd_o": {"BV": 128}}):
         pass
     for kernel, tile in [("gla.fwd_h", "BK"), ("gla.bwd_dh", "BV"), ("scalar_decay.bwd_dh", "BV")]:
         with pytest.raises(ValueError, match=f"{kernel}: {tile} must be .* to 64, got 128"), \

@@ -713,9 +713,12 @@ class _GlaFn(torch.autograd.Function):
             H=H, K=K, V=V, BT=BT, ACC=ACC, PREC=prec, USE_H0=h0 is not None, STORE_HT=want_ht, **opts,
         )
         o = torch.empty_like(v)
-        _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](
-            q, v, gc, h, A, o, cu, indices, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, ACC=ACC, PREC=prec,
-            **launch_options("gla.fwd_o", num_warps=4, num_stages=3),
+        # BV: a tunable (up to all of V: each program then reads its chunk's Q and fp32 gates once)
+        opts = launch_options("gla.fwd_o", num_warps=4, num_stages=3, BV=BV)
+        BVo = opts.pop("BV")
+        _fwd_o_kernel[(triton.cdiv(V, BVo), NC, H)](
+            q, v, gc, h, A, o, cu, indices, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BVo, ACC=ACC, PREC=prec,
+            **opts,
         )
         ctx.save_for_backward(q, k, v, gc, h0, h, A, cu, offsets, indices)
         ctx.meta = (scale, BT, BC, NC, g.requires_grad, g.dtype)

@@ -28,8 +28,10 @@ TILED["scalar_decay.fwd_grouped"] = TILED["gla.fwd_grouped"] = ("BV", "GS")
 # triton_delta.HALF_DH_F32_DOTS): 0 reproduces its bf16 fault at K > 64 on Hopper
 TILED["delta.delta_dh"] = ("F32_DOTS",)
 # the forward state passes whose BV may reach 128: one program per key block reads its K and gates
-# once instead of V / BV times (GLA's fp32 gates are twice K's bytes), at a quarter of the programs
-WIDE_BV = ("gla.fwd_h", "scalar_decay.fwd_h")
+# once instead of V / BV times (GLA's fp32 gates are twice K's bytes), at a quarter of the programs;
+# and GLA's output pass (BV only: V's columns), whose programs each read the chunk's Q and gates
+TILED["gla.fwd_o"] = ("BV",)
+WIDE_BV = ("gla.fwd_h", "scalar_decay.fwd_h", "gla.fwd_o")
 # log-linear's inference level pass: chunks per group (GS; any power of two >= 2 gives the same
 # states to rounding) and its state tile
 TILED["log_linear.fwd_z_group"] = ("GS", "BK", "BV")
