@@ -186,7 +186,7 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
                 S_out=f32(B, H, K // 2, V)),
         }
 
-    def _grouped_levels(fn):
+    def _with_grouped_levels(fn):
         from longctx.ops.common import triton_log_linear
 
         def run(*args):
@@ -220,10 +220,10 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
         "log_linear_mamba2": fwd_bwd(log_linear_scalar_decay_chunk, q, k, v, g, lam),
         # with GROUPED_LEVELS, at 2048 tokens: 32 chunks of 64, more than a group of 16, so the level
         # pass's walk over the groups (_fwd_z_top_kernel) is launched too
-        "log_linear_mamba2/inference": inference(_grouped_levels(log_linear_scalar_decay_chunk),
+        "log_linear_mamba2/inference": inference(_with_grouped_levels(log_linear_scalar_decay_chunk),
                                                  *_long(q, k, v, g, lam), kernel=None),
         # its training forward + backward with GROUPED_LEVELS (one level state per chunk)
-        "log_linear_mamba2/grouped_levels": fwd_bwd(_grouped_levels(log_linear_scalar_decay_chunk),
+        "log_linear_mamba2/grouped_levels": fwd_bwd(_with_grouped_levels(log_linear_scalar_decay_chunk),
                                                     *[x.requires_grad_() for x in _long(q, k, v, g, lam)]),
         # log-linear Gated DeltaNet's fused inference forward (chunks of 64)
         "log_linear_gdn/inference": inference(delta_log_linear_forward, q, k, v, beta, g, lam,

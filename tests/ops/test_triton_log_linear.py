@@ -121,8 +121,8 @@ def test_inference_forward_equals_the_training_forward(dtype, packed, GS, monkey
     """No gradient wanted: one level state per chunk, at each block's first reader, in the input
     dtype, and the block's later chunks decay it from there. GS None: M walks over every chunk keep
     those; else (``GROUPED_LEVELS``) they are summed inside groups of GS chunks and then over the
-    groups' sums (``triton_log_linear._inference_levels``). o agrees with the training forward's (every level walked over every chunk) to the input
-    dtype's rounding. T = 150 with chunks of 16 in the interpreter (10 chunks, four chunk levels:
+    groups' sums (``triton_log_linear._grouped_levels``). o agrees with the training forward's (every
+    level walked over every chunk) to the input dtype's rounding. T = 150 with chunks of 16 in the interpreter (10 chunks, four chunk levels:
     GS 2 and 4 leave three and two to the walk over groups, 16 none; packed: 3 and 16 chunks); 1000
     with chunks of 64 on a GPU (four levels)."""
     from longctx.ops.common import triton_log_linear

@@ -81,6 +81,7 @@ from longctx.ops.common.triton_scalar_decay import (
     _fwd_o_kernel,
     _init_pieces,
     _load_g,
+    _load_g_if,
     _pieces_out,
     _prec,
     _rows_t,
@@ -209,10 +210,7 @@ def _delta_h_kernel(
         p_vn = tl.make_block_ptr(vn + (bos * H + i_h) * V, (T, V), (H * V, 1),
                                  (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         tl.store(p_vn, b_d.to(p_vn.dtype.element_ty), boundary_check=(0, 1))
-        if HAS_G:
-            b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
-        else:
-            b_g, g_last = tl.zeros([BT], dtype=tl.float32), 0.0
+        b_g, g_last = _load_g_if(gc, bos, T, i_t, i_h, H, BT, HAS_G)
         b_h1, b_h2, b_h3, b_h4 = _pieces_out(b_h1, b_h2, b_h3, b_h4, k, b_d, b_g, g_last, bos, T, i_t, i_h,
                                              H, K, BT, BK, HAS_G, PREC, GATE_D)
     if STORE_HT:
@@ -278,10 +276,7 @@ def _delta_dh_kernel(
         p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1),
                                  (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
-        if HAS_G:
-            b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
-        else:
-            b_g, g_last = tl.zeros([BT], dtype=tl.float32), 0.0
+        b_g, g_last = _load_g_if(gc, bos, T, i_t, i_h, H, BT, HAS_G)
         # P^T [j, i] = k_j . q_i and dDelta = P dO + (K ⊙ e^{G_last - G}) dS, summed over the pieces
         b_Pt, b_dd = _dh_piece_in(b_dh1, _cols(k, bos, T, i_t, i_h, 0, H, K, BT, BK),
                                   _rows_t(q, bos, T, i_t, i_h, 0, H, K, BT, BK), g_last, b_g, HAS_G, PREC, PRECA, F32_DOTS)

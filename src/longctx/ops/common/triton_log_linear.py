@@ -121,6 +121,34 @@ def _level_weights(lam, bos, T, i_t, i_h, H: tl.constexpr, L: tl.constexpr, BT: 
 
 
 @triton.jit
+def _level_program(cu_seqlens, chunk_offsets, M, H: tl.constexpr, BT: tl.constexpr):
+    """A level walk's program (grid K/BK x V/BV x sequences * H * M): its key and value blocks, its
+    level i_m = m - 1 and head, and its sequence's first token, length, chunks and first chunk."""
+    i_k, i_v, i_nhm = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_m, i_nh = i_nhm % M, i_nhm // M
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
+    return i_k, i_v, i_m, i_h, bos, T, NT, boh
+
+
+@triton.jit
+def _level_role(i_t, i_m):
+    """Chunk i_t of a sequence at level m = i_m + 1: whether it reads the level (bit m-1 of i_t set;
+    else it feeds it) and whether the level's state carries into it (i_t mod 2^m != 0; else a block
+    of the level starts there and the state is reset)."""
+    return (i_t >> i_m) & 1, ((i_t >> (i_m + 1)) << (i_m + 1)) != i_t
+
+
+@triton.jit
+def _first_reader(gcc, i_c, i_t, i_m, i_h, H: tl.constexpr, ACC: tl.constexpr):
+    """Global chunk i_c (i_t in its sequence), a reader of level m = i_m + 1: the global chunk of its
+    block's first reader b (bits below m-1 of i_t cleared) and the decay from b to it,
+    e^{Gc_n - Gc_b} (gcc: float64 [chunks, H])."""
+    i_z = i_c - (i_t & ((1 << i_m) - 1))
+    return i_z, tl.exp((tl.load(gcc + i_c * H + i_h) - tl.load(gcc + i_z * H + i_h)).to(ACC))
+
+
+@triton.jit
 def _fwd_z_kernel(
     k, v, gc, z, cu_seqlens, chunk_offsets, M,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
@@ -130,14 +158,10 @@ def _fwd_z_kernel(
     one chunk level per program. STORE_ALL: also where the chunk does not read it (the training
     forward: the decay gradient's carry term needs it); else only at the first chunk b of each
     block that reads it (the inference forward without ``GROUPED_LEVELS``)."""
-    i_k, i_v, i_nhm = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_m, i_nh = i_nhm % M, i_nhm // M  # i_m = m - 1
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
+    i_k, i_v, i_m, i_h, bos, T, NT, boh = _level_program(cu_seqlens, chunk_offsets, M, H, BT)
     b_z = tl.zeros([BK, BV], dtype=ACC)
     for i_t in range(NT):
-        rd = (i_t >> i_m) & 1  # chunk i_t reads level m / else it feeds it
-        keep = ((i_t >> (i_m + 1)) << (i_m + 1)) != i_t  # i_t mod 2^m != 0: no reset
+        rd, keep = _level_role(i_t, i_m)
         if STORE_ALL or (i_t & ((2 << i_m) - 1)) == (1 << i_m):  # (else: the block's first reader)
             p_z = tl.make_block_ptr(z + (((boh + i_t) * H + i_h) * M + i_m) * K * V, (K, V), (V, 1),
                                     (i_k * BK, i_v * BV), (BK, BV), (1, 0))
@@ -237,7 +261,7 @@ def _fwd_o_kernel(
 ):
     """O_[n] = (Q K^T ⊙ D ⊙ Λ) V + e^G ⊙ sum_m λ^(c+m) ⊙ (Q Z^(m)_n); grid (V/BV, chunks, H).
     z: [chunks, H, MZ, K, V], MZ = M: level m at index m - 1; MZ = 1: chunk b holds only the level
-    it is the first reader of, m = ctz(b) + 1 (``_inference_levels``). FIRST: z holds a level
+    it is the first reader of, m = ctz(b) + 1 (``_grouped_levels``). FIRST: z holds a level
     only at each block's first reader b (not every chunk), and
     Z^(m)_n = e^{Gc_n - Gc_b} Z^(m)_b with gcc [chunks, H] (float64) = Gc, the log decay of the
     sequence's chunks before chunk n."""
@@ -254,9 +278,9 @@ def _fwd_o_kernel(
                       input_precision=PREC)
     for i_m in range(M):  # the chunk levels; chunk n reads level m where bit m-1 of n is 1, only those
         if ((i_t >> i_m) & 1) == 1:
-            i_z = i_c  # the chunk whose z entry holds the state
-            if FIRST:
-                i_z = i_c - (i_t & ((1 << i_m) - 1))  # the block's first reader: bits below m-1 cleared
+            i_z, dec = i_c, 1.0  # the chunk whose z entry holds the state, and its decay to this one
+            if FIRST:  # the block's first reader b, and e^{Gc_n - Gc_b} <= 1
+                i_z, dec = _first_reader(gcc, i_c, i_t, i_m, i_h, H, ACC)
             z_m = z + ((i_z * H + i_h) * MZ + i_m % MZ).to(tl.int64) * K * V
             b_r = tl.zeros([BT, BV], dtype=ACC)
             for i_k in range(tl.cdiv(K, BK)):
@@ -265,8 +289,8 @@ def _fwd_o_kernel(
                 p_z = tl.make_block_ptr(z_m, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
                 b_q = tl.load(p_q, boundary_check=(0, 1))
                 b_r += tl.dot(b_q, tl.load(p_z, boundary_check=(0, 1)).to(b_q.dtype), input_precision=PREC)
-            if FIRST:  # the decay from the block's first reader to this chunk, e^{Gc_n - Gc_b} <= 1
-                b_r *= tl.exp((tl.load(gcc + i_c * H + i_h) - tl.load(gcc + i_z * H + i_h)).to(ACC))
+            if FIRST:
+                b_r *= dec
             b_o += _lam_col(lam, bos, T, i_t, i_h, LOG2C + 1 + i_m, H, L, BT).to(ACC)[:, None] * b_r
     b_g, _ = _load_g(gc, bos, T, i_t, i_h, H, BT)
     b_o *= tl.exp(b_g)[:, None]
@@ -293,15 +317,11 @@ def _bwd_dz_kernel(
     that level m sends to chunk n's sources) and this (K, V) block's share of the carry term
     [n mod 2^m != 0] e^{G_last,n} <Z^(m)_n, D^(m)_{n+1}> (the gradient of G_last,n through the
     level's decay, into carry [chunks, H, M, K/BK, V/BV]); grid (K/BK, V/BV, sequences * H * M)."""
-    i_k, i_v, i_nhm = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_m, i_nh = i_nhm % M, i_nhm // M
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
+    i_k, i_v, i_m, i_h, bos, T, NT, boh = _level_program(cu_seqlens, chunk_offsets, M, H, BT)
     b_d = tl.zeros([BK, BV], dtype=ACC)  # D^(m)_{n+1}
     for i_r in range(NT):
         i_t = NT - 1 - i_r
-        rd = (i_t >> i_m) & 1
-        keep = ((i_t >> (i_m + 1)) << (i_m + 1)) != i_t
+        rd, keep = _level_role(i_t, i_m)
         p_e = tl.make_block_ptr(e + (((boh + i_t) * H + i_h) * M + i_m) * K * V, (K, V), (V, 1),
                                 (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         tl.store(p_e, tl.where(rd == 0, b_d, 0.0).to(p_e.dtype.element_ty), boundary_check=(0, 1))
@@ -338,16 +358,12 @@ def _bwd_dz_compact_kernel(
     (Z^(m)_n = e^{Gc_n - Gc_b} Z^(m)_b); at a source n, u_n = <U_n, D^(m)_{n+1}>. The carry of chunk
     n is the sum of the c after it in its reader half, or of the u before it in its source half
     (``_carry_from_scalars``). Grid (K/BK, V/BV, sequences * H * M)."""
-    i_k, i_v, i_nhm = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_m, i_nh = i_nhm % M, i_nhm // M
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
+    i_k, i_v, i_m, i_h, bos, T, NT, boh = _level_program(cu_seqlens, chunk_offsets, M, H, BT)
     b_d = tl.zeros([BK, BV], dtype=ACC)  # D^(m)_{n+1}
     for i_r in range(NT):
         i_t = NT - 1 - i_r
         i_c = boh + i_t
-        rd = (i_t >> i_m) & 1
-        keep = ((i_t >> (i_m + 1)) << (i_m + 1)) != i_t
+        rd, keep = _level_role(i_t, i_m)
         b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
         b_dz = tl.zeros([BK, BV], dtype=ACC)
         if rd == 1:  # dZread_n and c_n = <Z^(m)_n, dZread_n>
@@ -359,9 +375,8 @@ def _bwd_dz_compact_kernel(
             b_w = _lam_col(lam, bos, T, i_t, i_h, LOG2C + 1 + i_m, H, L, BT).to(ACC) * tl.exp(b_g)
             b_q = (tl.load(p_q, boundary_check=(0, 1)) * b_w[None, :]).to(b_do.dtype)  # (Q ⊙ e^G ⊙ λ)^T
             b_dz = tl.dot(b_q, b_do, input_precision=PREC)
-            i_z = i_c - (i_t & ((1 << i_m) - 1))  # the block's first reader
+            i_z, dec = _first_reader(gcc, i_c, i_t, i_m, i_h, H, ACC)
             p_z = tl.make_block_ptr(z + (i_z * H + i_h) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
-            dec = tl.exp((tl.load(gcc + i_c * H + i_h) - tl.load(gcc + i_z * H + i_h)).to(ACC))
             b_val = tl.sum(tl.sum(tl.load(p_z, boundary_check=(0, 1)).to(ACC) * b_dz, axis=1), axis=0) * dec
         else:  # u_n = <U_n, D^(m)_{n+1}>, U_n = (K ⊙ e^{G_last - G})^T V
             b_kt, b_v = _kt_v(k, v, bos, T, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV)
@@ -487,8 +502,7 @@ def _bwd_dqkv_kernel(
     for i_m in range(M):
         if COMPACT:  # only the levels chunk n reads, from the block's first reader b, decayed
             if ((i_t >> i_m) & 1) == 1:
-                i_z = i_c - (i_t & ((1 << i_m) - 1))
-                dec = tl.exp((tl.load(gcc + i_c * H + i_h) - tl.load(gcc + i_z * H + i_h)).to(ACC))
+                i_z, dec = _first_reader(gcc, i_c, i_t, i_m, i_h, H, ACC)
                 b_dq = _level_read(b_dq, b_q, b_eg * dec, z + (i_z * H + i_h).to(tl.int64) * K * V, do, lam,
                                    dlam, bos, T, i_t, i_h, LOG2C + 1 + i_m, H, K, V, L, BT, BK, BV, ACC, PREC)
         else:  # every level's state entering chunk n, those it does not read masked out
@@ -549,11 +563,12 @@ LEVEL_GROUP = 16
 GROUPED_LEVELS = False
 
 
-def _inference_levels(k: Tensor, v: Tensor, gc: Tensor, cu: Tensor, offsets: Tensor, NC: int, M: int,
+def _grouped_levels(k: Tensor, v: Tensor, gc: Tensor, cu: Tensor, offsets: Tensor, NC: int, M: int,
                       BT: int, dtype: torch.dtype) -> Tensor:
-    """The level states the output pass reads, z [chunks, H, K, V] in ``dtype``: chunk b >= 1 of a sequence holds Z^(m) for m = ctz(b) + 1, the
-    one level whose block's first reader it is (the block's later readers decay it from there),
-    about N states instead of M walks over the chunks. Levels with blocks of up to GS chunks
+    """The level states the output pass reads (``GROUPED_LEVELS``), z [chunks, H, K, V] in ``dtype``:
+    chunk b >= 1 of a sequence holds Z^(m) for m = ctz(b) + 1, the one level whose block's first
+    reader it is (the block's later readers decay it from there), about N states instead of M walks
+    over the chunks. Levels with blocks of up to GS chunks
     inside each group (``_fwd_z_group_kernel``, every group in parallel), the rest from the
     groups' sums (``_fwd_z_top_kernel``)."""
     _, _, H, K = k.shape
@@ -583,7 +598,7 @@ def _inference_levels(k: Tensor, v: Tensor, gc: Tensor, cu: Tensor, offsets: Ten
 
 def _forward(q, k, v, g, lam, cu, chunk_size, train: bool):
     """The forward kernels. With ``GROUPED_LEVELS``: one level state per chunk, each block's first
-    reader's (``_inference_levels``; fp32 when train, else the input dtype), read by the later
+    reader's (``_grouped_levels``; fp32 when train, else the input dtype), read by the later
     readers decayed. Without: M walks over every chunk, keeping every level state entering every
     chunk in fp32 when train (the backward reads them all), else the first readers' in the input
     dtype. o agrees to rounding. Returns o and, when train, (gc, z, gcc, offsets, indices, NC, M,
@@ -602,7 +617,7 @@ def _forward(q, k, v, g, lam, cu, chunk_size, train: bool):
     compact = GROUPED_LEVELS and M > 0
     z, MZ = q, M  # q: unread without chunk levels
     if compact:
-        z, MZ = _inference_levels(k, v, gc, cu, offsets, NC, M, chunk_size, acc if train else _state_dtype(q.dtype)), 1
+        z, MZ = _grouped_levels(k, v, gc, cu, offsets, NC, M, chunk_size, acc if train else _state_dtype(q.dtype)), 1
     elif M:
         z = q.new_empty(NC, H, M, K, V, dtype=acc if train else _state_dtype(q.dtype))
         _fwd_z_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), N * H * M)](

@@ -48,6 +48,7 @@ from longctx.ops.common.triton_scalar_decay import (
     _cols,
     _init_pieces,
     _load_g,
+    _load_g_if,
     _pieces_out,
     _prec,
     _sequence,
@@ -100,10 +101,7 @@ def _delta_levels_kernel(
             tl.store(p_o, tl.zeros([BT, BV], dtype=ACC).to(p_o.dtype.element_ty), boundary_check=(0, 1))
             p_u = tl.make_block_ptr(u + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
             b_d = tl.load(p_u, boundary_check=(0, 1), padding_option="zero").to(ACC) - b_ws
-        if HAS_G:
-            b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
-        else:
-            b_g, g_last = tl.zeros([BT], dtype=tl.float32), 0.0
+        b_g, g_last = _load_g_if(gc, bos, T, i_t, i_h, H, BT, HAS_G)
         b_h1, b_h2, b_h3, b_h4 = _pieces_out(b_h1, b_h2, b_h3, b_h4, k, b_d, b_g, g_last, bos, T, i_t, i_h,
                                              H, K, BT, BK, HAS_G, PREC, GATE_D)
 

@@ -93,6 +93,16 @@ def _load_g(gc, bos, T, i_t, i_h, H: tl.constexpr, BT: tl.constexpr):
 
 
 @triton.jit
+def _load_g_if(gc, bos, T, i_t, i_h, H: tl.constexpr, BT: tl.constexpr, HAS_G: tl.constexpr):
+    """``_load_g`` with a decay (HAS_G); without one G = 0 and G_last = 0."""
+    if HAS_G:
+        b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
+    else:
+        b_g, g_last = tl.zeros([BT], dtype=tl.float32), 0.0
+    return b_g, g_last
+
+
+@triton.jit
 def _kt_v(k, v, bos, T, i_t, i_h, i_k, i_v, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     """Chunk i_t's K^T [BK, BT] (key dims of block i_k, loaded transposed) and V [BT, BV]."""
