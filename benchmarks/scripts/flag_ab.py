@@ -18,12 +18,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
-import sys
-import time
-from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from log_linear_gdn_parts import (  # this folder's: its timing and set-up
+    _bench,
+    _interpreter_without_cuda,
+)
+
+from longctx.bench.ops import _write_json
 
 FLAGS = {  # name -> (module, attribute, [(op, backward)])
     "gate_on_delta": ("longctx.ops.common.triton_scalar_decay", "GATE_ON_DELTA",
@@ -32,16 +35,6 @@ FLAGS = {  # name -> (module, attribute, [(op, backward)])
     "grouped_levels": ("longctx.ops.common.triton_log_linear", "GROUPED_LEVELS",
                        [("log_linear", False), ("log_linear", True)]),
 }
-
-
-def _time(fn: Callable[[], object], cuda: bool) -> float:
-    if not cuda:
-        t = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t) * 1e3
-    import triton.testing
-
-    return triton.testing.do_bench(fn, warmup=5, rep=50)
 
 
 def _case(flag: str, op: str, backward: bool, T: int, H: int, D: int, cuda: bool) -> dict:
@@ -71,7 +64,7 @@ def _case(flag: str, op: str, backward: bool, T: int, H: int, D: int, cuda: bool
             key = "on" if on else "off"
             try:
                 outs[key] = [o for o in run() if o is not None]
-                row[key] = _time(run, cuda)
+                row[key] = _bench(run, cuda)
             except Exception as e:  # noqa: BLE001 - a failing setting is reported, the others still run
                 row[key] = f"{type(e).__name__}: {str(e)[:200]}"
     finally:
@@ -93,20 +86,14 @@ def main() -> int:
     ap.add_argument("--D", type=int, default=128)
     ap.add_argument("--flags", default=",".join(FLAGS))
     args = ap.parse_args()
-    cuda = torch.cuda.is_available()
-    if not cuda:  # in Triton's interpreter, with the tests' fix for it (before any kernel is imported)
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-        import tests.ops.triton_support  # noqa: F401
+    cuda = _interpreter_without_cuda()
     res: dict = {"device": torch.cuda.get_device_name() if cuda else "cpu (interpreter smoke run)",
                  "rows": []}
     for T in args.T:
         for flag in args.flags.split(","):
             for op, backward in FLAGS[flag][2]:
                 res["rows"].append(_case(flag, op, backward, T, args.H, args.D, cuda))
-                tmp = args.out + ".tmp"
-                with open(tmp, "w") as f:
-                    json.dump(res, f, indent=1)
-                os.replace(tmp, args.out)
+                _write_json(res, Path(args.out))
                 if cuda:
                     torch.cuda.empty_cache()
     return 0

@@ -15,13 +15,25 @@ in the interpreter (a smoke run).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+from longctx.bench.ops import _write_json
+
+
+def _interpreter_without_cuda() -> bool:
+    """Whether a GPU runs the kernels; without one, Triton's interpreter does (with the tests' fix
+    for it, tests/ops/triton_support.py), set up here before any kernel module is imported."""
+    if torch.cuda.is_available():
+        return True
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    import tests.ops.triton_support  # noqa: F401
+    return False
 
 
 def _bench(fn: Callable[[], object], cuda: bool, warmup: int = 5) -> float:
@@ -103,17 +115,11 @@ def main() -> int:
     ap.add_argument("--H", type=int, default=16)
     ap.add_argument("--D", type=int, default=128)
     args = ap.parse_args()
-    cuda = torch.cuda.is_available()  # without: one call each, timed on the host (a smoke run)
-    if not cuda:  # in Triton's interpreter, with the tests' fix for it (before any kernel is imported)
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-        import tests.ops.triton_support  # noqa: F401
+    cuda = _interpreter_without_cuda()  # without a GPU: one call each, timed on the host (a smoke run)
     res: dict = {"device": torch.cuda.get_device_name() if cuda else "cpu", "rows": []}
     for T in args.T:
         res["rows"].append(_row(T, args.H, args.D, cuda))
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(res, f, indent=1)
-        os.replace(tmp, args.out)
+        _write_json(res, Path(args.out))
     return 0
 
 
