@@ -133,6 +133,7 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
          ) -> dict[str, Callable[[], object]]:
     """Forward + backward of each chunked op, and the fused layer decode steps, on CPU tensors of
     ``dtype`` (the kernels are only recorded)."""
+    from longctx.ops.common import triton_gla
     from longctx.ops.common.triton_delta import delta_rule_chunk
     from longctx.ops.common.triton_gla import gla_chunk
     from longctx.ops.common.triton_launch import launch_overrides
@@ -186,16 +187,20 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
                 S_out=f32(B, H, K // 2, V)),
         }
 
-    def _with_grouped_levels(fn):
-        from longctx.ops.common import triton_log_linear
-
+    def _with(module, flag: str, fn):
+        """fn run with ``module.flag = True`` (a kernel path behind a flag)."""
         def run(*args):
-            saved, triton_log_linear.GROUPED_LEVELS = triton_log_linear.GROUPED_LEVELS, True
+            saved = getattr(module, flag)
+            setattr(module, flag, True)
             try:
                 return fn(*args)
             finally:
-                triton_log_linear.GROUPED_LEVELS = saved
+                setattr(module, flag, saved)
         return run
+
+    def _with_grouped_levels(fn):
+        from longctx.ops.common import triton_log_linear
+        return _with(triton_log_linear, "GROUPED_LEVELS", fn)
 
     def _long(*xs: torch.Tensor, n: int = 2048) -> list[torch.Tensor]:
         """xs at n tokens (repeated along T); lam with the levels n needs."""
@@ -214,6 +219,8 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
         "simple_gla/inference": inference(scalar_decay_chunk, q, k, v, g),
         "gla": fwd_bwd(gla_chunk, q, k, v, gk),
         "gla/inference": inference(gla_chunk, q, k, v, gk, kernel="gla.fwd_grouped"),
+        # the intra-chunk scores by levels of pairs (triton_gla.SCORES_BY_LEVELS)
+        "gla/scores_by_levels": fwd_bwd(_with(triton_gla, "SCORES_BY_LEVELS", gla_chunk), q, k, v, gk),
         "deltanet": fwd_bwd(delta_rule_chunk, q, k, v, beta),
         "gated_deltanet": fwd_bwd(delta_rule_chunk, q, k, v, beta, g),
         "gated_deltanet/inference": inference(delta_rule_chunk, q, k, v, beta, g, kernel=None),
@@ -243,6 +250,7 @@ def main() -> int:
     p.add_argument("--settings", default="", help="other launch settings to compile, e.g. 4x1,8x3")
     p.add_argument("--kernels", default="", help="only these kernels for --settings (default: all)")
     p.add_argument("--dtypes", default="bf16,fp32", help="input dtypes to record the ops in")
+    p.add_argument("--ops", default="", help="only these ops of _ops, e.g. gla,gla/scores_by_levels")
     p.add_argument("--ptxas-dtypes", default="bf16",
                    help="dtypes assembled by ptxas (registers, spills); the others: shared memory only")
     a = p.parse_args()
@@ -255,6 +263,8 @@ def main() -> int:
     rows, seen = [], set()
     for name in a.dtypes.split(","):
         for op, run in _ops(1, a.T, a.H, a.K, a.V, dtypes[name]).items():
+            if a.ops and op not in a.ops.split(","):
+                continue
             for fn, sig, const, nw, ns in record_launches(run):
                 key = (fn.__name__, json.dumps(sig, sort_keys=True),
                        json.dumps({k: str(v) for k, v in const.items()}, sort_keys=True), nw, ns)

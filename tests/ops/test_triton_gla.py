@@ -54,11 +54,21 @@ def _cast(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x.float() if like.dtype != torch.float64 else x
 
 
+@pytest.fixture(params=[False, True], ids=["sub_chunk_scores", "scores_by_levels"])
+def scores_by_levels(request, monkeypatch) -> bool:
+    """The intra-chunk scores from either kernel (``triton_gla.SCORES_BY_LEVELS``)."""
+    from longctx.ops.common import triton_gla
+
+    monkeypatch.setattr(triton_gla, "SCORES_BY_LEVELS", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("gate", list(GATES))
 @pytest.mark.parametrize(("dtype", "size"), _maybe_gpu([(d, s) for d in DTYPES for s in SIZES]))
-def test_gla_kernel_matches_recurrence(dtype, size, gate, with_state) -> None:
-    """Output, final state and the gradients of q, k, v, g (and S0), T not a multiple of the chunk."""
+def test_gla_kernel_matches_recurrence(dtype, size, gate, with_state, scores_by_levels) -> None:
+    """Output, final state and the gradients of q, k, v, g (and S0), T not a multiple of the chunk;
+    the intra-chunk scores from either kernel."""
     from longctx.ops.gla.triton import triton_gla
 
     B, T, H, K, V = size
@@ -128,9 +138,10 @@ def test_gla_kernel_refuses_tiles_that_fail_on_a_gpu(chunk_size: int, sub_chunk:
 
 
 @pytest.mark.skipif(ON_CUDA, reason="the GPU tests use the default tiles throughout")
-def test_gla_kernel_default_tiles() -> None:
+def test_gla_kernel_default_tiles(scores_by_levels) -> None:
     """Chunks of 64 and sub-chunks of 16 (what a GPU runs), two chunks, the second partial; gates
-    down to -40 per token (exp(-G) over 64 tokens ~e^1280)."""
+    down to -40 per token (exp(-G) over 64 tokens ~e^1280); either scores kernel (by levels: all
+    six levels of pairs in a chunk of 64)."""
     from longctx.ops.gla.triton import triton_gla
 
     B, T, H, K, V = 1, 70, 1, 16, 16
@@ -181,7 +192,7 @@ def test_gla_state_pass_tiles_do_not_change_results(dtype, wide) -> None:
 
 
 @pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
-def test_gla_packed_variable_lengths_equal_separate_calls(dtype) -> None:
+def test_gla_packed_variable_lengths_equal_separate_calls(dtype, scores_by_levels) -> None:
     """cu_seqlens: each packed sequence == its own call (outputs, final states, all gradients)."""
     from longctx.ops.gla.triton import triton_gla
 

@@ -234,6 +234,67 @@ def _fwd_A_kernel(
 
 
 @triton.jit
+def _gate_at(gc, g_last, bos, T, idx, i_h, i_k, H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr):
+    """G at the sequence-local rows idx [R] (any order, repeats allowed) as [R, BK]; rows past T
+    get g_last."""
+    cols = i_k * BK + tl.arange(0, BK)
+    m = (idx[:, None] < T) & (cols[None, :] < K)
+    b_g = tl.load(gc + ((bos + idx[:, None]) * H + i_h) * K + cols[None, :], mask=m, other=0.0)
+    return tl.where(idx[:, None] < T, b_g, g_last[None, :])
+
+
+@triton.jit
+def _gate_at_t(gc, g_last, bos, T, idx, i_h, i_k, H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr):
+    """``_gate_at`` loaded transposed: [BK, R]."""
+    cols = i_k * BK + tl.arange(0, BK)
+    m = (cols[:, None] < K) & (idx[None, :] < T)
+    b_g = tl.load(gc + ((bos + idx[None, :]) * H + i_h) * K + cols[:, None], mask=m, other=0.0)
+    return tl.where(idx[None, :] < T, b_g, g_last[:, None])
+
+
+@triton.jit
+def _fwd_A_levels_kernel(
+    q, k, gc, A, cu_seqlens, chunk_indices, scale,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, LOG_BT: tl.constexpr, BK: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """The intra-chunk scores A [T, H, BT] of one chunk, every pair by tensor-core dots; grid
+    (chunks, H). The pairs i > j of a chunk split by the highest bit b where i and j differ (i has
+    it, j not): around c = the last row of j's 2^b-aligned half, ``e^{G_i - G_j} = e^{G_i - G_c}
+    e^{G_c - G_j}``, both factors <= 1, with c = (i >> b << b) - 1 per row and c = j | (2^b - 1) per
+    column. So A = diag(q_i . k_i) + sum_b M_b ⊙ (Q ⊙ e^{G - G_c(row)}) (K ⊙ e^{G_c(col) - G})^T,
+    log2(BT) dots and 2 log2(BT) exps per entry of Q and K, against BT/BC sub-chunk programs
+    each forming BC^2 K pairwise exps in ``_fwd_A_kernel``."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
+    t0 = i_t * BT
+    idx = tl.arange(0, BT)  # position in the chunk
+    b_A = tl.zeros([BT, BT], dtype=ACC)
+    for i_k in range(tl.cdiv(K, BK)):
+        p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1), (t0, i_k * BK), (BT, BK), (1, 0))
+        p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K), (i_k * BK, t0), (BK, BT), (0, 1))
+        b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")
+        b_kt = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")  # K^T [BK, BT]
+        g_last = _gate_last(gc, bos, T, i_t, i_h, i_k, H, K, BT, BK)
+        b_g = _gate_rows(gc, g_last, bos, T, t0, i_h, i_k, H, K, BT, BK)
+        b_gt = _gate_rows_t(gc, g_last, bos, T, t0, i_h, i_k, H, K, BT, BK)
+        b_A += tl.where(idx[:, None] == idx[None, :], tl.dot(b_q, b_kt, input_precision=PREC), 0.0)
+        for b in range(LOG_BT):  # a loop, not unrolled: each level's gathers stay its own
+            row_in = (idx & (1 << b)) != 0  # rows that read level b; columns that feed it: bit b clear
+            c_row = tl.where(row_in, ((idx >> b) << b) - 1, idx)
+            c_col = tl.where(row_in, idx, idx | ((1 << b) - 1))
+            g_r = _gate_at(gc, g_last, bos, T, t0 + c_row, i_h, i_k, H, K, BK)  # [BT, BK]
+            g_ct = _gate_at_t(gc, g_last, bos, T, t0 + c_col, i_h, i_k, H, K, BK)  # [BK, BT]
+            b_qb = (b_q * tl.exp(b_g - g_r)).to(b_q.dtype)
+            b_kb = (b_kt * tl.exp(g_ct - b_gt)).to(b_q.dtype)
+            col_in = (idx & (1 << b)) == 0
+            pair = row_in[:, None] & col_in[None, :] & ((idx[:, None] >> (b + 1)) == (idx[None, :] >> (b + 1)))
+            b_A += tl.where(pair, tl.dot(b_qb, b_kb, input_precision=PREC), 0.0)
+    p_A = tl.make_block_ptr(A + (bos * H + i_h) * BT, (T, BT), (H * BT, 1), (t0, 0), (BT, BT), (1, 0))
+    tl.store(p_A, (b_A * scale).to(A.dtype.element_ty), boundary_check=(0,))
+
+
+@triton.jit
 def _store_o(b_o, A, v, o, bos, T, i_t, i_h, i_v, scale, H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
              BV: tl.constexpr, PREC: tl.constexpr):
     """O_[n] = scale b_o + A V for chunk i_t and value block i_v (b_o = (Q ⊙ e^G) S_n), stored into
@@ -624,6 +685,12 @@ def _fwd_grouped_kernel(
             b_h4 = _piece_out(b_h4, k, gc, b_v, bos, T, i_t, i_h, 3, H, K, BT, BP, PREC)
 
 
+# The intra-chunk scores by ``_fwd_A_levels_kernel`` (every pair in tensor-core dots, one program per
+# chunk) instead of ``_fwd_A_kernel`` (sub-chunk programs, exact pairwise exps on the diagonal
+# blocks): equal to float64 rounding in the interpreter; off until a GPU runs its tests and times it.
+SCORES_BY_LEVELS = False
+
+
 def _blocks(K: int, V: int) -> tuple[int, int]:
     """(BK, BV): key / value blocks of at most 64 (at least 16, the smallest tl.dot tile)."""
     return min(64, max(16, triton.next_power_of_2(K))), min(64, max(16, triton.next_power_of_2(V)))
@@ -639,6 +706,12 @@ def _cumsum_and_scores(q: Tensor, k: Tensor, g: Tensor, scale: float, cu: Tensor
     gc = torch.empty(g.shape, dtype=_acc(g.dtype)[0], device=g.device)
     _chunk_cumsum_kernel[(triton.cdiv(K, BK), NC, H)](g, gc, cu, indices, H=H, K=K, BT=BT, BK=BK)
     A = q.new_empty(q.shape[1], H, BT, dtype=_state_dtype(q.dtype))
+    if SCORES_BY_LEVELS:
+        _fwd_A_levels_kernel[(NC, H)](
+            q, k, gc, A, cu, indices, scale, H=H, K=K, BT=BT, LOG_BT=BT.bit_length() - 1, ACC=ACC,
+            PREC=_prec(q.dtype), **launch_options("gla.fwd_A_levels", num_warps=8, num_stages=1, BK=min(BK, 32)),
+        )
+        return gc, A
     _fwd_A_kernel[(NC * (BT // BC), H)](
         q, k, gc, A, cu, indices, scale, H=H, K=K, BT=BT, BC=BC, BK=BK, BD=min(BK, 16), ACC=ACC,
         PREC=_prec(q.dtype),  # 4 warps for the [BC, BC, BD] diagonal block (ptxas: 111 registers, no

@@ -32,6 +32,9 @@ TILED["delta.delta_dh"] = ("F32_DOTS",)
 # and GLA's output pass (BV only: V's columns), whose programs each read the chunk's Q and gates
 TILED["gla.fwd_o"] = ("BV",)
 WIDE_BV = ("gla.fwd_h", "scalar_decay.fwd_h", "gla.fwd_o")
+# GLA's intra-chunk scores by levels of pairs (triton_gla.SCORES_BY_LEVELS): the key block of its
+# [BT, BK] gate tiles (BK 64 at 8 warps: 255 registers)
+TILED["gla.fwd_A_levels"] = ("BK",)
 # log-linear's inference level pass: chunks per group (GS; any power of two >= 2 gives the same
 # states to rounding) and its state tile
 TILED["log_linear.fwd_z_group"] = ("GS", "BK", "BV")
