@@ -15,7 +15,8 @@
 #  - ZWAIT=1: the zoology workers finish (or time out) before anything below is timed.
 #  - BREAKDOWN=op,op: each kernel's CUDA time in one call of the op, ours vs fla (kernel_breakdown.py;
 #    BREAKDOWN_ARGS="--backward --T 16384" passes its options).
-#  - EXTRA="python script.py /tmp/x.json ...": one more command after the tests (its output: extra.txt).
+#  - EXTRA="python script.py /tmp/x.json ...": one more command after the tests (its output: extra.txt),
+#    at most EXTRA_S (170) s.
 #  (tune.json and breakdown.json stay on the device: their .txt hold the same rows, and 8 files come back)
 #  - TUNE="op op": tune_kernels.py's sweep of the launch settings (tune.json / tune.txt).
 #  - the kernel bench (OPS; kernels.json is rewritten after every row, so a timeout keeps what
@@ -217,7 +218,8 @@ if [ "${ZWAIT:-0}" = 1 ] && [ -n "${ZPID-}" ]; then  # the timings below run wit
 fi
 
 if [ -n "${EXTRA-}" ] && [ "$(left)" -gt 60 ]; then  # one more command, e.g. a parts timing script
-  ( eval "PYTHONPATH=src timeout $(( $(left) < 200 ? $(left) - 30 : 170 )) $EXTRA" > "$OUT/extra.txt" 2>&1 )
+  ES=${EXTRA_S:-170}  # at most this many seconds
+  ( eval "PYTHONPATH=src timeout $(( $(left) < ES + 30 ? $(left) - 30 : ES )) $EXTRA" > "$OUT/extra.txt" 2>&1 )
   tail -20 "$OUT/extra.txt"
 fi
 
