@@ -222,10 +222,9 @@ def test_gla_packed_variable_lengths_equal_separate_calls(dtype, scores_by_level
 
 @pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
 def test_gla_grouped_state_pass_matches_recurrence(dtype, monkeypatch) -> None:
-    """The training forward's state pass and the backward's adjoint pass in two levels
-    (``triton_gla.GROUPED_STATES``: each group's own part, the scan over groups, the walk inside each
-    group from its start / end): packed sequences of one, several and a partial group, initial and
-    final states, every gradient."""
+    """The training forward's state pass in two levels (``triton_gla.GROUPED_STATES``: each group's
+    own part, the scan over groups, the walk inside each group from its start): packed sequences of
+    one, several and a partial group, initial and final states, every gradient."""
     from longctx.ops.common import triton_gla as kernels
     from longctx.ops.common.triton_launch import launch_overrides
     from longctx.ops.gla.triton import triton_gla

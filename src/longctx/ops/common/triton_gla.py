@@ -338,10 +338,8 @@ def _bwd_dh_kernel(
     q, do, gc, dh, dht, dh0, cu_seqlens, chunk_offsets, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
-    STORE_DH: tl.constexpr = True,
 ):
-    """dH_{n+1} for every chunk n (into dh, unless not STORE_DH), reverse over chunks, and dH_0;
-    grid (K/BK, V/BV, N*H)."""
+    """dH_{n+1} for every chunk n (into dh), reverse over chunks, and dH_0; grid (K/BK, V/BV, N*H)."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
@@ -351,10 +349,9 @@ def _bwd_dh_kernel(
         b_dh += tl.load(p_dht, boundary_check=(0, 1), padding_option="zero").to(b_dh.dtype)
     for i_r in range(NT):
         i_t = NT - 1 - i_r
-        if STORE_DH:
-            p_dh = tl.make_block_ptr(dh + ((boh + i_t) * H + i_h) * K * V, (K, V), (V, 1),
-                                     (i_k * BK, i_v * BV), (BK, BV), (1, 0))
-            tl.store(p_dh, b_dh.to(p_dh.dtype.element_ty), boundary_check=(0, 1))
+        p_dh = tl.make_block_ptr(dh + ((boh + i_t) * H + i_h) * K * V, (K, V), (V, 1),
+                                 (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        tl.store(p_dh, b_dh.to(p_dh.dtype.element_ty), boundary_check=(0, 1))
         p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (K, T), (1, H * K),
                                 (i_k * BK, i_t * BT), (BK, BT), (0, 1))  # Q^T
         p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1),
@@ -769,36 +766,19 @@ def _inference(q, k, v, g, h0, scale, want_ht, cu, BT, BC):
     return o, ht
 
 
-# The training forward's state pass and the backward's adjoint pass in two levels (``_chunk_states``,
-# ``_chunk_adjoints``): off until a GPU times them.
+# The training forward's state pass in two levels (``_chunk_states``): off until a GPU times it.
 GROUPED_STATES = False
 
 
-def _groups(cu: Tensor, offsets: Tensor, NC: int, BT: int) -> tuple | None:
-    """Where ``GROUPED_STATES`` and the sequences have several groups of GS chunks on average:
-    (GS, group_offsets, group_indices, cu_g, off_g) with the groups as sequences (cu_g: their
-    tokens, off_g: their first chunks), else None."""
-    GS = launch_options("gla.fwd_h_grouped", GS=16)["GS"]
-    N = cu.numel() - 1
-    if not GROUPED_STATES or GS <= 1 or NC < 2 * GS * N:  # too few chunks per sequence to pay
-        return None
-    goffsets, gindices, _ = chunk_layout(cu, BT * GS)
-    seq, local = gindices[:, 0].long(), gindices[:, 1].long()
-    cu_g = torch.cat([cu[seq] + local * (GS * BT), cu[-1:]]).to(cu.dtype)
-    off_g = torch.cat([offsets[seq] + local * GS, offsets[-1:]]).to(offsets.dtype)
-    return GS, goffsets, gindices, cu_g, off_g
-
-
 def _chunk_states(k: Tensor, v: Tensor, gc: Tensor, h: Tensor, h0: Tensor | None, ht: Tensor | None,
-                  cu: Tensor, offsets: Tensor, NC: int, BT: int) -> tuple | None:
+                  cu: Tensor, offsets: Tensor, NC: int, BT: int) -> None:
     """S_n at every chunk start into h [chunks, H, K, V] and the final states into ht [N, H, K, V]
     (if given). One walk per sequence over its chunks (``_fwd_h_kernel``), or with
     ``GROUPED_STATES`` where a sequence has several groups of GS chunks: each group's own part
     (all groups at once, GS chunks deep), the scan over the groups, then the walk again inside
     every group from its start state (groups as the sequences of ``_fwd_h_kernel``, each with its
     initial state): twice the products of one walk, against a chain of GS + T / (GS BT) + GS
-    steps instead of T / BT. Returns the groups for ``_chunk_adjoints`` (their layout and log
-    decays per key dim [groups, H, K]), or None."""
+    steps instead of T / BT."""
     _, _, H, K = k.shape
     V = v.shape[-1]
     BK, BV = _blocks(K, V)
@@ -806,60 +786,27 @@ def _chunk_states(k: Tensor, v: Tensor, gc: Tensor, h: Tensor, h0: Tensor | None
     # 32 x 32 state tiles (4x the programs): forward 0.487 -> 0.436 ms at 4k, H100 (tune_kernels.py)
     opts = launch_options("gla.fwd_h", num_warps=4, num_stages=3, BK=min(BK, 32), BV=min(BV, 32))
     grid = (triton.cdiv(K, opts["BK"]), triton.cdiv(V, opts["BV"]))
-    groups = _groups(cu, offsets, NC, BT)
-    if groups is None:
-        N = cu.numel() - 1
+    GS = launch_options("gla.fwd_h_grouped", GS=16)["GS"]
+    N = cu.numel() - 1
+    if not GROUPED_STATES or GS <= 1 or NC < 2 * GS * N:  # too few chunks per sequence to pay
         _fwd_h_kernel[(*grid, N * H)](
             k, v, gc, h, h0 if h0 is not None else k, ht if ht is not None else k, cu, offsets,
             H=H, K=K, V=V, BT=BT, ACC=ACC, PREC=prec, USE_H0=h0 is not None, STORE_HT=ht is not None, **opts,
         )
-        return None
-    GS, goffsets, gindices, cu_g, off_g = groups
-    NG = gindices.shape[0]
+        return
+    goffsets, gindices, NG = chunk_layout(cu, BT * GS)
     hg = torch.empty(NG, H, K, V, dtype=gc.dtype, device=k.device)  # the state at each group start
     hl = torch.empty_like(hg)  # each group's own part
     gtot = torch.empty(NG, H, K, dtype=gc.dtype, device=k.device)  # each group's log decay per key dim
     _fwd_h_group_kernel[(*grid, NG * H)](k, v, gc, hl, gtot, cu, gindices, GS, H=H, K=K, V=V, BT=BT,
                                          ACC=ACC, PREC=prec, **opts)
     _scan_groups(hl, gtot, hg, h0, ht, goffsets, opts, True, "gla.fwd_h_scan", per_key=True)
+    seq, local = gindices[:, 0].long(), gindices[:, 1].long()
+    cu_g = torch.cat([cu[seq] + local * (GS * BT), cu[-1:]]).to(cu.dtype)  # each group's tokens
+    off_g = torch.cat([offsets[seq] + local * GS, offsets[-1:]]).to(offsets.dtype)  # its first chunk
     _fwd_h_kernel[(*grid, NG * H)](
         k, v, gc, h, hg, k, cu_g, off_g, H=H, K=K, V=V, BT=BT, ACC=ACC, PREC=prec, USE_H0=True,
         STORE_HT=False, **opts,
-    )
-    return (*groups, gtot)
-
-
-def _chunk_adjoints(q: Tensor, do: Tensor, gc: Tensor, dh: Tensor, dht: Tensor | None, dh0: Tensor | None,
-                    cu: Tensor, offsets: Tensor, scale: float, BT: int, groups: tuple | None) -> None:
-    """dH_{n+1} at every chunk end into dh [chunks, H, K, V] and dH_0 into dh0 [N, H, K, V] (if
-    given), from dht (the final states' gradient, or None): ``_bwd_dh_kernel``'s reverse walk per
-    sequence, or with the forward's groups (``_chunk_states``) the same two levels reversed: each
-    group's own part at its start (from zero at its end), the scan over the groups last to first,
-    then the walk inside every group from the adjoint at its end."""
-    _, _, H, K = q.shape
-    V = do.shape[-1]
-    BK, BV = _blocks(K, V)
-    ACC, prec = _acc(q.dtype)[1], _prec(q.dtype)
-    opts = launch_options("gla.bwd_dh", num_warps=4, num_stages=3, BK=BK, BV=BV)
-    grid = (triton.cdiv(K, opts["BK"]), triton.cdiv(V, opts["BV"]))
-    if groups is None:
-        _bwd_dh_kernel[(*grid, (cu.numel() - 1) * H)](
-            q, do, gc, dh, dht if dht is not None else q, dh0 if dh0 is not None else q, cu, offsets, scale,
-            H=H, K=K, V=V, BT=BT, ACC=ACC, PREC=prec, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, **opts,
-        )
-        return
-    _, goffsets, gindices, cu_g, off_g, gtot = groups
-    NG = gindices.shape[0]
-    dl = torch.empty(NG, H, K, V, dtype=gc.dtype, device=q.device)  # each group's own part at its start
-    _bwd_dh_kernel[(*grid, NG * H)](
-        q, do, gc, dh, q, dl, cu_g, off_g, scale, H=H, K=K, V=V, BT=BT, ACC=ACC, PREC=prec, USE_DHT=False,
-        STORE_DH0=True, STORE_DH=False, **opts,
-    )
-    dg_end = torch.empty_like(dl)  # the adjoint at each group's end
-    _scan_groups(dl, gtot, dg_end, dht, dh0, goffsets, opts, True, "gla.bwd_dh_scan", per_key=True, reverse=True)
-    _bwd_dh_kernel[(*grid, NG * H)](
-        q, do, gc, dh, dg_end, q, cu_g, off_g, scale, H=H, K=K, V=V, BT=BT, ACC=ACC, PREC=prec, USE_DHT=True,
-        STORE_DH0=False, **opts,
     )
 
 
@@ -876,7 +823,7 @@ class _GlaFn(torch.autograd.Function):
         gc, A = _cumsum_and_scores(q, k, g, scale, cu, indices, NC, BT, BC)
         h = q.new_empty(NC, H, K, V, dtype=_state_dtype(q.dtype))  # rounded as its readers round it
         ht = q.new_empty(N, H, K, V, dtype=acc) if want_ht else None
-        groups = _chunk_states(k, v, gc, h, h0, ht, cu, offsets, NC, BT)
+        _chunk_states(k, v, gc, h, h0, ht, cu, offsets, NC, BT)
         o = torch.empty_like(v)
         # BV: a tunable (up to all of V: each program then reads its chunk's Q and fp32 gates once)
         opts = launch_options("gla.fwd_o", num_warps=4, num_stages=3, BV=BV)
@@ -887,7 +834,6 @@ class _GlaFn(torch.autograd.Function):
         )
         ctx.save_for_backward(q, k, v, gc, h0, h, A, cu, offsets, indices)
         ctx.meta = (scale, BT, BC, NC, g.requires_grad, g.dtype)
-        ctx.groups = groups  # the two-level state passes' layout and log decays, or None
         return o, ht
 
     @staticmethod
@@ -904,7 +850,11 @@ class _GlaFn(torch.autograd.Function):
         dht = dht.contiguous() if dht is not None else None
         dh = q.new_empty(NC, H, K, V, dtype=h.dtype)
         dh0 = torch.empty(N, H, K, V, dtype=acc, device=q.device) if h0 is not None else None
-        _chunk_adjoints(q, do, gc, dh, dht, dh0, cu, offsets, scale, BT, ctx.groups)
+        opts = launch_options("gla.bwd_dh", num_warps=4, num_stages=3, BK=BK, BV=BV)
+        _bwd_dh_kernel[(triton.cdiv(K, opts["BK"]), triton.cdiv(V, opts["BV"]), N * H)](
+            q, do, gc, dh, dht if dht is not None else q, dh0 if dh0 is not None else q, cu, offsets, scale,
+            H=H, K=K, V=V, BT=BT, ACC=ACC, PREC=prec, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, **opts,
+        )
         dv = torch.empty_like(v)
         dA = torch.empty(T, H, BT, dtype=acc, device=q.device)
         _bwd_dv_dA_kernel[(NC, H)](

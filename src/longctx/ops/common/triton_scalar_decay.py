@@ -336,13 +336,12 @@ def _fwd_h_scan_kernel(
     hl, gtot, h, h0, ht, group_offsets,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_G: tl.constexpr, ACC: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
-    GK: tl.constexpr = False, REVERSE: tl.constexpr = False,
+    GK: tl.constexpr = False,
 ):
     """The state at every group start (into h), S_{g+1} = e^{G_g} S_g + L_g in order over the
     sequence's groups (one tile load, scale and add each), and the final state; grid (K/BK, V/BV,
     N*H). GK: the groups' log decays are per key dim, gtot [groups, H, K] (GLA's
-    ``diag(e^{G_g})``), else one per head, gtot [groups, H]. REVERSE: the groups last to first (the
-    backward's adjoint state at every group end, from dS_T as h0, with dS_0 as the final state)."""
+    ``diag(e^{G_g})``), else one per head, gtot [groups, H]."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     g0 = tl.load(group_offsets + i_n).to(tl.int64)
@@ -350,8 +349,7 @@ def _fwd_h_scan_kernel(
     b_h = tl.zeros([BK, BV], dtype=ACC)
     if USE_H0:
         b_h += tl.load(_state_ptr(h0, i_nh, i_v, i_k, K, V, BK, BV), boundary_check=(0, 1))
-    for i_r in range(NG):
-        i_s = NG - 1 - i_r if REVERSE else i_r
+    for i_s in range(NG):
         i_gh = (g0 + i_s) * H + i_h
         tl.store(_state_ptr(h, i_gh, i_v, i_k, K, V, BK, BV), b_h.to(h.dtype.element_ty), boundary_check=(0, 1))
         if GK:
@@ -675,16 +673,16 @@ def _grouped_state_pass(k, v, gc, h, h0, ht, cu, goffsets, gindices, BT: int, GS
 
 
 def _scan_groups(hl: Tensor, gtot: Tensor, h: Tensor, h0: Tensor | None, ht: Tensor | None, goffsets: Tensor,
-                 tiles: dict, has_g: bool, launch: str, per_key: bool = False, reverse: bool = False) -> None:
+                 tiles: dict, has_g: bool, launch: str, per_key: bool = False) -> None:
     """The grouped state pass's second level (``_fwd_h_scan_kernel``): from each group's own part hl
     [groups, H, K, V] and log decay gtot ([groups, H]; per_key: [groups, H, K], GLA's), the state
     at every group start into h and the final state into ht (if given), over ``tiles``' BK x BV
-    tiles; ``launch`` names its launch settings. reverse: the backward's, the groups last to first."""
+    tiles; ``launch`` names its launch settings."""
     _, H, K, V = h.shape
     _fwd_h_scan_kernel[(triton.cdiv(K, tiles["BK"]), triton.cdiv(V, tiles["BV"]), (goffsets.numel() - 1) * H)](
         hl, gtot, h, h0 if h0 is not None else h, ht if ht is not None else h, goffsets, H=H, K=K, V=V,
         BK=tiles["BK"], BV=tiles["BV"], HAS_G=has_g, ACC=_acc(h.dtype)[1], USE_H0=h0 is not None,
-        STORE_HT=ht is not None, GK=per_key, REVERSE=reverse, **launch_options(launch, num_warps=4, num_stages=2),
+        STORE_HT=ht is not None, GK=per_key, **launch_options(launch, num_warps=4, num_stages=2),
     )
 
 
