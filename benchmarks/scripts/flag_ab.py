@@ -9,7 +9,6 @@ Flags (module attribute -> the ops it changes, forward only unless noted):
   fused_delta       ops/log_linear/triton.FUSED_DELTA_LEVELS: log_linear_gdn
   grouped_levels    triton_log_linear.GROUPED_LEVELS: log_linear (forward; forward+backward)
   scores_by_levels  triton_gla.SCORES_BY_LEVELS: gla (forward; forward+backward: the same scores)
-  grouped_states    triton_gla.GROUPED_STATES: gla (forward; forward+backward: its forward's state pass)
 The kernel bench's inputs (B=1 H=16 D=128 bf16); ms, the median of ``triton.testing.do_bench``.
 Run the flags' GPU tests first (they are parametrised over each flag). Without a GPU: one
 host-timed call each in Triton's interpreter (a smoke run, tiny sizes).
@@ -37,7 +36,6 @@ FLAGS = {  # name -> (module, attribute, [(op, backward)])
     "grouped_levels": ("longctx.ops.common.triton_log_linear", "GROUPED_LEVELS",
                        [("log_linear", False), ("log_linear", True)]),
     "scores_by_levels": ("longctx.ops.common.triton_gla", "SCORES_BY_LEVELS", [("gla", False), ("gla", True)]),
-    "grouped_states": ("longctx.ops.common.triton_gla", "GROUPED_STATES", [("gla", False), ("gla", True)]),
 }
 
 

@@ -32,8 +32,7 @@
 #    (ops/common/triton_log_linear.GROUPED_LEVELS) in the warm-up and the bench (the tests take both).
 #  - GLA_LEVELS=1: GLA's intra-chunk scores by levels of pairs (ops/common/triton_gla.SCORES_BY_LEVELS)
 #    in the warm-up and the bench (the tests take both).
-#  - GLA_GROUPED_STATES=1: GLA's training forward walks its states in two levels (triton_gla.GROUPED_STATES).
-#  (the settings on trial, DELTA_STAGED .. GLA_GROUPED_STATES, apply to the breakdown and the tuning sweep
+#  (the settings on trial, DELTA_STAGED .. GLA_LEVELS, apply to the breakdown and the tuning sweep
 #    too: /tmp/with_trials.py; EXTRA's command sets its own)
 #  - WARM=1: the bench's kernels (ours and fla's, per op of OPS) and TUNE's settings compile in parallel
 #    beside the tests.
@@ -150,10 +149,9 @@ if os.environ.get("GROUPED_LEVELS"):
 if os.environ.get("GATE_ON_DELTA"):
     from longctx.ops.common import triton_scalar_decay
     triton_scalar_decay.GATE_ON_DELTA = True
-if os.environ.get("GLA_LEVELS") or os.environ.get("GLA_GROUPED_STATES"):
+if os.environ.get("GLA_LEVELS"):
     from longctx.ops.common import triton_gla
-    triton_gla.SCORES_BY_LEVELS = bool(os.environ.get("GLA_LEVELS"))
-    triton_gla.GROUPED_STATES = bool(os.environ.get("GLA_GROUPED_STATES"))
+    triton_gla.SCORES_BY_LEVELS = True
 if os.environ.get("LL_DELTA_FUSED"):
     from longctx.ops.log_linear import triton as ll_triton
     ll_triton.FUSED_DELTA_LEVELS = True

@@ -221,40 +221,6 @@ def test_gla_packed_variable_lengths_equal_separate_calls(dtype, scores_by_level
 
 
 @pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
-def test_gla_grouped_state_pass_matches_recurrence(dtype, monkeypatch) -> None:
-    """The training forward's state pass in two levels (``triton_gla.GROUPED_STATES``: each group's
-    own part, the scan over groups, the walk inside each group from its start): packed sequences of
-    one, several and a partial group, initial and final states, every gradient."""
-    from longctx.ops.common import triton_gla as kernels
-    from longctx.ops.common.triton_launch import launch_overrides
-    from longctx.ops.gla.triton import triton_gla
-
-    monkeypatch.setattr(kernels, "GROUPED_STATES", True)
-    lens = [70, 5, 130, 33] if not ON_CUDA else [3000, 64, 1, 9000, 700]
-    GS = 2 if not ON_CUDA else 16  # groups of 32 tokens in the interpreter (chunks of 16)
-    H, K, V = (1, 16, 8) if not ON_CUDA else (4, 128, 128)
-    T = sum(lens)
-    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
-    gen = torch.Generator().manual_seed(7)
-    q, k, v = _rand(1, T, H, K, gen=gen), _rand(1, T, H, K, gen=gen), _rand(1, T, H, V, gen=gen)
-    g, S0 = _gate((1, T, H, K), 1.0, gen), _rand(len(lens), H, K, V, gen=gen)
-
-    def ref(q, k, v, g, S0):
-        outs, finals = zip(*(naive_gla(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], scale=0.5,
-                                       initial_state=S0[n:n + 1], output_final_state=True)
-                             for n, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True))),
-                             strict=True)
-        return torch.cat(outs, 1), torch.cat(finals)
-
-    def fn(q, k, v, g, S0):
-        with launch_overrides({"gla.fwd_h_grouped": {"GS": GS}}):
-            return triton_gla(q, k, v, _cast(g, q), scale=0.5, initial_state=_cast(S0, q),
-                              output_final_state=True, cu_seqlens=cu.to(q.device), **TILES)
-
-    _check("gla/grouped_states", ref, fn, [q, k, v, g, S0], dtype)
-
-
-@pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
 def test_chunk_gla_dispatches_to_the_kernel(dtype) -> None:
     """chunk_gla(backend="triton") == naive_gla, without initial or final state."""
     B, T, H, K, V = (2, 21, 1, 16, 8) if not ON_CUDA else (2, 300, 4, 64, 64)

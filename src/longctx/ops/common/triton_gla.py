@@ -766,50 +766,6 @@ def _inference(q, k, v, g, h0, scale, want_ht, cu, BT, BC):
     return o, ht
 
 
-# The training forward's state pass in two levels (``_chunk_states``): off until a GPU times it.
-GROUPED_STATES = False
-
-
-def _chunk_states(k: Tensor, v: Tensor, gc: Tensor, h: Tensor, h0: Tensor | None, ht: Tensor | None,
-                  cu: Tensor, offsets: Tensor, NC: int, BT: int) -> None:
-    """S_n at every chunk start into h [chunks, H, K, V] and the final states into ht [N, H, K, V]
-    (if given). One walk per sequence over its chunks (``_fwd_h_kernel``), or with
-    ``GROUPED_STATES`` where a sequence has several groups of GS chunks: each group's own part
-    (all groups at once, GS chunks deep), the scan over the groups, then the walk again inside
-    every group from its start state (groups as the sequences of ``_fwd_h_kernel``, each with its
-    initial state): twice the products of one walk, against a chain of GS + T / (GS BT) + GS
-    steps instead of T / BT."""
-    _, _, H, K = k.shape
-    V = v.shape[-1]
-    BK, BV = _blocks(K, V)
-    ACC, prec = _acc(k.dtype)[1], _prec(k.dtype)
-    # 32 x 32 state tiles (4x the programs): forward 0.487 -> 0.436 ms at 4k, H100 (tune_kernels.py)
-    opts = launch_options("gla.fwd_h", num_warps=4, num_stages=3, BK=min(BK, 32), BV=min(BV, 32))
-    grid = (triton.cdiv(K, opts["BK"]), triton.cdiv(V, opts["BV"]))
-    GS = launch_options("gla.fwd_h_grouped", GS=16)["GS"]
-    N = cu.numel() - 1
-    if not GROUPED_STATES or GS <= 1 or NC < 2 * GS * N:  # too few chunks per sequence to pay
-        _fwd_h_kernel[(*grid, N * H)](
-            k, v, gc, h, h0 if h0 is not None else k, ht if ht is not None else k, cu, offsets,
-            H=H, K=K, V=V, BT=BT, ACC=ACC, PREC=prec, USE_H0=h0 is not None, STORE_HT=ht is not None, **opts,
-        )
-        return
-    goffsets, gindices, NG = chunk_layout(cu, BT * GS)
-    hg = torch.empty(NG, H, K, V, dtype=gc.dtype, device=k.device)  # the state at each group start
-    hl = torch.empty_like(hg)  # each group's own part
-    gtot = torch.empty(NG, H, K, dtype=gc.dtype, device=k.device)  # each group's log decay per key dim
-    _fwd_h_group_kernel[(*grid, NG * H)](k, v, gc, hl, gtot, cu, gindices, GS, H=H, K=K, V=V, BT=BT,
-                                         ACC=ACC, PREC=prec, **opts)
-    _scan_groups(hl, gtot, hg, h0, ht, goffsets, opts, True, "gla.fwd_h_scan", per_key=True)
-    seq, local = gindices[:, 0].long(), gindices[:, 1].long()
-    cu_g = torch.cat([cu[seq] + local * (GS * BT), cu[-1:]]).to(cu.dtype)  # each group's tokens
-    off_g = torch.cat([offsets[seq] + local * GS, offsets[-1:]]).to(offsets.dtype)  # its first chunk
-    _fwd_h_kernel[(*grid, NG * H)](
-        k, v, gc, h, hg, k, cu_g, off_g, H=H, K=K, V=V, BT=BT, ACC=ACC, PREC=prec, USE_H0=True,
-        STORE_HT=False, **opts,
-    )
-
-
 class _GlaFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, h0, scale, want_ht, cu, BT, BC):
@@ -823,7 +779,12 @@ class _GlaFn(torch.autograd.Function):
         gc, A = _cumsum_and_scores(q, k, g, scale, cu, indices, NC, BT, BC)
         h = q.new_empty(NC, H, K, V, dtype=_state_dtype(q.dtype))  # rounded as its readers round it
         ht = q.new_empty(N, H, K, V, dtype=acc) if want_ht else None
-        _chunk_states(k, v, gc, h, h0, ht, cu, offsets, NC, BT)
+        # 32 x 32 state tiles (4x the programs): forward 0.487 -> 0.436 ms at 4k, H100 (tune_kernels.py)
+        opts = launch_options("gla.fwd_h", num_warps=4, num_stages=3, BK=min(BK, 32), BV=min(BV, 32))
+        _fwd_h_kernel[(triton.cdiv(K, opts["BK"]), triton.cdiv(V, opts["BV"]), N * H)](
+            k, v, gc, h, h0 if h0 is not None else q, ht if want_ht else q, cu, offsets,
+            H=H, K=K, V=V, BT=BT, ACC=ACC, PREC=prec, USE_H0=h0 is not None, STORE_HT=want_ht, **opts,
+        )
         o = torch.empty_like(v)
         # BV: a tunable (up to all of V: each program then reads its chunk's Q and fp32 gates once)
         opts = launch_options("gla.fwd_o", num_warps=4, num_stages=3, BV=BV)

@@ -35,8 +35,6 @@ WIDE_BV = ("gla.fwd_h", "scalar_decay.fwd_h", "gla.fwd_o")
 # GLA's intra-chunk scores by levels of pairs (triton_gla.SCORES_BY_LEVELS): the key block of its
 # [BT, BK] gate tiles (BK 64 at 8 warps: 255 registers)
 TILED["gla.fwd_A_levels"] = ("BK",)
-# GLA's training state pass in two levels (triton_gla.GROUPED_STATES): chunks per group
-TILED["gla.fwd_h_grouped"] = ("GS",)
 # log-linear's inference level pass: chunks per group (GS; any power of two >= 2 gives the same
 # states to rounding) and its state tile
 TILED["log_linear.fwd_z_group"] = ("GS", "BK", "BV")
