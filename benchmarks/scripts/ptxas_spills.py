@@ -187,20 +187,20 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
                 S_out=f32(B, H, K // 2, V)),
         }
 
-    def _with(module, flag: str, fn):
-        """fn run with ``module.flag = True`` (a kernel path behind a flag)."""
+    def _with(module, flag: str, fn, value: bool = True):
+        """fn run with ``module.flag = value`` (a kernel path behind a flag)."""
         def run(*args):
             saved = getattr(module, flag)
-            setattr(module, flag, True)
+            setattr(module, flag, value)
             try:
                 return fn(*args)
             finally:
                 setattr(module, flag, saved)
         return run
 
-    def _with_grouped_levels(fn):
+    def _with_grouped_levels(fn, value: bool = True):
         from longctx.ops.common import triton_log_linear
-        return _with(triton_log_linear, "GROUPED_LEVELS", fn)
+        return _with(triton_log_linear, "GROUPED_LEVELS", fn, value)
 
     def _long(*xs: torch.Tensor, n: int = 2048) -> list[torch.Tensor]:
         """xs at n tokens (repeated along T); lam with the levels n needs."""
@@ -219,8 +219,8 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
         "simple_gla/inference": inference(scalar_decay_chunk, q, k, v, g),
         "gla": fwd_bwd(gla_chunk, q, k, v, gk),
         "gla/inference": inference(gla_chunk, q, k, v, gk, kernel="gla.fwd_grouped"),
-        # the intra-chunk scores by levels of pairs (triton_gla.SCORES_BY_LEVELS)
-        "gla/scores_by_levels": fwd_bwd(_with(triton_gla, "SCORES_BY_LEVELS", gla_chunk), q, k, v, gk),
+        # the intra-chunk scores by sub-chunks (triton_gla.SCORES_BY_LEVELS off; on by default)
+        "gla/sub_chunk_scores": fwd_bwd(_with(triton_gla, "SCORES_BY_LEVELS", gla_chunk, False), q, k, v, gk),
         "deltanet": fwd_bwd(delta_rule_chunk, q, k, v, beta),
         "gated_deltanet": fwd_bwd(delta_rule_chunk, q, k, v, beta, g),
         "gated_deltanet/inference": inference(delta_rule_chunk, q, k, v, beta, g, kernel=None),
@@ -229,9 +229,12 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
         # pass's walk over the groups (_fwd_z_top_kernel) is launched too
         "log_linear_mamba2/inference": inference(_with_grouped_levels(log_linear_scalar_decay_chunk),
                                                  *_long(q, k, v, g, lam), kernel=None),
-        # its training forward + backward with GROUPED_LEVELS (one level state per chunk)
+        # its training forward + backward with GROUPED_LEVELS (one level state per chunk; the default)
+        # and without (every level's state at every chunk)
         "log_linear_mamba2/grouped_levels": fwd_bwd(_with_grouped_levels(log_linear_scalar_decay_chunk),
                                                     *[x.requires_grad_() for x in _long(q, k, v, g, lam)]),
+        "log_linear_mamba2/n_m_states": fwd_bwd(_with_grouped_levels(log_linear_scalar_decay_chunk, False),
+                                                *[x.requires_grad_() for x in _long(q, k, v, g, lam)]),
         # log-linear Gated DeltaNet's fused inference forward (chunks of 64)
         "log_linear_gdn/inference": inference(delta_log_linear_forward, q, k, v, beta, g, lam,
                                               torch.tensor([0, T], dtype=torch.int32), [T], 64,  # B = 1
