@@ -60,11 +60,12 @@ def test_every_op_and_kernel_is_compiled(launches: list[dict]) -> None:
     assert ops == {"linear_attention", "simple_gla", "gla", "deltanet", "gated_deltanet", "log_linear_mamba2",
                    "linear_attention/inference", "simple_gla/inference", "gla/inference", "gated_deltanet/inference",
                    "log_linear_mamba2/inference", "log_linear_gdn/inference", "log_linear_mamba2/grouped_levels",
-                   "gated_deltanet/layer_step",
+                   "log_linear_mamba2/n_m_states", "gla/sub_chunk_scores", "gated_deltanet/layer_step",
                    "mamba2/layer_step", "gla/layer_step"}
     kernels = {r["kernel"] for r in launches}
     assert {"triton_scalar_decay._bwd_dqkv_kernel", "triton_scalar_decay._fwd_grouped_kernel",
             "triton_scalar_decay._fwd_h_group_kernel", "triton_scalar_decay._fwd_h_scan_kernel", "triton_gla._fwd_A_kernel",
+            "triton_gla._fwd_A_levels_kernel",
             "triton_delta._wy_bwd_kernel", "triton_log_linear._bwd_dqkv_kernel",
             "triton_layer_step._delta_layer_step_kernel", "triton_layer_step._ssd_layer_step_kernel",
             "triton_layer_step._gla_layer_step_kernel", "triton_gla._fwd_grouped_kernel",
