@@ -115,25 +115,36 @@ def _gate_last(gc, bos, T, i_t, i_h, i_k, H: tl.constexpr, K: tl.constexpr, BT: 
 
 
 @triton.jit
+def _gate_at(gc, g_last, bos, T, idx, i_h, i_k, H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr):
+    """G at the sequence-local rows idx [R] (any order, repeats allowed) as [R, BK]; rows past T
+    get g_last."""
+    cols = i_k * BK + tl.arange(0, BK)
+    m = (idx[:, None] < T) & (cols[None, :] < K)
+    b_g = tl.load(gc + ((bos + idx[:, None]) * H + i_h) * K + cols[None, :], mask=m, other=0.0)
+    return tl.where(idx[:, None] < T, b_g, g_last[None, :])
+
+
+@triton.jit
+def _gate_at_t(gc, g_last, bos, T, idx, i_h, i_k, H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr):
+    """``_gate_at`` loaded transposed: [BK, R]."""
+    cols = i_k * BK + tl.arange(0, BK)
+    m = (cols[:, None] < K) & (idx[None, :] < T)
+    b_g = tl.load(gc + ((bos + idx[None, :]) * H + i_h) * K + cols[:, None], mask=m, other=0.0)
+    return tl.where(idx[None, :] < T, b_g, g_last[:, None])
+
+
+@triton.jit
 def _gate_rows(gc, g_last, bos, T, row0, i_h, i_k, H: tl.constexpr, K: tl.constexpr,
                BR: tl.constexpr, BK: tl.constexpr):
     """G of rows [row0, row0 + BR) (sequence-local) as [BR, BK]; rows past T get g_last."""
-    rows = row0 + tl.arange(0, BR)
-    cols = i_k * BK + tl.arange(0, BK)
-    m = (rows[:, None] < T) & (cols[None, :] < K)
-    b_g = tl.load(gc + ((bos + rows[:, None]) * H + i_h) * K + cols[None, :], mask=m, other=0.0)
-    return tl.where(rows[:, None] < T, b_g, g_last[None, :])
+    return _gate_at(gc, g_last, bos, T, row0 + tl.arange(0, BR), i_h, i_k, H, K, BK)
 
 
 @triton.jit
 def _gate_rows_t(gc, g_last, bos, T, row0, i_h, i_k, H: tl.constexpr, K: tl.constexpr,
                  BR: tl.constexpr, BK: tl.constexpr):
     """``_gate_rows`` loaded transposed: [BK, BR]."""
-    rows = row0 + tl.arange(0, BR)
-    cols = i_k * BK + tl.arange(0, BK)
-    m = (cols[:, None] < K) & (rows[None, :] < T)
-    b_g = tl.load(gc + ((bos + rows[None, :]) * H + i_h) * K + cols[:, None], mask=m, other=0.0)
-    return tl.where(rows[None, :] < T, b_g, g_last[:, None])
+    return _gate_at_t(gc, g_last, bos, T, row0 + tl.arange(0, BR), i_h, i_k, H, K, BK)
 
 
 @triton.jit
@@ -237,25 +248,6 @@ def _fwd_A_kernel(
     off = (cols[None, :] < i_s * BC) | (cols[None, :] >= i_s * BC + BC)
     tl.store(p_A + cols[None, :], (b_A * scale).to(A.dtype.element_ty), mask=(rows[:, None] < T) & off)
     tl.store(p_A + i_s * BC + sub[None, :], (b_Ad * scale).to(A.dtype.element_ty), mask=rows[:, None] < T)
-
-
-@triton.jit
-def _gate_at(gc, g_last, bos, T, idx, i_h, i_k, H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr):
-    """G at the sequence-local rows idx [R] (any order, repeats allowed) as [R, BK]; rows past T
-    get g_last."""
-    cols = i_k * BK + tl.arange(0, BK)
-    m = (idx[:, None] < T) & (cols[None, :] < K)
-    b_g = tl.load(gc + ((bos + idx[:, None]) * H + i_h) * K + cols[None, :], mask=m, other=0.0)
-    return tl.where(idx[:, None] < T, b_g, g_last[None, :])
-
-
-@triton.jit
-def _gate_at_t(gc, g_last, bos, T, idx, i_h, i_k, H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr):
-    """``_gate_at`` loaded transposed: [BK, R]."""
-    cols = i_k * BK + tl.arange(0, BK)
-    m = (cols[:, None] < K) & (idx[None, :] < T)
-    b_g = tl.load(gc + ((bos + idx[None, :]) * H + i_h) * K + cols[:, None], mask=m, other=0.0)
-    return tl.where(idx[None, :] < T, b_g, g_last[:, None])
 
 
 @triton.jit
