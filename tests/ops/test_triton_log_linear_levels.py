@@ -275,11 +275,11 @@ def test_fused_delta_levels_match_naive(dtype: torch.dtype, size: tuple, gate_on
     inference forward (``triton_log_linear_delta``: one UT transform, the levels inside chunks in a
     kernel, one walk per chunk level), not PyTorch and the copies of the base; the output matches the float64 matrix form, and packed sequences
     (cu_seqlens) match each sequence alone. gate_on_delta: the level walk's gate on Delta's rows
-    (``triton_scalar_decay.GATE_ON_DELTA``)."""
+    (``triton_log_linear_delta.LEVELS_GATE_ON_DELTA``)."""
     import longctx.ops.log_linear.triton as ll_triton
-    from longctx.ops.common import triton_scalar_decay
+    from longctx.ops.common import triton_log_linear_delta
 
-    monkeypatch.setattr(triton_scalar_decay, "GATE_ON_DELTA", gate_on_delta)
+    monkeypatch.setattr(triton_log_linear_delta, "LEVELS_GATE_ON_DELTA", gate_on_delta)
 
     ran = []
     fused = ll_triton.delta_log_linear_forward
