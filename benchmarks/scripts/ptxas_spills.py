@@ -133,7 +133,7 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
          ) -> dict[str, Callable[[], object]]:
     """Forward + backward of each chunked op, and the fused layer decode steps, on CPU tensors of
     ``dtype`` (the kernels are only recorded)."""
-    from longctx.ops.common import triton_gla
+    from longctx.ops.common import triton_delta, triton_gla
     from longctx.ops.common.triton_delta import delta_rule_chunk
     from longctx.ops.common.triton_gla import gla_chunk
     from longctx.ops.common.triton_launch import launch_overrides
@@ -224,6 +224,10 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
         "deltanet": fwd_bwd(delta_rule_chunk, q, k, v, beta),
         "gated_deltanet": fwd_bwd(delta_rule_chunk, q, k, v, beta, g),
         "gated_deltanet/inference": inference(delta_rule_chunk, q, k, v, beta, g, kernel=None),
+        # the UT transform's variants: the inverse's diagonal blocks by element-wise forward
+        # substitution (VECTOR_DIAG_INVERSE) and W, U by half-precision dots (HALF_WU)
+        "gated_deltanet/ut_variants": fwd_bwd(_with(triton_delta, "VECTOR_DIAG_INVERSE",
+                                                    _with(triton_delta, "HALF_WU", delta_rule_chunk)), q, k, v, beta, g),
         "log_linear_mamba2": fwd_bwd(log_linear_scalar_decay_chunk, q, k, v, g, lam),
         # with GROUPED_LEVELS, at 2048 tokens: 32 chunks of 64, more than a group of 16, so the level
         # pass's walk over the groups (_fwd_z_top_kernel) is launched too

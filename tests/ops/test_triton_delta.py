@@ -22,7 +22,7 @@ gpu = pytest.mark.gpu
 
 # float64 in the interpreter: rounding only. On the GPU float32 (IEEE dots) and bf16 inputs; these
 # GPU tolerances are first guesses, not yet measured on a device.
-TOL = {torch.float64: 1e-10, torch.float32: 2e-4, torch.bfloat16: 5e-2}
+TOL = {torch.float64: 1e-10, torch.float32: 2e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 DTYPES = [torch.float64] if not ON_CUDA else [torch.float32, torch.bfloat16]
 # (B, T, H, K, V, chunk): T = 70 is one full chunk of 64 and a partial one
 # K = 128 / 256: the backward state pass holds dS as 2 / 4 pieces of 64 key dims
@@ -100,6 +100,49 @@ def test_gated_delta_rule_kernel_matches_recurrence(dtype, size, gate_on_delta, 
                                        initial_state=_acc(S0), output_final_state=True, chunk_size=C)
 
     _check("gated_deltanet", ref, fn, [q, k, v, beta, g, S0], dtype)
+
+
+# (dtype, size, variant): float16 in the interpreter too, where HALF_WU applies
+UT_CASES = _maybe_gpu([(d, s, var) for d in DTYPES for s in (
+    [(1, 70, 2, 16, 16, 16), (1, 70, 2, 16, 16, 32), (1, 70, 1, 32, 16, 64)] if not ON_CUDA
+    else [(1, 1000, 4, 128, 128, 64), (2, 67, 4, 64, 64, 32)]) for var in ("vector_inverse", "half_wu", "both")]
+    + ([] if ON_CUDA else [(torch.float16, (1, 70, 2, 16, 16, 64), "both")]))
+
+
+@pytest.mark.parametrize(("dtype", "size", "variant"), UT_CASES)
+def test_ut_transform_variants_match_recurrence(dtype, size, variant, monkeypatch) -> None:
+    """The UT transform's variants behind flags: ``triton_delta.VECTOR_DIAG_INVERSE`` (the
+    inverse's diagonal blocks by element-wise forward substitution, ``_diag_block_inverse``, at
+    chunks of 16 / 32 / 64: one, two, four blocks) and ``HALF_WU`` (W, U by half-precision dots;
+    half inputs only). The output, final state and every gradient match the recurrence, and
+    log-linear Gated DeltaNet's fused forward (its intra-chunk kernel recomputes X) matches the one
+    without the variant."""
+    from longctx.ops.common import triton_delta
+    from longctx.ops.common.triton_log_linear_delta import delta_log_linear_forward
+    from longctx.ops.gated_deltanet.triton import triton_gated_delta_rule
+
+    B, T, H, K, V, C = size
+    q, k, v, beta, g, S0 = _inputs(B, T, H, K, V, seed=T + C)
+    lam = torch.rand(1, T, H, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    cu = torch.tensor([0, T], dtype=torch.int32, device=DEVICE)
+    ll = [t[:1].to(DEVICE, dtype) for t in (q * K ** -0.5, k, v, beta, g)] + [lam.to(DEVICE, dtype)]
+    with torch.no_grad():
+        ll_without = delta_log_linear_forward(*ll, cu, [T], C)
+    monkeypatch.setattr(triton_delta, "VECTOR_DIAG_INVERSE", variant != "half_wu")
+    monkeypatch.setattr(triton_delta, "HALF_WU", variant != "vector_inverse")
+
+    def ref(q, k, v, beta, g, S0):
+        return naive_gated_delta_rule(q, k, v, g, beta, scale=K ** -0.5, initial_state=S0,
+                                      output_final_state=True)
+
+    def fn(q, k, v, beta, g, S0):
+        return triton_gated_delta_rule(q, k, v, _acc(g), _acc(beta), scale=K ** -0.5, initial_state=_acc(S0),
+                                       output_final_state=True, chunk_size=C)
+
+    _check(variant, ref, fn, [q, k, v, beta, g, S0], dtype)
+    with torch.no_grad():
+        ll_with = delta_log_linear_forward(*ll, cu, [T], C)
+    assert_close(ll_without.double().cpu(), ll_with.double().cpu(), TOL[dtype], "log-linear fused")
 
 
 @pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))

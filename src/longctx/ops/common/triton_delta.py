@@ -98,17 +98,41 @@ from longctx.ops.common.triton_scalar_decay import (
 
 
 @triton.jit
-def _unit_lower_inverse(b_A, BT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
-    """(I + A)^{-1} for a strictly lower-triangular A [BT, BT], BT in {16, 32, 64}."""
+def _diag_block_inverse(b_A, BT: tl.constexpr, ACC: tl.constexpr):
+    """(I + A_d)^{-1} [BT, BT] (block diagonal), A_d the 16 x 16 diagonal blocks of a strictly
+    lower-triangular A [BT, BT]: forward substitution on the blocks as [BT/16, 16, 16], step i
+    finishing row i of every block with element-wise FMAs in ACC (no products)."""
+    NB: tl.constexpr = BT // 16
+    i16 = tl.arange(0, 16)
+    blk = tl.arange(0, NB)
+    same = blk[:, None, None, None] == blk[None, None, :, None]  # [NB, 1, NB, 1]
+    b_Ad = tl.sum(tl.where(same, tl.reshape(b_A, [NB, 16, NB, 16]), 0.0), axis=2)  # [NB, 16, 16]
+    b_X = tl.zeros([NB, 16, 16], dtype=ACC) + (i16[:, None] == i16[None, :]).to(ACC)[None, :, :]
+    for i in tl.static_range(1, 16):
+        row = (i16 == i)[None, :, None]
+        b_a = tl.sum(tl.where(row, b_Ad, 0.0), axis=1)  # [NB, 16]: row i of every block
+        # row i = e_i - sum_{j < i} A_ij X_j (the rows j < i final; A_ij = 0 for j >= i)
+        b_X -= tl.where(row, tl.sum(b_a[:, :, None] * b_X, axis=1)[:, None, :], 0.0)
+    return tl.reshape(tl.where(same, b_X[:, :, None, :], 0.0), [BT, BT])
+
+
+@triton.jit
+def _unit_lower_inverse(b_A, BT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+                        VEC_INV: tl.constexpr = False):
+    """(I + A)^{-1} for a strictly lower-triangular A [BT, BT], BT in {16, 32, 64}. VEC_INV: the
+    diagonal blocks by ``_diag_block_inverse`` (``VECTOR_DIAG_INVERSE``), else by 15 products."""
     idx = tl.arange(0, BT)
     same = (idx[:, None] // 16) == (idx[None, :] // 16)
-    b_Ad = tl.where(same, b_A, 0.0)  # the 16 x 16 diagonal blocks
     b_I = (idx[:, None] == idx[None, :]).to(ACC)
-    b_X = b_I
-    # forward substitution inside every diagonal block at once: step i finishes row i of each block
-    # (row r = e_r - sum_{j < r} A_rj X_j, the rows j of its block before it being final)
-    for i in range(1, 16):
-        b_X -= tl.dot(tl.where((idx % 16 == i)[:, None], b_Ad, 0.0), b_X, input_precision=PREC)
+    if VEC_INV:
+        b_X = _diag_block_inverse(b_A, BT, ACC)
+    else:
+        b_Ad = tl.where(same, b_A, 0.0)  # the 16 x 16 diagonal blocks
+        b_X = b_I
+        # forward substitution inside every diagonal block at once: step i finishes row i of each
+        # block (row r = e_r - sum_{j < r} A_rj X_j, the rows j of its block before it being final)
+        for i in range(1, 16):
+            b_X -= tl.dot(tl.where((idx % 16 == i)[:, None], b_Ad, 0.0), b_X, input_precision=PREC)
     if BT > 16:  # block forward substitution: (I + N)^{-1} D^{-1} with N = D^{-1} A_off, N^4 = 0
         b_N = tl.dot(b_X, tl.where(same, 0.0, b_A), input_precision=PREC)
         b_N2 = tl.dot(b_N, b_N, input_precision=PREC)
@@ -133,10 +157,11 @@ def _wy_fwd_kernel(
     k, v, beta, gc, ainv, w, u, cu_seqlens, chunk_indices,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, PRECA: tl.constexpr,
-    STORE_X: tl.constexpr,
+    STORE_X: tl.constexpr, VEC_INV: tl.constexpr, HALF_WU: tl.constexpr,
 ):
     """X = (I + A)^{-1} (into ainv [chunks, H, BT, BT] if STORE_X: the backward reads it), W and U
-    of one chunk; grid (chunks, H)."""
+    of one chunk; grid (chunks, H). HALF_WU (half inputs only): W = X (beta e^G K) and U = X (beta V)
+    with X and the scaled K / V rounded to the input dtype (``HALF_WU``), else TF32 / IEEE in ACC."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_t, bos, T, b_beta = _chunk_beta(beta, cu_seqlens, chunk_indices, i_c, i_h, H, BT, ACC)
     idx = tl.arange(0, BT)
@@ -154,23 +179,31 @@ def _wy_fwd_kernel(
     else:
         b_A = tl.where(strict, b_A, 0.0)
         b_kscale = b_beta
-    b_X = _unit_lower_inverse(b_A * b_beta[:, None], BT, ACC, PRECA)
+    b_X = _unit_lower_inverse(b_A * b_beta[:, None], BT, ACC, PRECA, VEC_INV)
     if STORE_X:
         p_X = tl.make_block_ptr(ainv + (i_c * H + i_h).to(tl.int64) * BT * BT, (BT, BT), (BT, 1), (0, 0), (BT, BT), (1, 0))
         tl.store(p_X, b_X.to(p_X.dtype.element_ty))
+    if HALF_WU:  # X rounded once to the inputs' half dtype: W and U by half-precision dots
+        b_Xw = b_X.to(k.dtype.element_ty)
     for i_k in range(tl.cdiv(K, BK)):
         p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1),
                                 (i_t * BT, i_k * BK), (BT, BK), (1, 0))
-        b_k = tl.load(p_k, boundary_check=(0, 1)).to(ACC)
-        b_w = tl.dot(b_X, b_k * b_kscale[:, None], input_precision=PRECA)
+        b_k = tl.load(p_k, boundary_check=(0, 1))
+        if HALF_WU:
+            b_w = tl.dot(b_Xw, (b_k * b_kscale[:, None]).to(b_k.dtype), input_precision=PREC)
+        else:
+            b_w = tl.dot(b_X, b_k.to(ACC) * b_kscale[:, None], input_precision=PRECA)
         p_w = tl.make_block_ptr(w + (bos * H + i_h) * K, (T, K), (H * K, 1),
                                 (i_t * BT, i_k * BK), (BT, BK), (1, 0))
         tl.store(p_w, b_w.to(p_w.dtype.element_ty), boundary_check=(0, 1))
     for i_v in range(tl.cdiv(V, BV)):
         p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        b_v = tl.load(p_v, boundary_check=(0, 1)).to(ACC)
-        b_u = tl.dot(b_X, b_v * b_beta[:, None], input_precision=PRECA)
+        b_v = tl.load(p_v, boundary_check=(0, 1))
+        if HALF_WU:
+            b_u = tl.dot(b_Xw, (b_v * b_beta[:, None]).to(b_v.dtype), input_precision=PREC)
+        else:
+            b_u = tl.dot(b_X, b_v.to(ACC) * b_beta[:, None], input_precision=PRECA)
         p_u = tl.make_block_ptr(u + (bos * H + i_h) * V, (T, V), (H * V, 1),
                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         tl.store(p_u, b_u.to(p_u.dtype.element_ty), boundary_check=(0, 1))
@@ -600,6 +633,24 @@ def _blocks(K: int, V: int) -> tuple[int, int, int, int]:
 # False runs every pass but the tuned inference forward at 1 stage again.
 STAGED_TRAINING_PASSES = True
 
+# The inverse's 16 x 16 diagonal blocks by element-wise forward substitution in fp32
+# (``_diag_block_inverse``: 15 dependent row steps on [C/16, 16, 16]) instead of 15 dependent
+# masked [C, C] products (TF32 for half inputs); exact either way in the interpreter. Off until
+# timed on a GPU: the UT transform (``_wy_fwd_kernel``) was Gated DeltaNet's second-largest
+# forward kernel on an H100 (377 us of 979 at 16k, fla's two UT kernels 210; session 19).
+VECTOR_DIAG_INVERSE = False
+
+# W and U of the UT transform by half-precision dots for half inputs: X and the beta (e^G)-scaled
+# K / V rounded to the input dtype (as flash-linear-attention's recompute_w_u does), instead of
+# TF32 dots on fp32 operands (half the operand bytes, twice the tensor-core rate). Off until timed
+# and tested on a GPU.
+HALF_WU = False
+
+
+def _half_wu(dtype: torch.dtype) -> bool:
+    """``HALF_WU`` where it applies: half inputs."""
+    return HALF_WU and dtype in (torch.float16, torch.bfloat16)
+
 
 def _pass_stages(dtype: torch.dtype, K: int, train: bool) -> int:
     """num_stages of the state passes (``_delta_h_kernel``, ``_delta_dh_kernel``): the loads of the
@@ -644,7 +695,8 @@ def _forward(q, k, v, beta, g, h0, scale, want_ht, cu, BT, train: bool):
     w, u = torch.empty_like(k), torch.empty_like(v)
     _wy_fwd_kernel[(NC, H)](
         k, v, beta, gc if has_g else q, ainv if train else q, w, u, cu, indices,
-        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, PRECA=_preca(q.dtype), STORE_X=train, **meta,
+        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, PRECA=_preca(q.dtype), STORE_X=train, VEC_INV=VECTOR_DIAG_INVERSE,
+        HALF_WU=_half_wu(q.dtype), **meta,
         **launch_options("delta.wy_fwd", num_warps=4, num_stages=1),
     )
     h = q.new_empty(NC, H, K, V, dtype=acc if train else _state_dtype(q.dtype))

@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from longctx.ops.common import triton_delta
 from longctx.ops.common.triton_delta import (
     _blocks,
     _chunk_beta,
@@ -110,7 +111,7 @@ def _delta_intra_kernel(
     q, k, v, beta, gc, w, lam, qt, o, cu_seqlens, chunk_indices,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, C_LOG: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr,
-    PREC: tl.constexpr, PRECA: tl.constexpr,
+    PREC: tl.constexpr, PRECA: tl.constexpr, VEC_INV: tl.constexpr,
 ):
     """One chunk, with P = (Q K^T ⊙ Γ)_{i>=j} and X = (I + A)^{-1} (recomputed, as in
     ``_wy_fwd_kernel``): the levels inside it, O = ((P X diag(beta)) ⊙ Λ) V with Λ_ij =
@@ -139,7 +140,7 @@ def _delta_intra_kernel(
         b_A = tl.where(strict, b_A, 0.0)
         b_P = tl.where(causal, b_P, 0.0)
         b_qscale = tl.full([BT], 1.0, dtype=ACC)
-    b_X = _unit_lower_inverse(b_A * b_beta[:, None], BT, ACC, PRECA)
+    b_X = _unit_lower_inverse(b_A * b_beta[:, None], BT, ACC, PRECA, VEC_INV)
     b_M = tl.dot(b_P, b_X, input_precision=PRECA) * b_beta[None, :]
     b_M *= _level_weights(lam, bos, T, i_t, i_h, H, L, BT, C_LOG, ACC, False)
     for i_v in range(tl.cdiv(V, BV)):
@@ -190,13 +191,14 @@ def delta_log_linear_forward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: T
     _wy_fwd_kernel[(NC, H)](
         k, v, beta, gc, q, w, u, cu, indices,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, ACC=ACC, PREC=prec, PRECA=preca, STORE_X=False,
+        VEC_INV=triton_delta.VECTOR_DIAG_INVERSE, HALF_WU=triton_delta._half_wu(q.dtype),
         **launch_options("delta.wy_fwd", num_warps=4, num_stages=1),
     )
     qt, o = torch.empty_like(q), torch.empty(1, TT, H, V, dtype=acc, device=q.device)
     _delta_intra_kernel[(NC, H)](
         q, k, v, beta, gc, w, lam, qt, o, cu, indices,
         H=H, K=K, V=V, L=L, C_LOG=C_LOG, BT=BT, BK=BK, BV=BV, HAS_G=has_g, ACC=ACC, PREC=prec, PRECA=preca,
-        **launch_options("log_linear.delta_intra", num_warps=8, num_stages=1),
+        VEC_INV=triton_delta.VECTOR_DIAG_INVERSE, **launch_options("log_linear.delta_intra", num_warps=8, num_stages=1),
     )
     if levels == 0:
         return o
