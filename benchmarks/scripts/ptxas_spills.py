@@ -221,6 +221,10 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
         "gla/inference": inference(gla_chunk, q, k, v, gk, kernel="gla.fwd_grouped"),
         # the intra-chunk scores by sub-chunks (triton_gla.SCORES_BY_LEVELS off; on by default)
         "gla/sub_chunk_scores": fwd_bwd(_with(triton_gla, "SCORES_BY_LEVELS", gla_chunk, False), q, k, v, gk),
+        # G formed in the kernels from the raw gates (CUMSUM_IN_KERNELS), training and inference
+        "gla/cumsum_in_kernels": fwd_bwd(_with(triton_gla, "CUMSUM_IN_KERNELS", gla_chunk), q, k, v, gk),
+        "gla/inference_cumsum_in_kernels": inference(_with(triton_gla, "CUMSUM_IN_KERNELS", gla_chunk), q, k, v, gk,
+                                                     kernel=None),
         "deltanet": fwd_bwd(delta_rule_chunk, q, k, v, beta),
         "gated_deltanet": fwd_bwd(delta_rule_chunk, q, k, v, beta, g),
         "gated_deltanet/inference": inference(delta_rule_chunk, q, k, v, beta, g, kernel=None),

@@ -54,13 +54,49 @@ def _cast(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x.float() if like.dtype != torch.float64 else x
 
 
-@pytest.fixture(params=[False, True], ids=["sub_chunk_scores", "scores_by_levels"])
+@pytest.fixture(params=["sub_chunk_scores", "scores_by_levels", "cumsum_in_kernels"])
 def scores_by_levels(request, monkeypatch) -> bool:
-    """The intra-chunk scores from either kernel (``triton_gla.SCORES_BY_LEVELS``)."""
+    """The intra-chunk scores from either kernel (``triton_gla.SCORES_BY_LEVELS``), and by levels
+    with G formed in the kernels from the raw gates (``CUMSUM_IN_KERNELS``)."""
     from longctx.ops.common import triton_gla
 
-    monkeypatch.setattr(triton_gla, "SCORES_BY_LEVELS", request.param)
-    return request.param
+    monkeypatch.setattr(triton_gla, "SCORES_BY_LEVELS", request.param != "sub_chunk_scores")
+    monkeypatch.setattr(triton_gla, "CUMSUM_IN_KERNELS", request.param == "cumsum_in_kernels")
+    return request.param != "sub_chunk_scores"
+
+
+@pytest.mark.parametrize("cumsum_in_kernels", [False, True])
+@pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
+def test_gla_inference_forward_matches_recurrence(dtype, cumsum_in_kernels, monkeypatch) -> None:
+    """No gradient wanted (no G kept for a backward; with ``CUMSUM_IN_KERNELS`` none written at
+    all): the output and final state of packed sequences match the recurrence and the forward
+    kept for the backward, bit for bit."""
+    from longctx.ops.common import triton_gla
+    from longctx.ops.gla.triton import triton_gla as gla
+
+    monkeypatch.setattr(triton_gla, "CUMSUM_IN_KERNELS", cumsum_in_kernels)
+    lens = [5, 19, 1, 12] if not ON_CUDA else [100, 64, 1, 900, 37]
+    H, K, V = (1, 16, 8) if not ON_CUDA else (4, 128, 64)
+    T = sum(lens)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    gen = torch.Generator().manual_seed(8)
+    q, k, v = _rand(1, T, H, K, gen=gen), _rand(1, T, H, K, gen=gen), _rand(1, T, H, V, gen=gen)
+    g, S0 = _gate((1, T, H, K), 2.0, gen), _rand(len(lens), H, K, V, gen=gen)
+    dt = dtype
+    x = [t.to(DEVICE, dt) for t in (q, k, v)] + [_cast(t, q.to(dt)).to(DEVICE) for t in (g, S0)]
+
+    def run(*x):
+        return gla(*x[:4], scale=0.5, initial_state=x[4], output_final_state=True, cu_seqlens=cu.to(DEVICE), **TILES)
+
+    with torch.no_grad():
+        o, S = run(*x)
+    o_train, S_train = run(*[t.clone().requires_grad_() for t in x])
+    assert torch.equal(o, o_train.detach()) and torch.equal(S, S_train.detach())
+    for n, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
+        ref, ref_S = naive_gla(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], scale=0.5,
+                               initial_state=S0[n:n + 1], output_final_state=True)
+        assert_close(ref, o[:, s:e].double().cpu(), TOL[dt], f"o {n}")
+        assert_close(ref_S, S[n:n + 1].double().cpu(), TOL[dt], f"S {n}")
 
 
 @pytest.mark.parametrize("with_state", [False, True])

@@ -148,6 +148,31 @@ def _gate_rows_t(gc, g_last, bos, T, row0, i_h, i_k, H: tl.constexpr, K: tl.cons
 
 
 @triton.jit
+def _raw_gates(g, bos, T, t0, i_h, i_k, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
+    """From the raw gates g [T, H, K]: G (the chunk-local cumsum) of rows [t0, t0 + BT) as [BT, BK]
+    and G_last [BK], in fp32 (fp64 for fp64 g); rows past T get G_last (their g reads as 0)."""
+    cols = i_k * BK + tl.arange(0, BK)
+    rows = t0 + tl.arange(0, BT)
+    b_g = tl.load(g + ((bos + rows[:, None]) * H + i_h) * K + cols[None, :],
+                  mask=(rows[:, None] < T) & (cols[None, :] < K), other=0.0)
+    if g.dtype.element_ty != tl.float64:
+        b_g = b_g.to(tl.float32)
+    return tl.cumsum(b_g, axis=0), tl.sum(b_g, axis=0)
+
+
+@triton.jit
+def _raw_gates_t(g, bos, T, t0, i_h, i_k, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
+    """``_raw_gates`` loaded transposed: G^T [BK, BT] and G_last [BK]."""
+    cols = i_k * BK + tl.arange(0, BK)
+    rows = t0 + tl.arange(0, BT)
+    b_g = tl.load(g + ((bos + rows[None, :]) * H + i_h) * K + cols[:, None],
+                  mask=(cols[:, None] < K) & (rows[None, :] < T), other=0.0)
+    if g.dtype.element_ty != tl.float64:
+        b_g = b_g.to(tl.float32)
+    return tl.cumsum(b_g, axis=1), tl.sum(b_g, axis=1)
+
+
+@triton.jit
 def _row(x, bos, T, r, i_h, i_k, H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr):
     """Row r (sequence-local) of a [T, H, K] tensor, key dims of block i_k: [BK] (0 outside)."""
     cols = i_k * BK + tl.arange(0, BK)
@@ -156,17 +181,22 @@ def _row(x, bos, T, r, i_h, i_k, H: tl.constexpr, K: tl.constexpr, BK: tl.conste
 
 @triton.jit
 def _gla_h_step(b_h, k, v, gc, bos, T, i_t, i_h, i_k, i_v, H: tl.constexpr, K: tl.constexpr,
-                V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+                V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+                RAW_G: tl.constexpr = False):
     """One [BK, BV] tile (key dims of block i_k) of S through chunk i_t:
-    diag(e^{G_last}) S + (K ⊙ e^{G_last - G})^T V; returns it and G_last [BK]."""
+    diag(e^{G_last}) S + (K ⊙ e^{G_last - G})^T V; returns it and G_last [BK]. RAW_G: gc holds the
+    raw gates (``_raw_gates``), else their chunk-local cumsums."""
     p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K),
                             (i_k * BK, i_t * BT), (BK, BT), (0, 1))  # K^T
     p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
                             (i_t * BT, i_v * BV), (BT, BV), (1, 0))
     b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")
     b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
-    g_last = _gate_last(gc, bos, T, i_t, i_h, i_k, H, K, BT, BK)
-    b_gt = _gate_rows_t(gc, g_last, bos, T, i_t * BT, i_h, i_k, H, K, BT, BK)  # G^T [BK, BT]
+    if RAW_G:
+        b_gt, g_last = _raw_gates_t(gc, bos, T, i_t * BT, i_h, i_k, H, K, BT, BK)
+    else:
+        g_last = _gate_last(gc, bos, T, i_t, i_h, i_k, H, K, BT, BK)
+        b_gt = _gate_rows_t(gc, g_last, bos, T, i_t * BT, i_h, i_k, H, K, BT, BK)  # G^T [BK, BT]
     b_kd = (b_k * tl.exp(g_last[:, None] - b_gt)).to(b_k.dtype)  # (K ⊙ e^{G_last - G})^T
     return b_h * tl.exp(g_last)[:, None] + tl.dot(b_kd, b_v, input_precision=PREC), g_last
 
@@ -176,9 +206,10 @@ def _fwd_h_kernel(
     k, v, gc, h, h0, ht, cu_seqlens, chunk_offsets,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
+    RAW_G: tl.constexpr,
 ):
     """The state S_n at every chunk start (into h [chunks, H, K, V]) and the final state;
-    grid (K/BK, V/BV, N*H)."""
+    grid (K/BK, V/BV, N*H). RAW_G: gc holds the raw gates."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
@@ -190,7 +221,7 @@ def _fwd_h_kernel(
         p_h = tl.make_block_ptr(h + ((boh + i_t) * H + i_h) * K * V, (K, V), (V, 1),
                                 (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         tl.store(p_h, b_h.to(p_h.dtype.element_ty), boundary_check=(0, 1))
-        b_h, _ = _gla_h_step(b_h, k, v, gc, bos, T, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV, PREC)
+        b_h, _ = _gla_h_step(b_h, k, v, gc, bos, T, i_t, i_h, i_k, i_v, H, K, V, BT, BK, BV, PREC, RAW_G)
     if STORE_HT:
         p_ht = tl.make_block_ptr(ht + i_nh.to(tl.int64) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         tl.store(p_ht, b_h.to(p_ht.dtype.element_ty), boundary_check=(0, 1))
@@ -252,9 +283,9 @@ def _fwd_A_kernel(
 
 @triton.jit
 def _fwd_A_levels_kernel(
-    q, k, gc, A, cu_seqlens, chunk_indices, scale,
+    q, k, g, gc, A, cu_seqlens, chunk_indices, scale,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, LOG_BT: tl.constexpr, BK: tl.constexpr,
-    ACC: tl.constexpr, PREC: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr, RAW_G: tl.constexpr, STORE_GC: tl.constexpr,
 ):
     """The intra-chunk scores A [T, H, BT] of one chunk, every pair by tensor-core dots; grid
     (chunks, H). The pairs i > j of a chunk split by the highest bit b where i and j differ (i has
@@ -262,7 +293,9 @@ def _fwd_A_levels_kernel(
     e^{G_c - G_j}``, both factors <= 1, with c = (i >> b << b) - 1 per row and c = j | (2^b - 1) per
     column. So A = diag(q_i . k_i) + sum_b M_b ⊙ (Q ⊙ e^{G - G_c(row)}) (K ⊙ e^{G_c(col) - G})^T,
     log2(BT) dots and 2 log2(BT) exps per entry of Q and K, against BT/BC sub-chunk programs
-    each forming BC^2 K pairwise exps in ``_fwd_A_kernel``."""
+    each forming BC^2 K pairwise exps in ``_fwd_A_kernel``. RAW_G: G from the raw gates g by the
+    chunk-local cumsum in registers (the rows c by ``tl.gather``), into gc if STORE_GC (the
+    backward reads it); else G read from gc."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
     t0 = i_t * BT
@@ -273,16 +306,27 @@ def _fwd_A_levels_kernel(
         p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (K, T), (1, H * K), (i_k * BK, t0), (BK, BT), (0, 1))
         b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")
         b_kt = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")  # K^T [BK, BT]
-        g_last = _gate_last(gc, bos, T, i_t, i_h, i_k, H, K, BT, BK)
-        b_g = _gate_rows(gc, g_last, bos, T, t0, i_h, i_k, H, K, BT, BK)
-        b_gt = _gate_rows_t(gc, g_last, bos, T, t0, i_h, i_k, H, K, BT, BK)
+        if RAW_G:
+            b_g, g_last = _raw_gates(g, bos, T, t0, i_h, i_k, H, K, BT, BK)
+            b_gt, _ = _raw_gates_t(g, bos, T, t0, i_h, i_k, H, K, BT, BK)
+            if STORE_GC:
+                p_gc = tl.make_block_ptr(gc + (bos * H + i_h) * K, (T, K), (H * K, 1), (t0, i_k * BK), (BT, BK), (1, 0))
+                tl.store(p_gc, b_g.to(p_gc.dtype.element_ty), boundary_check=(0, 1))
+        else:
+            g_last = _gate_last(gc, bos, T, i_t, i_h, i_k, H, K, BT, BK)
+            b_g = _gate_rows(gc, g_last, bos, T, t0, i_h, i_k, H, K, BT, BK)
+            b_gt = _gate_rows_t(gc, g_last, bos, T, t0, i_h, i_k, H, K, BT, BK)
         b_A += tl.where(idx[:, None] == idx[None, :], tl.dot(b_q, b_kt, input_precision=PREC), 0.0)
         for b in range(LOG_BT):  # a loop, not unrolled: each level's gathers stay its own
             row_in = (idx & (1 << b)) != 0  # rows that read level b; columns that feed it: bit b clear
             c_row = tl.where(row_in, ((idx >> b) << b) - 1, idx)
             c_col = tl.where(row_in, idx, idx | ((1 << b) - 1))
-            g_r = _gate_at(gc, g_last, bos, T, t0 + c_row, i_h, i_k, H, K, BK)  # [BT, BK]
-            g_ct = _gate_at_t(gc, g_last, bos, T, t0 + c_col, i_h, i_k, H, K, BK)  # [BK, BT]
+            if RAW_G:  # G at rows c: gathered from the chunk's G in registers
+                g_r = tl.gather(b_g, tl.broadcast_to(c_row[:, None], (BT, BK)), axis=0)  # [BT, BK]
+                g_ct = tl.gather(b_gt, tl.broadcast_to(c_col[None, :], (BK, BT)), axis=1)  # [BK, BT]
+            else:
+                g_r = _gate_at(gc, g_last, bos, T, t0 + c_row, i_h, i_k, H, K, BK)  # [BT, BK]
+                g_ct = _gate_at_t(gc, g_last, bos, T, t0 + c_col, i_h, i_k, H, K, BK)  # [BK, BT]
             b_qb = (b_q * tl.exp(b_g - g_r)).to(b_q.dtype)
             b_kb = (b_kt * tl.exp(g_ct - b_gt)).to(b_q.dtype)
             col_in = (idx & (1 << b)) == 0
@@ -311,9 +355,9 @@ def _store_o(b_o, A, v, o, bos, T, i_t, i_h, i_v, scale, H: tl.constexpr, V: tl.
 def _fwd_o_kernel(
     q, v, gc, h, A, o, cu_seqlens, chunk_indices, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, RAW_G: tl.constexpr,
 ):
-    """O_[n] = scale (Q ⊙ e^G) S_n + A V; grid (V/BV, chunks, H)."""
+    """O_[n] = scale (Q ⊙ e^G) S_n + A V; grid (V/BV, chunks, H). RAW_G: gc holds the raw gates."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
     b_o = tl.zeros([BT, BV], dtype=ACC)
@@ -324,8 +368,11 @@ def _fwd_o_kernel(
                                 (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")
         b_h = tl.load(p_h, boundary_check=(0, 1), padding_option="zero")
-        g_last = _gate_last(gc, bos, T, i_t, i_h, i_k, H, K, BT, BK)
-        b_g = _gate_rows(gc, g_last, bos, T, i_t * BT, i_h, i_k, H, K, BT, BK)
+        if RAW_G:
+            b_g, _ = _raw_gates(gc, bos, T, i_t * BT, i_h, i_k, H, K, BT, BK)
+        else:
+            g_last = _gate_last(gc, bos, T, i_t, i_h, i_k, H, K, BT, BK)
+            b_g = _gate_rows(gc, g_last, bos, T, i_t * BT, i_h, i_k, H, K, BT, BK)
         b_qg = (b_q * tl.exp(b_g)).to(b_q.dtype)  # Q ⊙ e^G
         b_o += tl.dot(b_qg, b_h.to(b_q.dtype), input_precision=PREC)
     _store_o(b_o, A, v, o, bos, T, i_t, i_h, i_v, scale, H, V, BT, BV, PREC)
@@ -692,6 +739,18 @@ def _fwd_grouped_kernel(
 # ran out): on.
 SCORES_BY_LEVELS = True
 
+# No chunk-cumsum kernel: the scores by levels, the state pass and the output pass each form the
+# chunk-local G from the raw gates in registers (the levels' rows c by ``tl.gather``), and G is
+# written only when a gradient is wanted (the scores kernel stores it for the backward). Saves
+# the cumsum kernel's read of g and write of G plus the scores' read of G (fp32 [T, H, K] each): on
+# an H100 that kernel was 89 of GLA's 1435 us forward at 16k (session 19). Exact in the
+# interpreter; off until timed on a GPU. Needs SCORES_BY_LEVELS.
+CUMSUM_IN_KERNELS = False
+
+
+def _raw_gates_in_kernels() -> bool:
+    return CUMSUM_IN_KERNELS and SCORES_BY_LEVELS
+
 
 def _blocks(K: int, V: int) -> tuple[int, int]:
     """(BK, BV): key / value blocks of at most 64 (at least 16, the smallest tl.dot tile)."""
@@ -699,19 +758,24 @@ def _blocks(K: int, V: int) -> tuple[int, int]:
 
 
 def _cumsum_and_scores(q: Tensor, k: Tensor, g: Tensor, scale: float, cu: Tensor, indices: Tensor, NC: int,
-                       BT: int, BC: int) -> tuple[Tensor, Tensor]:
+                       BT: int, BC: int, store_gc: bool = True) -> tuple[Tensor | None, Tensor]:
     """The chunk-local gate cumsums G [1, T, H, K] (fp32; fp64 for fp64) and the intra-chunk scores
-    A [T, H, BT] (``_fwd_A_kernel``; in the input dtype for half inputs, read rounded)."""
+    A [T, H, BT] (in the input dtype for half inputs, read rounded). With ``_raw_gates_in_kernels()``
+    the scores kernel forms G itself, and stores it only if store_gc (else G is None: the state and
+    output passes form it from g too)."""
     _, _, H, K = q.shape
     BK = _blocks(K, 1)[0]
     ACC = _acc(q.dtype)[1]
-    gc = torch.empty(g.shape, dtype=_acc(g.dtype)[0], device=g.device)
-    _chunk_cumsum_kernel[(triton.cdiv(K, BK), NC, H)](g, gc, cu, indices, H=H, K=K, BT=BT, BK=BK)
+    raw = _raw_gates_in_kernels()
+    gc = torch.empty(g.shape, dtype=_acc(g.dtype)[0], device=g.device) if store_gc or not raw else None
+    if not raw:
+        _chunk_cumsum_kernel[(triton.cdiv(K, BK), NC, H)](g, gc, cu, indices, H=H, K=K, BT=BT, BK=BK)
     A = q.new_empty(q.shape[1], H, BT, dtype=_state_dtype(q.dtype))
     if SCORES_BY_LEVELS:
         _fwd_A_levels_kernel[(NC, H)](
-            q, k, gc, A, cu, indices, scale, H=H, K=K, BT=BT, LOG_BT=BT.bit_length() - 1, ACC=ACC,
-            PREC=_prec(q.dtype), **launch_options("gla.fwd_A_levels", num_warps=8, num_stages=1, BK=min(BK, 32)),
+            q, k, g, gc if gc is not None else g, A, cu, indices, scale, H=H, K=K, BT=BT,
+            LOG_BT=BT.bit_length() - 1, ACC=ACC, PREC=_prec(q.dtype), RAW_G=raw, STORE_GC=gc is not None,
+            **launch_options("gla.fwd_A_levels", num_warps=8, num_stages=1, BK=min(BK, 32)),
         )
         return gc, A
     _fwd_A_kernel[(NC * (BT // BC), H)](
@@ -746,7 +810,7 @@ def _inference(q, k, v, g, h0, scale, want_ht, cu, BT, BC):
     BVo = opts.pop("BV")
     GS = opts.pop("GS", None) or (_chunks_per_group(NC, H, V, BVo, q.device) if GROUPED_BY_DEFAULT else 1)
     if GS <= 1 or K > 256:  # the output pass holds S as at most four pieces of 64 rows
-        return _GlaFn.apply(q, k, v, g, h0, scale, want_ht, cu, BT, BC)
+        return _GlaFn.apply(q, k, v, g, h0, scale, want_ht, cu, BT, BC, False)
     acc, ACC = _acc(q.dtype)
     prec = _prec(q.dtype)
     gc, A = _cumsum_and_scores(q, k, g, scale, cu, indices, NC, BT, BC)
@@ -770,7 +834,7 @@ def _inference(q, k, v, g, h0, scale, want_ht, cu, BT, BC):
 
 class _GlaFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, g, h0, scale, want_ht, cu, BT, BC):
+    def forward(ctx, q, k, v, g, h0, scale, want_ht, cu, BT, BC, train):
         _, _, H, K = q.shape
         V = v.shape[-1]
         N = cu.numel() - 1
@@ -778,22 +842,24 @@ class _GlaFn(torch.autograd.Function):
         BK, BV = _blocks(K, V)
         acc, ACC = _acc(q.dtype)
         prec = _prec(q.dtype)
-        gc, A = _cumsum_and_scores(q, k, g, scale, cu, indices, NC, BT, BC)
+        gc, A = _cumsum_and_scores(q, k, g, scale, cu, indices, NC, BT, BC, store_gc=train)
+        raw = _raw_gates_in_kernels()
+        gk = g if raw else gc  # the gates the state and output passes read
         h = q.new_empty(NC, H, K, V, dtype=_state_dtype(q.dtype))  # rounded as its readers round it
         ht = q.new_empty(N, H, K, V, dtype=acc) if want_ht else None
         # 32 x 32 state tiles (4x the programs): forward 0.487 -> 0.436 ms at 4k, H100 (tune_kernels.py)
         opts = launch_options("gla.fwd_h", num_warps=4, num_stages=3, BK=min(BK, 32), BV=min(BV, 32))
         _fwd_h_kernel[(triton.cdiv(K, opts["BK"]), triton.cdiv(V, opts["BV"]), N * H)](
-            k, v, gc, h, h0 if h0 is not None else q, ht if want_ht else q, cu, offsets,
-            H=H, K=K, V=V, BT=BT, ACC=ACC, PREC=prec, USE_H0=h0 is not None, STORE_HT=want_ht, **opts,
+            k, v, gk, h, h0 if h0 is not None else q, ht if want_ht else q, cu, offsets,
+            H=H, K=K, V=V, BT=BT, ACC=ACC, PREC=prec, USE_H0=h0 is not None, STORE_HT=want_ht, RAW_G=raw, **opts,
         )
         o = torch.empty_like(v)
         # BV: a tunable (up to all of V: each program then reads its chunk's Q and fp32 gates once)
         opts = launch_options("gla.fwd_o", num_warps=4, num_stages=3, BV=BV)
         BVo = opts.pop("BV")
         _fwd_o_kernel[(triton.cdiv(V, BVo), NC, H)](
-            q, v, gc, h, A, o, cu, indices, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BVo, ACC=ACC, PREC=prec,
-            **opts,
+            q, v, gk, h, A, o, cu, indices, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BVo, ACC=ACC, PREC=prec,
+            RAW_G=raw, **opts,
         )
         ctx.save_for_backward(q, k, v, gc, h0, h, A, cu, offsets, indices)
         ctx.meta = (scale, BT, BC, NC, g.requires_grad, g.dtype)
@@ -842,7 +908,7 @@ class _GlaFn(torch.autograd.Function):
             dg = dg.to(g_dtype)
         if dh0 is not None:
             dh0 = dh0.to(h0.dtype)
-        return dq, dk, dv, dg, dh0, None, None, None, None, None
+        return dq, dk, dv, dg, dh0, None, None, None, None, None, None
 
 
 def gla_chunk(
@@ -885,7 +951,7 @@ def gla_chunk(
     q, k, v, g = (flat(t).contiguous() for t in (q, k, v, g))
     h0 = initial_state.contiguous() if initial_state is not None else None
     if grad_wanted(q, k, v, g, h0):
-        o, ht = _GlaFn.apply(q, k, v, g, h0, float(scale), output_final_state, cu, chunk_size, sub_chunk)
+        o, ht = _GlaFn.apply(q, k, v, g, h0, float(scale), output_final_state, cu, chunk_size, sub_chunk, True)
     else:
         o, ht = _inference(q, k, v, g, h0, float(scale), output_final_state, cu, chunk_size, sub_chunk)
     return o.reshape(B, T, H, v.shape[-1]), ht
