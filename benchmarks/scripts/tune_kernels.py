@@ -45,6 +45,10 @@ TILE_SETTINGS = [{"num_warps": w, "num_stages": s, "BK": bk, "BV": bv} for w, s,
 # kernels whose only tile is BV (GLA's output pass): BV 32 / 64 / 128 x warps x stages
 BV_SETTINGS = [{"num_warps": w, "num_stages": st, "BV": bv} for w, st, bv in
                itertools.product((4, 8), (2, 3), (32, 64, 128))]
+# the delta rule's forward state pass: BV 16 / 32 / 64 (S in [64, BV] pieces; 16 doubles its
+# programs at B = 1), 2 / 4 warps, 2 / 3 stages
+DELTA_H_SETTINGS = [{"num_warps": w, "num_stages": st, "BV": bv} for w, st, bv in
+                    itertools.product((2, 4), (2, 3), (16, 32, 64))]
 WIDE_SETTINGS = TILE_SETTINGS + [{"num_warps": w, "num_stages": s, "BK": bk, "BV": 128} for w, s, bk in
                                  itertools.product((4, 8), (2, 3), (32, 64))]
 # the inference forward's output pass: chunks per group (1 = the per-chunk kernels) x its tile
@@ -63,6 +67,8 @@ def _sweep(kernel: str, tiled: dict, wide: tuple) -> list[dict]:
     tiles = set(tiled.get(kernel, ())) & {"BK", "BV"}
     if kernel.endswith(".fwd_grouped"):
         return GROUPED_SETTINGS
+    if kernel == "delta.delta_h":
+        return DELTA_H_SETTINGS
     if tiles == {"BV"}:
         return BV_SETTINGS
     if tiles:

@@ -145,6 +145,30 @@ def test_ut_transform_variants_match_recurrence(dtype, size, variant, monkeypatc
     assert_close(ll_without.double().cpu(), ll_with.double().cpu(), TOL[dtype], "log-linear fused")
 
 
+@pytest.mark.parametrize("BV", [16, 64])
+@pytest.mark.parametrize(("dtype", "size"), _maybe_gpu([(d, s) for d in DTYPES for s in (
+    [(1, 70, 2, 16, 64, 16)] if not ON_CUDA else [(1, 1000, 4, 128, 128, 64)])]))
+def test_forward_state_pass_tiles_do_not_change_results(dtype, size, BV) -> None:
+    """The forward state pass (``delta.delta_h``) at value tiles other than its default (a tuning
+    sweep tries 16 / 32 / 64): outputs, final state and every gradient still match."""
+    from longctx.ops.common.triton_launch import launch_overrides
+    from longctx.ops.gated_deltanet.triton import triton_gated_delta_rule
+
+    B, T, H, K, V, C = size
+    q, k, v, beta, g, S0 = _inputs(B, T, H, K, V, seed=T + BV)
+
+    def ref(q, k, v, beta, g, S0):
+        return naive_gated_delta_rule(q, k, v, g, beta, scale=K ** -0.5, initial_state=S0,
+                                      output_final_state=True)
+
+    def fn(q, k, v, beta, g, S0):
+        return triton_gated_delta_rule(q, k, v, _acc(g), _acc(beta), scale=K ** -0.5, initial_state=_acc(S0),
+                                       output_final_state=True, chunk_size=C)
+
+    with launch_overrides({"delta.delta_h": {"BV": BV}}):
+        _check("delta_h tiles", ref, fn, [q, k, v, beta, g, S0], dtype)
+
+
 @pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
 def test_without_initial_or_final_state(dtype) -> None:
     """No initial state and no final state requested (no dS_T seed, no d initial_state)."""

@@ -702,11 +702,14 @@ def _forward(q, k, v, beta, g, h0, scale, want_ht, cu, BT, train: bool):
     h = q.new_empty(NC, H, K, V, dtype=acc if train else _state_dtype(q.dtype))
     vn = torch.empty_like(v)
     ht = q.new_empty(N, H, K, V, dtype=acc) if want_ht else None
-    _delta_h_kernel[(triton.cdiv(V, BVs), N * H)](
+    # BV: a tunable (the pass is sequential over chunks, so its programs are V/BV x N x H: 64 at
+    # B = 1, H = 16, V = 128, BV = 32, on 132 SMs; BV 16 doubles them)
+    opts = launch_options("delta.delta_h", num_warps=4, num_stages=_pass_stages(q.dtype, K, train), BV=BVs)
+    BVh = opts.pop("BV")
+    _delta_h_kernel[(triton.cdiv(V, BVh), N * H)](
         k, w, u, gc if has_g else q, h, vn, h0 if h0 is not None else q, ht if want_ht else q,
-        cu, offsets, H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs, HAS_G=has_g,
-        USE_H0=h0 is not None, STORE_HT=want_ht, GATE_D=triton_scalar_decay.GATE_ON_DELTA, **meta,
-        **launch_options("delta.delta_h", num_warps=4, num_stages=_pass_stages(q.dtype, K, train)),
+        cu, offsets, H=H, K=K, V=V, BT=BT, BK=BK, BV=BVh, HAS_G=has_g,
+        USE_H0=h0 is not None, STORE_HT=want_ht, GATE_D=triton_scalar_decay.GATE_ON_DELTA, **meta, **opts,
     )
     o = torch.empty_like(v)
     _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](  # the scalar-decay outputs, v = Delta

@@ -32,6 +32,9 @@ TILED["delta.delta_dh"] = ("F32_DOTS",)
 # and GLA's output pass (BV only: V's columns), whose programs each read the chunk's Q and gates
 TILED["gla.fwd_o"] = ("BV",)
 WIDE_BV = ("gla.fwd_h", "scalar_decay.fwd_h", "gla.fwd_o")
+# the delta rule's forward state pass: its value tile alone (its key pieces are fixed at 64 rows),
+# from 16 (twice the programs of the default 32 at K = 128) up
+TILED["delta.delta_h"] = ("BV",)
 # GLA's intra-chunk scores by levels of pairs (triton_gla.SCORES_BY_LEVELS): the key block of its
 # [BT, BK] gate tiles (BK 64 at 8 warps: 255 registers)
 TILED["gla.fwd_A_levels"] = ("BK",)
