@@ -139,6 +139,7 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
     from longctx.ops.common.triton_launch import launch_overrides
     from longctx.ops.common.triton_log_linear import log_linear_scalar_decay_chunk
     from longctx.ops.common.triton_log_linear_delta import delta_log_linear_forward
+    from longctx.ops.common.triton_log_linear_delta_train import delta_levels
     from longctx.ops.common.triton_scalar_decay import scalar_decay_chunk
 
     def rand(*shape, dtype=dtype):
@@ -243,6 +244,12 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
                                                     *[x.requires_grad_() for x in _long(q, k, v, g, lam)]),
         "log_linear_mamba2/n_m_states": fwd_bwd(_with_grouped_levels(log_linear_scalar_decay_chunk, False),
                                                 *[x.requires_grad_() for x in _long(q, k, v, g, lam)]),
+        # log-linear Gated DeltaNet's chunk levels for training (FUSED_DELTA_TRAINING): the level
+        # walks forward and backward and the per-chunk gradients (chunks of 64, B = 1)
+        "log_linear_gdn/training": fwd_bwd(
+            lambda khat, w, u, qt, decay: delta_levels(khat, w, u, qt, decay, torch.tensor([0, T], dtype=torch.int32),
+                                                       max(T - 1, 1).bit_length() - 6 if T > 64 else 1, 64),
+            k, rand(B, T, H, K), v, q, rand(T // 64 if T >= 64 else 1, H, dtype=torch.float32)),
         # log-linear Gated DeltaNet's fused inference forward (chunks of 64)
         "log_linear_gdn/inference": inference(delta_log_linear_forward, q, k, v, beta, g, lam,
                                               torch.tensor([0, T], dtype=torch.int32), [T], 64,  # B = 1

@@ -142,6 +142,61 @@ def test_levels_match_naive(base: str, dtype: torch.dtype, size: tuple, final: b
     _check(base, x, dtype, chunk, monkeypatch, final=final, t0=t0)
 
 
+TRAINING_CASES = [
+    # chunks of 16: T = 71 reads chunk levels 1..3; T = 150, two rows; T = 11: one chunk, no chunk level
+    *_cases(["gated_deltanet", "deltanet"], [(2, 0, 71, 2, 16, 8, 16), (1, 0, 150, 1, 32, 16, 16),
+                                              (1, 0, 11, 1, 8, 16, 16)], False, on_gpu=False),
+    *_cases(["gated_deltanet"], [(2, 0, 300, 4, 64, 64, 64), (1, 0, 1000, 2, 128, 64, 64)], False, on_gpu=True),
+]
+
+
+@pytest.mark.parametrize("base,dtype,size,final", TRAINING_CASES)
+def test_fused_delta_training_matches_naive(base: str, dtype: torch.dtype, size: tuple, final: bool,
+                                            monkeypatch) -> None:
+    """A gradient wanted (``ll_triton.FUSED_DELTA_TRAINING``): the per-chunk pieces in PyTorch and
+    every chunk level by ``triton_log_linear_delta_train``'s walks, forward and backward; the output
+    and every gradient (q, k, v, g, beta, lambda_levels) match the float64 matrix form. "deltanet":
+    the Gated DeltaNet op with g = 0."""
+    import longctx.ops.log_linear.triton as ll_triton
+
+    monkeypatch.setattr(ll_triton, "FUSED_DELTA_TRAINING", True)
+    ran = []
+    training = ll_triton._delta_training
+    monkeypatch.setattr(ll_triton, "_delta_training", lambda *a: ran.append(1) or training(*a))
+    B, _, T, H, K, V, chunk = size
+    x = _inputs("gated_deltanet", B, T, H, K, V, seed=T + 3)
+    if base == "deltanet":
+        x["g"] = torch.zeros_like(x["g"])
+    _check("gated_deltanet", x, dtype, chunk, monkeypatch)
+    assert ran == [1], "the fused training path did not run"
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(F64, marks=interpreter),
+                                   *[pytest.param(d, marks=GPU_MARKS) for d in (torch.float32, torch.bfloat16)]])
+def test_fused_delta_training_packed_equals_separate_calls(dtype: torch.dtype, monkeypatch) -> None:
+    """Packed sequences (cu_seqlens) on the fused training path: outputs and gradients equal each
+    sequence's own call."""
+    import longctx.ops.log_linear.triton as ll_triton
+
+    monkeypatch.setattr(ll_triton, "FUSED_DELTA_TRAINING", True)
+    lens = [23, 40, 1, 37] if not ON_CUDA else [300, 64, 1, 700]
+    H, K, V, chunk = (2, 16, 8, 16) if not ON_CUDA else (2, 64, 64, 64)
+    x = _inputs("gated_deltanet", 1, sum(lens), H, K, V, seed=9)
+    dev = {n: t.to(DEVICE, dtype).requires_grad_() for n, t in x.items()}
+    cu = torch.tensor([0, *itertools.accumulate(lens)], device=DEVICE)
+    packed = ll_triton.triton_log_linear_gated_deltanet(**dev, use_qk_l2norm=True, chunk_size=chunk, cu_seqlens=cu)
+    cot = torch.randn(packed.shape, generator=torch.Generator().manual_seed(2), dtype=F64).to(DEVICE, dtype)
+    grads = torch.autograd.grad((packed * cot).sum(), list(dev.values()))
+    for s, n in zip([0, *itertools.accumulate(lens)], lens, strict=False):
+        alone_in = {k: t.detach()[:, s:s + n].clone().requires_grad_() for k, t in dev.items()}
+        alone = ll_triton.triton_log_linear_gated_deltanet(**alone_in, use_qk_l2norm=True, chunk_size=chunk)
+        assert_close(alone.double().cpu(), packed[:, s:s + n].double().cpu(), TOL[dtype], f"o {s}")
+        alone_g = torch.autograd.grad((alone * cot[:, s:s + n]).sum(), list(alone_in.values()))
+        for name, a, b in zip(x, alone_g, grads, strict=True):
+            assert_close(a.double().cpu(), b[:, s:s + n].double().cpu(), (TOL_G if name == "g" else TOL)[dtype],
+                         f"d{name} {s}")
+
+
 def test_level_dispatch_and_fallbacks() -> None:
     x = _inputs("gated_deltanet", 1, 20, 2, 8, 8, seed=1)
     ref, _ = naive_log_linear_gated_deltanet(**x, use_qk_l2norm=True)

@@ -40,10 +40,13 @@ from longctx.ops.common.triton_delta import delta_rule_chunk
 from longctx.ops.common.triton_gla import gla_chunk
 from longctx.ops.common.triton_log_linear import log_linear_scalar_decay_chunk
 from longctx.ops.common.triton_log_linear_delta import delta_log_linear_forward
+from longctx.ops.common.triton_log_linear_delta_train import delta_levels
 from longctx.ops.common.triton_scalar_decay import grad_wanted, packed_sequences, scalar_decay_chunk
+from longctx.ops.deltanet.chunk import ut_solve
 from longctx.ops.log_linear.chunk import (
     _chunk,
     _chunked,
+    _decay_matrix,
     _gated_pieces,
     delta_intra_scores,
     gla_base_unsupported,
@@ -239,6 +242,69 @@ def _delta_fused(p: Prepared, C: int, io_dtype: torch.dtype, lens: list[int], cu
     return o.view(B, T, H, -1).to(p.v.dtype)
 
 
+# Training (a gradient wanted) with a delta-rule base, positions from 0, no state in or out: the
+# per-chunk pieces once in PyTorch and every chunk level by ``triton_log_linear_delta_train``'s walks
+# (forward and backward), instead of M copies of the base's kernels on level-masked values. Exact in
+# the interpreter (float64, every gradient); off until its GPU tests pass and it is timed there.
+FUSED_DELTA_TRAINING = False
+
+
+def _fused_delta_training(p: Prepared) -> bool:
+    """Whether the call takes ``_delta_training``: a delta-rule base from position 0, no state in
+    or out, a gradient wanted."""
+    return (FUSED_DELTA_TRAINING and p.beta is not None and p.S0 is None and p.t0 == 0
+            and grad_wanted(p.q, p.k, p.v, p.g, p.beta, p.lam))
+
+
+def _delta_training(p: Prepared, C: int, io_dtype: torch.dtype, lens: list[int],
+                    cu_seqlens: Tensor | None) -> Tensor:
+    """Every level of a delta-rule base, differentiable: [B, T, H, Dv] in the compute dtype. The
+    chunks' UT transform (``ut_solve``), K̂, W, U, Q̃, the decays and the levels inside chunks
+    (``intra_output``) in PyTorch, the chunk levels by ``delta_levels`` (module header of
+    ``triton_log_linear_delta_train``). Packed sequences go through a zero-padded batch [N, max
+    len] (padding after each sequence changes nothing before it)."""
+    if cu_seqlens is not None:
+        starts = cu_seqlens[:-1].tolist()
+        dev = p.q.device
+        ar = torch.arange(max(lens), device=dev)
+        valid = ar[None, :] < torch.tensor(lens, device=dev)[:, None]  # [N, Tmax]
+        src = (torch.tensor(starts, device=dev)[:, None] + ar[None, :]).clamp(max=p.q.shape[1] - 1)
+
+        def pad(x: Tensor | None) -> Tensor | None:
+            if x is None:
+                return None
+            x = x[0, src]
+            return x * valid.view(*valid.shape, *(1,) * (x.dim() - 2)).to(x.dtype)
+
+        padded = Prepared(pad(p.q), pad(p.k), pad(p.v), pad(p.g), pad(p.beta), pad(p.lam), None, 0)
+        return _delta_training(padded, C, io_dtype, [max(lens)] * len(lens), None)[valid].unsqueeze(0)
+    B, T, H, Dk = p.q.shape
+    Dv, N, c = p.v.shape[-1], -(-T // C), C.bit_length() - 1
+    g = p.g if p.g is not None else torch.zeros_like(p.beta)
+    q, k, v, g, beta = (_chunked(x, C, 0, N) for x in (p.q, p.k, p.v, g, p.beta))  # [B, H, N, C, *]
+    G = g.cumsum(dim=3)
+    D = _decay_matrix(G)
+    eye = torch.eye(C, dtype=q.dtype, device=q.device).expand(*q.shape[:3], C, C)
+    Tb, w = ut_solve(k, beta, D, torch.cat([eye, k * G[..., None].exp()], -1)).split([C, Dk], dim=-1)
+    QK = (q @ k.transpose(-1, -2)) * D
+    o = intra_output(QK @ Tb, _chunked(p.lam, C, 0, N), v)  # the levels inside chunks
+    unchunk = lambda x: x.reshape(B, H, N * C, -1)[:, :, :T].transpose(1, 2)  # -> [B, T, H, *]
+    o = unchunk(o)
+    M = ((T - 1) // C).bit_length()
+    if M == 0:
+        return o
+    if p.lam.shape[-1] <= c + M:
+        raise ValueError(f"log-linear attention: lambda_levels has {p.lam.shape[-1]} levels, T = {T} needs {c + M + 1}")
+    qt = q * G[..., None].exp() - QK @ w  # the effective queries Q̃
+    khat = k * (G[..., -1:] - G)[..., None].exp()  # K̂ = K ⊙ e^{G_last - G}
+    flat = lambda x: unchunk(x).reshape(1, B * T, H, -1).to(io_dtype)
+    decay = G[..., -1].exp().transpose(1, 2).reshape(B * N, H)  # e^{G_last}, chunks in chunk_layout's order
+    cu = packed_sequences(B, T, p.q.device)[0]
+    om = delta_levels(flat(khat), flat(w), flat(Tb @ v), flat(qt), decay, cu, M, C)  # [M, B*T, H, Dv]
+    lam = p.lam[..., c + 1 : c + 1 + M].reshape(B * T, H, M).to(om.dtype)  # λ^(c+m), m = 1..M
+    return o + torch.einsum("mthv,thm->thv", om, lam).view(B, T, H, Dv).to(o.dtype)
+
+
 def log_linear_by_levels(p: Prepared, C: int, io_dtype: torch.dtype, output_final_state: bool = False,
                          cu_seqlens: Tensor | None = None):
     """Log-linear attention over any base with a chunked kernel: the levels inside chunks of C
@@ -258,6 +324,8 @@ def log_linear_by_levels(p: Prepared, C: int, io_dtype: torch.dtype, output_fina
     starts, lens = cu[:-1], [b - a for a, b in itertools.pairwise(cu)]
     if not output_final_state and _fused_delta(p):
         return _delta_fused(p, C, io_dtype, lens, cu_seqlens), None
+    if not output_final_state and _fused_delta_training(p):
+        return _delta_training(p, C, io_dtype, lens, cu_seqlens), None
     if cu_seqlens is None:
         pos = t0 + torch.arange(T, device=dev)  # [T]: every row alike
         o, S = _intra(p, C, output_final_state)
