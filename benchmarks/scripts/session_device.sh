@@ -32,7 +32,12 @@
 #    (ops/common/triton_log_linear.GROUPED_LEVELS) in the warm-up and the bench (the tests take both).
 #  - GLA_LEVELS=1: GLA's intra-chunk scores by levels of pairs (ops/common/triton_gla.SCORES_BY_LEVELS)
 #    in the warm-up and the bench (the tests take both).
-#  (the settings on trial, DELTA_STAGED .. GLA_LEVELS, apply to the breakdown and the tuning sweep
+#  - VEC_INV=1 / HALF_WU=1: the UT transform's diagonal blocks by element-wise forward substitution /
+#    W and U by half-precision dots (triton_delta.VECTOR_DIAG_INVERSE / HALF_WU).
+#  - GLA_CUMSUM=1: GLA's G formed in its kernels from the raw gates (triton_gla.CUMSUM_IN_KERNELS).
+#  - LL_DELTA_TRAIN=1: log-linear Gated DeltaNet's training by the level walks of
+#    triton_log_linear_delta_train (ops/log_linear/triton.FUSED_DELTA_TRAINING).
+#  (the settings on trial, DELTA_STAGED .. LL_DELTA_TRAIN, apply to the breakdown and the tuning sweep
 #    too: /tmp/with_trials.py; EXTRA's command sets its own)
 #  - WARM=1: the bench's kernels (ours and fla's, per op of OPS) and TUNE's settings compile in parallel
 #    beside the tests.
@@ -152,6 +157,16 @@ if os.environ.get("GATE_ON_DELTA"):
 if os.environ.get("GLA_LEVELS"):
     from longctx.ops.common import triton_gla
     triton_gla.SCORES_BY_LEVELS = True
+if os.environ.get("VEC_INV") or os.environ.get("HALF_WU"):
+    from longctx.ops.common import triton_delta
+    triton_delta.VECTOR_DIAG_INVERSE = bool(os.environ.get("VEC_INV"))
+    triton_delta.HALF_WU = bool(os.environ.get("HALF_WU"))
+if os.environ.get("GLA_CUMSUM"):
+    from longctx.ops.common import triton_gla
+    triton_gla.CUMSUM_IN_KERNELS = True
+if os.environ.get("LL_DELTA_TRAIN"):
+    from longctx.ops.log_linear import triton as ll_triton
+    ll_triton.FUSED_DELTA_TRAINING = True
 if os.environ.get("LL_DELTA_FUSED"):
     from longctx.ops.log_linear import triton as ll_triton
     ll_triton.FUSED_DELTA_LEVELS = True

@@ -120,10 +120,10 @@ def _state_pass_cases() -> dict[str, tuple]:
             cases[f"scalar_bwd_dh_{tag}"] = (sd._bwd_dh_kernel, bwd, {**c, "USE_DHT": False, "STORE_DH0": True})
     for BK in (32, 64):
         c = {"H": 2, "K": 128, "V": 128, "BT": 64, "BK": BK, "BV": BK, "ACC": tl.float32, "PREC": "ieee"}
-        cases[f"gla_fwd_h_BK{BK}"] = (gla._fwd_h_kernel, fwd, {**c, "USE_H0": False, "STORE_HT": True})
+        cases[f"gla_fwd_h_BK{BK}"] = (gla._fwd_h_kernel, fwd, {**c, "USE_H0": False, "STORE_HT": True, "RAW_G": False})
         cases[f"gla_bwd_dh_BK{BK}"] = (gla._bwd_dh_kernel, bwd, {**c, "USE_DHT": False, "STORE_DH0": True})
         # the forward passes at BV = 128 (triton_launch.WIDE_BV: V's columns are the product's N)
-        cases[f"gla_fwd_h_BK{BK}_BV128"] = (gla._fwd_h_kernel, fwd, {**c, "BV": 128, "USE_H0": False, "STORE_HT": True})
+        cases[f"gla_fwd_h_BK{BK}_BV128"] = (gla._fwd_h_kernel, fwd, {**c, "BV": 128, "USE_H0": False, "STORE_HT": True, "RAW_G": False})
         for gated in (False, True):
             cases[f"scalar_fwd_h_BK{BK}_BV128_{'gated' if gated else 'ungated'}"] = (
                 sd._fwd_h_kernel, fwd, {**c, "BV": 128, "HAS_G": gated, "USE_H0": False, "STORE_HT": True})

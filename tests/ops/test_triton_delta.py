@@ -38,6 +38,23 @@ def _check(name, ref_fn, fn, ref_inputs, dtype, names=NAMES, seed=0):
     check_kernel(name, ref_fn, fn, ref_inputs, dtype, seed=seed, names=names, tol=TOL)
 
 
+def _check_gated(name, inputs, dtype, C):
+    """The Triton gated delta rule (chunks of C, scale K^-1/2, initial and final state) on
+    ``inputs`` = q, k, v, beta, g, S0 (float64) vs the recurrence: ``_check``."""
+    from longctx.ops.gated_deltanet.triton import triton_gated_delta_rule
+
+    scale = inputs[0].shape[-1] ** -0.5
+
+    def ref(q, k, v, beta, g, S0):
+        return naive_gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=S0, output_final_state=True)
+
+    def fn(q, k, v, beta, g, S0):
+        return triton_gated_delta_rule(q, k, v, _acc(g), _acc(beta), scale=scale, initial_state=_acc(S0),
+                                       output_final_state=True, chunk_size=C)
+
+    _check(name, ref, fn, inputs, dtype)
+
+
 def _inputs(B, T, H, K, V, seed, gate=1.0):
     """q; unit-norm k; v; beta = 2 sigmoid(x) in (0, 2); g = gate * logsigmoid(x) <= 0; S0."""
     gen = torch.Generator().manual_seed(seed)
@@ -119,7 +136,6 @@ def test_ut_transform_variants_match_recurrence(dtype, size, variant, monkeypatc
     without the variant."""
     from longctx.ops.common import triton_delta
     from longctx.ops.common.triton_log_linear_delta import delta_log_linear_forward
-    from longctx.ops.gated_deltanet.triton import triton_gated_delta_rule
 
     B, T, H, K, V, C = size
     q, k, v, beta, g, S0 = _inputs(B, T, H, K, V, seed=T + C)
@@ -130,16 +146,7 @@ def test_ut_transform_variants_match_recurrence(dtype, size, variant, monkeypatc
         ll_without = delta_log_linear_forward(*ll, cu, [T], C)
     monkeypatch.setattr(triton_delta, "VECTOR_DIAG_INVERSE", variant != "half_wu")
     monkeypatch.setattr(triton_delta, "HALF_WU", variant != "vector_inverse")
-
-    def ref(q, k, v, beta, g, S0):
-        return naive_gated_delta_rule(q, k, v, g, beta, scale=K ** -0.5, initial_state=S0,
-                                      output_final_state=True)
-
-    def fn(q, k, v, beta, g, S0):
-        return triton_gated_delta_rule(q, k, v, _acc(g), _acc(beta), scale=K ** -0.5, initial_state=_acc(S0),
-                                       output_final_state=True, chunk_size=C)
-
-    _check(variant, ref, fn, [q, k, v, beta, g, S0], dtype)
+    _check_gated(variant, [q, k, v, beta, g, S0], dtype, C)
     with torch.no_grad():
         ll_with = delta_log_linear_forward(*ll, cu, [T], C)
     assert_close(ll_without.double().cpu(), ll_with.double().cpu(), TOL[dtype], "log-linear fused")
@@ -152,21 +159,11 @@ def test_forward_state_pass_tiles_do_not_change_results(dtype, size, BV) -> None
     """The forward state pass (``delta.delta_h``) at value tiles other than its default (a tuning
     sweep tries 16 / 32 / 64): outputs, final state and every gradient still match."""
     from longctx.ops.common.triton_launch import launch_overrides
-    from longctx.ops.gated_deltanet.triton import triton_gated_delta_rule
 
     B, T, H, K, V, C = size
     q, k, v, beta, g, S0 = _inputs(B, T, H, K, V, seed=T + BV)
-
-    def ref(q, k, v, beta, g, S0):
-        return naive_gated_delta_rule(q, k, v, g, beta, scale=K ** -0.5, initial_state=S0,
-                                      output_final_state=True)
-
-    def fn(q, k, v, beta, g, S0):
-        return triton_gated_delta_rule(q, k, v, _acc(g), _acc(beta), scale=K ** -0.5, initial_state=_acc(S0),
-                                       output_final_state=True, chunk_size=C)
-
     with launch_overrides({"delta.delta_h": {"BV": BV}}):
-        _check("delta_h tiles", ref, fn, [q, k, v, beta, g, S0], dtype)
+        _check_gated("delta_h tiles", [q, k, v, beta, g, S0], dtype, C)
 
 
 @pytest.mark.parametrize("dtype", _maybe_gpu([(d,) for d in DTYPES]))
