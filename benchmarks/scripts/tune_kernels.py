@@ -67,7 +67,7 @@ def _sweep(kernel: str, tiled: dict, wide: tuple) -> list[dict]:
     tiles = set(tiled.get(kernel, ())) & {"BK", "BV"}
     if kernel.endswith(".fwd_grouped"):
         return GROUPED_SETTINGS
-    if kernel == "delta.delta_h":
+    if kernel in ("delta.delta_h", "delta.delta_dh"):  # (the backward's F32_DOTS: not a choice)
         return DELTA_H_SETTINGS
     if tiles == {"BV"}:
         return BV_SETTINGS

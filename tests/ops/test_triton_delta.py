@@ -156,13 +156,13 @@ def test_ut_transform_variants_match_recurrence(dtype, size, variant, monkeypatc
 @pytest.mark.parametrize(("dtype", "size"), _maybe_gpu([(d, s) for d in DTYPES for s in (
     [(1, 70, 2, 16, 64, 16)] if not ON_CUDA else [(1, 1000, 4, 128, 128, 64)])]))
 def test_forward_state_pass_tiles_do_not_change_results(dtype, size, BV) -> None:
-    """The forward state pass (``delta.delta_h``) at value tiles other than its default (a tuning
-    sweep tries 16 / 32 / 64): outputs, final state and every gradient still match."""
+    """The state passes (``delta.delta_h``, ``delta.delta_dh``) at value tiles other than their
+    default (a tuning sweep tries 16 / 32 / 64): outputs, final state and every gradient still match."""
     from longctx.ops.common.triton_launch import launch_overrides
 
     B, T, H, K, V, C = size
     q, k, v, beta, g, S0 = _inputs(B, T, H, K, V, seed=T + BV)
-    with launch_overrides({"delta.delta_h": {"BV": BV}}):
+    with launch_overrides({"delta.delta_h": {"BV": BV}, "delta.delta_dh": {"BV": BV}}):
         _check_gated("delta_h tiles", [q, k, v, beta, g, S0], dtype, C)
 
 

@@ -747,13 +747,15 @@ class _DeltaRuleFn(torch.autograd.Function):
         dvn = torch.empty(v.shape, dtype=acc, device=v.device)  # dDelta = dU
         dh0 = torch.empty(N, H, K, V, dtype=acc, device=q.device) if h0 is not None else None
         half = q.dtype in (torch.float16, torch.bfloat16)
-        _delta_dh_kernel[(triton.cdiv(V, BVs), N * H)](
+        # BV: a tunable, as the forward state pass's (V/BV x N x H sequential programs)
+        opts = launch_options("delta.delta_dh", num_warps=4, num_stages=_pass_stages(q.dtype, K, True),
+                              F32_DOTS=HALF_DH_F32_DOTS if half and K > BK else 0, BV=BVs)
+        BVd = opts.pop("BV")
+        _delta_dh_kernel[(triton.cdiv(V, BVd), N * H)](
             q, k, w, gc if has_g else q, do, dh, dvn, dht if dht is not None else q,
             dh0 if dh0 is not None else q, cu, offsets, scale,
-            H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs, HAS_G=has_g, USE_DHT=dht is not None,
-            STORE_DH0=dh0 is not None, PRECA=_preca(q.dtype), **meta,
-            **launch_options("delta.delta_dh", num_warps=4, num_stages=_pass_stages(q.dtype, K, True),
-                             F32_DOTS=HALF_DH_F32_DOTS if half and K > BK else 0),
+            H=H, K=K, V=V, BT=BT, BK=BK, BV=BVd, HAS_G=has_g, USE_DHT=dht is not None,
+            STORE_DH0=dh0 is not None, PRECA=_preca(q.dtype), **meta, **opts,
         )
         dq = torch.empty_like(q)
         dkp = torch.empty(k.shape, dtype=acc, device=k.device)

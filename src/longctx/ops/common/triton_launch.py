@@ -25,8 +25,9 @@ TILED: dict[str, tuple[str, ...]] = {k: ("BK", "BV") for k in (
 # state is summed (per group, then over groups): results agree to rounding, not to the bit
 TILED["scalar_decay.fwd_grouped"] = TILED["gla.fwd_grouped"] = ("BV", "GS")
 # which of the delta-rule backward state pass's products take fp32 operands (bits 1 | 2 | 4, see
-# triton_delta.HALF_DH_F32_DOTS): 0 reproduces its bf16 fault at K > 64 on Hopper
-TILED["delta.delta_dh"] = ("F32_DOTS",)
+# triton_delta.HALF_DH_F32_DOTS): 0 reproduces its bf16 fault at K > 64 on Hopper; and its value
+# tile, as the forward state pass's below
+TILED["delta.delta_dh"] = ("F32_DOTS", "BV")
 # the forward state passes whose BV may reach 128: one program per key block reads its K and gates
 # once instead of V / BV times (GLA's fp32 gates are twice K's bytes), at a quarter of the programs;
 # and GLA's output pass (BV only: V's columns), whose programs each read the chunk's Q and gates
