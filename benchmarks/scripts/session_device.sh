@@ -34,7 +34,8 @@
 #    in the warm-up and the bench (the tests take both).
 #  - VEC_INV=1 / HALF_WU=1: the UT transform's diagonal blocks by element-wise forward substitution /
 #    W and U by half-precision dots (triton_delta.VECTOR_DIAG_INVERSE / HALF_WU).
-#  - GLA_CUMSUM=1: GLA's G formed in its kernels from the raw gates (triton_gla.CUMSUM_IN_KERNELS).
+#  - GLA_CUMSUM=1: GLA's G formed in its kernels from the raw gates (triton_gla.CUMSUM_IN_KERNELS);
+#    GLA_DQK=1: its backward's dq / dk by levels of pairs (triton_gla.DQK_BY_LEVELS).
 #  - LL_DELTA_TRAIN=1: log-linear Gated DeltaNet's training by the level walks of
 #    triton_log_linear_delta_train (ops/log_linear/triton.FUSED_DELTA_TRAINING).
 #  (the settings on trial, DELTA_STAGED .. LL_DELTA_TRAIN, apply to the breakdown and the tuning sweep
@@ -161,9 +162,10 @@ if os.environ.get("VEC_INV") or os.environ.get("HALF_WU"):
     from longctx.ops.common import triton_delta
     triton_delta.VECTOR_DIAG_INVERSE = bool(os.environ.get("VEC_INV"))
     triton_delta.HALF_WU = bool(os.environ.get("HALF_WU"))
-if os.environ.get("GLA_CUMSUM"):
+if os.environ.get("GLA_CUMSUM") or os.environ.get("GLA_DQK"):
     from longctx.ops.common import triton_gla
-    triton_gla.CUMSUM_IN_KERNELS = True
+    triton_gla.CUMSUM_IN_KERNELS = bool(os.environ.get("GLA_CUMSUM"))
+    triton_gla.DQK_BY_LEVELS = bool(os.environ.get("GLA_DQK"))
 if os.environ.get("LL_DELTA_TRAIN"):
     from longctx.ops.log_linear import triton as ll_triton
     ll_triton.FUSED_DELTA_TRAINING = True

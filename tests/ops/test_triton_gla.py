@@ -54,14 +54,16 @@ def _cast(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x.float() if like.dtype != torch.float64 else x
 
 
-@pytest.fixture(params=["sub_chunk_scores", "scores_by_levels", "cumsum_in_kernels"])
+@pytest.fixture(params=["sub_chunk_scores", "scores_by_levels", "cumsum_in_kernels", "dqk_by_levels"])
 def scores_by_levels(request, monkeypatch) -> bool:
-    """The intra-chunk scores from either kernel (``triton_gla.SCORES_BY_LEVELS``), and by levels
-    with G formed in the kernels from the raw gates (``CUMSUM_IN_KERNELS``)."""
+    """The intra-chunk scores from either kernel (``triton_gla.SCORES_BY_LEVELS``), by levels with
+    G formed in the kernels from the raw gates (``CUMSUM_IN_KERNELS``), and by levels with the
+    backward's dq / dk by levels too (``DQK_BY_LEVELS``)."""
     from longctx.ops.common import triton_gla
 
     monkeypatch.setattr(triton_gla, "SCORES_BY_LEVELS", request.param != "sub_chunk_scores")
     monkeypatch.setattr(triton_gla, "CUMSUM_IN_KERNELS", request.param == "cumsum_in_kernels")
+    monkeypatch.setattr(triton_gla, "DQK_BY_LEVELS", request.param == "dqk_by_levels")
     return request.param != "sub_chunk_scores"
 
 

@@ -39,6 +39,8 @@ TILED["delta.delta_h"] = ("BV",)
 # GLA's intra-chunk scores by levels of pairs (triton_gla.SCORES_BY_LEVELS): the key block of its
 # [BT, BK] gate tiles (BK 64 at 8 warps: 255 registers)
 TILED["gla.fwd_A_levels"] = ("BK",)
+# the backward's dq / dk by levels of pairs (triton_gla.DQK_BY_LEVELS): its key block, as the scores'
+TILED["gla.bwd_dqk_levels"] = ("BK",)
 # log-linear's inference level pass: chunks per group (GS; any power of two >= 2 gives the same
 # states to rounding) and its state tile
 TILED["log_linear.fwd_z_group"] = ("GS", "BK", "BV")
