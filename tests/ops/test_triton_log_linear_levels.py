@@ -197,6 +197,17 @@ def test_fused_delta_training_packed_equals_separate_calls(dtype: torch.dtype, m
                          f"d{name} {s}")
 
 
+def test_delta_levels_refuses_bad_shapes() -> None:
+    """``delta_levels`` names the argument and the shape it expected."""
+    from longctx.ops.common.triton_log_linear_delta_train import delta_levels
+
+    x, cu = torch.zeros(1, 32, 2, 8, device=DEVICE), torch.tensor([0, 32], dtype=torch.int32, device=DEVICE)
+    with pytest.raises(ValueError, match=r"khat, w, qt must share a shape \[1, TT, H, K\]"):
+        delta_levels(x, x[..., :4], x, x, torch.ones(2, 2, device=DEVICE), cu, 1, 16)
+    with pytest.raises(ValueError, match=r"decay must be \[chunks, H\] with H = 2, got \[2, 3\]"):
+        delta_levels(x, x, x, x, torch.ones(2, 3, device=DEVICE), cu, 1, 16)
+
+
 def test_level_dispatch_and_fallbacks() -> None:
     x = _inputs("gated_deltanet", 1, 20, 2, 8, 8, seed=1)
     ref, _ = naive_log_linear_gated_deltanet(**x, use_qk_l2norm=True)

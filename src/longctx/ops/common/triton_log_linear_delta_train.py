@@ -281,9 +281,11 @@ def delta_levels(khat: Tensor, w: Tensor, u: Tensor, qt: Tensor, decay: Tensor, 
     at the readers of level c + m and 0 at its sources. khat, w, qt [1, TT, H, K] and u [1, TT, H, V]
     (one dtype), packed sequences ``cu`` (int32 [N+1]) in chunks of BT, positions from 0 in each;
     decay [chunks, H] = e^{G_last} per chunk of ``chunk_layout(cu, BT)``."""
-    if not (khat.shape == w.shape == qt.shape and u.shape[:3] == w.shape[:3]):
+    if not (khat.dim() == 4 and khat.shape == w.shape == qt.shape and u.dim() == 4 and u.shape[:3] == w.shape[:3]):
         raise ValueError(f"delta_levels: khat, w, qt must share a shape [1, TT, H, K] and u be [1, TT, H, V], got "
                          f"{list(khat.shape)}, {list(w.shape)}, {list(qt.shape)}, {list(u.shape)}")
+    if decay.dim() != 2 or decay.shape[1] != w.shape[2]:
+        raise ValueError(f"delta_levels: decay must be [chunks, H] with H = {w.shape[2]}, got {list(decay.shape)}")
     return _DeltaLevelsFn.apply(khat.contiguous(), w.contiguous(), u.contiguous(), qt.contiguous(),
                                 decay.contiguous(), cu, M, BT)
 
