@@ -14,6 +14,7 @@ Flags (module attribute -> the ops it changes, forward only unless noted):
   half_wu           triton_delta.HALF_WU: as vector_inverse (the UT transform's W and U)
   cumsum_in_kernels triton_gla.CUMSUM_IN_KERNELS: gla (forward; forward+backward)
   dqk_by_levels     triton_gla.DQK_BY_LEVELS: gla (forward+backward)
+  dh_intra_outside  triton_delta.DH_INTRA_OUTSIDE: deltanet, gated_deltanet (forward+backward)
   fused_delta_training  ops/log_linear/triton.FUSED_DELTA_TRAINING: log_linear_gdn (forward+backward)
 The kernel bench's inputs (B=1 H=16 D=128 bf16); ms, the median of ``triton.testing.do_bench``.
 Run the flags' GPU tests first (they are parametrised over each flag). Without a GPU: one
@@ -43,6 +44,8 @@ FLAGS = {  # name -> (module, attribute, [(op, backward)])
                        [("log_linear", False), ("log_linear", True)]),
     "scores_by_levels": ("longctx.ops.common.triton_gla", "SCORES_BY_LEVELS", [("gla", False), ("gla", True)]),
     "cumsum_in_kernels": ("longctx.ops.common.triton_gla", "CUMSUM_IN_KERNELS", [("gla", False), ("gla", True)]),
+    "dh_intra_outside": ("longctx.ops.common.triton_delta", "DH_INTRA_OUTSIDE",
+                         [("deltanet", True), ("gated_deltanet", True)]),
     "dqk_by_levels": ("longctx.ops.common.triton_gla", "DQK_BY_LEVELS", [("gla", True)]),
     "fused_delta_training": ("longctx.ops.log_linear.triton", "FUSED_DELTA_TRAINING", [("log_linear_gdn", True)]),
     **{name: ("longctx.ops.common.triton_delta", attr,

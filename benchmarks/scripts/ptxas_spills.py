@@ -232,6 +232,9 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
         "deltanet": fwd_bwd(delta_rule_chunk, q, k, v, beta),
         "gated_deltanet": fwd_bwd(delta_rule_chunk, q, k, v, beta, g),
         "gated_deltanet/inference": inference(delta_rule_chunk, q, k, v, beta, g, kernel=None),
+        # dDelta's intra-chunk part before the reverse state pass (DH_INTRA_OUTSIDE; read by the backward)
+        "gated_deltanet/dh_intra_outside": _with(triton_delta, "DH_INTRA_OUTSIDE",
+                                                 fwd_bwd(delta_rule_chunk, q, k, v, beta, g)),
         # the UT transform's variants: the inverse's diagonal blocks by element-wise forward
         # substitution (VECTOR_DIAG_INVERSE) and W, U by half-precision dots (HALF_WU)
         "gated_deltanet/ut_variants": fwd_bwd(_with(triton_delta, "VECTOR_DIAG_INVERSE",

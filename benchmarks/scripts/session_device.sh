@@ -33,7 +33,8 @@
 #  - GLA_LEVELS=1: GLA's intra-chunk scores by levels of pairs (ops/common/triton_gla.SCORES_BY_LEVELS)
 #    in the warm-up and the bench (the tests take both).
 #  - VEC_INV=1 / HALF_WU=1: the UT transform's diagonal blocks by element-wise forward substitution /
-#    W and U by half-precision dots (triton_delta.VECTOR_DIAG_INVERSE / HALF_WU).
+#    W and U by half-precision dots (triton_delta.VECTOR_DIAG_INVERSE / HALF_WU); DH_INTRA=1: dDelta's
+#    intra-chunk part before the reverse state pass (triton_delta.DH_INTRA_OUTSIDE).
 #  - GLA_CUMSUM=1: GLA's G formed in its kernels from the raw gates (triton_gla.CUMSUM_IN_KERNELS);
 #    GLA_DQK=1: its backward's dq / dk by levels of pairs (triton_gla.DQK_BY_LEVELS).
 #  - LL_DELTA_TRAIN=1: log-linear Gated DeltaNet's training by the level walks of
@@ -158,10 +159,11 @@ if os.environ.get("GATE_ON_DELTA"):
 if os.environ.get("GLA_LEVELS"):
     from longctx.ops.common import triton_gla
     triton_gla.SCORES_BY_LEVELS = True
-if os.environ.get("VEC_INV") or os.environ.get("HALF_WU"):
+if os.environ.get("VEC_INV") or os.environ.get("HALF_WU") or os.environ.get("DH_INTRA"):
     from longctx.ops.common import triton_delta
     triton_delta.VECTOR_DIAG_INVERSE = bool(os.environ.get("VEC_INV"))
     triton_delta.HALF_WU = bool(os.environ.get("HALF_WU"))
+    triton_delta.DH_INTRA_OUTSIDE = bool(os.environ.get("DH_INTRA"))
 if os.environ.get("GLA_CUMSUM") or os.environ.get("GLA_DQK"):
     from longctx.ops.common import triton_gla
     triton_gla.CUMSUM_IN_KERNELS = bool(os.environ.get("GLA_CUMSUM"))

@@ -152,6 +152,33 @@ def test_ut_transform_variants_match_recurrence(dtype, size, variant, monkeypatc
     assert_close(ll_without.double().cpu(), ll_with.double().cpu(), TOL[dtype], "log-linear fused")
 
 
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize(("dtype", "size"), _maybe_gpu([(d, s) for d in DTYPES for s in (
+    [(1, 70, 2, 16, 16, 16), (2, 40, 1, 80, 24, 32)] if not ON_CUDA else [(1, 1000, 4, 128, 128, 64), (2, 67, 4, 64, 64, 64)])]))
+def test_dh_intra_outside_matches_recurrence(dtype, size, gated, monkeypatch) -> None:
+    """``triton_delta.DH_INTRA_OUTSIDE``: dDelta's intra-chunk part by a kernel parallel over the
+    chunks before the reverse state pass (K = 80: the pass's two pieces of key dims): the output,
+    final state and every gradient match the recurrence."""
+    from longctx.ops.common import triton_delta
+    from longctx.ops.deltanet.triton import triton_delta_rule
+
+    monkeypatch.setattr(triton_delta, "DH_INTRA_OUTSIDE", True)
+    B, T, H, K, V, C = size
+    q, k, v, beta, g, S0 = _inputs(B, T, H, K, V, seed=T + K)
+    if gated:
+        _check_gated("dh_intra_outside", [q, k, v, beta, g, S0], dtype, C)
+        return
+
+    def ref(q, k, v, beta, S0):
+        return naive_delta_rule(q, k, v, beta, scale=K ** -0.5, initial_state=S0, output_final_state=True)
+
+    def fn(q, k, v, beta, S0):
+        return triton_delta_rule(q, k, v, _acc(beta), scale=K ** -0.5, initial_state=_acc(S0),
+                                 output_final_state=True, chunk_size=C)
+
+    _check("dh_intra_outside", ref, fn, [q, k, v, beta, S0], dtype, names=("q", "k", "v", "beta", "S0"))
+
+
 @pytest.mark.parametrize("BV", [16, 64])
 @pytest.mark.parametrize(("dtype", "size"), _maybe_gpu([(d, s) for d in DTYPES for s in (
     [(1, 70, 2, 16, 64, 16)] if not ON_CUDA else [(1, 1000, 4, 128, 128, 64)])]))

@@ -252,11 +252,13 @@ def _delta_h_kernel(
 
 @triton.jit
 def _dh_piece_in(b_dh, b_k, b_qt, g_last, b_g, HAS_G: tl.constexpr, PREC: tl.constexpr,
-                 PRECA: tl.constexpr, F32_DOTS: tl.constexpr):
-    """One piece's share of the chunk's scores P^T = K Q^T and of dDelta's state part
-    (K ⊙ e^{G_last - G}) dS: (P^T part [BT, BT], dDelta part [BT, BV]). F32_DOTS & 2: the latter
-    with fp32 operands (dS unrounded)."""
-    b_pt = tl.dot(b_k, b_qt, input_precision=PREC)
+                 PRECA: tl.constexpr, F32_DOTS: tl.constexpr, WANT_P: tl.constexpr = True):
+    """One piece's share of the chunk's scores P^T = K Q^T (WANT_P; else 0.0) and of dDelta's state
+    part (K ⊙ e^{G_last - G}) dS: (P^T part [BT, BT], dDelta part [BT, BV]). F32_DOTS & 2: the
+    latter with fp32 operands (dS unrounded)."""
+    b_pt = 0.0
+    if WANT_P:
+        b_pt = tl.dot(b_k, b_qt, input_precision=PREC)
     if F32_DOTS & 2:
         b_kf = b_k.to(b_dh.dtype)
         if HAS_G:
@@ -284,14 +286,56 @@ def _dh_piece_out(b_dh, b_qt, b_wt, b_do, b_dd, b_g, g_last, scale, HAS_G: tl.co
 
 
 @triton.jit
+def _dd_intra(b_Pt, b_do, b_g, causal_t, scale, HAS_G: tl.constexpr, PREC: tl.constexpr, PRECA: tl.constexpr,
+              F32_DOTS: tl.constexpr):
+    """dDelta's intra-chunk part scale (P^T ⊙ Gam^T)_{i>=j} dO from the unscaled P^T [j, i] = k_j . q_i."""
+    if HAS_G:
+        b_Pt *= tl.exp(tl.where(causal_t, b_g[None, :] - b_g[:, None], float("-inf"))) * scale
+    else:
+        b_Pt = tl.where(causal_t, b_Pt * scale, 0.0)
+    if F32_DOTS & 1:  # P^T with fp32 operands
+        return tl.dot(b_Pt, b_do.to(b_Pt.dtype), input_precision=PRECA)
+    return tl.dot(b_Pt.to(b_do.dtype), b_do, input_precision=PREC)
+
+
+@triton.jit
+def _delta_dv_intra_kernel(
+    q, k, gc, do, dvn, cu_seqlens, chunk_indices, scale,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, PRECA: tl.constexpr,
+    F32_DOTS: tl.constexpr,
+):
+    """dDelta's intra-chunk part, scale (Q K^T ⊙ Gam)^T_{i>=j} dO, of one chunk into dvn [T, H, V]
+    (fp32), for ``_delta_dh_kernel`` (INTRA_IN) to complete; grid (chunks, H). Off the reverse
+    pass's sequential path (``DH_INTRA_OUTSIDE``)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
+    idx = tl.arange(0, BT)
+    b_Pt = tl.zeros([BT, BT], dtype=ACC)
+    for p in range(tl.cdiv(K, BK)):  # P^T [j, i] = k_j . q_i, by pieces of key dims
+        b_Pt += tl.dot(_cols(k, bos, T, i_t, i_h, p, H, K, BT, BK), _rows_t(q, bos, T, i_t, i_h, p, H, K, BT, BK),
+                       input_precision=PREC)
+    b_g, _ = _load_g_if(gc, bos, T, i_t, i_h, H, BT, HAS_G)
+    causal_t = idx[:, None] <= idx[None, :]  # [j, i]: i >= j
+    for i_v in range(tl.cdiv(V, BV)):
+        p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
+        b_dd = _dd_intra(b_Pt, b_do, b_g, causal_t, scale, HAS_G, PREC, PRECA, F32_DOTS)
+        p_dvn = tl.make_block_ptr(dvn + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        tl.store(p_dvn, b_dd.to(p_dvn.dtype.element_ty), boundary_check=(0, 1))
+
+
+@triton.jit
 def _delta_dh_kernel(
     q, k, w, gc, do, dh, dvn, dht, dh0, cu_seqlens, chunk_offsets, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
     USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PRECA: tl.constexpr = "ieee", F32_DOTS: tl.constexpr = 0,
+    INTRA_IN: tl.constexpr = False,
 ):
     """dS_{n+1} for every chunk n (into dh) and dDelta (into dvn), reverse over the chunks; grid
-    (V/BV, N*H). The rows of dS (key dims) are held as up to four pieces of BK <= 64 rows (K <= 256),
+    (V/BV, N*H). INTRA_IN: dvn already holds dDelta's intra-chunk part (``_delta_dv_intra_kernel``,
+    ``DH_INTRA_OUTSIDE``), read and completed here; else it is formed here too. The rows of dS (key dims) are held as up to four pieces of BK <= 64 rows (K <= 256),
     each its own tile: every product has at most 64 rows. (With all of K in one [K, BV] tile, the
     bf16 kernel faulted on an H100 with an illegal memory access for K >= 128 — at 8 warps, or with
     a partial last chunk and states in / out — and never for K = 64; 2026-12-06 / 07.)"""
@@ -302,6 +346,7 @@ def _delta_dh_kernel(
     b_dh1, b_dh2, b_dh3, b_dh4 = _init_pieces(dht, i_nh, i_v, USE_DHT, ACC, K, V, BK, BV)
     idx = tl.arange(0, BT)
     causal_t = idx[:, None] <= idx[None, :]  # [j, i]: i >= j
+    WANT_P: tl.constexpr = not INTRA_IN  # the chunk's scores P^T, for dDelta's intra-chunk part
     for i_r in range(NT):
         i_t = NT - 1 - i_r
         i_s = (boh + i_t) * H + i_h
@@ -312,32 +357,32 @@ def _delta_dh_kernel(
         b_g, g_last = _load_g_if(gc, bos, T, i_t, i_h, H, BT, HAS_G)
         # P^T [j, i] = k_j . q_i and dDelta = P dO + (K ⊙ e^{G_last - G}) dS, summed over the pieces
         b_Pt, b_dd = _dh_piece_in(b_dh1, _cols(k, bos, T, i_t, i_h, 0, H, K, BT, BK),
-                                  _rows_t(q, bos, T, i_t, i_h, 0, H, K, BT, BK), g_last, b_g, HAS_G, PREC, PRECA, F32_DOTS)
+                                  _rows_t(q, bos, T, i_t, i_h, 0, H, K, BT, BK), g_last, b_g, HAS_G, PREC, PRECA,
+                                  F32_DOTS, WANT_P)
         if K > BK:
             b_pt, b_d = _dh_piece_in(b_dh2, _cols(k, bos, T, i_t, i_h, 1, H, K, BT, BK),
-                                     _rows_t(q, bos, T, i_t, i_h, 1, H, K, BT, BK), g_last, b_g, HAS_G, PREC, PRECA, F32_DOTS)
+                                     _rows_t(q, bos, T, i_t, i_h, 1, H, K, BT, BK), g_last, b_g, HAS_G, PREC, PRECA,
+                                     F32_DOTS, WANT_P)
             b_Pt += b_pt
             b_dd += b_d
         if K > 2 * BK:
             b_pt, b_d = _dh_piece_in(b_dh3, _cols(k, bos, T, i_t, i_h, 2, H, K, BT, BK),
-                                     _rows_t(q, bos, T, i_t, i_h, 2, H, K, BT, BK), g_last, b_g, HAS_G, PREC, PRECA, F32_DOTS)
+                                     _rows_t(q, bos, T, i_t, i_h, 2, H, K, BT, BK), g_last, b_g, HAS_G, PREC, PRECA,
+                                     F32_DOTS, WANT_P)
             b_Pt += b_pt
             b_dd += b_d
         if K > 3 * BK:
             b_pt, b_d = _dh_piece_in(b_dh4, _cols(k, bos, T, i_t, i_h, 3, H, K, BT, BK),
-                                     _rows_t(q, bos, T, i_t, i_h, 3, H, K, BT, BK), g_last, b_g, HAS_G, PREC, PRECA, F32_DOTS)
+                                     _rows_t(q, bos, T, i_t, i_h, 3, H, K, BT, BK), g_last, b_g, HAS_G, PREC, PRECA,
+                                     F32_DOTS, WANT_P)
             b_Pt += b_pt
             b_dd += b_d
-        if HAS_G:
-            b_Pt *= tl.exp(tl.where(causal_t, b_g[None, :] - b_g[:, None], float("-inf"))) * scale
-        else:
-            b_Pt = tl.where(causal_t, b_Pt * scale, 0.0)
-        if F32_DOTS & 1:  # P^T with fp32 operands
-            b_dd += tl.dot(b_Pt, b_do.to(b_Pt.dtype), input_precision=PRECA)
-        else:
-            b_dd += tl.dot(b_Pt.to(b_do.dtype), b_do, input_precision=PREC)  # dDelta [BT, BV]
         p_dvn = tl.make_block_ptr(dvn + (bos * H + i_h) * V, (T, V), (H * V, 1),
                                   (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        if INTRA_IN:  # the intra-chunk part, from the parallel kernel
+            b_dd += tl.load(p_dvn, boundary_check=(0, 1), padding_option="zero").to(b_dd.dtype)
+        else:
+            b_dd += _dd_intra(b_Pt, b_do, b_g, causal_t, scale, HAS_G, PREC, PRECA, F32_DOTS)  # dDelta [BT, BV]
         tl.store(p_dvn, b_dd.to(p_dvn.dtype.element_ty), boundary_check=(0, 1))
         b_dh1 = _dh_piece_out(b_dh1, _rows_t(q, bos, T, i_t, i_h, 0, H, K, BT, BK),
                               _rows_t(w, bos, T, i_t, i_h, 0, H, K, BT, BK), b_do, b_dd, b_g, g_last, scale, HAS_G, PREC, PRECA, F32_DOTS)
@@ -609,6 +654,14 @@ KERNEL_CHUNK = 64
 # passed. K = 64 was right without it and keeps bf16 operands.
 HALF_DH_F32_DOTS = 7
 
+# dDelta's intra-chunk part, scale (Q K^T ⊙ Gam)^T dO, by a kernel parallel over the chunks
+# (``_delta_dv_intra_kernel``) before the reverse state pass, which then only adds
+# (K ⊙ e^{G_last - G}) dS: the chunk's K Q^T products and their product with dO leave the pass's
+# sequential path (as flash-linear-attention's chunk_bwd_dv_local). The delta rule's forward +
+# backward was 0.73x fla's at 64k on an H100 but 1.86x at 8k (session 17): the sequential pass is
+# what grows. Exact in the interpreter; off until timed on a GPU.
+DH_INTRA_OUTSIDE = False
+
 
 def _preca(dtype: torch.dtype) -> str:
     """tl.dot's precision for the accumulation-dtype products (inverse, W, U, UT backward): TF32
@@ -751,11 +804,17 @@ class _DeltaRuleFn(torch.autograd.Function):
         opts = launch_options("delta.delta_dh", num_warps=4, num_stages=_pass_stages(q.dtype, K, True),
                               F32_DOTS=HALF_DH_F32_DOTS if half and K > BK else 0, BV=BVs)
         BVd = opts.pop("BV")
+        if DH_INTRA_OUTSIDE:  # dDelta's intra-chunk part first, in parallel over the chunks
+            _delta_dv_intra_kernel[(NC, H)](
+                q, k, gc if has_g else q, do, dvn, cu, indices, scale,
+                H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, PRECA=_preca(q.dtype), F32_DOTS=opts["F32_DOTS"],
+                **meta, **launch_options("delta.dv_intra", num_warps=4, num_stages=2),
+            )
         _delta_dh_kernel[(triton.cdiv(V, BVd), N * H)](
             q, k, w, gc if has_g else q, do, dh, dvn, dht if dht is not None else q,
             dh0 if dh0 is not None else q, cu, offsets, scale,
             H=H, K=K, V=V, BT=BT, BK=BK, BV=BVd, HAS_G=has_g, USE_DHT=dht is not None,
-            STORE_DH0=dh0 is not None, PRECA=_preca(q.dtype), **meta, **opts,
+            STORE_DH0=dh0 is not None, PRECA=_preca(q.dtype), INTRA_IN=DH_INTRA_OUTSIDE, **meta, **opts,
         )
         dq = torch.empty_like(q)
         dkp = torch.empty(k.shape, dtype=acc, device=k.device)
