@@ -544,10 +544,26 @@ def _bwd_dqk_kernel(
 
 
 @triton.jit
+def _half_block_sums(x, y, idx, upper, b, BT: tl.constexpr, BK: tl.constexpr):
+    """For each row i of a chunk (rows [BT, BK]): at an upper row of its 2^(b+1)-aligned block
+    (bit b set) sum_{t >= i} x_t over the block, at a lower row sum_{j < i} y_j over the block
+    (x zero on lower rows, y on upper ones): a whole-chunk suffix / exclusive prefix sum minus its
+    value at the block's end / start (gathered)."""
+    suf = tl.sum(x, axis=0, keep_dims=True) - tl.cumsum(x, axis=0) + x  # sum_{t >= i} x_t
+    pre = tl.cumsum(y, axis=0) - y  # sum_{j < i} y_j
+    end = ((idx >> (b + 1)) + 1) << (b + 1)  # the first row after i's block (BT: none)
+    start = (idx >> (b + 1)) << (b + 1)
+    suf_end = tl.where((end < BT)[:, None],
+                       tl.gather(suf, tl.broadcast_to(tl.minimum(end, BT - 1)[:, None], (BT, BK)), axis=0), 0.0)
+    pre_start = tl.gather(pre, tl.broadcast_to(start[:, None], (BT, BK)), axis=0)
+    return tl.where(upper[:, None], suf - suf_end, pre - pre_start)
+
+
+@triton.jit
 def _bwd_dqk_levels_kernel(
-    q, k, v, gc, h, do, dh, dA, dq, dk, cu_seqlens, chunk_indices, scale,
+    q, k, v, gc, h, do, dh, dA, dq, dk, dg, cu_seqlens, chunk_indices, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, LOG_BT: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, STORE_DG: tl.constexpr,
 ):
     """dq, dk of one chunk's rows, key dims of one block, the intra-chunk sums by levels of pairs
     as the forward's scores (``_fwd_A_levels_kernel``); grid (K/BK, chunks, H). With c the last
@@ -555,7 +571,14 @@ def _bwd_dqk_levels_kernel(
         dq_i += e^{G_i - G_c(i)} ⊙ sum_j [pair] dA_ij (k_j ⊙ e^{G_c(j) - G_j})
         dk_j += e^{G_c(j) - G_j} ⊙ sum_i [pair] dA_ij (q_i ⊙ e^{G_i - G_c(i)})
     (every factor <= 1), one [BT, BT] x [BT, BK] dot each per level (dA^T loaded transposed), and
-    the diagonal dq_i += dA_ii k_i, dk_i += dA_ii q_i; the inter-chunk parts as ``_bwd_dqk_kernel``."""
+    the diagonal dq_i += dA_ii k_i, dk_i += dA_ii q_i; the inter-chunk parts as ``_bwd_dqk_kernel``.
+    STORE_DG: the gate's gradient too, in ``_bwd_dg_kernel``'s terms, its straddling pairs by
+    level: a pair t > j of level b straddles i (j < i <= t) iff i is in t's half of their 2^(b+1)
+    block at or before t, or in j's half after j, so
+        sum_{t >= i > j} P_tj = sum_b [i upper] sum_{t >= i, upper} (q ⊙ dq_b)_t
+                                    + [i lower] sum_{j < i, lower} (k ⊙ dk_b)_j
+    with dq_b, dk_b the level's intra-chunk terms above (zero off the upper / lower rows): each a
+    difference of two values of one whole-chunk cumsum (``_half_block_sums``)."""
     i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_t, bos, T = _chunk(cu_seqlens, chunk_indices, i_c)
     t0 = i_t * BT
@@ -570,6 +593,7 @@ def _bwd_dqk_levels_kernel(
     # inter-chunk: dO S_n^T and V dH_{n+1}^T (S^T and dH^T loaded transposed)
     b_dq = tl.zeros([BT, BK], dtype=ACC)
     b_dk = tl.zeros([BT, BK], dtype=ACC)
+    b_SdS = tl.zeros([BK], dtype=ACC)  # rowsum(S_n ⊙ dH_{n+1}), for dg
     for i_v in range(tl.cdiv(V, BV)):
         p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1), (t0, i_v * BV), (BT, BV), (1, 0))
         p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1), (t0, i_v * BV), (BT, BV), (1, 0))
@@ -579,21 +603,28 @@ def _bwd_dqk_levels_kernel(
                                   (i_v * BV, i_k * BK), (BV, BK), (0, 1))
         b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
         b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
-        b_ht = tl.load(p_ht, boundary_check=(0, 1), padding_option="zero")
-        b_dht = tl.load(p_dht, boundary_check=(0, 1), padding_option="zero")
-        b_dq += tl.dot(b_do, b_ht.to(b_do.dtype), input_precision=PREC)
-        b_dk += tl.dot(b_v, b_dht.to(b_v.dtype), input_precision=PREC)
+        b_ht = tl.load(p_ht, boundary_check=(0, 1), padding_option="zero").to(b_do.dtype)
+        b_dht = tl.load(p_dht, boundary_check=(0, 1), padding_option="zero").to(b_v.dtype)
+        b_dq += tl.dot(b_do, b_ht, input_precision=PREC)
+        b_dk += tl.dot(b_v, b_dht, input_precision=PREC)
+        if STORE_DG:
+            b_SdS += tl.sum(b_ht.to(ACC) * b_dht.to(ACC), axis=0)
     b_dq *= tl.exp(b_g) * scale
     b_dk *= tl.exp(g_last[None, :] - b_g)
+    if STORE_DG:  # dg's terms through S_n and dH_{n+1}: q ⊙ dq^inter, k ⊙ dk^inter
+        b_a = b_q.to(ACC) * b_dq
+        b_e = b_k.to(ACC) * b_dk
+        b_straddle = tl.zeros([BT, BK], dtype=ACC)
 
     # intra-chunk: dA [i, j] and dA^T [j, i] of the chunk (zero past T)
     p_dA = tl.make_block_ptr(dA + (bos * H + i_h) * BT, (T, BT), (H * BT, 1), (t0, 0), (BT, BT), (1, 0))
     p_dAt = tl.make_block_ptr(dA + (bos * H + i_h) * BT, (BT, T), (1, H * BT), (0, t0), (BT, BT), (0, 1))
     b_dA = tl.load(p_dA, boundary_check=(0,), padding_option="zero")
-    b_dAt = tl.load(p_dAt, boundary_check=(1,), padding_option="zero")
     diag = tl.sum(tl.where(idx[:, None] == idx[None, :], b_dA, 0.0), axis=1)  # dA_ii
     b_dq += diag[:, None] * b_k.to(ACC)
     b_dk += diag[:, None] * b_q.to(ACC)
+    b_dA = b_dA.to(b_q.dtype)  # rounded once (each level's product reads it so): fewer registers
+    b_dAt = tl.load(p_dAt, boundary_check=(1,), padding_option="zero").to(b_q.dtype)
     for b in range(LOG_BT):  # a loop, not unrolled, as the forward's
         row_in = (idx & (1 << b)) != 0  # i at level b has bit b; j does not
         col_in = (idx & (1 << b)) == 0
@@ -608,8 +639,16 @@ def _bwd_dqk_levels_kernel(
         b_qb = (b_q * e_r).to(b_q.dtype)
         pair = row_in[:, None] & col_in[None, :] & same  # [i, j]
         pair_t = col_in[:, None] & row_in[None, :] & same  # [j, i]
-        b_dq += e_r * tl.dot(tl.where(pair, b_dA, 0.0).to(b_q.dtype), b_kb, input_precision=PREC)
-        b_dk += e_c * tl.dot(tl.where(pair_t, b_dAt, 0.0).to(b_q.dtype), b_qb, input_precision=PREC)
+        b_dqb = e_r * tl.dot(tl.where(pair, b_dA, 0.0), b_kb, input_precision=PREC)
+        b_dkb = e_c * tl.dot(tl.where(pair_t, b_dAt, 0.0), b_qb, input_precision=PREC)
+        b_dq += b_dqb
+        b_dk += b_dkb
+        if STORE_DG:  # the level's pairs straddling each row: sums over the row's half-block
+            b_straddle += _half_block_sums(b_q.to(ACC) * b_dqb, b_k.to(ACC) * b_dkb, idx, row_in, b, BT, BK)
+    if STORE_DG:
+        b_dg = _direct_dg(b_a, b_e, b_straddle, (tl.exp(g_last) * b_SdS)[None, :])
+        p_dg = tl.make_block_ptr(dg + (bos * H + i_h) * K, (T, K), (H * K, 1), (t0, i_k * BK), (BT, BK), (1, 0))
+        tl.store(p_dg, b_dg.to(p_dg.dtype.element_ty), boundary_check=(0, 1))
     p_dq = tl.make_block_ptr(dq + (bos * H + i_h) * K, (T, K), (H * K, 1), (t0, i_k * BK), (BT, BK), (1, 0))
     p_dk = tl.make_block_ptr(dk + (bos * H + i_h) * K, (T, K), (H * K, 1), (t0, i_k * BK), (BT, BK), (1, 0))
     tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), boundary_check=(0, 1))
@@ -812,11 +851,13 @@ def _fwd_grouped_kernel(
 # ran out): on.
 SCORES_BY_LEVELS = True
 
-# The backward's dq, dk with the intra-chunk sums by levels of pairs (``_bwd_dqk_levels_kernel``,
-# one program per chunk: log2(BT) [BT, BT] dots each) instead of sub-chunk programs whose own
-# sub-chunk is summed one key column / query row at a time with exact pairwise exps (16 steps of
-# [BC, BK] element-wise work each): as the forward's scores, where that change took the kernel from
-# 834 to about 450 us at 16k on an H100. Exact in the interpreter; off until timed on a GPU.
+# The backward's dq, dk and dg in one kernel with the intra-chunk sums by levels of pairs
+# (``_bwd_dqk_levels_kernel``, one program per chunk: log2(BT) [BT, BT] dots each, and two masked
+# dots per level for dg's straddling pairs) instead of sub-chunk programs whose own sub-chunk is
+# summed one key column / query row at a time with exact pairwise exps (16 steps of [BC, BK]
+# element-wise work each) and a separate dg kernel (``_bwd_dg_kernel``, the same sub-chunk split):
+# as the forward's scores, where that change took the kernel from 834 to about 450 us at 16k on an
+# H100. Exact in the interpreter; off until timed on a GPU.
 DQK_BY_LEVELS = False
 
 # No chunk-cumsum kernel: the scores by levels, the state pass and the output pass each form the
@@ -972,11 +1013,13 @@ class _GlaFn(torch.autograd.Function):
             **launch_options("gla.bwd_dv_dA", num_warps=4, num_stages=3),
         )
         dq, dk = torch.empty_like(q), torch.empty_like(k)
-        if DQK_BY_LEVELS:
+        dg = torch.empty(q.shape, dtype=acc, device=q.device) if g_grad else None  # [1, T, H, K]
+        if DQK_BY_LEVELS:  # dq, dk and dg in one kernel
             opts = launch_options("gla.bwd_dqk_levels", num_warps=8, num_stages=1, BK=min(BK, 32))
             _bwd_dqk_levels_kernel[(triton.cdiv(K, opts["BK"]), NC, H)](
-                q, k, v, gc, h, do, dh, dA, dq, dk, cu, indices, scale,
-                H=H, K=K, V=V, BT=BT, LOG_BT=BT.bit_length() - 1, BV=BV, ACC=ACC, PREC=prec, **opts,
+                q, k, v, gc, h, do, dh, dA, dq, dk, dg if g_grad else dq, cu, indices, scale,
+                H=H, K=K, V=V, BT=BT, LOG_BT=BT.bit_length() - 1, BV=BV, ACC=ACC, PREC=prec, STORE_DG=g_grad,
+                **opts,
             )
         else:
             _bwd_dqk_kernel[(triton.cdiv(K, BK), NC * (BT // BC), H)](
@@ -984,14 +1027,13 @@ class _GlaFn(torch.autograd.Function):
                 H=H, K=K, V=V, BT=BT, BC=BC, BK=BK, BV=BV, ACC=ACC, PREC=prec,
                 **launch_options("gla.bwd_dqk", num_warps=4, num_stages=3),
             )
-        dg = None
-        if g_grad:  # per token and directly (the final state's seed is in dh; nothing to sum)
-            dg = torch.empty(q.shape, dtype=acc, device=q.device)  # [1, T, H, K]
+        if g_grad and not DQK_BY_LEVELS:  # per token and directly (the final state's seed is in dh)
             _bwd_dg_kernel[(triton.cdiv(K, BK), NC, H)](
                 q, k, v, gc, h, do, dh, dA, dg, cu, indices, scale,
                 H=H, K=K, V=V, BT=BT, BC=BC, BK=BK, BV=BV, ACC=ACC, PREC=prec,
                 **launch_options("gla.bwd_dg", num_warps=8, num_stages=1),  # ptxas: 96 B spilled (4 warps: 1.2 KB)
             )
+        if dg is not None:
             dg = dg.to(g_dtype)
         if dh0 is not None:
             dh0 = dh0.to(h0.dtype)
