@@ -15,14 +15,15 @@ Kernels (everything below runs in Triton; the host only allocates and launches):
   forward   _chunk_cumsum_kernel (shared) -> _wy_fwd_kernel (A, X, W, U per chunk; grid chunks x H)
             -> _delta_h_kernel (S_n and Delta, sequential over chunks; grid V/BV x N*H)
             -> triton_scalar_decay._fwd_o_kernel with V = Delta (O per chunk; grid V/BV x chunks x H)
-  backward  _delta_dh_kernel (dS_{n+1} and dDelta, reverse over chunks; grid V/BV x N*H)
+  backward  [_delta_dv_intra_kernel (dDelta's intra-chunk part; grid chunks x H; DH_INTRA_OUTSIDE)]
+            -> _delta_dh_kernel (dS_{n+1} and dDelta, reverse over chunks; grid V/BV x N*H)
             -> _delta_dqk_kernel (dq, the attention part of dk, dW; grid chunks x H)
             -> _wy_bwd_kernel (dk, dv, dbeta through the UT transform; grid chunks x H)
             -> _delta_dg_kernel (the gates' gradient, gated only; grid chunks x H)
 
 The inverse X: A is strictly lower triangular. Its 16 x 16 diagonal blocks D = I + A_diag are
 inverted by forward substitution, all blocks at once, one row of each block per step (15 masked
-[C, C] products); the rest is block forward substitution written as the finite Neumann series
+[C, C] products; with VECTOR_DIAG_INVERSE element-wise on [C/16, 16, 16] instead); the rest is block forward substitution written as the finite Neumann series
 X = (I - N + N^2 - N^3) D^{-1}, N = D^{-1} A_off (strictly block-lower, so N^4 = 0 for C <= 64).
 
 Backward (derived here from the chunk form; dS_{n+1} is the gradient of the state after chunk n):

@@ -32,7 +32,8 @@ a pair i > j of a chunk belongs to the level b of the highest bit where i and j 
 factorised around c = the last row of j's 2^b-aligned half (j <= c < i), again two factors <= 1,
 with c a function of the row (for the Q factor) and of the column (for the K factor) alone; so
 every level is one [BT, BT] tensor-core dot, log2(BT) of them plus the diagonal, with no exact
-pairwise block (1.34x GLA's forward at 64k on an H100). The backward keeps the sub-chunks.
+pairwise block (1.34x GLA's forward at 64k on an H100). The backward keeps the sub-chunks, or with
+``DQK_BY_LEVELS`` takes dq, dk and dg by the same levels in one kernel (``_bwd_dqk_levels_kernel``).
 A factor that underflows to 0 bounds a term that is genuinely below e^-87 of |q_i||k_j|. Rows past a
 sequence's end are given ``G = G_last`` (no decay), so every exponent stays <= 0 there too.
 
