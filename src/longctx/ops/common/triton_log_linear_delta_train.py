@@ -43,6 +43,7 @@ from longctx.ops.common.triton_log_linear_delta import _pieces_dot
 from longctx.ops.common.triton_scalar_decay import (
     _acc,
     _chunk,
+    _cols,
     _init_pieces,
     _prec,
     _rows_t,
@@ -141,8 +142,14 @@ def _levels_dh_kernel(
         if (i_t + 1) % (1 << m) == 0:  # the state after this chunk starts a block: never read
             b_h1, b_h2, b_h3, b_h4 = b_h1 * 0.0, b_h2 * 0.0, b_h3 * 0.0, b_h4 * 0.0
         _store_pieces(dhs_m, (boh + i_t) * H + i_h, i_v, b_h1, b_h2, b_h3, b_h4, K, V, BK, BV)
-        # dDelta = K̂ dS_{n+1}, summed over the pieces (fp32 operands)
-        b_dd = _pieces_dot(khat, bos, T, i_t, i_h, b_h1, b_h2, b_h3, b_h4, H, K, BT, BK, PRECA)
+        # dDelta = K̂ dS_{n+1}, summed over the pieces (fp32 operands: dS unrounded)
+        b_dd = tl.dot(_cols(khat, bos, T, i_t, i_h, 0, H, K, BT, BK).to(ACC), b_h1, input_precision=PRECA)
+        if K > BK:
+            b_dd += tl.dot(_cols(khat, bos, T, i_t, i_h, 1, H, K, BT, BK).to(ACC), b_h2, input_precision=PRECA)
+        if K > 2 * BK:
+            b_dd += tl.dot(_cols(khat, bos, T, i_t, i_h, 2, H, K, BT, BK).to(ACC), b_h3, input_precision=PRECA)
+        if K > 3 * BK:
+            b_dd += tl.dot(_cols(khat, bos, T, i_t, i_h, 3, H, K, BT, BK).to(ACC), b_h4, input_precision=PRECA)
         p_dd = _rows_block(ddl_m, bos, T, i_t, i_h, i_v, H, V, BT, BV)
         tl.store(p_dd, b_dd.to(p_dd.dtype.element_ty), boundary_check=(0, 1))
         reader = ((i_t >> (m - 1)) & 1) == 1
