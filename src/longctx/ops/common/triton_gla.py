@@ -456,6 +456,34 @@ def _bwd_dv_dA_kernel(
 
 
 @triton.jit
+def _inter_dq_dk(do, v, h, dh, bos, T, row0, i_c, i_h, i_k, H: tl.constexpr, K: tl.constexpr,
+                 V: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, ACC: tl.constexpr,
+                 PREC: tl.constexpr, SDS: tl.constexpr):
+    """The inter-chunk parts of rows [row0, row0 + BR), key dims of block i_k, before their decays:
+    dO S_n^T, V dH_{n+1}^T [BR, BK] (S^T and dH^T loaded transposed, rounded to dO's / V's dtype)
+    and, if SDS, rowsum(S_n ⊙ dH_{n+1}) [BK] of those rounded values (else zeros)."""
+    b_dq = tl.zeros([BR, BK], dtype=ACC)
+    b_dk = tl.zeros([BR, BK], dtype=ACC)
+    b_SdS = tl.zeros([BK], dtype=ACC)
+    for i_v in range(tl.cdiv(V, BV)):
+        p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1), (row0, i_v * BV), (BR, BV), (1, 0))
+        p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1), (row0, i_v * BV), (BR, BV), (1, 0))
+        p_ht = tl.make_block_ptr(h + (i_c * H + i_h).to(tl.int64) * K * V, (V, K), (1, V),
+                                 (i_v * BV, i_k * BK), (BV, BK), (0, 1))
+        p_dht = tl.make_block_ptr(dh + (i_c * H + i_h).to(tl.int64) * K * V, (V, K), (1, V),
+                                  (i_v * BV, i_k * BK), (BV, BK), (0, 1))
+        b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
+        b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
+        b_ht = tl.load(p_ht, boundary_check=(0, 1), padding_option="zero").to(b_do.dtype)
+        b_dht = tl.load(p_dht, boundary_check=(0, 1), padding_option="zero").to(b_v.dtype)
+        b_dq += tl.dot(b_do, b_ht, input_precision=PREC)
+        b_dk += tl.dot(b_v, b_dht, input_precision=PREC)
+        if SDS:
+            b_SdS += tl.sum(b_ht.to(ACC) * b_dht.to(ACC), axis=0)
+    return b_dq, b_dk, b_SdS
+
+
+@triton.jit
 def _bwd_dqk_kernel(
     q, k, v, gc, h, do, dh, dA, dq, dk, cu_seqlens, chunk_indices, scale,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
@@ -479,22 +507,8 @@ def _bwd_dqk_kernel(
     p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1), (r0, i_k * BK), (BC, BK), (1, 0))
     b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")
 
-    # inter-chunk: dO S_n^T and V dH_{n+1}^T (S^T and dH^T loaded transposed)
-    b_dq = tl.zeros([BC, BK], dtype=ACC)
-    b_dk = tl.zeros([BC, BK], dtype=ACC)
-    for i_v in range(tl.cdiv(V, BV)):
-        p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1), (r0, i_v * BV), (BC, BV), (1, 0))
-        p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1), (r0, i_v * BV), (BC, BV), (1, 0))
-        p_ht = tl.make_block_ptr(h + (i_c * H + i_h).to(tl.int64) * K * V, (V, K), (1, V),
-                                 (i_v * BV, i_k * BK), (BV, BK), (0, 1))
-        p_dht = tl.make_block_ptr(dh + (i_c * H + i_h).to(tl.int64) * K * V, (V, K), (1, V),
-                                  (i_v * BV, i_k * BK), (BV, BK), (0, 1))
-        b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
-        b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
-        b_ht = tl.load(p_ht, boundary_check=(0, 1), padding_option="zero")
-        b_dht = tl.load(p_dht, boundary_check=(0, 1), padding_option="zero")
-        b_dq += tl.dot(b_do, b_ht.to(b_do.dtype), input_precision=PREC)
-        b_dk += tl.dot(b_v, b_dht.to(b_v.dtype), input_precision=PREC)
+    # inter-chunk: dO S_n^T and V dH_{n+1}^T
+    b_dq, b_dk, _ = _inter_dq_dk(do, v, h, dh, bos, T, r0, i_c, i_h, i_k, H, K, V, BC, BK, BV, ACC, PREC, False)
     b_dq *= tl.exp(b_g) * scale
     b_dk *= tl.exp(g_last[None, :] - b_g)
 
@@ -591,25 +605,9 @@ def _bwd_dqk_levels_kernel(
     b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")
     b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")
 
-    # inter-chunk: dO S_n^T and V dH_{n+1}^T (S^T and dH^T loaded transposed)
-    b_dq = tl.zeros([BT, BK], dtype=ACC)
-    b_dk = tl.zeros([BT, BK], dtype=ACC)
-    b_SdS = tl.zeros([BK], dtype=ACC)  # rowsum(S_n ⊙ dH_{n+1}), for dg
-    for i_v in range(tl.cdiv(V, BV)):
-        p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1), (t0, i_v * BV), (BT, BV), (1, 0))
-        p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1), (t0, i_v * BV), (BT, BV), (1, 0))
-        p_ht = tl.make_block_ptr(h + (i_c * H + i_h).to(tl.int64) * K * V, (V, K), (1, V),
-                                 (i_v * BV, i_k * BK), (BV, BK), (0, 1))
-        p_dht = tl.make_block_ptr(dh + (i_c * H + i_h).to(tl.int64) * K * V, (V, K), (1, V),
-                                  (i_v * BV, i_k * BK), (BV, BK), (0, 1))
-        b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
-        b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
-        b_ht = tl.load(p_ht, boundary_check=(0, 1), padding_option="zero").to(b_do.dtype)
-        b_dht = tl.load(p_dht, boundary_check=(0, 1), padding_option="zero").to(b_v.dtype)
-        b_dq += tl.dot(b_do, b_ht, input_precision=PREC)
-        b_dk += tl.dot(b_v, b_dht, input_precision=PREC)
-        if STORE_DG:
-            b_SdS += tl.sum(b_ht.to(ACC) * b_dht.to(ACC), axis=0)
+    # inter-chunk: dO S_n^T and V dH_{n+1}^T, and rowsum(S_n ⊙ dH_{n+1}) for dg
+    b_dq, b_dk, b_SdS = _inter_dq_dk(do, v, h, dh, bos, T, t0, i_c, i_h, i_k, H, K, V, BT, BK, BV, ACC, PREC,
+                                     STORE_DG)
     b_dq *= tl.exp(b_g) * scale
     b_dk *= tl.exp(g_last[None, :] - b_g)
     if STORE_DG:  # dg's terms through S_n and dH_{n+1}: q ⊙ dq^inter, k ⊙ dk^inter
@@ -737,21 +735,9 @@ def _bwd_dg_kernel(
     p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
     b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero").to(ACC)
     b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero").to(ACC)
-    b_dqi = tl.zeros([BT, BK], dtype=ACC)  # dO S_n^T
-    b_dki = tl.zeros([BT, BK], dtype=ACC)  # V dH_{n+1}^T
-    b_SdS = tl.zeros([BK], dtype=ACC)
-    for i_v in range(tl.cdiv(V, BV)):
-        p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        p_ht = tl.make_block_ptr(h + (i_c * H + i_h).to(tl.int64) * K * V, (V, K), (1, V), (i_v * BV, i_k * BK), (BV, BK), (0, 1))
-        p_dht = tl.make_block_ptr(dh + (i_c * H + i_h).to(tl.int64) * K * V, (V, K), (1, V), (i_v * BV, i_k * BK), (BV, BK), (0, 1))
-        b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
-        b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
-        b_ht = tl.load(p_ht, boundary_check=(0, 1), padding_option="zero").to(b_do.dtype)  # rounded as
-        b_dht = tl.load(p_dht, boundary_check=(0, 1), padding_option="zero").to(b_v.dtype)  # bwd_dqk's
-        b_dqi += tl.dot(b_do, b_ht, input_precision=PREC)
-        b_dki += tl.dot(b_v, b_dht, input_precision=PREC)
-        b_SdS += tl.sum(b_ht.to(ACC) * b_dht.to(ACC), axis=0)
+    # dO S_n^T, V dH_{n+1}^T (rounded as bwd_dqk's) and rowsum(S_n ⊙ dH_{n+1})
+    b_dqi, b_dki, b_SdS = _inter_dq_dk(do, v, h, dh, bos, T, i_t * BT, i_c, i_h, i_k, H, K, V, BT, BK, BV, ACC,
+                                       PREC, True)
     b_a = b_q * b_dqi * tl.exp(b_g) * scale
     b_e = b_k * b_dki * tl.exp(g_last[None, :] - b_g)
     b_straddle = _gla_straddle(q, k, gc, dA, b_q, b_k, b_g, g_last, bos, T, i_t, i_h, i_k,
