@@ -16,6 +16,7 @@ Flags (module attribute -> the ops it changes, forward only unless noted):
   dqk_by_levels     triton_gla.DQK_BY_LEVELS: gla (forward+backward)
   dh_intra_outside  triton_delta.DH_INTRA_OUTSIDE: deltanet, gated_deltanet (forward+backward)
   fused_delta_training  ops/log_linear/triton.FUSED_DELTA_TRAINING: log_linear_gdn (forward+backward)
+``--flags a+b`` sets a combination together (off: all off; on: all on) on the union of their ops.
 The kernel bench's inputs (B=1 H=16 D=128 bf16); ms, the median of ``triton.testing.do_bench``.
 Run the flags' GPU tests first (they are parametrised over each flag). Without a GPU: one
 host-timed call each in Triton's interpreter (a smoke run, tiny sizes).
@@ -57,8 +58,7 @@ FLAGS = {  # name -> (module, attribute, [(op, backward)])
 def _case(flag: str, op: str, backward: bool, T: int, H: int, D: int, cuda: bool) -> dict:
     from longctx.bench.kernels import _inputs, _ours
 
-    module, attr, _ = FLAGS[flag]
-    mod = importlib.import_module(module)
+    settings = [(importlib.import_module(FLAGS[f][0]), FLAGS[f][1]) for f in flag.split("+")]
     dtype = torch.bfloat16 if cuda else torch.float64
     ins = _inputs(op, 1, T, H, D, dtype, seed=T, device="cuda" if cuda else "cpu")
     fn = _ours(op)
@@ -74,10 +74,11 @@ def _case(flag: str, op: str, backward: bool, T: int, H: int, D: int, cuda: bool
                 return (fn(*ins),)
     row: dict = {"flag": flag, "op": op, "T": T, "backward": backward}
     outs = {}
-    saved = getattr(mod, attr)
+    saved = [getattr(mod, attr) for mod, attr in settings]
     try:
         for on in (False, True):
-            setattr(mod, attr, on)
+            for mod, attr in settings:
+                setattr(mod, attr, on)
             key = "on" if on else "off"
             try:
                 outs[key] = [o for o in run() if o is not None]
@@ -85,7 +86,8 @@ def _case(flag: str, op: str, backward: bool, T: int, H: int, D: int, cuda: bool
             except Exception as e:  # noqa: BLE001 - a failing setting is reported, the others still run
                 row[key] = f"{type(e).__name__}: {str(e)[:200]}"
     finally:
-        setattr(mod, attr, saved)
+        for (mod, attr), value in zip(settings, saved, strict=True):
+            setattr(mod, attr, value)
     if len(outs) == 2:  # the largest difference relative to each output's largest entry
         row["max_rel_diff"] = max(float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-300))
                                   for a, b in zip(outs["on"], outs["off"], strict=True))
@@ -108,7 +110,8 @@ def main() -> int:
                  "rows": []}
     for T in args.T:
         for flag in args.flags.split(","):
-            for op, backward in FLAGS[flag][2]:
+            ops = dict.fromkeys(case for f in flag.split("+") for case in FLAGS[f][2])  # a combination's: every part's
+            for op, backward in ops:
                 res["rows"].append(_case(flag, op, backward, T, args.H, args.D, cuda))
                 _write_json(res, Path(args.out))
                 if cuda:
