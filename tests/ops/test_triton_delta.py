@@ -183,13 +183,16 @@ def test_dh_intra_outside_matches_recurrence(dtype, size, gated, monkeypatch) ->
 @pytest.mark.parametrize(("dtype", "size"), _maybe_gpu([(d, s) for d in DTYPES for s in (
     [(1, 70, 2, 16, 64, 16)] if not ON_CUDA else [(1, 1000, 4, 128, 128, 64)])]))
 def test_forward_state_pass_tiles_do_not_change_results(dtype, size, BV) -> None:
-    """The state passes (``delta.delta_h``, ``delta.delta_dh``) at value tiles other than their
-    default (a tuning sweep tries 16 / 32 / 64): outputs, final state and every gradient still match."""
+    """The state passes (``delta.delta_h``, ``delta.delta_dh``) and the output pass
+    (``delta.fwd_o``) at value tiles other than their defaults (a tuning sweep tries them):
+    outputs, final state and every gradient still match."""
     from longctx.ops.common.triton_launch import launch_overrides
 
     B, T, H, K, V, C = size
     q, k, v, beta, g, S0 = _inputs(B, T, H, K, V, seed=T + BV)
-    with launch_overrides({"delta.delta_h": {"BV": BV}, "delta.delta_dh": {"BV": BV}}):
+    # the output pass with all of V at once, or in blocks of 16
+    with launch_overrides({"delta.delta_h": {"BV": BV}, "delta.delta_dh": {"BV": BV},
+                           "delta.fwd_o": {"BV": 128 if BV == 64 else 16}}):
         _check_gated("delta_h tiles", [q, k, v, beta, g, S0], dtype, C)
 
 

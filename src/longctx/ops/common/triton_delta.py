@@ -766,10 +766,12 @@ def _forward(q, k, v, beta, g, h0, scale, want_ht, cu, BT, train: bool):
         USE_H0=h0 is not None, STORE_HT=want_ht, GATE_D=triton_scalar_decay.GATE_ON_DELTA, **meta, **opts,
     )
     o = torch.empty_like(v)
-    _fwd_o_kernel[(triton.cdiv(V, BV), NC, H)](  # the scalar-decay outputs, v = Delta
+    # BV: a tunable up to 128 (all of V: the chunk's Q K^T formed once instead of V/BV times)
+    opts = launch_options("delta.fwd_o", num_warps=4, num_stages=3, BV=BV)
+    BVo = opts.pop("BV")
+    _fwd_o_kernel[(triton.cdiv(V, BVo), NC, H)](  # the scalar-decay outputs, v = Delta
         q, k, vn, gc if has_g else q, h, o, cu, indices, scale,
-        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, **meta,
-        **launch_options("delta.fwd_o", num_warps=4, num_stages=3),
+        H=H, K=K, V=V, BT=BT, BK=BK, BV=BVo, HAS_G=has_g, **meta, **opts,
     )
     saved = (gc, ainv, w, u, h, vn, offsets, indices, NC) if train else None
     return o, ht, saved

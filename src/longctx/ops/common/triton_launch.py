@@ -32,7 +32,9 @@ TILED["delta.delta_dh"] = ("F32_DOTS", "BV")
 # once instead of V / BV times (GLA's fp32 gates are twice K's bytes), at a quarter of the programs;
 # and GLA's output pass (BV only: V's columns), whose programs each read the chunk's Q and gates
 TILED["gla.fwd_o"] = ("BV",)
-WIDE_BV = ("gla.fwd_h", "scalar_decay.fwd_h", "gla.fwd_o")
+# the delta rule's output pass likewise (BV only; at 128 each chunk's Q K^T is formed once)
+TILED["delta.fwd_o"] = ("BV",)
+WIDE_BV = ("gla.fwd_h", "scalar_decay.fwd_h", "gla.fwd_o", "delta.fwd_o")
 # the delta rule's forward state pass: its value tile alone (its key pieces are fixed at 64 rows),
 # from 16 (twice the programs of the default 32 at K = 128) up
 TILED["delta.delta_h"] = ("BV",)
