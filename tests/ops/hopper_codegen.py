@@ -94,7 +94,7 @@ def _delta_cases() -> dict[str, tuple]:
                 "dvn": "*bf16", "dht": "*fp32", "dh0": "*fp32", "cu_seqlens": "*i32",
                 "chunk_offsets": "*i32", "scale": "fp32"},
                 {**common, "BK": min(K, 64), "USE_DHT": True, "STORE_DH0": True, "PRECA": "tf32",
-                 "F32_DOTS": 0})
+                 "F32_DOTS": 0, "INTRA_IN": False})
     return cases
 
 
