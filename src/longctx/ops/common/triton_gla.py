@@ -283,6 +283,23 @@ def _fwd_A_kernel(
 
 
 @triton.jit
+def _level_pairs(idx, b):
+    """Level b of a chunk's pairs i > j (b = the highest bit where i and j differ), for positions
+    idx [BT]: rows that read it (bit b set; columns that feed it have bit b clear), the pairs' mask
+    [i, j] (also the same bits above b) and its transpose [j, i], and c (the last row of j's
+    2^b-aligned half) as a function of the row (c_row, = idx off the level's rows) and of the column
+    (c_col, = idx off its columns)."""
+    row_in = (idx & (1 << b)) != 0
+    col_in = (idx & (1 << b)) == 0
+    same = (idx[:, None] >> (b + 1)) == (idx[None, :] >> (b + 1))
+    pair = row_in[:, None] & col_in[None, :] & same
+    pair_t = col_in[:, None] & row_in[None, :] & same
+    c_row = tl.where(row_in, ((idx >> b) << b) - 1, idx)
+    c_col = tl.where(row_in, idx, idx | ((1 << b) - 1))
+    return row_in, pair, pair_t, c_row, c_col
+
+
+@triton.jit
 def _fwd_A_levels_kernel(
     q, k, g, gc, A, cu_seqlens, chunk_indices, scale,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, LOG_BT: tl.constexpr, BK: tl.constexpr,
@@ -319,9 +336,7 @@ def _fwd_A_levels_kernel(
             b_gt = _gate_rows_t(gc, g_last, bos, T, t0, i_h, i_k, H, K, BT, BK)
         b_A += tl.where(idx[:, None] == idx[None, :], tl.dot(b_q, b_kt, input_precision=PREC), 0.0)
         for b in range(LOG_BT):  # a loop, not unrolled: each level's gathers stay its own
-            row_in = (idx & (1 << b)) != 0  # rows that read level b; columns that feed it: bit b clear
-            c_row = tl.where(row_in, ((idx >> b) << b) - 1, idx)
-            c_col = tl.where(row_in, idx, idx | ((1 << b) - 1))
+            _rows_in, pair, _pair_t, c_row, c_col = _level_pairs(idx, b)
             if RAW_G:  # G at rows c: gathered from the chunk's G in registers
                 g_r = tl.gather(b_g, tl.broadcast_to(c_row[:, None], (BT, BK)), axis=0)  # [BT, BK]
                 g_ct = tl.gather(b_gt, tl.broadcast_to(c_col[None, :], (BK, BT)), axis=1)  # [BK, BT]
@@ -330,8 +345,6 @@ def _fwd_A_levels_kernel(
                 g_ct = _gate_at_t(gc, g_last, bos, T, t0 + c_col, i_h, i_k, H, K, BK)  # [BK, BT]
             b_qb = (b_q * tl.exp(b_g - g_r)).to(b_q.dtype)
             b_kb = (b_kt * tl.exp(g_ct - b_gt)).to(b_q.dtype)
-            col_in = (idx & (1 << b)) == 0
-            pair = row_in[:, None] & col_in[None, :] & ((idx[:, None] >> (b + 1)) == (idx[None, :] >> (b + 1)))
             b_A += tl.where(pair, tl.dot(b_qb, b_kb, input_precision=PREC), 0.0)
     p_A = tl.make_block_ptr(A + (bos * H + i_h) * BT, (T, BT), (H * BT, 1), (t0, 0), (BT, BT), (1, 0))
     tl.store(p_A, (b_A * scale).to(A.dtype.element_ty), boundary_check=(0,))
@@ -625,19 +638,13 @@ def _bwd_dqk_levels_kernel(
     b_dA = b_dA.to(b_q.dtype)  # rounded once (each level's product reads it so): fewer registers
     b_dAt = tl.load(p_dAt, boundary_check=(1,), padding_option="zero").to(b_q.dtype)
     for b in range(LOG_BT):  # a loop, not unrolled, as the forward's
-        row_in = (idx & (1 << b)) != 0  # i at level b has bit b; j does not
-        col_in = (idx & (1 << b)) == 0
-        same = (idx[:, None] >> (b + 1)) == (idx[None, :] >> (b + 1))
-        c_row = tl.where(row_in, ((idx >> b) << b) - 1, idx)
-        c_col = tl.where(row_in, idx, idx | ((1 << b) - 1))
+        row_in, pair, pair_t, c_row, c_col = _level_pairs(idx, b)
         g_r = _gate_at(gc, g_last, bos, T, t0 + c_row, i_h, i_k, H, K, BK)  # G at c(i) [BT, BK]
         g_c = _gate_at(gc, g_last, bos, T, t0 + c_col, i_h, i_k, H, K, BK)  # G at c(j) [BT, BK]
         e_r = tl.exp(b_g - g_r)  # e^{G_i - G_c(i)} (1 off the level's rows)
         e_c = tl.exp(g_c - b_g)  # e^{G_c(j) - G_j} (1 off its columns)
         b_kb = (b_k * e_c).to(b_q.dtype)
         b_qb = (b_q * e_r).to(b_q.dtype)
-        pair = row_in[:, None] & col_in[None, :] & same  # [i, j]
-        pair_t = col_in[:, None] & row_in[None, :] & same  # [j, i]
         b_dqb = e_r * tl.dot(tl.where(pair, b_dA, 0.0), b_kb, input_precision=PREC)
         b_dkb = e_c * tl.dot(tl.where(pair_t, b_dAt, 0.0), b_qb, input_precision=PREC)
         b_dq += b_dqb
@@ -839,8 +846,8 @@ def _fwd_grouped_kernel(
 SCORES_BY_LEVELS = True
 
 # The backward's dq, dk and dg in one kernel with the intra-chunk sums by levels of pairs
-# (``_bwd_dqk_levels_kernel``, one program per chunk: log2(BT) [BT, BT] dots each, and two masked
-# dots per level for dg's straddling pairs) instead of sub-chunk programs whose own sub-chunk is
+# (``_bwd_dqk_levels_kernel``, one program per chunk: log2(BT) [BT, BT] dots each, and dg's
+# straddling pairs per level as differences of one cumsum, ``_half_block_sums``) instead of sub-chunk programs whose own sub-chunk is
 # summed one key column / query row at a time with exact pairwise exps (16 steps of [BC, BK]
 # element-wise work each) and a separate dg kernel (``_bwd_dg_kernel``, the same sub-chunk split):
 # as the forward's scores, where that change took the kernel from 834 to about 450 us at 16k on an
@@ -1014,12 +1021,12 @@ class _GlaFn(torch.autograd.Function):
                 H=H, K=K, V=V, BT=BT, BC=BC, BK=BK, BV=BV, ACC=ACC, PREC=prec,
                 **launch_options("gla.bwd_dqk", num_warps=4, num_stages=3),
             )
-        if g_grad and not DQK_BY_LEVELS:  # per token and directly (the final state's seed is in dh)
-            _bwd_dg_kernel[(triton.cdiv(K, BK), NC, H)](
-                q, k, v, gc, h, do, dh, dA, dg, cu, indices, scale,
-                H=H, K=K, V=V, BT=BT, BC=BC, BK=BK, BV=BV, ACC=ACC, PREC=prec,
-                **launch_options("gla.bwd_dg", num_warps=8, num_stages=1),  # ptxas: 96 B spilled (4 warps: 1.2 KB)
-            )
+            if g_grad:  # per token and directly (the final state's seed is in dh)
+                _bwd_dg_kernel[(triton.cdiv(K, BK), NC, H)](
+                    q, k, v, gc, h, do, dh, dA, dg, cu, indices, scale,
+                    H=H, K=K, V=V, BT=BT, BC=BC, BK=BK, BV=BV, ACC=ACC, PREC=prec,
+                    **launch_options("gla.bwd_dg", num_warps=8, num_stages=1),  # ptxas: 96 B spilled (4 warps: 1.2 KB)
+                )
         if dg is not None:
             dg = dg.to(g_dtype)
         if dh0 is not None:

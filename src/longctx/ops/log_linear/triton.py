@@ -138,13 +138,13 @@ def _intra(p: Prepared, C: int, output_final_state: bool = False):
     return o, _chunk(tail, C, True)[1]
 
 
-def _intra_packed(p: Prepared, C: int, starts: list[int], lens: list[int]) -> Tensor:
-    """``_intra`` of packed sequences (p [1, total, ...], positions from 0 in each): through a
-    zero-padded batch [N, max len] (padding comes after each sequence, so it changes nothing)."""
+def _padded_batch(p: Prepared, starts: list[int], lens: list[int]) -> tuple[Prepared, Tensor]:
+    """Packed sequences (p [1, total, ...], positions from 0 in each) as a zero-padded batch
+    [N, max len] (padding comes after each sequence, so it changes nothing before it), and the
+    mask of its real tokens [N, max len] (``out[valid]`` packs a result back)."""
     dev = p.q.device
-    lens_t = torch.tensor(lens, device=dev)
     ar = torch.arange(max(lens), device=dev)
-    valid = ar[None, :] < lens_t[:, None]  # [N, Tmax]
+    valid = ar[None, :] < torch.tensor(lens, device=dev)[:, None]  # [N, Tmax]
     src = (torch.tensor(starts, device=dev)[:, None] + ar[None, :]).clamp(max=p.q.shape[1] - 1)
 
     def pad(x: Tensor | None) -> Tensor | None:
@@ -153,7 +153,12 @@ def _intra_packed(p: Prepared, C: int, starts: list[int], lens: list[int]) -> Te
         x = x[0, src]  # [N, Tmax, ...]
         return x * valid.view(*valid.shape, *(1,) * (x.dim() - 2)).to(x.dtype)
 
-    padded = Prepared(pad(p.q), pad(p.k), pad(p.v), pad(p.g), pad(p.beta), pad(p.lam), None, 0)
+    return Prepared(pad(p.q), pad(p.k), pad(p.v), pad(p.g), pad(p.beta), pad(p.lam), None, 0), valid
+
+
+def _intra_packed(p: Prepared, C: int, starts: list[int], lens: list[int]) -> Tensor:
+    """``_intra`` of packed sequences, through ``_padded_batch``."""
+    padded, valid = _padded_batch(p, starts, lens)
     return _intra(padded, C)[0][valid].unsqueeze(0)
 
 
@@ -264,19 +269,7 @@ def _delta_training(p: Prepared, C: int, io_dtype: torch.dtype, lens: list[int],
     ``triton_log_linear_delta_train``). Packed sequences go through a zero-padded batch [N, max
     len] (padding after each sequence changes nothing before it)."""
     if cu_seqlens is not None:
-        starts = cu_seqlens[:-1].tolist()
-        dev = p.q.device
-        ar = torch.arange(max(lens), device=dev)
-        valid = ar[None, :] < torch.tensor(lens, device=dev)[:, None]  # [N, Tmax]
-        src = (torch.tensor(starts, device=dev)[:, None] + ar[None, :]).clamp(max=p.q.shape[1] - 1)
-
-        def pad(x: Tensor | None) -> Tensor | None:
-            if x is None:
-                return None
-            x = x[0, src]
-            return x * valid.view(*valid.shape, *(1,) * (x.dim() - 2)).to(x.dtype)
-
-        padded = Prepared(pad(p.q), pad(p.k), pad(p.v), pad(p.g), pad(p.beta), pad(p.lam), None, 0)
+        padded, valid = _padded_batch(p, cu_seqlens[:-1].tolist(), lens)
         return _delta_training(padded, C, io_dtype, [max(lens)] * len(lens), None)[valid].unsqueeze(0)
     B, T, H, Dk = p.q.shape
     Dv, N, c = p.v.shape[-1], -(-T // C), C.bit_length() - 1
@@ -291,10 +284,8 @@ def _delta_training(p: Prepared, C: int, io_dtype: torch.dtype, lens: list[int],
     unchunk = lambda x: x.reshape(B, H, N * C, -1)[:, :, :T].transpose(1, 2)  # -> [B, T, H, *]
     o = unchunk(o)
     M = ((T - 1) // C).bit_length()
-    if M == 0:
+    if M == 0:  # (prepare_* checked lambda_levels: L >= bit_length(T - 1) + 1 = c + M + 1)
         return o
-    if p.lam.shape[-1] <= c + M:
-        raise ValueError(f"log-linear attention: lambda_levels has {p.lam.shape[-1]} levels, T = {T} needs {c + M + 1}")
     qt = q * G[..., None].exp() - QK @ w  # the effective queries Q̃
     khat = k * (G[..., -1:] - G)[..., None].exp()  # K̂ = K ⊙ e^{G_last - G}
     flat = lambda x: unchunk(x).reshape(1, B * T, H, -1).to(io_dtype)
