@@ -54,6 +54,9 @@ WIDE_SETTINGS = TILE_SETTINGS + [{"num_warps": w, "num_stages": s, "BK": bk, "BV
 # the inference forward's output pass: chunks per group (1 = the per-chunk kernels) x its tile
 # (2026-12-07, H100, T = 64k: w4 s2 was the best at every GS, so only GS is swept)
 GROUPED_SETTINGS = [{"num_warps": 4, "num_stages": 2, "BV": 64, "GS": gs} for gs in (1, 2, 4, 8, 16)]
+# the scalar-decay one also at BV = 128 (each group's Q and K read once; ptxas: 8 warps, 72 B spilled)
+WIDE_GROUPED_SETTINGS = GROUPED_SETTINGS + [{"num_warps": 8, "num_stages": st, "BV": 128, "GS": gs}
+                                            for st, gs in itertools.product((2, 3), (8, 16))]
 # settings not tried, and why: a fault poisons the process for every later row
 SKIP = {("delta.delta_dh", 8): "illegal memory access on the H100 under 2 of 4 variants at num_warps 8 "
                                "(bisect_delta_bwd.py, 2026-12-06, reproduced)"}
@@ -66,7 +69,7 @@ def _sweep(kernel: str, tiled: dict, wide: tuple) -> list[dict]:
     rule's F32_DOTS, is not a launch choice)."""
     tiles = set(tiled.get(kernel, ())) & {"BK", "BV"}
     if kernel.endswith(".fwd_grouped"):
-        return GROUPED_SETTINGS
+        return WIDE_GROUPED_SETTINGS if kernel in wide else GROUPED_SETTINGS
     if kernel in ("delta.delta_h", "delta.delta_dh"):  # (the backward's F32_DOTS: not a choice)
         return DELTA_H_SETTINGS
     if tiles == {"BV"}:

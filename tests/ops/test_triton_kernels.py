@@ -381,7 +381,8 @@ def test_inference_forward_in_groups_of_chunks_matches_recurrence(dtype, gated, 
     output pass carries S through the group's chunks. Outputs and final states of packed sequences
     (a partial last group and chunk, a 1-token sequence) match the recurrence, with the initial
     states, and the forward kept for the backward pass (gradient wanted) to rounding. gated "k" /
-    "delta": the output pass puts the gate on K^T or on V's rows (``GATE_ON_DELTA``)."""
+    "delta": the output pass puts the gate on K^T or on V's rows (``GATE_ON_DELTA``). Groups of 3
+    run the output pass at its widest value tile (BV 128, 8 warps; triton_launch.WIDE_BV)."""
     from longctx.ops.common import triton_scalar_decay
     from longctx.ops.common.triton_scalar_decay import scalar_decay_chunk
 
@@ -405,16 +406,18 @@ def test_inference_forward_in_groups_of_chunks_matches_recurrence(dtype, gated, 
         return scalar_decay_chunk(*args, g_in, scale=0.5, initial_state=S0.to(DEVICE, acc),
                                   output_final_state=True, cu_seqlens=cu.to(DEVICE), chunk_size=chunk)
 
-    check_grouped_forward(run, "scalar_decay.fwd_grouped", groups, o_ref, S_ref, args[0], dtype)
+    wide = {"BV": 128, "num_warps": 8} if groups == 3 else {}
+    check_grouped_forward(run, "scalar_decay.fwd_grouped", groups, o_ref, S_ref, args[0], dtype, **wide)
 
 
-def check_grouped_forward(run, kernel: str, groups: int, o_ref, S_ref, first_input, dtype) -> None:
-    """``run()`` (outputs, final state) under ``kernel``'s GS = groups without a gradient == the
-    float64 references, and == the training forward (``first_input`` then requires a gradient:
-    the per-chunk kernels, their states kept for the backward) to rounding."""
+def check_grouped_forward(run, kernel: str, groups: int, o_ref, S_ref, first_input, dtype, **opts) -> None:
+    """``run()`` (outputs, final state) under ``kernel``'s GS = groups (and launch settings
+    ``opts``) without a gradient == the float64 references, and == the training forward
+    (``first_input`` then requires a gradient: the per-chunk kernels, their states kept for the
+    backward) to rounding."""
     from longctx.ops.common.triton_launch import launch_overrides
 
-    with launch_overrides({kernel: {"GS": groups}}), torch.no_grad():
+    with launch_overrides({kernel: {"GS": groups, **opts}}), torch.no_grad():
         o, S = run()
     assert_close(o_ref, o.double().cpu(), TOL[dtype], "grouped forward: o")
     assert_close(S_ref, S.double().cpu(), TOL[dtype], "grouped forward: final state")

@@ -34,7 +34,9 @@ TILED["delta.delta_dh"] = ("F32_DOTS", "BV")
 TILED["gla.fwd_o"] = ("BV",)
 # the delta rule's output pass likewise (BV only; at 128 each chunk's Q K^T is formed once)
 TILED["delta.fwd_o"] = ("BV",)
-WIDE_BV = ("gla.fwd_h", "scalar_decay.fwd_h", "gla.fwd_o", "delta.fwd_o")
+# and the scalar-decay grouped output pass (BV is the N of all its products; at 128 each group's Q
+# and K are read once, not twice)
+WIDE_BV = ("gla.fwd_h", "scalar_decay.fwd_h", "gla.fwd_o", "delta.fwd_o", "scalar_decay.fwd_grouped")
 # the delta rule's forward state pass: its value tile alone (its key pieces are fixed at 64 rows),
 # from 16 (twice the programs of the default 32 at K = 128) up
 TILED["delta.delta_h"] = ("BV",)
