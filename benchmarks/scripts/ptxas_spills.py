@@ -199,6 +199,13 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
                 setattr(module, flag, saved)
         return run
 
+    def _overriding(fn, settings: dict):
+        """fn run under ``launch_overrides(settings)``."""
+        def run(*args):
+            with launch_overrides(settings):
+                return fn(*args)
+        return run
+
     def _with_grouped_levels(fn, value: bool = True):
         from longctx.ops.common import triton_log_linear
         return _with(triton_log_linear, "GROUPED_LEVELS", fn, value)
@@ -218,8 +225,10 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
         "simple_gla": fwd_bwd(scalar_decay_chunk, q, k, v, g),
         "linear_attention/inference": inference(scalar_decay_chunk, q, k, v),
         "simple_gla/inference": inference(scalar_decay_chunk, q, k, v, g),
-        # the grouped output pass at BV 128 (WIDE_BV), 8 warps: Q and K read once per group
-        "simple_gla/inference_wide": inference(scalar_decay_chunk, q, k, v, g, BV=128, num_warps=8),
+        # the grouped output pass at BV 128 (WIDE_BV), 8 warps: Q and K read once per group; the
+        # groups' state pass at 64 x 128 tiles
+        "simple_gla/inference_wide": inference(_overriding(scalar_decay_chunk, {"scalar_decay.fwd_h_group": {
+            "BK": 64, "BV": 128}}), q, k, v, g, BV=128, num_warps=8),
         "gla": fwd_bwd(gla_chunk, q, k, v, gk),
         "gla/inference": inference(gla_chunk, q, k, v, gk, kernel="gla.fwd_grouped"),
         # the intra-chunk scores by sub-chunks (triton_gla.SCORES_BY_LEVELS off; on by default)

@@ -382,8 +382,9 @@ def test_inference_forward_in_groups_of_chunks_matches_recurrence(dtype, gated, 
     (a partial last group and chunk, a 1-token sequence) match the recurrence, with the initial
     states, and the forward kept for the backward pass (gradient wanted) to rounding. gated "k" /
     "delta": the output pass puts the gate on K^T or on V's rows (``GATE_ON_DELTA``). Groups of 3
-    run the output pass at its widest value tile (BV 128, 8 warps; triton_launch.WIDE_BV)."""
+    run the output pass and the groups' state pass at their widest tiles (BV 128; triton_launch.WIDE_BV)."""
     from longctx.ops.common import triton_scalar_decay
+    from longctx.ops.common.triton_launch import launch_overrides
     from longctx.ops.common.triton_scalar_decay import scalar_decay_chunk
 
     monkeypatch.setattr(triton_scalar_decay, "GATE_ON_DELTA", gated == "delta")
@@ -407,7 +408,9 @@ def test_inference_forward_in_groups_of_chunks_matches_recurrence(dtype, gated, 
                                   output_final_state=True, cu_seqlens=cu.to(DEVICE), chunk_size=chunk)
 
     wide = {"BV": 128, "num_warps": 8} if groups == 3 else {}
-    check_grouped_forward(run, "scalar_decay.fwd_grouped", groups, o_ref, S_ref, args[0], dtype, **wide)
+    group_tiles = {"scalar_decay.fwd_h_group": {"BK": 64, "BV": 128}} if groups == 3 else {}
+    with launch_overrides(group_tiles):  # (the groups' own state pass at its widest tile too)
+        check_grouped_forward(run, "scalar_decay.fwd_grouped", groups, o_ref, S_ref, args[0], dtype, **wide)
 
 
 def check_grouped_forward(run, kernel: str, groups: int, o_ref, S_ref, first_input, dtype, **opts) -> None:

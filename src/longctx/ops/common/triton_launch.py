@@ -19,7 +19,7 @@ _SETTINGS = ("num_warps", "num_stages")
 # tiles a kernel may take through launch_options (its call site sizes the grid from them); the
 # state passes' tiles are free (each (BK, BV) block of the state is independent)
 TILED: dict[str, tuple[str, ...]] = {k: ("BK", "BV") for k in (
-    "gla.fwd_h", "gla.bwd_dh", "scalar_decay.fwd_h", "scalar_decay.bwd_dh")}
+    "gla.fwd_h", "gla.bwd_dh", "scalar_decay.fwd_h", "scalar_decay.bwd_dh", "scalar_decay.fwd_h_group")}
 # the scalar-decay inference forward's output pass: its value tile and GS, the chunks per group
 # (GS = 1: the per-chunk kernels). Unlike the other settings, GS changes the order in which the
 # state is summed (per group, then over groups): results agree to rounding, not to the bit
@@ -36,7 +36,8 @@ TILED["gla.fwd_o"] = ("BV",)
 TILED["delta.fwd_o"] = ("BV",)
 # and the scalar-decay grouped output pass (BV is the N of all its products; at 128 each group's Q
 # and K are read once, not twice)
-WIDE_BV = ("gla.fwd_h", "scalar_decay.fwd_h", "gla.fwd_o", "delta.fwd_o", "scalar_decay.fwd_grouped")
+WIDE_BV = ("gla.fwd_h", "scalar_decay.fwd_h", "gla.fwd_o", "delta.fwd_o", "scalar_decay.fwd_grouped",
+           "scalar_decay.fwd_h_group")
 # the delta rule's forward state pass: its value tile alone (its key pieces are fixed at 64 rows),
 # from 16 (twice the programs of the default 32 at K = 128) up
 TILED["delta.delta_h"] = ("BV",)

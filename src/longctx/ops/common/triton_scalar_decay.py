@@ -663,7 +663,9 @@ def _grouped_state_pass(k, v, gc, h, h0, ht, cu, goffsets, gindices, BT: int, GS
     ACC = _acc(k.dtype)[1]
     hl = torch.empty_like(h)
     gtot = torch.empty(NG, H, dtype=h.dtype, device=k.device) if gc is not None else h
-    opts = _state_tiles(K, V)
+    # its own launch name: the per-chunk pass's 32 x 32 tiles (programs for a short sequence) read
+    # each chunk's K and V V/BV and K/BK times, where a long one has programs to spare
+    opts = launch_options("scalar_decay.fwd_h_group", **_state_tiles(K, V))
     grid = (triton.cdiv(K, opts["BK"]), triton.cdiv(V, opts["BV"]))
     _fwd_h_group_kernel[(*grid, NG * H)](
         k, v, gc if gc is not None else k, hl, gtot, cu, gindices, GS, H=H, K=K, V=V, BT=BT,
