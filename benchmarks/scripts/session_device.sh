@@ -35,10 +35,14 @@
 #  - VEC_INV=1 / HALF_WU=1: the UT transform's diagonal blocks by element-wise forward substitution /
 #    W and U by half-precision dots (triton_delta.VECTOR_DIAG_INVERSE / HALF_WU); DH_INTRA=1: dDelta's
 #    intra-chunk part before the reverse state pass (triton_delta.DH_INTRA_OUTSIDE).
-#  - GLA_CUMSUM=1: GLA's G formed in its kernels from the raw gates (triton_gla.CUMSUM_IN_KERNELS);
-#    GLA_DQK=1: its backward's dq / dk by levels of pairs (triton_gla.DQK_BY_LEVELS).
+#  - GLA_CUMSUM=1: GLA's G formed in its kernels from the raw gates (triton_gla.CUMSUM_IN_KERNELS;
+#    slower on an H100 in session 21). (Its backward's dq / dk by levels, DQK_BY_LEVELS: on since then.)
 #  - LL_DELTA_TRAIN=1: log-linear Gated DeltaNet's training by the level walks of
-#    triton_log_linear_delta_train (ops/log_linear/triton.FUSED_DELTA_TRAINING).
+#    triton_log_linear_delta_train (ops/log_linear/triton.FUSED_DELTA_TRAINING; the default since
+#    session 21, so a no-op).
+#  - a TESTS entry or EXTRA command runs with PYTHONPATH=src (a bare pytest on the device does not
+#    find the package without it); EXTRA runs under `timeout`, so it must start with a program,
+#    not `cd` (session 21 lost its EXTRA that way: `bash -c "cd ... && ..."`).
 #  (the settings on trial, DELTA_STAGED .. LL_DELTA_TRAIN, apply to the breakdown and the tuning sweep
 #    too: /tmp/with_trials.py; EXTRA's command sets its own)
 #  - WARM=1: the bench's kernels (ours and fla's, per op of OPS) and TUNE's settings compile in parallel
@@ -164,10 +168,9 @@ if os.environ.get("VEC_INV") or os.environ.get("HALF_WU") or os.environ.get("DH_
     triton_delta.VECTOR_DIAG_INVERSE = bool(os.environ.get("VEC_INV"))
     triton_delta.HALF_WU = bool(os.environ.get("HALF_WU"))
     triton_delta.DH_INTRA_OUTSIDE = bool(os.environ.get("DH_INTRA"))
-if os.environ.get("GLA_CUMSUM") or os.environ.get("GLA_DQK"):
+if os.environ.get("GLA_CUMSUM"):
     from longctx.ops.common import triton_gla
-    triton_gla.CUMSUM_IN_KERNELS = bool(os.environ.get("GLA_CUMSUM"))
-    triton_gla.DQK_BY_LEVELS = bool(os.environ.get("GLA_DQK"))
+    triton_gla.CUMSUM_IN_KERNELS = True
 if os.environ.get("LL_DELTA_TRAIN"):
     from longctx.ops.log_linear import triton as ll_triton
     ll_triton.FUSED_DELTA_TRAINING = True

@@ -137,6 +137,11 @@ CASES = [
 
 @pytest.mark.parametrize("base,dtype,size,final", CASES)
 def test_levels_match_naive(base: str, dtype: torch.dtype, size: tuple, final: bool, monkeypatch) -> None:
+    """The copies of the base, one per chunk level (a delta-rule base's fused training walks, the
+    default, are pinned off here: test_fused_delta_training_matches_naive takes them)."""
+    import longctx.ops.log_linear.triton as ll_triton
+
+    monkeypatch.setattr(ll_triton, "FUSED_DELTA_TRAINING", False)
     B, t0, T, H, K, V, chunk = size
     x = _inputs(base, B, t0 + T, H, K, V, seed=t0 + T + final)
     _check(base, x, dtype, chunk, monkeypatch, final=final, t0=t0)

@@ -851,15 +851,21 @@ SCORES_BY_LEVELS = True
 # summed one key column / query row at a time with exact pairwise exps (16 steps of [BC, BK]
 # element-wise work each) and a separate dg kernel (``_bwd_dg_kernel``, the same sub-chunk split):
 # as the forward's scores, where that change took the kernel from 834 to about 450 us at 16k on an
-# H100. Exact in the interpreter; off until timed on a GPU.
-DQK_BY_LEVELS = False
+# H100. On an H100 (2026-12-07, session 21; flag_ab.py, B = 1, H = 16, K = V = 128, bf16) GLA's
+# forward + backward went from 29.59 to 21.08 ms at 64k (outputs and gradients within 4.9e-3 of the
+# sub-chunk kernels', relative to each one's largest entry), and its GPU tests passed
+# (tests/ops/test_triton_gla.py -k dqk_by_levels): on.
+DQK_BY_LEVELS = True
 
 # No chunk-cumsum kernel: the scores by levels, the state pass and the output pass each form the
 # chunk-local G from the raw gates in registers (the levels' rows c by ``tl.gather``), and G is
 # written only when a gradient is wanted (the scores kernel stores it for the backward). Saves
 # the cumsum kernel's read of g and write of G plus the scores' read of G (fp32 [T, H, K] each): on
 # an H100 that kernel was 89 of GLA's 1435 us forward at 16k (session 19). Exact in the
-# interpreter; off until timed on a GPU. Needs SCORES_BY_LEVELS.
+# interpreter, and its GPU tests passed (session 21), but on the H100 it made GLA's forward slower,
+# 4.24 -> 7.49 ms at 64k (forward + backward 29.7 -> 33.0; flag_ab.py): forming G in each kernel
+# (its cumsum and tl.gather of the levels' rows) costs more than the one kernel it saves. Off.
+# Needs SCORES_BY_LEVELS.
 CUMSUM_IN_KERNELS = False
 
 

@@ -250,8 +250,12 @@ def _delta_fused(p: Prepared, C: int, io_dtype: torch.dtype, lens: list[int], cu
 # Training (a gradient wanted) with a delta-rule base, positions from 0, no state in or out: the
 # per-chunk pieces once in PyTorch and every chunk level by ``triton_log_linear_delta_train``'s walks
 # (forward and backward), instead of M copies of the base's kernels on level-masked values. Exact in
-# the interpreter (float64, every gradient); off until its GPU tests pass and it is timed there.
-FUSED_DELTA_TRAINING = False
+# the interpreter (float64, every gradient). On an H100 (2026-12-07, session 21) its GPU tests passed
+# (tests/ops/test_triton_log_linear_levels.py -k fused_delta_training: output and every gradient vs
+# float64) and it took log-linear Gated DeltaNet's forward + backward from 271.5 to 146.4 ms at 64k
+# (flag_ab.py; B = 1, H = 16, K = V = 128, bf16; SDPA's is ~110): on. Memory: the walks keep every
+# level's state at every chunk, 2 x M x chunks x H x K x V fp32 (2 x 10.7 GB at 64k).
+FUSED_DELTA_TRAINING = True
 
 
 def _fused_delta_training(p: Prepared) -> bool:
