@@ -3,12 +3,24 @@
 ``torch.empty`` / ``empty_like`` are wrapped to fill floating tensors with NaN, so an op that
 reads memory it never wrote shows NaN instead of passing by luck (the flash-linear-attention
 habit).
+
+Parametrized torch dtypes take their names as test ids (``[bfloat16-size1]``, not
+``[dtype1-size1]``), so ``pytest -k bfloat16`` selects them: on a GPU machine the kernel tests are
+split over processes by dtype and size that way (``benchmarks/scripts/session_device.sh``).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+
+
+def pytest_make_parametrize_id(config, val, argname):
+    """A torch dtype's id: its name (``torch.bfloat16`` -> ``bfloat16``); others: pytest's own."""
+    if isinstance(val, torch.dtype):
+        return str(val).removeprefix("torch.")
+    return None
+
 
 _empty = torch.empty
 _empty_like = torch.empty_like
