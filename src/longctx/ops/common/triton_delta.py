@@ -660,7 +660,8 @@ HALF_DH_F32_DOTS = 7
 # (K ⊙ e^{G_last - G}) dS: the chunk's K Q^T products and their product with dO leave the pass's
 # sequential path (as flash-linear-attention's chunk_bwd_dv_local). The delta rule's forward +
 # backward was 0.73x fla's at 64k on an H100 but 1.86x at 8k (session 17): the sequential pass is
-# what grows. Exact in the interpreter; off until timed on a GPU.
+# what grows. Exact in the interpreter. On an H100 (session 21, flag_ab.py, 64k) it gave nothing on
+# DeltaNet (forward + backward 11.79 -> 11.86 ms) and 1.04x on Gated DeltaNet (18.01 -> 17.30): off.
 DH_INTRA_OUTSIDE = False
 
 
@@ -691,13 +692,16 @@ STAGED_TRAINING_PASSES = True
 # (``_diag_block_inverse``: 15 dependent row steps on [C/16, 16, 16]) instead of 15 dependent
 # masked [C, C] products (TF32 for half inputs); exact either way in the interpreter. Off until
 # timed on a GPU: the UT transform (``_wy_fwd_kernel``) was Gated DeltaNet's second-largest
-# forward kernel on an H100 (377 us of 979 at 16k, fla's two UT kernels 210; session 19).
+# forward kernel on an H100 (377 us of 979 at 16k, fla's two UT kernels 210; session 19). With
+# HALF_WU, on an H100 (session 21, flag_ab.py, 64k): Gated DeltaNet's forward 3.85 -> 3.42 ms,
+# DeltaNet's 2.94 -> 2.42 (outputs within 8e-3 of the default's); off until all their GPU tests
+# (test_ut_transform_variants_match_recurrence) have run: 8 passed before that call's time ran out.
 VECTOR_DIAG_INVERSE = False
 
 # W and U of the UT transform by half-precision dots for half inputs: X and the beta (e^G)-scaled
 # K / V rounded to the input dtype (as flash-linear-attention's recompute_w_u does), instead of
-# TF32 dots on fp32 operands (half the operand bytes, twice the tensor-core rate). Off until timed
-# and tested on a GPU.
+# TF32 dots on fp32 operands (half the operand bytes, twice the tensor-core rate). Off until tested
+# on a GPU (timed with VECTOR_DIAG_INVERSE in session 21, above).
 HALF_WU = False
 
 

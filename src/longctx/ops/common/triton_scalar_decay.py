@@ -738,7 +738,9 @@ GROUPED_BY_DEFAULT = True
 # the gate on K^T to 5e-3 in bf16, but it stays off: its Gated DeltaNet kernel tests ran only in
 # float32 at K = 64 before the call's time ran out. (Log-linear DeltaNet's level walk with it failed
 # its bf16 test at K = 128, V = 64; that walk now has its own flag,
-# ``triton_log_linear_delta.LEVELS_GATE_ON_DELTA``, off.)
+# ``triton_log_linear_delta.LEVELS_GATE_ON_DELTA``, off.) Session 21 (H100): 3.92 -> 3.57 ms (GDN
+# forward, 64k), simple GLA's grouped forward 1.13 -> 1.11, and the grouped forward's GPU tests with
+# it pass; the GDN bf16 kernel tests still have not run (their `-k bfloat16` matched no test id).
 GATE_ON_DELTA = False
 
 
