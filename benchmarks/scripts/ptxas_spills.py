@@ -233,9 +233,9 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
         "gla/inference": inference(gla_chunk, q, k, v, gk, kernel="gla.fwd_grouped"),
         # the intra-chunk scores by sub-chunks (triton_gla.SCORES_BY_LEVELS off; on by default)
         "gla/sub_chunk_scores": fwd_bwd(_with(triton_gla, "SCORES_BY_LEVELS", gla_chunk, False), q, k, v, gk),
-        # the backward's dq / dk by levels of pairs (DQK_BY_LEVELS)
+        # the backward's dq / dk by sub-chunks and its dg kernel (DQK_BY_LEVELS off; on by default)
         # (a flag the backward reads: held over the whole forward + backward)
-        "gla/dqk_by_levels": _with(triton_gla, "DQK_BY_LEVELS", fwd_bwd(gla_chunk, q, k, v, gk)),
+        "gla/sub_chunk_dqk": _with(triton_gla, "DQK_BY_LEVELS", fwd_bwd(gla_chunk, q, k, v, gk), False),
         # G formed in the kernels from the raw gates (CUMSUM_IN_KERNELS), training and inference
         "gla/cumsum_in_kernels": fwd_bwd(_with(triton_gla, "CUMSUM_IN_KERNELS", gla_chunk), q, k, v, gk),
         "gla/inference_cumsum_in_kernels": inference(_with(triton_gla, "CUMSUM_IN_KERNELS", gla_chunk), q, k, v, gk,

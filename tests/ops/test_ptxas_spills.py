@@ -64,7 +64,7 @@ def test_every_op_and_kernel_is_compiled(launches: list[dict]) -> None:
                    "log_linear_mamba2/n_m_states", "gla/sub_chunk_scores", "gated_deltanet/layer_step",
                    "mamba2/layer_step", "gla/layer_step", "gated_deltanet/ut_variants", "gla/cumsum_in_kernels",
                    "gla/inference_cumsum_in_kernels", "log_linear_gdn/training",
-                   "gla/dqk_by_levels", "gated_deltanet/dh_intra_outside", "simple_gla/inference_wide"}
+                   "gla/sub_chunk_dqk", "gated_deltanet/dh_intra_outside", "simple_gla/inference_wide"}
     kernels = {r["kernel"] for r in launches}
     assert {"triton_scalar_decay._bwd_dqkv_kernel", "triton_scalar_decay._fwd_grouped_kernel",
             "triton_scalar_decay._fwd_h_group_kernel", "triton_scalar_decay._fwd_h_scan_kernel", "triton_gla._fwd_A_kernel",
