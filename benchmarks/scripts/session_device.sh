@@ -42,7 +42,8 @@
 #    session 21, so a no-op).
 #  - a TESTS entry or EXTRA command runs with PYTHONPATH=src (a bare pytest on the device does not
 #    find the package without it); EXTRA runs under `timeout`, so it must start with a program,
-#    not `cd` (session 21 lost its EXTRA that way: `bash -c "cd ... && ..."`).
+#    not `cd` (session 21 lost its EXTRA that way): `python benchmarks/scripts/flag_ab.py \$OUT/ab.json ...`
+#    (a script's own folder is on its import path).
 #  (the settings on trial, DELTA_STAGED .. LL_DELTA_TRAIN, apply to the breakdown and the tuning sweep
 #    too: /tmp/with_trials.py; EXTRA's command sets its own)
 #  - WARM=1: the bench's kernels (ours and fla's, per op of OPS) and TUNE's settings compile in parallel
