@@ -153,9 +153,9 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
                                 allow_unused=True)
         return run
 
-    def inference(fn, *args, kernel="scalar_decay.fwd_grouped", **tiles):  # no gradient wanted: the grouped
-        def run():  # forward (kernel None: the op's own inference forward, e.g. the delta rule's staged pass)
-            with torch.no_grad(), launch_overrides({kernel: {"GS": 16, **tiles}} if kernel else {}):
+    def inference(fn, *args, kernel="scalar_decay.fwd_grouped"):  # no gradient wanted: the grouped forward
+        def run():  # (kernel None: the op's own inference forward, e.g. the delta rule's staged pass)
+            with torch.no_grad(), launch_overrides({kernel: {"GS": 16}} if kernel else {}):
                 fn(*args)
         return run
 
@@ -227,8 +227,9 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
         "simple_gla/inference": inference(scalar_decay_chunk, q, k, v, g),
         # the grouped output pass at BV 128 (WIDE_BV), 8 warps: Q and K read once per group; the
         # groups' state pass at 64 x 128 tiles
-        "simple_gla/inference_wide": inference(_overriding(scalar_decay_chunk, {"scalar_decay.fwd_h_group": {
-            "BK": 64, "BV": 128}}), q, k, v, g, BV=128, num_warps=8),
+        "simple_gla/inference_wide": inference(_overriding(scalar_decay_chunk, {
+            "scalar_decay.fwd_grouped": {"BV": 128, "num_warps": 8}, "scalar_decay.fwd_h_group": {"BK": 64, "BV": 128}}),
+            q, k, v, g),
         "gla": fwd_bwd(gla_chunk, q, k, v, gk),
         "gla/inference": inference(gla_chunk, q, k, v, gk, kernel="gla.fwd_grouped"),
         # the intra-chunk scores by sub-chunks (triton_gla.SCORES_BY_LEVELS off; on by default)

@@ -407,20 +407,19 @@ def test_inference_forward_in_groups_of_chunks_matches_recurrence(dtype, gated, 
         return scalar_decay_chunk(*args, g_in, scale=0.5, initial_state=S0.to(DEVICE, acc),
                                   output_final_state=True, cu_seqlens=cu.to(DEVICE), chunk_size=chunk)
 
-    wide = {"BV": 128, "num_warps": 8} if groups == 3 else {}
-    group_tiles = {"scalar_decay.fwd_h_group": {"BK": 64, "BV": 128}} if groups == 3 else {}
-    with launch_overrides(group_tiles):  # (the groups' own state pass at its widest tile too)
-        check_grouped_forward(run, "scalar_decay.fwd_grouped", groups, o_ref, S_ref, args[0], dtype, **wide)
+    wide = {"scalar_decay.fwd_grouped": {"BV": 128, "num_warps": 8},
+            "scalar_decay.fwd_h_group": {"BK": 64, "BV": 128}} if groups == 3 else {}
+    with launch_overrides(wide):  # (check_grouped_forward's GS adds to them)
+        check_grouped_forward(run, "scalar_decay.fwd_grouped", groups, o_ref, S_ref, args[0], dtype)
 
 
-def check_grouped_forward(run, kernel: str, groups: int, o_ref, S_ref, first_input, dtype, **opts) -> None:
-    """``run()`` (outputs, final state) under ``kernel``'s GS = groups (and launch settings
-    ``opts``) without a gradient == the float64 references, and == the training forward
-    (``first_input`` then requires a gradient: the per-chunk kernels, their states kept for the
-    backward) to rounding."""
+def check_grouped_forward(run, kernel: str, groups: int, o_ref, S_ref, first_input, dtype) -> None:
+    """``run()`` (outputs, final state) under ``kernel``'s GS = groups without a gradient == the
+    float64 references, and == the training forward (``first_input`` then requires a gradient:
+    the per-chunk kernels, their states kept for the backward) to rounding."""
     from longctx.ops.common.triton_launch import launch_overrides
 
-    with launch_overrides({kernel: {"GS": groups, **opts}}), torch.no_grad():
+    with launch_overrides({kernel: {"GS": groups}}), torch.no_grad():
         o, S = run()
     assert_close(o_ref, o.double().cpu(), TOL[dtype], "grouped forward: o")
     assert_close(S_ref, S.double().cpu(), TOL[dtype], "grouped forward: final state")

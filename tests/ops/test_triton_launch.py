@@ -16,6 +16,14 @@ def test_overrides_apply_inside_the_block_only() -> None:
     assert OVERRIDES == {}
 
 
+def test_nested_overrides_add_to_the_outer_ones() -> None:
+    with launch_overrides({"gla.fwd_h": {"num_warps": 8, "num_stages": 2}}):
+        with launch_overrides({"gla.fwd_h": {"num_stages": 1}}):
+            assert launch_options("gla.fwd_h", num_warps=4, num_stages=3) == {"num_warps": 8, "num_stages": 1}
+        assert launch_options("gla.fwd_h", num_warps=4, num_stages=3) == {"num_warps": 8, "num_stages": 2}
+    assert OVERRIDES == {}
+
+
 def test_overrides_restored_after_an_error() -> None:
     with pytest.raises(RuntimeError, match="inside"), launch_overrides({"delta.delta_dh": {"num_warps": 8}}):
         raise RuntimeError("inside")

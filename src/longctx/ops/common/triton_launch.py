@@ -59,7 +59,8 @@ def launch_options(kernel: str, **defaults: int) -> dict[str, int]:
 @contextmanager
 def launch_overrides(settings: dict[str, dict[str, int]]) -> Iterator[None]:
     """Launch the named kernels with other settings inside the block, e.g.
-    ``launch_overrides({"gla.fwd_h": {"num_warps": 8}})``."""
+    ``launch_overrides({"gla.fwd_h": {"num_warps": 8}})``. Nested blocks add to an outer block's
+    settings of the same kernel (the inner one wins where both set one)."""
     for kernel, opts in settings.items():
         allowed = _SETTINGS + TILED.get(kernel, ())
         bad = set(opts) - set(allowed)
@@ -76,7 +77,7 @@ def launch_overrides(settings: dict[str, dict[str, int]]) -> Iterator[None]:
                 raise ValueError(f"launch_overrides: {kernel}: {tile} must be a power of two from 16 "
                                  f"(tl.dot's smallest tile) to {top}, got {n!r}")
     saved = dict(OVERRIDES)
-    OVERRIDES.update(settings)
+    OVERRIDES.update({kernel: {**saved.get(kernel, {}), **opts} for kernel, opts in settings.items()})
     try:
         yield
     finally:

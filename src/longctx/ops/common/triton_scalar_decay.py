@@ -645,12 +645,12 @@ def _blocks(K: int, V: int) -> tuple[int, int, int]:
     return BKf, min(64, BKf), min(64, max(16, triton.next_power_of_2(V)))
 
 
-def _state_tiles(K: int, V: int) -> dict:
-    """Launch options of the state passes over [BK, BV] tiles of S."""
+def _state_tiles(K: int, V: int, kernel: str = "scalar_decay.fwd_h") -> dict:
+    """Launch options of the state pass ``kernel`` over [BK, BV] tiles of S."""
     _, BK, BV = _blocks(K, V)
     # 32 x 32 state tiles: 4x the programs of 64 x 64 (256 at H = 16, K = V = 128, for 132 SMs);
     # the op's forward 0.113 -> 0.102 ms at T = 4k on an H100 (tune_kernels.py, 2026-12-07)
-    return launch_options("scalar_decay.fwd_h", num_warps=4, num_stages=3, BK=min(BK, 32), BV=min(BV, 32))
+    return launch_options(kernel, num_warps=4, num_stages=3, BK=min(BK, 32), BV=min(BV, 32))
 
 
 def _grouped_state_pass(k, v, gc, h, h0, ht, cu, goffsets, gindices, BT: int, GS: int) -> None:
@@ -663,9 +663,9 @@ def _grouped_state_pass(k, v, gc, h, h0, ht, cu, goffsets, gindices, BT: int, GS
     ACC = _acc(k.dtype)[1]
     hl = torch.empty_like(h)
     gtot = torch.empty(NG, H, dtype=h.dtype, device=k.device) if gc is not None else h
-    # its own launch name: the per-chunk pass's 32 x 32 tiles (programs for a short sequence) read
-    # each chunk's K and V V/BV and K/BK times, where a long one has programs to spare
-    opts = launch_options("scalar_decay.fwd_h_group", **_state_tiles(K, V))
+    # its own launch name (the per-chunk pass's defaults): 32 x 32 tiles (programs for a short
+    # sequence) read each chunk's K and V V/BV and K/BK times, where a long one has programs to spare
+    opts = _state_tiles(K, V, "scalar_decay.fwd_h_group")
     grid = (triton.cdiv(K, opts["BK"]), triton.cdiv(V, opts["BV"]))
     _fwd_h_group_kernel[(*grid, NG * H)](
         k, v, gc if gc is not None else k, hl, gtot, cu, gindices, GS, H=H, K=K, V=V, BT=BT,
