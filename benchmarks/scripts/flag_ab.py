@@ -16,6 +16,8 @@ Flags (module attribute -> the ops it changes, forward only unless noted):
   dqk_by_levels     triton_gla.DQK_BY_LEVELS: gla (forward+backward)
   dh_intra_outside  triton_delta.DH_INTRA_OUTSIDE: deltanet, gated_deltanet (forward+backward)
   fused_delta_training  ops/log_linear/triton.FUSED_DELTA_TRAINING: log_linear_gdn (forward+backward)
+  lookback_forward  triton_scalar_decay.LOOKBACK_FORWARD: linear_attention, simple_gla (the inference
+                    forward in one launch)
 ``--flags a+b`` sets a combination together (off: all off; on: all on) on the union of their ops.
 The kernel bench's inputs (B=1 H=16 D=128 bf16); ms, the median of ``triton.testing.do_bench``.
 Run the flags' GPU tests first (they are parametrised over each flag). Without a GPU: one
@@ -49,6 +51,8 @@ FLAGS = {  # name -> (module, attribute, [(op, backward)])
                          [("deltanet", True), ("gated_deltanet", True)]),
     "dqk_by_levels": ("longctx.ops.common.triton_gla", "DQK_BY_LEVELS", [("gla", True)]),
     "fused_delta_training": ("longctx.ops.log_linear.triton", "FUSED_DELTA_TRAINING", [("log_linear_gdn", True)]),
+    "lookback_forward": ("longctx.ops.common.triton_scalar_decay", "LOOKBACK_FORWARD",
+                         [("linear_attention", False), ("simple_gla", False)]),
     **{name: ("longctx.ops.common.triton_delta", attr,
               [("gated_deltanet", False), ("gated_deltanet", True), ("deltanet", False), ("log_linear_gdn", False)])
        for name, attr in (("vector_inverse", "VECTOR_DIAG_INVERSE"), ("half_wu", "HALF_WU"))},

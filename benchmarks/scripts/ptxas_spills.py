@@ -133,7 +133,7 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
          ) -> dict[str, Callable[[], object]]:
     """Forward + backward of each chunked op, and the fused layer decode steps, on CPU tensors of
     ``dtype`` (the kernels are only recorded)."""
-    from longctx.ops.common import triton_delta, triton_gla
+    from longctx.ops.common import triton_delta, triton_gla, triton_scalar_decay
     from longctx.ops.common.triton_delta import delta_rule_chunk
     from longctx.ops.common.triton_gla import gla_chunk
     from longctx.ops.common.triton_launch import launch_overrides
@@ -230,6 +230,12 @@ def _ops(B: int, T: int, H: int, K: int, V: int, dtype: torch.dtype = torch.bflo
         "simple_gla/inference_wide": inference(_overriding(scalar_decay_chunk, {
             "scalar_decay.fwd_grouped": {"BV": 128, "num_warps": 8}, "scalar_decay.fwd_h_group": {"BK": 64, "BV": 128}}),
             q, k, v, g),
+        # the inference forward in one launch by look-back (LOOKBACK_FORWARD), at BV 64 and 128
+        "simple_gla/inference_lookback": inference(_with(triton_scalar_decay, "LOOKBACK_FORWARD", scalar_decay_chunk),
+                                                   q, k, v, g, kernel="scalar_decay.fwd_lookback"),
+        "simple_gla/inference_lookback_wide": inference(_with(triton_scalar_decay, "LOOKBACK_FORWARD", _overriding(
+            scalar_decay_chunk, {"scalar_decay.fwd_lookback": {"BV": 128, "num_warps": 8}})),
+            q, k, v, g, kernel="scalar_decay.fwd_lookback"),
         "gla": fwd_bwd(gla_chunk, q, k, v, gk),
         "gla/inference": inference(gla_chunk, q, k, v, gk, kernel="gla.fwd_grouped"),
         # the intra-chunk scores by sub-chunks (triton_gla.SCORES_BY_LEVELS off; on by default)

@@ -15,6 +15,8 @@ src/longctx/ops/common/triton_*.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import itertools
 import json
 import os
@@ -26,14 +28,14 @@ KERNELS = {  # op -> (kernel name, backward?) in launch order
     "gla": [("gla.fwd_h", 0), ("gla.fwd_A", 0), ("gla.fwd_o", 0), ("gla.fwd_grouped", 0),
             ("gla.bwd_dh", 1), ("gla.bwd_dv_dA", 1), ("gla.bwd_dqk", 1)],
     "simple_gla": [("scalar_decay.fwd_h", 0), ("scalar_decay.fwd_o", 0), ("scalar_decay.fwd_grouped", 0),
-                   ("scalar_decay.fwd_h_group", 0),
+                   ("scalar_decay.fwd_h_group", 0), ("scalar_decay.fwd_lookback", 0),
                    ("scalar_decay.bwd_dh", 1), ("scalar_decay.bwd_dqkv", 1)],
     "gated_deltanet": [("delta.wy_fwd", 0), ("delta.delta_h", 0), ("delta.fwd_o", 0),
                        ("delta.delta_dh", 1), ("delta.delta_dqk", 1), ("delta.wy_bwd", 1), ("delta.dg", 1)],
     "deltanet": [("delta.wy_fwd", 0), ("delta.delta_h", 0), ("delta.fwd_o", 0),
                  ("delta.delta_dh", 1), ("delta.delta_dqk", 1), ("delta.wy_bwd", 1)],
     "linear_attention": [("scalar_decay.fwd_h", 0), ("scalar_decay.fwd_o", 0), ("scalar_decay.fwd_grouped", 0),
-                         ("scalar_decay.fwd_h_group", 0),
+                         ("scalar_decay.fwd_h_group", 0), ("scalar_decay.fwd_lookback", 0),
                          ("scalar_decay.bwd_dh", 1), ("scalar_decay.bwd_dqkv", 1)],
     "log_linear": [("log_linear.fwd_z", 0), ("log_linear.fwd_o", 0),
                    ("log_linear.bwd_dz", 1), ("log_linear.bwd_dqkv", 1)],
@@ -59,6 +61,12 @@ GROUPED_SETTINGS = [{"num_warps": 4, "num_stages": 2, "BV": 64, "GS": gs} for gs
 # the scalar-decay one also at BV = 128 (each group's Q and K read once; ptxas: 8 warps, 72 B spilled)
 WIDE_GROUPED_SETTINGS = GROUPED_SETTINGS + [{"num_warps": 8, "num_stages": st, "BV": 128, "GS": gs}
                                             for st, gs in itertools.product((2, 3), (8, 16))]
+# the one-launch inference forward (triton_scalar_decay.LOOKBACK_FORWARD, swept with the flag on):
+# chunks per group x its value tile x warps x stages (ptxas: 4 warps at BV 64, 2 stages spill 76 B)
+LOOKBACK_SETTINGS = [{"num_warps": w, "num_stages": st, "BV": bv, "GS": gs} for w, st, bv, gs in
+                     itertools.product((4, 8), (1, 2), (64, 128), (8, 16, 32))]
+# kernels that run only with a flag on: swept (and their reference taken) with it on
+FLAG_OF = {"scalar_decay.fwd_lookback": ("longctx.ops.common.triton_scalar_decay", "LOOKBACK_FORWARD")}
 # settings not tried, and why: a fault poisons the process for every later row
 SKIP = {("delta.delta_dh", 8): "illegal memory access on the H100 under 2 of 4 variants at num_warps 8 "
                                "(bisect_delta_bwd.py, 2026-12-06, reproduced)"}
@@ -70,6 +78,8 @@ def _sweep(kernel: str, tiled: dict, wide: tuple) -> list[dict]:
     and stages; else warps and stages alone (a kernel whose other TILED setting, e.g. the delta
     rule's F32_DOTS, is not a launch choice)."""
     tiles = set(tiled.get(kernel, ())) & {"BK", "BV"}
+    if kernel == "scalar_decay.fwd_lookback":
+        return LOOKBACK_SETTINGS
     if kernel.endswith(".fwd_grouped"):
         return WIDE_GROUPED_SETTINGS if kernel in wide else GROUPED_SETTINGS
     if kernel in ("delta.delta_h", "delta.delta_dh"):  # (the backward's F32_DOTS: not a choice)
@@ -96,9 +106,52 @@ def _run(op: str, T: int, backward: bool):
     return lambda: torch.autograd.grad(fn(*ins), diff, do, allow_unused=True)
 
 
-def main() -> None:
+@contextlib.contextmanager
+def _flag_on(kernel: str):
+    """``kernel``'s flag (FLAG_OF) on inside the block, if it has one."""
+    if kernel not in FLAG_OF:
+        yield
+        return
+    mod, attr = FLAG_OF[kernel]
+    module = importlib.import_module(mod)
+    saved = getattr(module, attr)
+    setattr(module, attr, True)
+    try:
+        yield
+    finally:
+        setattr(module, attr, saved)
+
+
+def _sweep_kernel(op, T, kernel, backward, rows, out, tiled, wide, launch_overrides) -> None:
+    """Time ``op`` at every setting of ``kernel`` (``_sweep``), each row appended to rows and OUT."""
     import triton.testing
 
+    run = _run(op, T, backward)
+    ref = [t.float() for t in run() if t is not None]
+    for s in _sweep(kernel, tiled, wide):
+        row = {"op": op, "T": T, "kernel": kernel, **s}
+        if (kernel, s["num_warps"]) in SKIP:
+            row["error"] = "skipped: " + SKIP[kernel, s["num_warps"]]
+            rows.append(row)
+            continue
+        try:
+            with launch_overrides({kernel: s}):
+                got = [t.float() for t in run() if t is not None]
+                row["ms"] = float(triton.testing.do_bench(run, warmup=10, rep=50, return_mode="median"))
+            row["max_diff"] = max(float((x - y).abs().max()) for x, y in zip(got, ref))
+            # relative to the largest reference value (bf16 rounding: ~4e-3)
+            row["rel_diff"] = max(float((x - y).abs().max() / y.abs().max().clamp_min(1e-30))
+                                  for x, y in zip(got, ref))
+        except Exception as e:  # noqa: BLE001 - a setting that fails to compile is a result
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        with open(out + ".tmp", "w") as f:
+            json.dump(rows, f, indent=1)
+        os.replace(out + ".tmp", out)
+
+
+def main() -> None:
     from longctx.ops.common.triton_launch import TILED, WIDE_BV, launch_overrides
 
     p = argparse.ArgumentParser()
@@ -113,30 +166,8 @@ def main() -> None:
         for kernel, bwd in KERNELS[op]:
             if only and kernel not in only:
                 continue
-            run = _run(op, T, bool(bwd))
-            ref = [t.float() for t in run() if t is not None]
-            sweep = _sweep(kernel, TILED, WIDE_BV)
-            for s in sweep:
-                row = {"op": op, "T": T, "kernel": kernel, **s}
-                if (kernel, s["num_warps"]) in SKIP:
-                    row["error"] = "skipped: " + SKIP[kernel, s["num_warps"]]
-                    rows.append(row)
-                    continue
-                try:
-                    with launch_overrides({kernel: s}):
-                        got = [t.float() for t in run() if t is not None]
-                        row["ms"] = float(triton.testing.do_bench(run, warmup=10, rep=50, return_mode="median"))
-                    row["max_diff"] = max(float((x - y).abs().max()) for x, y in zip(got, ref))
-                    # relative to the largest reference value (bf16 rounding: ~4e-3)
-                    row["rel_diff"] = max(float((x - y).abs().max() / y.abs().max().clamp_min(1e-30))
-                                          for x, y in zip(got, ref))
-                except Exception as e:  # noqa: BLE001 - a setting that fails to compile is a result
-                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                with open(a.out + ".tmp", "w") as f:
-                    json.dump(rows, f, indent=1)
-                os.replace(a.out + ".tmp", a.out)
+            with _flag_on(kernel):
+                _sweep_kernel(op, T, kernel, bool(bwd), rows, a.out, TILED, WIDE_BV, launch_overrides)
     print(f"{'op':17} {'T':>6} {'kernel':24} {'best':>10} {'ms':>9}")
     for op, T, kernel in dict.fromkeys((r["op"], r["T"], r["kernel"]) for r in rows):
         ok = [r for r in rows if (r["op"], r["T"], r["kernel"]) == (op, T, kernel) and "ms" in r]

@@ -32,6 +32,7 @@ BUDGET = {
     "triton_delta._wy_bwd_kernel": 1024,  # 8 warps: 56-188; not yet tried on a GPU
     "triton_log_linear._bwd_dqkv_kernel": 512,
     "triton_scalar_decay._fwd_grouped_kernel": 128,  # 72 B at its widest tile (BV 128, 8 warps); 0 at BV 64
+    "triton_scalar_decay._fwd_lookback_kernel": 128,  # 124 B at BV 128, 8 warps; 0 at BV 64 (8 warps)
 }
 
 
@@ -64,7 +65,8 @@ def test_every_op_and_kernel_is_compiled(launches: list[dict]) -> None:
                    "log_linear_mamba2/n_m_states", "gla/sub_chunk_scores", "gated_deltanet/layer_step",
                    "mamba2/layer_step", "gla/layer_step", "gated_deltanet/ut_variants", "gla/cumsum_in_kernels",
                    "gla/inference_cumsum_in_kernels", "log_linear_gdn/training",
-                   "gla/sub_chunk_dqk", "gated_deltanet/dh_intra_outside", "simple_gla/inference_wide"}
+                   "gla/sub_chunk_dqk", "gated_deltanet/dh_intra_outside", "simple_gla/inference_wide",
+                   "simple_gla/inference_lookback", "simple_gla/inference_lookback_wide"}
     kernels = {r["kernel"] for r in launches}
     assert {"triton_scalar_decay._bwd_dqkv_kernel", "triton_scalar_decay._fwd_grouped_kernel",
             "triton_scalar_decay._fwd_h_group_kernel", "triton_scalar_decay._fwd_h_scan_kernel", "triton_gla._fwd_A_kernel",
@@ -75,7 +77,7 @@ def test_every_op_and_kernel_is_compiled(launches: list[dict]) -> None:
             "triton_gla._fwd_h_group_kernel", "triton_log_linear_delta._delta_levels_kernel",
             "triton_log_linear_delta._delta_intra_kernel", "triton_log_linear._fwd_z_group_kernel",
             "triton_log_linear._fwd_z_top_kernel", "triton_log_linear._bwd_dz_compact_kernel",
-            "triton_log_linear._bwd_dh_gather_kernel"} <= kernels
+            "triton_log_linear._bwd_dh_gather_kernel", "triton_scalar_decay._fwd_lookback_kernel"} <= kernels
     for dtype in ("bf16", "fp32"):  # both dtypes recorded every op
         assert {r["op"] for r in launches if r["dtype"] == dtype} == ops
     assert all(r["registers"] > 0 for r in launches if r["dtype"] == "bf16")  # ptxas's report was read

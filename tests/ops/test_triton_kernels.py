@@ -413,6 +413,47 @@ def test_inference_forward_in_groups_of_chunks_matches_recurrence(dtype, gated, 
         check_grouped_forward(run, "scalar_decay.fwd_grouped", groups, o_ref, S_ref, args[0], dtype)
 
 
+@pytest.mark.parametrize(("dtype", "gated", "walk"),
+                         _maybe_gpu([(d, gated, walk) for d in DTYPES for gated in ("k", "delta", False)
+                                     for walk in (False, True)]))
+def test_inference_forward_by_look_back_matches_recurrence(dtype, gated, walk, monkeypatch) -> None:
+    """The inference forward in one launch (``LOOKBACK_FORWARD``): every group finds the state at its
+    start by look-back over the earlier groups' published parts. Packed sequences with initial and
+    final states (a partial last group and chunk, a 1-token sequence; groups of 3 chunks, BV 128 on
+    the GPU) == the recurrence, and == the training forward to rounding. walk: no group but a
+    sequence's first publishes its end state, so each look-back sums every earlier group's own part
+    (in the interpreter the programs run in order, and would otherwise find the end state one group
+    back). GPU: without walk, the real race of programs and flags."""
+    from longctx.ops.common import triton_scalar_decay
+    from longctx.ops.common.triton_launch import launch_overrides
+    from longctx.ops.common.triton_scalar_decay import scalar_decay_chunk
+
+    monkeypatch.setattr(triton_scalar_decay, "LOOKBACK_FORWARD", True)
+    monkeypatch.setattr(triton_scalar_decay, "LOOKBACK_INCLUSIVE", not walk)
+    monkeypatch.setattr(triton_scalar_decay, "GATE_ON_DELTA", gated == "delta")
+    # 200 tokens: 13 chunks of 16, five groups (a walk of four over the groups' own parts)
+    lens = [83, 16, 1, 200] if not ON_CUDA else [1000, 64, 1, 3000, 37, 20000]
+    H, K, V, chunk = (2, 80, 20, 16) if not ON_CUDA else (4, 128, 128, 64)  # K 80: two pieces of S
+    T = sum(lens)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    gen = torch.Generator().manual_seed(12)
+    q, k, v = _rand(1, T, H, K, gen=gen), _rand(1, T, H, K, gen=gen), _rand(1, T, H, V, gen=gen)
+    q, k = q * K ** -0.5, k * K ** -0.5
+    g = -torch.rand(1, T, H, generator=gen, dtype=torch.float64) * 0.3 if gated else torch.zeros(1, T, H, dtype=torch.float64)
+    S0 = _rand(len(lens), H, K, V, gen=gen)
+    o_ref, S_ref = _packed_reference(q, k, v, g, S0, cu, scale=0.5)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    args = [t.to(DEVICE, dtype) for t in (q, k, v)]
+    g_in = g.to(DEVICE, acc) if gated else None
+
+    def run():
+        return scalar_decay_chunk(*args, g_in, scale=0.5, initial_state=S0.to(DEVICE, acc),
+                                  output_final_state=True, cu_seqlens=cu.to(DEVICE), chunk_size=chunk)
+
+    with launch_overrides({"scalar_decay.fwd_lookback": {"BV": 128, "num_warps": 8}} if ON_CUDA and not walk else {}):
+        check_grouped_forward(run, "scalar_decay.fwd_lookback", 3, o_ref, S_ref, args[0], dtype)
+
+
 def check_grouped_forward(run, kernel: str, groups: int, o_ref, S_ref, first_input, dtype) -> None:
     """``run()`` (outputs, final state) under ``kernel``'s GS = groups without a gradient == the
     float64 references, and == the training forward (``first_input`` then requires a gradient:

@@ -23,7 +23,7 @@ TILED: dict[str, tuple[str, ...]] = {k: ("BK", "BV") for k in (
 # the scalar-decay inference forward's output pass: its value tile and GS, the chunks per group
 # (GS = 1: the per-chunk kernels). Unlike the other settings, GS changes the order in which the
 # state is summed (per group, then over groups): results agree to rounding, not to the bit
-TILED["scalar_decay.fwd_grouped"] = TILED["gla.fwd_grouped"] = ("BV", "GS")
+TILED["scalar_decay.fwd_grouped"] = TILED["gla.fwd_grouped"] = TILED["scalar_decay.fwd_lookback"] = ("BV", "GS")
 # which of the delta-rule backward state pass's products take fp32 operands (bits 1 | 2 | 4, see
 # triton_delta.HALF_DH_F32_DOTS): 0 reproduces its bf16 fault at K > 64 on Hopper; and its value
 # tile, as the forward state pass's below
@@ -37,7 +37,7 @@ TILED["delta.fwd_o"] = ("BV",)
 # and the scalar-decay grouped output pass (BV is the N of all its products; at 128 each group's Q
 # and K are read once, not twice)
 WIDE_BV = ("gla.fwd_h", "scalar_decay.fwd_h", "gla.fwd_o", "delta.fwd_o", "scalar_decay.fwd_grouped",
-           "scalar_decay.fwd_h_group")
+           "scalar_decay.fwd_h_group", "scalar_decay.fwd_lookback")
 # the delta rule's forward state pass: its value tile alone (its key pieces are fixed at 64 rows),
 # from 16 (twice the programs of the default 32 at K = 128) up
 TILED["delta.delta_h"] = ("BV",)

@@ -16,7 +16,10 @@ pass. The grouped forward (``_forward_grouped``; on a GPU where the sequence giv
 ``_chunks_per_group``: 11-22% faster than the per-chunk kernels from T = 16k on an H100) finds S
 at every GS-th chunk start by a two-level pass (each group's own part, all groups at once; then a
 scan over the groups) and its output pass (``_fwd_grouped_kernel``) walks each group's GS chunks
-from there, updating S in registers.
+from there, updating S in registers. ``LOOKBACK_FORWARD`` (off until timed on a GPU) does the same
+in one launch: each group's program sums its own part, finds the state at its start by decoupled
+look-back over the earlier groups' published parts (``_fwd_lookback_kernel``), then walks its
+chunks; no state goes through memory but two per group.
 
 Every sequence layout is handled as packed variable lengths: ``[B, T]`` inputs are viewed as
 ``[1, B*T]`` with ``cu_seqlens = [0, T, 2T, ...]``; chunks never cross a sequence boundary.
@@ -363,20 +366,13 @@ def _fwd_h_scan_kernel(
 
 
 @triton.jit
-def _fwd_grouped_kernel(
-    q, k, v, gc, h, o, cu_seqlens, group_indices, scale, GS,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr,
-    BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, GATE_D: tl.constexpr,
-):
-    """O of the GS chunks of one group (``chunk_layout`` at GS BT tokens) from the state at the
-    group's start (h: one per group, fp32), S carried from chunk to chunk in registers:
+def _group_outputs(q, k, v, gc, o, b_h1, b_h2, b_h3, b_h4, bos, T, i_s, i_h, i_v, GS, scale,
+                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr,
+                   BV: tl.constexpr, HAS_G: tl.constexpr, PREC: tl.constexpr, GATE_D: tl.constexpr):
+    """O of the chunks of group i_s (GS chunks) from S at the group's start (pieces b_h1..b_h4 of
+    BP rows, columns of block i_v), S carried from chunk to chunk in registers:
         O_[n] = scale ((Q K^T ⊙ D) V + (Q ⊙ e^G) S_n),  S_{n+1} = e^{G_last} S_n + (K ⊙ e^{G_last - G})^T V
-    grid (V/BV, groups, H). S is held as up to four pieces of BP <= 64 rows (K <= 4 BP), so no
-    product has more than 64 rows (``_delta_h_kernel``'s layout)."""
-    tl.static_assert(BP <= 64 and K <= 4 * BP, "S is held as up to four pieces of at most 64 rows")
-    i_v, i_g, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_s, bos, T = _chunk(cu_seqlens, group_indices, i_g)
-    b_h1, b_h2, b_h3, b_h4 = _init_pieces(h, i_g * H + i_h, i_v, True, ACC, K, V, BP, BV)
+    Returns S after the group."""
     idx = tl.arange(0, BT)
     causal = idx[:, None] >= idx[None, :]
     for i_t in range(i_s * GS, tl.minimum(i_s * GS + GS, tl.cdiv(T, BT))):
@@ -412,6 +408,154 @@ def _fwd_grouped_kernel(
         tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0, 1))
         b_h1, b_h2, b_h3, b_h4 = _pieces_out(b_h1, b_h2, b_h3, b_h4, k, b_v, b_g, g_last, bos, T, i_t, i_h,
                                              H, K, BT, BP, HAS_G, PREC, GATE_D)  # S_{n+1}
+    return b_h1, b_h2, b_h3, b_h4
+
+
+@triton.jit
+def _fwd_grouped_kernel(
+    q, k, v, gc, h, o, cu_seqlens, group_indices, scale, GS,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr,
+    BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, GATE_D: tl.constexpr,
+):
+    """O of the GS chunks of one group (``chunk_layout`` at GS BT tokens) from the state at the
+    group's start (h: one per group, fp32), S carried from chunk to chunk in registers
+    (``_group_outputs``); grid (V/BV, groups, H). S is held as up to four pieces of BP <= 64 rows
+    (K <= 4 BP), so no product has more than 64 rows (``_delta_h_kernel``'s layout)."""
+    tl.static_assert(BP <= 64 and K <= 4 * BP, "S is held as up to four pieces of at most 64 rows")
+    i_v, i_g, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_s, bos, T = _chunk(cu_seqlens, group_indices, i_g)
+    b_h1, b_h2, b_h3, b_h4 = _init_pieces(h, i_g * H + i_h, i_v, True, ACC, K, V, BP, BV)
+    _group_outputs(q, k, v, gc, o, b_h1, b_h2, b_h3, b_h4, bos, T, i_s, i_h, i_v, GS, scale,
+                   H, K, V, BT, BP, BV, HAS_G, PREC, GATE_D)
+
+
+@triton.jit
+def _group_sum(k, v, gc, bos, T, i_s, i_h, i_v, GS, ACC: tl.constexpr, H: tl.constexpr, K: tl.constexpr,
+               V: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr,
+               PREC: tl.constexpr, GATE_D: tl.constexpr):
+    """Group i_s's own contribution to S from a zero state, L_g = sum_n e^{G_g - G_{n+1}} (K_n ⊙
+    e^{G_last,n - G_n})^T V_n (pieces of BP rows, columns of block i_v), and its log decay G_g, the
+    sum of its chunks' G_last (0 without a decay): the same steps as ``_group_outputs``' state."""
+    b_h1, b_h2, b_h3, b_h4 = _init_pieces(k, 0, i_v, False, ACC, K, V, BP, BV)
+    a = tl.sum(tl.zeros([1], dtype=tl.float32), axis=0)
+    for i_t in range(i_s * GS, tl.minimum(i_s * GS + GS, tl.cdiv(T, BT))):
+        p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
+                                (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
+        b_g, g_last = _load_g_if(gc, bos, T, i_t, i_h, H, BT, HAS_G)
+        b_h1, b_h2, b_h3, b_h4 = _pieces_out(b_h1, b_h2, b_h3, b_h4, k, b_v, b_g, g_last, bos, T, i_t, i_h,
+                                             H, K, BT, BP, HAS_G, PREC, GATE_D)
+        a += g_last
+    return b_h1, b_h2, b_h3, b_h4, a
+
+
+@triton.jit
+def _add_state(b1, b2, b3, b4, x, i_s, i_v, w, K: tl.constexpr, V: tl.constexpr, BP: tl.constexpr,
+               BV: tl.constexpr):
+    """The pieces plus w times state i_s of x [.., K, V] (columns of block i_v), read from L2 (.cg:
+    another program wrote it during this launch; no stale L1 line)."""
+    b1 += w * tl.load(_state_ptr(x, i_s, i_v, 0, K, V, BP, BV), boundary_check=(0, 1), padding_option="zero",
+                      cache_modifier=".cg")
+    if K > BP:
+        b2 += w * tl.load(_state_ptr(x, i_s, i_v, 1, K, V, BP, BV), boundary_check=(0, 1), padding_option="zero",
+                          cache_modifier=".cg")
+    if K > 2 * BP:
+        b3 += w * tl.load(_state_ptr(x, i_s, i_v, 2, K, V, BP, BV), boundary_check=(0, 1), padding_option="zero",
+                          cache_modifier=".cg")
+    if K > 3 * BP:
+        b4 += w * tl.load(_state_ptr(x, i_s, i_v, 3, K, V, BP, BV), boundary_check=(0, 1), padding_option="zero",
+                          cache_modifier=".cg")
+    return b1, b2, b3, b4
+
+
+@triton.jit
+def _publish(x, i_s, i_v, b1, b2, b3, b4, flag, status, K: tl.constexpr, V: tl.constexpr, BP: tl.constexpr,
+             BV: tl.constexpr):
+    """Store the pieces as state i_s of x, then set ``flag`` to ``status`` (release: a program that
+    reads the flag with acquire, ``_wait``, then sees the stores)."""
+    _store_pieces(x, i_s, i_v, b1, b2, b3, b4, K, V, BP, BV)
+    tl.debug_barrier()  # every thread's stores before the flag
+    tl.atomic_xchg(flag, status, sem="release")
+
+
+@triton.jit
+def _wait(flag):
+    """The status of ``flag`` once it is not 0 (spins; acquire)."""
+    f = tl.atomic_add(flag, 0, sem="acquire")
+    while f == 0:
+        f = tl.atomic_add(flag, 0, sem="acquire")
+    return f
+
+
+@triton.jit
+def _look_back(agg, inc, dec, flags, i_g, i_h, i_v, NV, ACC: tl.constexpr, H: tl.constexpr, K: tl.constexpr,
+               V: tl.constexpr, BP: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr):
+    """The state entering group i_g (not its sequence's first) by decoupled look-back (Merrill &
+    Garland 2016, single-pass prefix scan): back over the earlier groups p = i_g - 1, i_g - 2, ...,
+    adding each one's own part L_p (status 1, in agg) decayed to i_g's start, until one has published
+    its state at its end (status 2, in inc; a sequence's first group always does, so the walk stays
+    inside the sequence): S_{i_g} = sum_p e^{G_{p+1} + ... + G_{i_g - 1}} L_p + e^{...} S_{p*+1}."""
+    b1, b2, b3, b4 = _init_pieces(agg, 0, i_v, False, ACC, K, V, BP, BV)
+    d = tl.sum(tl.zeros([1], dtype=tl.float32), axis=0)  # log decay from p's end to i_g's start
+    p = i_g
+    f = tl.sum(tl.zeros([1], dtype=tl.int32), axis=0)
+    while f != 2:
+        p -= 1
+        i_ph = p * H + i_h
+        f = _wait(flags + i_ph * NV + i_v)
+        w = tl.exp(d)
+        if f == 2:
+            b1, b2, b3, b4 = _add_state(b1, b2, b3, b4, inc, i_ph, i_v, w, K, V, BP, BV)
+        else:
+            b1, b2, b3, b4 = _add_state(b1, b2, b3, b4, agg, i_ph, i_v, w, K, V, BP, BV)
+            if HAS_G:
+                d += tl.load(dec + i_ph * NV + i_v, cache_modifier=".cg")
+    return b1, b2, b3, b4
+
+
+@triton.jit
+def _fwd_lookback_kernel(
+    q, k, v, gc, h0, ht, o, agg, inc, dec, flags, cu_seqlens, group_indices, scale, GS, NV,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BP: tl.constexpr,
+    BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, GATE_D: tl.constexpr,
+    USE_H0: tl.constexpr, STORE_HT: tl.constexpr, INCLUSIVE: tl.constexpr = True,
+):
+    """The inference forward in one pass (``LOOKBACK_FORWARD``): each program takes a group of GS
+    chunks of one head and value block in order of a ticket (an atomic counter: every group it
+    waits for took its ticket earlier, so is running or done; no deadlock), sums the group's own
+    part L_g (``_group_sum``) and publishes it (status 1), finds the state entering the group by
+    look-back (``_look_back``; the sequence's first group: the initial state), publishes the state
+    at its end, e^{G_g} S_g + L_g (status 2), then writes the group's outputs from S_g
+    (``_group_outputs``). flags [groups * H * NV + 1] int32, zero (the last: the ticket counter);
+    agg, inc [groups, H, K, V], dec [groups * H * NV] fp32. One launch: q, k, v read about once
+    (k and v twice, the second time mostly from L2), o written once, no per-chunk states.
+    INCLUSIVE False (tests only): no group but a sequence's first publishes status 2, so every
+    look-back walks to it (in the interpreter the programs run in order and find status 2 a step
+    back). Grid (groups * H * NV,)."""
+    tl.static_assert(BP <= 64 and K <= 4 * BP, "S is held as up to four pieces of at most 64 rows")
+    t = tl.atomic_add(flags + tl.num_programs(0), 1)
+    i_g, i_hv = t // (H * NV), t % (H * NV)
+    i_h, i_v = i_hv // NV, i_hv % NV
+    i_n = tl.load(group_indices + i_g * 2).to(tl.int64)
+    i_s, bos, T = _chunk(cu_seqlens, group_indices, i_g)
+    i_gh = i_g * H + i_h
+    flag = flags + i_gh * NV + i_v
+    l1, l2, l3, l4, a = _group_sum(k, v, gc, bos, T, i_s, i_h, i_v, GS, ACC, H, K, V, BT, BP, BV, HAS_G, PREC,
+                                   GATE_D)
+    if i_s == 0:
+        s1, s2, s3, s4 = _init_pieces(h0, i_n * H + i_h, i_v, USE_H0, ACC, K, V, BP, BV)
+    else:
+        tl.store(dec + i_gh * NV + i_v, a)
+        _publish(agg, i_gh, i_v, l1, l2, l3, l4, flag, 1, K, V, BP, BV)
+        s1, s2, s3, s4 = _look_back(agg, inc, dec, flags, i_g, i_h, i_v, NV, ACC, H, K, V, BP, BV, HAS_G)
+    e = tl.exp(a)
+    e1, e2, e3, e4 = e * s1 + l1, e * s2 + l2, e * s3 + l3, e * s4 + l4  # the state at the group's end
+    if INCLUSIVE or i_s == 0:
+        _publish(inc, i_gh, i_v, e1, e2, e3, e4, flag, 2, K, V, BP, BV)
+    if STORE_HT and i_s == tl.cdiv(tl.cdiv(T, BT), GS) - 1:  # the sequence's last group
+        _store_pieces(ht, i_n * H + i_h, i_v, e1, e2, e3, e4, K, V, BP, BV)
+    _group_outputs(q, k, v, gc, o, s1, s2, s3, s4, bos, T, i_s, i_h, i_v, GS, scale,
+                   H, K, V, BT, BP, BV, HAS_G, PREC, GATE_D)
 
 
 @triton.jit
@@ -781,17 +925,55 @@ def _forward_grouped(q, k, v, gc, scale, h0, want_ht, cu, BT, GS, BV, opts):
     return o, ht
 
 
+# The inference forward in one launch (``_fwd_lookback_kernel``) instead of the grouped forward's
+# three (the groups' own parts, the scan over groups, the output pass): no state goes through memory
+# but one per group, published for the later groups to find by look-back. Exact in the interpreter
+# (float64 / float32 / bf16, packed sequences, initial and final states, walks of every length with
+# INCLUSIVE off); not yet run on a GPU (its spin-waits and release / acquire flags are what the
+# interpreter, running programs one by one, cannot test): off until its GPU tests pass and it is timed.
+LOOKBACK_FORWARD = False
+# tests only: False makes every look-back walk to its sequence's first group (``INCLUSIVE``)
+LOOKBACK_INCLUSIVE = True
+
+
+def _forward_lookback(q, k, v, gc, scale, h0, want_ht, cu, BT, GS, BV, opts):
+    """``_forward_grouped``'s result from one launch of ``_fwd_lookback_kernel``."""
+    _, _, H, K = q.shape
+    V = v.shape[-1]
+    acc, ACC = _acc(q.dtype)
+    _, gindices, NG = chunk_layout(cu, BT * GS)
+    NV = triton.cdiv(V, BV)
+    agg = q.new_empty(NG, H, K, V, dtype=acc)
+    inc = torch.empty_like(agg)
+    dec = q.new_empty(NG * H * NV, dtype=acc)
+    flags = torch.zeros(NG * H * NV + 1, dtype=torch.int32, device=q.device)  # the last: the ticket counter
+    ht = q.new_empty(cu.numel() - 1, H, K, V, dtype=acc) if want_ht else None
+    o = torch.empty_like(v)
+    has_g = gc is not None
+    _fwd_lookback_kernel[(NG * H * NV,)](
+        q, k, v, gc if has_g else q, h0 if h0 is not None else q, ht if want_ht else q, o, agg, inc, dec, flags,
+        cu, gindices, scale, GS, NV, H=H, K=K, V=V, BT=BT, BP=min(64, max(16, triton.next_power_of_2(K))), BV=BV,
+        HAS_G=has_g, ACC=ACC, PREC=_prec(q.dtype), GATE_D=GATE_ON_DELTA, USE_H0=h0 is not None,
+        STORE_HT=want_ht, INCLUSIVE=LOOKBACK_INCLUSIVE, **opts,
+    )
+    return o, ht
+
+
 def _inference(q, k, v, g, h0, scale, want_ht, cu, BT):
     """``_ScalarDecayFn.forward`` when no gradient is wanted: the grouped forward where the
     sequence is long enough for groups of chunks (``_chunks_per_group``), else the same kernels."""
     H, K, V = q.shape[2], q.shape[3], v.shape[-1]
     offsets, indices, NC = chunk_layout(cu, BT)
     gc = _cumsum(g, cu, indices, NC, BT) if g is not None else None
-    opts = launch_options("scalar_decay.fwd_grouped", num_warps=4, num_stages=2, BV=_blocks(K, V)[2])
+    if LOOKBACK_FORWARD:  # 8 warps: no spills (4 warps, 2 stages: 76 B; ptxas, sm_90a, K = V = 128, bf16)
+        opts = launch_options("scalar_decay.fwd_lookback", num_warps=8, num_stages=2, BV=_blocks(K, V)[2])
+    else:
+        opts = launch_options("scalar_decay.fwd_grouped", num_warps=4, num_stages=2, BV=_blocks(K, V)[2])
     BV = opts.pop("BV")
     GS = opts.pop("GS", None) or (_chunks_per_group(NC, H, V, BV, q.device) if GROUPED_BY_DEFAULT else 1)
     if GS > 1 and K <= 256:  # the output pass holds S as at most four pieces of 64 rows
-        return _forward_grouped(q, k, v, gc, scale, h0, want_ht, cu, BT, GS, BV, opts)
+        forward = _forward_lookback if LOOKBACK_FORWARD else _forward_grouped
+        return forward(q, k, v, gc, scale, h0, want_ht, cu, BT, GS, BV, opts)
     o, _, ht = _forward(q, k, v, gc, scale, h0, want_ht, cu, offsets, indices, NC, BT)
     return o, ht
 
