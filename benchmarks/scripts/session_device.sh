@@ -28,6 +28,8 @@
 #  - GATE_ON_DELTA=1: the state passes of _pieces_out put the gate on Delta's rows, not on K^T
 #    (ops/common/triton_scalar_decay.GATE_ON_DELTA) in the warm-up and the bench (the tests take
 #    both settings as a parameter).
+#  - LOOKBACK=1: the scalar-decay inference forward in one launch by look-back
+#    (ops/common/triton_scalar_decay.LOOKBACK_FORWARD) in the warm-up and the bench.
 #  - GROUPED_LEVELS=1: log-linear's scalar-decay kernels keep one level state per chunk, forward and backward
 #    (ops/common/triton_log_linear.GROUPED_LEVELS) in the warm-up and the bench (the tests take both).
 #  - GLA_LEVELS=1: GLA's intra-chunk scores by levels of pairs (ops/common/triton_gla.SCORES_BY_LEVELS)
@@ -161,6 +163,9 @@ if os.environ.get("GROUPED_LEVELS"):
 if os.environ.get("GATE_ON_DELTA"):
     from longctx.ops.common import triton_scalar_decay
     triton_scalar_decay.GATE_ON_DELTA = True
+if os.environ.get("LOOKBACK"):
+    from longctx.ops.common import triton_scalar_decay
+    triton_scalar_decay.LOOKBACK_FORWARD = True
 if os.environ.get("GLA_LEVELS"):
     from longctx.ops.common import triton_gla
     triton_gla.SCORES_BY_LEVELS = True
