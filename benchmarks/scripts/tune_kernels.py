@@ -39,6 +39,8 @@ KERNELS = {  # op -> (kernel name, backward?) in launch order
                          ("scalar_decay.bwd_dh", 1), ("scalar_decay.bwd_dqkv", 1)],
     "log_linear": [("log_linear.fwd_z", 0), ("log_linear.fwd_o", 0),
                    ("log_linear.bwd_dz", 1), ("log_linear.bwd_dqkv", 1)],
+    "log_linear_gdn": [("log_linear.delta_levels", 0), ("log_linear.delta_train_fwd", 1),
+                       ("log_linear.delta_train_dh", 1)],
 }
 SETTINGS = [{"num_warps": w, "num_stages": s} for w, s in itertools.product((2, 4, 8), (1, 2, 3))]
 # kernels whose tiles are settings too (triton_launch.TILED): fewer warp / stage pairs, x 4 tiles
@@ -65,6 +67,18 @@ WIDE_GROUPED_SETTINGS = GROUPED_SETTINGS + [{"num_warps": 8, "num_stages": st, "
 # chunks per group x its value tile x warps x stages (ptxas: 4 warps at BV 64, 2 stages spill 76 B)
 LOOKBACK_SETTINGS = [{"num_warps": w, "num_stages": st, "BV": bv, "GS": gs} for w, st, bv, gs in
                      itertools.product((4, 8), (1, 2), (64, 128), (8, 16, 32))]
+# log-linear (Gated) DeltaNet's level walks: their value tile at the settings ptxas assembles without
+# spills (sm_90a, K = V = 128, bf16; 2026-12-08), and the inference walk's segments (SPAN chunks of
+# whole blocks; 0: one walk per level)
+WALK_SETTINGS = {
+    "log_linear.delta_levels": [{"num_warps": w, "num_stages": st, "BV": bv, "SPAN": sp}
+                                for (w, st, bv), sp in itertools.product(((4, 3, 32), (8, 2, 64), (8, 1, 128)),
+                                                                         (0, 16, 64))],
+    "log_linear.delta_train_fwd": [{"num_warps": w, "num_stages": st, "BV": bv}
+                                   for w, st, bv in ((4, 1, 32), (8, 2, 64), (8, 1, 128), (8, 2, 128))],
+    "log_linear.delta_train_dh": [{"num_warps": w, "num_stages": st, "BV": bv}
+                                  for w, st, bv in ((4, 1, 32), (4, 1, 64), (4, 2, 64))],
+}
 # kernels that run only with a flag on: swept (and their reference taken) with it on
 FLAG_OF = {"scalar_decay.fwd_lookback": ("longctx.ops.common.triton_scalar_decay", "LOOKBACK_FORWARD")}
 # settings not tried, and why: a fault poisons the process for every later row
@@ -80,6 +94,8 @@ def _sweep(kernel: str, tiled: dict, wide: tuple) -> list[dict]:
     tiles = set(tiled.get(kernel, ())) & {"BK", "BV"}
     if kernel == "scalar_decay.fwd_lookback":
         return LOOKBACK_SETTINGS
+    if kernel in WALK_SETTINGS:
+        return WALK_SETTINGS[kernel]
     if kernel.endswith(".fwd_grouped"):
         return WIDE_GROUPED_SETTINGS if kernel in wide else GROUPED_SETTINGS
     if kernel in ("delta.delta_h", "delta.delta_dh"):  # (the backward's F32_DOTS: not a choice)
@@ -174,7 +190,7 @@ def main() -> None:
         if not ok:
             continue
         best = min(ok, key=lambda r: r["ms"])
-        tiles = "".join(f" {t}{best[t]}" for t in ("BK", "BV", "GS") if t in best)
+        tiles = "".join(f" {t}{best[t]}" for t in ("BK", "BV", "GS", "SPAN") if t in best)
         print(f"{op:17} {T:6} {kernel:24} w{best['num_warps']} s{best['num_stages']}{tiles:<12} {best['ms']:9.3f}"
               f"  (range {min(r['ms'] for r in ok):.3f}-{max(r['ms'] for r in ok):.3f})")
 

@@ -10,6 +10,7 @@ Without CUDA the kernels run in Triton's CPU interpreter in float64 (exact to ro
 
 from __future__ import annotations
 
+import collections
 import itertools
 
 import pytest
@@ -339,18 +340,22 @@ FUSED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("gate_on_delta", [False, True])
+@pytest.mark.parametrize(("gate_on_delta", "span"), [(False, 0), (True, 0), (False, 2)],
+                         ids=["walks", "gate_on_delta", "segments"])
 @pytest.mark.parametrize("dtype,size", FUSED_CASES)
-def test_fused_delta_levels_match_naive(dtype: torch.dtype, size: tuple, gate_on_delta: bool, monkeypatch) -> None:
+def test_fused_delta_levels_match_naive(dtype: torch.dtype, size: tuple, gate_on_delta: bool, span: int,
+                                        monkeypatch) -> None:
     """No gradient wanted, positions from 0, no state: log-linear Gated DeltaNet takes the fused
     inference forward (``triton_log_linear_delta``: one UT transform, the levels inside chunks in a
     kernel, one walk per chunk level), not PyTorch and the copies of the base; the output matches the float64 matrix form, and packed sequences
     (cu_seqlens) match each sequence alone. gate_on_delta: the level walk's gate on Delta's rows
-    (``triton_log_linear_delta.LEVELS_GATE_ON_DELTA``)."""
+    (``triton_log_linear_delta.LEVELS_GATE_ON_DELTA``); segments: each level's walk in runs of its
+    blocks, at least 2 chunks (``WALK_SPAN``; levels 1 / 2 / 3 in runs of 2 / 4 / 8 chunks)."""
     import longctx.ops.log_linear.triton as ll_triton
     from longctx.ops.common import triton_log_linear_delta
 
     monkeypatch.setattr(triton_log_linear_delta, "LEVELS_GATE_ON_DELTA", gate_on_delta)
+    monkeypatch.setattr(triton_log_linear_delta, "WALK_SPAN", span)
 
     ran = []
     fused = ll_triton.delta_log_linear_forward
@@ -371,6 +376,31 @@ def test_fused_delta_levels_match_naive(dtype: torch.dtype, size: tuple, gate_on
     for s, n in zip([0, lens[0]], lens, strict=True):
         alone, _ = naive_log_linear_gated_deltanet(**{k: t[:1, s:s + n] for k, t in x.items()}, use_qk_l2norm=True)
         assert_close(alone, packed[:, s:s + n].double().cpu(), TOL[dtype], f"packed {s}")
+
+
+@pytest.mark.parametrize("span", [0, 1, 4, 64])
+def test_walk_segments_cover_every_level_and_chunk_once(span: int) -> None:
+    """The level walks' work list: every (sequence, level, chunk) in exactly one segment, each
+    segment whole blocks of its level (starting at a multiple of 2^m chunks, at least max(2^m,
+    span) long but at a sequence's end), the longest first; span 0: one walk per level and sequence."""
+    from longctx.ops.common.triton_log_linear_delta import walk_segments
+
+    lens, BT, levels = [1000, 17, 0, 1, 300], 16, 6  # 63, 2, 0, 1 and 19 chunks
+    seg = walk_segments(lens, BT, levels, span, torch.device("cpu"))
+    assert seg.dtype == torch.int32 and seg.shape[1] == 4
+    rows = seg.tolist()
+    assert [r[3] for r in rows] == sorted((r[3] for r in rows), reverse=True)
+    seen = collections.Counter()
+    for i_n, i_m, t0, n in rows:
+        NT = -(-lens[i_n] // BT)
+        block = 1 << (i_m + 1)
+        assert t0 % block == 0 and 0 < n and t0 + n <= NT
+        assert n == NT - t0 or (n == NT if span == 0 else n == max(block, span))
+        seen.update((i_n, i_m, t) for t in range(t0, t0 + n))
+    want = [(i_n, i_m, t) for i_n, L in enumerate(lens) for i_m in range(levels) for t in range(-(-L // BT))]
+    assert sorted(seen) == sorted(want) and set(seen.values()) == {1}
+    if span == 0:
+        assert len(rows) == levels * sum(1 for L in lens if L)
 
 
 @interpreter

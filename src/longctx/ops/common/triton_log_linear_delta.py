@@ -26,6 +26,8 @@ takes this path for exactly those calls and the copies otherwise.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -72,21 +74,33 @@ def _pieces_dot(x, bos, T, i_t, i_h, b_h1, b_h2, b_h3, b_h4, H: tl.constexpr, K:
 
 
 @triton.jit
+def _walk_segment(segments, i_sh, H: tl.constexpr):
+    """Program i_sh = segment * H + head of a level walk over ``walk_segments``' table: the head, the
+    sequence, the level's index i_m (level c + i_m + 1) and the segment's chunks [t0, t1)."""
+    i_g, i_h = i_sh // H, i_sh % H
+    i_n = tl.load(segments + i_g * 4)
+    i_m = tl.load(segments + i_g * 4 + 1)
+    t0 = tl.load(segments + i_g * 4 + 2)
+    return i_h, i_n, i_m, t0, t0 + tl.load(segments + i_g * 4 + 3)
+
+
+@triton.jit
 def _delta_levels_kernel(
-    k, w, u, qt, gc, lam, o, cu_seqlens, chunk_offsets, TT,
+    k, w, u, qt, gc, lam, o, cu_seqlens, chunk_offsets, segments, TT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, C_LOG: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_G: tl.constexpr, ACC: tl.constexpr,
     PREC: tl.constexpr, GATE_D: tl.constexpr,
 ):
-    """Level c + m (m = program_id(1) + 1) of one sequence and head, value block i_v: the walk of the
-    module docstring; o [M, TT, H, V] gets λ^(c+m) Q̃ S^(m) at reader chunks, 0 at sources."""
-    i_v, i_m, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h = i_nh // H, i_nh % H
+    """Level c + m of one sequence and head over one segment of its chunks (whole blocks of the
+    level: ``walk_segments``), value block i_v: the walk of the module docstring; o [M, TT, H, V]
+    gets λ^(c+m) Q̃ S^(m) at reader chunks, 0 at sources. Grid (V/BV, segments * H)."""
+    i_v = tl.program_id(0)
+    i_h, i_n, i_m, t0, t1 = _walk_segment(segments, tl.program_id(1), H)
     bos, T, NT, _ = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
     m = i_m + 1
     b_h1, b_h2, b_h3, b_h4 = _init_pieces(k, 0, i_v, False, ACC, K, V, BK, BV)
     o_m = o + i_m.to(tl.int64) * TT * H * V
-    for i_t in range(NT):
+    for i_t in range(t0, tl.minimum(t1, NT)):
         if i_t % (1 << m) == 0:  # a new block of the level: its state starts empty
             b_h1, b_h2, b_h3, b_h4 = b_h1 * 0.0, b_h2 * 0.0, b_h3 * 0.0, b_h4 * 0.0
         reader = ((i_t >> (m - 1)) & 1) == 1
@@ -157,6 +171,35 @@ def _delta_intra_kernel(
         tl.store(p_qt, b_qt.to(p_qt.dtype.element_ty), boundary_check=(0, 1))
 
 
+@functools.lru_cache(maxsize=64)  # one host-to-device copy per layout, not per call
+def _segments(lens: tuple[int, ...], BT: int, levels: int, span: int, device: torch.device) -> Tensor:
+    return walk_segments(list(lens), BT, levels, span, device)
+
+
+def walk_segments(lens: list[int], BT: int, levels: int, span: int, device: torch.device) -> Tensor:
+    """The level walks' work list, int32 [segments, 4] of (sequence, level index m - 1, first chunk,
+    chunks): level m's state restarts at every 2^m-th chunk, so its walk splits into independent
+    runs of whole blocks. Each segment is max(2^m, span) chunks (span 0: a level's whole sequence,
+    one walk per level as before), the longest first (they set the critical path: the top level's
+    single block is the whole sequence)."""
+    rows = []
+    for i_n, n in enumerate(lens):
+        NT = -(-n // BT)
+        for i_m in range(levels):  # every level, those past the sequence's too (its outputs: zeros)
+            size = max(NT, 1) if span <= 0 else max(1 << (i_m + 1), span)
+            rows += [(i_n, i_m, t, min(size, NT - t)) for t in range(0, NT, size)]
+    rows.sort(key=lambda r: -r[3])
+    return torch.tensor(rows or [(0, 0, 0, 0)], dtype=torch.int32).to(device)
+
+
+# The level walks' segments (``walk_segments``: whole blocks of a level, at least this many chunks;
+# 0: one walk per level and sequence, the schedule the GPU tests passed and the timings were taken
+# with). Exact in the interpreter either way. At 64k (H = 16, V / BV = 4) the walks are 640 programs
+# of 1024 chunks each, more than an H100 holds at once; in segments of 64 chunks the levels below
+# the top four are 16 runs each, so programs wait on no chain longer than the top level's. Untimed.
+WALK_SPAN = 0
+
+
 # The level walk's gate on Delta's rows (``triton_scalar_decay.GATE_ON_DELTA`` for this kernel alone):
 # off. Exact in the interpreter, float32 passes on an H100, but bf16 at K = 128, V = 64 gave a
 # relative error of 0.217 there (session 19; the gate on K^T passes): a GPU-side fault of this
@@ -179,7 +222,6 @@ def delta_log_linear_forward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: T
     if L <= C_LOG + levels:
         raise ValueError(f"delta_log_linear_forward: lam has {L} levels, these lengths need {C_LOG + levels + 1}")
     offsets, indices, NC = chunk_layout(cu, BT)
-    N = cu.numel() - 1
     _, BVs, BK, BV = _blocks(K, V)
     acc, ACC = _acc(q.dtype)
     prec, preca, has_g = _prec(q.dtype), _preca(q.dtype), g is not None
@@ -203,10 +245,14 @@ def delta_log_linear_forward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: T
     if levels == 0:
         return o
     o_levels = torch.empty(levels, TT, H, V, dtype=q.dtype, device=q.device)
-    _delta_levels_kernel[(triton.cdiv(V, BVs), levels, N * H)](
-        k, w, u, qt, gc, lam, o_levels, cu, offsets, TT,
-        H=H, K=K, V=V, L=L, C_LOG=C_LOG, BT=BT, BK=BK, BV=BVs, HAS_G=has_g, ACC=ACC, PREC=prec,
-        GATE_D=LEVELS_GATE_ON_DELTA, **launch_options("log_linear.delta_levels", num_warps=4, num_stages=_pass_stages(q.dtype, K, False)),
+    opts = launch_options("log_linear.delta_levels", num_warps=4, num_stages=_pass_stages(q.dtype, K, False), BV=BVs,
+                          SPAN=WALK_SPAN)
+    BVl, span = opts.pop("BV"), opts.pop("SPAN")
+    segments = _segments(tuple(lens), BT, levels, span, q.device)
+    _delta_levels_kernel[(triton.cdiv(V, BVl), segments.shape[0] * H)](
+        k, w, u, qt, gc, lam, o_levels, cu, offsets, segments, TT,
+        H=H, K=K, V=V, L=L, C_LOG=C_LOG, BT=BT, BK=BK, BV=BVl, HAS_G=has_g, ACC=ACC, PREC=prec,
+        GATE_D=LEVELS_GATE_ON_DELTA, **opts,
     )
     return o + o_levels.sum(0, dtype=acc).unsqueeze(0)
 

@@ -241,10 +241,11 @@ class _DeltaLevelsFn(torch.autograd.Function):
         om = torch.empty(M, TT, H, V, dtype=acc, device=w.device)
         dl = torch.empty_like(om)
         hs = torch.empty(M, NCT, H, K, V, dtype=acc, device=w.device)
-        _levels_fwd_kernel[(triton.cdiv(V, BVs), M, N * H)](
+        opts = launch_options("log_linear.delta_train_fwd", num_warps=4, num_stages=1, BV=BVs)
+        BVl = opts.pop("BV")
+        _levels_fwd_kernel[(triton.cdiv(V, BVl), M, N * H)](
             khat, w, u, qt, decay, om, dl, hs, cu, offsets, TT, NCT,
-            H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs, ACC=ACC, PREC=_prec(w.dtype),
-            **launch_options("log_linear.delta_train_fwd", num_warps=4, num_stages=1),
+            H=H, K=K, V=V, BT=BT, BK=BK, BV=BVl, ACC=ACC, PREC=_prec(w.dtype), **opts,
         )
         ctx.save_for_backward(khat, w, qt, decay, dl, hs, cu, offsets, indices)
         ctx.meta = (M, BT, NCT)
@@ -262,10 +263,11 @@ class _DeltaLevelsFn(torch.autograd.Function):
         preca = _preca(w.dtype)
         dom = dom.to(acc).contiguous()
         dhs, ddl = torch.empty_like(hs), torch.empty_like(dl)
-        _levels_dh_kernel[(triton.cdiv(V, BVs), M, N * H)](
+        opts = launch_options("log_linear.delta_train_dh", num_warps=4, num_stages=1, BV=BVs)
+        BVl = opts.pop("BV")
+        _levels_dh_kernel[(triton.cdiv(V, BVl), M, N * H)](
             khat, w, qt, decay, dom, ddl, dhs, cu, offsets, TT, NCT,
-            H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs, ACC=ACC, PRECA=preca,
-            **launch_options("log_linear.delta_train_dh", num_warps=4, num_stages=1),
+            H=H, K=K, V=V, BT=BT, BK=BK, BV=BVl, ACC=ACC, PRECA=preca, **opts,
         )
         dw, dqt, dkhat = (torch.empty(1, TT, H, K, dtype=acc, device=w.device) for _ in range(3))
         ddecay = torch.empty(triton.cdiv(K, BK), NCT, H, dtype=acc, device=w.device)
