@@ -68,16 +68,18 @@ WIDE_GROUPED_SETTINGS = GROUPED_SETTINGS + [{"num_warps": 8, "num_stages": st, "
 LOOKBACK_SETTINGS = [{"num_warps": w, "num_stages": st, "BV": bv, "GS": gs} for w, st, bv, gs in
                      itertools.product((4, 8), (1, 2), (64, 128), (8, 16, 32))]
 # log-linear (Gated) DeltaNet's level walks: their value tile at the settings ptxas assembles without
-# spills (sm_90a, K = V = 128, bf16; 2026-12-08), and the inference walk's segments (SPAN chunks of
-# whole blocks; 0: one walk per level)
+# spills (sm_90a, K = V = 128, bf16; 2026-12-08), and their segments (SPAN chunks of whole blocks;
+# 0: one walk per level)
 WALK_SETTINGS = {
     "log_linear.delta_levels": [{"num_warps": w, "num_stages": st, "BV": bv, "SPAN": sp}
                                 for (w, st, bv), sp in itertools.product(((4, 3, 32), (8, 2, 64), (8, 1, 128)),
                                                                          (0, 16, 64))],
-    "log_linear.delta_train_fwd": [{"num_warps": w, "num_stages": st, "BV": bv}
-                                   for w, st, bv in ((4, 1, 32), (8, 2, 64), (8, 1, 128), (8, 2, 128))],
-    "log_linear.delta_train_dh": [{"num_warps": w, "num_stages": st, "BV": bv}
-                                  for w, st, bv in ((4, 1, 32), (4, 1, 64), (4, 2, 64))],
+    "log_linear.delta_train_fwd": [{"num_warps": w, "num_stages": st, "BV": bv, "SPAN": sp}
+                                   for (w, st, bv), sp in itertools.product(
+                                       ((4, 1, 32), (8, 2, 64), (8, 1, 128), (8, 2, 128)), (0, 64))],
+    "log_linear.delta_train_dh": [{"num_warps": w, "num_stages": st, "BV": bv, "SPAN": sp}
+                                  for (w, st, bv), sp in itertools.product(((4, 1, 32), (4, 1, 64), (4, 2, 64)),
+                                                                           (0, 64))],
 }
 # kernels that run only with a flag on: swept (and their reference taken) with it on
 FLAG_OF = {"scalar_decay.fwd_lookback": ("longctx.ops.common.triton_scalar_decay", "LOOKBACK_FORWARD")}

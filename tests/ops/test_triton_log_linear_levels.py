@@ -156,16 +156,20 @@ TRAINING_CASES = [
 ]
 
 
+@pytest.mark.parametrize("span", [0, 2], ids=["walks", "segments"])
 @pytest.mark.parametrize("base,dtype,size,final", TRAINING_CASES)
-def test_fused_delta_training_matches_naive(base: str, dtype: torch.dtype, size: tuple, final: bool,
+def test_fused_delta_training_matches_naive(base: str, dtype: torch.dtype, size: tuple, final: bool, span: int,
                                             monkeypatch) -> None:
     """A gradient wanted (``ll_triton.FUSED_DELTA_TRAINING``): the per-chunk pieces in PyTorch and
     every chunk level by ``triton_log_linear_delta_train``'s walks, forward and backward; the output
     and every gradient (q, k, v, g, beta, lambda_levels) match the float64 matrix form. "deltanet":
-    the Gated DeltaNet op with g = 0."""
+    the Gated DeltaNet op with g = 0. segments: the walks in runs of whole blocks of at least 2
+    chunks (``triton_log_linear_delta.WALK_SPAN``), the reverse walk too."""
     import longctx.ops.log_linear.triton as ll_triton
+    from longctx.ops.common import triton_log_linear_delta
 
     monkeypatch.setattr(ll_triton, "FUSED_DELTA_TRAINING", True)
+    monkeypatch.setattr(triton_log_linear_delta, "WALK_SPAN", span)
     ran = []
     training = ll_triton._delta_training
     monkeypatch.setattr(ll_triton, "_delta_training", lambda *a: ran.append(1) or training(*a))

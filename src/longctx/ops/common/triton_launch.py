@@ -52,9 +52,10 @@ TILED["gla.bwd_dqk_levels"] = ("BK",)
 # 40 times each at 64k), where a wider tile reads them fewer times with fewer programs
 for _walk in ("log_linear.delta_levels", "log_linear.delta_train_fwd", "log_linear.delta_train_dh"):
     TILED[_walk] = ("BV",)
-# and the inference walk's segments: at least SPAN chunks of whole blocks each (0: one walk per level;
+# and their segments: at least SPAN chunks of whole blocks each (0: one walk per level;
 # triton_log_linear_delta.walk_segments)
-TILED["log_linear.delta_levels"] += ("SPAN",)
+for _walk in ("log_linear.delta_levels", "log_linear.delta_train_fwd", "log_linear.delta_train_dh"):
+    TILED[_walk] += ("SPAN",)
 WIDE_BV += ("log_linear.delta_levels", "log_linear.delta_train_fwd", "log_linear.delta_train_dh")
 # log-linear's inference level pass: chunks per group (GS; any power of two >= 2 gives the same
 # states to rounding) and its state tile

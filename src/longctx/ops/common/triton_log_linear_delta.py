@@ -172,7 +172,8 @@ def _delta_intra_kernel(
 
 
 @functools.lru_cache(maxsize=64)  # one host-to-device copy per layout, not per call
-def _segments(lens: tuple[int, ...], BT: int, levels: int, span: int, device: torch.device) -> Tensor:
+def segments_of(lens: tuple[int, ...], BT: int, levels: int, span: int, device: torch.device) -> Tensor:
+    """``walk_segments``, cached by layout (the walks' launches reuse the device tensor)."""
     return walk_segments(list(lens), BT, levels, span, device)
 
 
@@ -194,7 +195,8 @@ def walk_segments(lens: list[int], BT: int, levels: int, span: int, device: torc
 
 # The level walks' segments (``walk_segments``: whole blocks of a level, at least this many chunks;
 # 0: one walk per level and sequence, the schedule the GPU tests passed and the timings were taken
-# with). Exact in the interpreter either way. At 64k (H = 16, V / BV = 4) the walks are 640 programs
+# with), for this inference walk and the training walks of ``triton_log_linear_delta_train``
+# (forward and reverse). Exact in the interpreter either way. At 64k (H = 16, V / BV = 4) the walks are 640 programs
 # of 1024 chunks each, more than an H100 holds at once; in segments of 64 chunks the levels below
 # the top four are 16 runs each, so programs wait on no chain longer than the top level's. Untimed.
 WALK_SPAN = 0
@@ -248,7 +250,7 @@ def delta_log_linear_forward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: T
     opts = launch_options("log_linear.delta_levels", num_warps=4, num_stages=_pass_stages(q.dtype, K, False), BV=BVs,
                           SPAN=WALK_SPAN)
     BVl, span = opts.pop("BV"), opts.pop("SPAN")
-    segments = _segments(tuple(lens), BT, levels, span, q.device)
+    segments = segments_of(tuple(lens), BT, levels, span, q.device)
     _delta_levels_kernel[(triton.cdiv(V, BVl), segments.shape[0] * H)](
         k, w, u, qt, gc, lam, o_levels, cu, offsets, segments, TT,
         H=H, K=K, V=V, L=L, C_LOG=C_LOG, BT=BT, BK=BK, BV=BVl, HAS_G=has_g, ACC=ACC, PREC=prec,

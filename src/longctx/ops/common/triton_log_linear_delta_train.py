@@ -37,9 +37,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from longctx.ops.common import triton_log_linear_delta
 from longctx.ops.common.triton_delta import _blocks, _preca
 from longctx.ops.common.triton_launch import launch_options
-from longctx.ops.common.triton_log_linear_delta import _pieces_dot
+from longctx.ops.common.triton_log_linear_delta import _pieces_dot, _walk_segment, segments_of
 from longctx.ops.common.triton_scalar_decay import (
     _acc,
     _chunk,
@@ -50,6 +51,7 @@ from longctx.ops.common.triton_scalar_decay import (
     _sequence,
     _store_pieces,
     chunk_layout,
+    uniform_rows,
 )
 
 
@@ -69,22 +71,22 @@ def _piece_fwd(b_h, khat, b_d, a, bos, T, i_t, i_h, p, H: tl.constexpr, K: tl.co
 
 @triton.jit
 def _levels_fwd_kernel(
-    khat, w, u, qt, decay, om, dl, hs, cu_seqlens, chunk_offsets, TT, NCT,
+    khat, w, u, qt, decay, om, dl, hs, cu_seqlens, chunk_offsets, segments, TT, NCT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
 ):
-    """Level m = program_id(1) + 1 of one sequence and head, value block i_v: S_n before every chunk
-    into hs [M, NCT, H, K, V], Delta into dl [M, TT, H, V], Q̃ S at reader chunks (0 at sources)
-    into om [M, TT, H, V] (module docstring)."""
-    i_v, i_m, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h = i_nh // H, i_nh % H
+    """Level m of one sequence and head over one segment of its chunks (``walk_segments``), value
+    block i_v: S_n before every chunk into hs [M, NCT, H, K, V], Delta into dl [M, TT, H, V], Q̃ S
+    at reader chunks (0 at sources) into om [M, TT, H, V] (module docstring); grid (V/BV, segments * H)."""
+    i_v = tl.program_id(0)
+    i_h, i_n, i_m, t0, t1 = _walk_segment(segments, tl.program_id(1), H)
     bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
     m = i_m + 1
     b_h1, b_h2, b_h3, b_h4 = _init_pieces(hs, 0, i_v, False, ACC, K, V, BK, BV)
     om_m = om + i_m.to(tl.int64) * TT * H * V
     dl_m = dl + i_m.to(tl.int64) * TT * H * V
     hs_m = hs + i_m.to(tl.int64) * NCT * H * K * V
-    for i_t in range(NT):
+    for i_t in range(t0, tl.minimum(t1, NT)):
         if i_t % (1 << m) == 0:  # a new block of the level: its state starts empty
             b_h1, b_h2, b_h3, b_h4 = b_h1 * 0.0, b_h2 * 0.0, b_h3 * 0.0, b_h4 * 0.0
         _store_pieces(hs_m, (boh + i_t) * H + i_h, i_v, b_h1, b_h2, b_h3, b_h4, K, V, BK, BV)
@@ -122,23 +124,24 @@ def _piece_bwd(b_dh, w, qt, b_dd, b_do, a, reader, bos, T, i_t, i_h, p, H: tl.co
 
 @triton.jit
 def _levels_dh_kernel(
-    khat, w, qt, decay, dom, ddl, dhs, cu_seqlens, chunk_offsets, TT, NCT,
+    khat, w, qt, decay, dom, ddl, dhs, cu_seqlens, chunk_offsets, segments, TT, NCT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, ACC: tl.constexpr, PRECA: tl.constexpr,
 ):
-    """The reverse walk of level m = program_id(1) + 1 (one sequence and head, value block i_v):
-    dS_{n+1} into dhs [M, NCT, H, K, V] and dDelta_n into ddl [M, TT, H, V], from do = dom
-    [M, TT, H, V] (module docstring)."""
-    i_v, i_m, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h = i_nh // H, i_nh % H
+    """The reverse walk of level m over one segment of a sequence's chunks (``walk_segments``; one
+    head, value block i_v): dS_{n+1} into dhs [M, NCT, H, K, V] and dDelta_n into ddl [M, TT, H, V],
+    from do = dom [M, TT, H, V] (module docstring); grid (V/BV, segments * H)."""
+    i_v = tl.program_id(0)
+    i_h, i_n, i_m, t0, t1 = _walk_segment(segments, tl.program_id(1), H)
     bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
     m = i_m + 1
     b_h1, b_h2, b_h3, b_h4 = _init_pieces(dhs, 0, i_v, False, ACC, K, V, BK, BV)
     dom_m = dom + i_m.to(tl.int64) * TT * H * V
     ddl_m = ddl + i_m.to(tl.int64) * TT * H * V
     dhs_m = dhs + i_m.to(tl.int64) * NCT * H * K * V
-    for j in range(NT):
-        i_t = NT - 1 - j
+    t1 = tl.minimum(t1, NT)
+    for j in range(t1 - t0):
+        i_t = t1 - 1 - j
         if (i_t + 1) % (1 << m) == 0:  # the state after this chunk starts a block: never read
             b_h1, b_h2, b_h3, b_h4 = b_h1 * 0.0, b_h2 * 0.0, b_h3 * 0.0, b_h4 * 0.0
         _store_pieces(dhs_m, (boh + i_t) * H + i_h, i_v, b_h1, b_h2, b_h3, b_h4, K, V, BK, BV)
@@ -229,22 +232,29 @@ def _source_mask(cu: Tensor, TT: int, M: int, BT: int) -> Tensor:
     return ((chunk[None, :] >> m) & 1) == 0
 
 
+def _walk_list(cu: Tensor, M: int, BT: int, span: int) -> Tensor:
+    """The walks' segments (``triton_log_linear_delta.walk_segments``) of the sequences ``cu``: rows
+    of one length without reading ``cu`` back (the training path's layout), else from its values."""
+    rows = uniform_rows(cu)
+    lens = [rows[1]] * rows[0] if rows is not None else (cu[1:] - cu[:-1]).tolist()
+    return segments_of(tuple(lens), BT, M, span, cu.device)
+
+
 class _DeltaLevelsFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, khat, w, u, qt, decay, cu, M, BT):
         _, TT, H, K = w.shape
         V = u.shape[-1]
         offsets, indices, NCT = chunk_layout(cu, BT)
-        N = cu.numel() - 1
         _, BVs, BK, _ = _blocks(K, V)
         acc, ACC = _acc(w.dtype)
         om = torch.empty(M, TT, H, V, dtype=acc, device=w.device)
         dl = torch.empty_like(om)
         hs = torch.empty(M, NCT, H, K, V, dtype=acc, device=w.device)
-        opts = launch_options("log_linear.delta_train_fwd", num_warps=4, num_stages=1, BV=BVs)
-        BVl = opts.pop("BV")
-        _levels_fwd_kernel[(triton.cdiv(V, BVl), M, N * H)](
-            khat, w, u, qt, decay, om, dl, hs, cu, offsets, TT, NCT,
+        opts = launch_options("log_linear.delta_train_fwd", num_warps=4, num_stages=1, BV=BVs, SPAN=triton_log_linear_delta.WALK_SPAN)
+        BVl, segments = opts.pop("BV"), _walk_list(cu, M, BT, opts.pop("SPAN"))
+        _levels_fwd_kernel[(triton.cdiv(V, BVl), segments.shape[0] * H)](
+            khat, w, u, qt, decay, om, dl, hs, cu, offsets, segments, TT, NCT,
             H=H, K=K, V=V, BT=BT, BK=BK, BV=BVl, ACC=ACC, PREC=_prec(w.dtype), **opts,
         )
         ctx.save_for_backward(khat, w, qt, decay, dl, hs, cu, offsets, indices)
@@ -257,16 +267,15 @@ class _DeltaLevelsFn(torch.autograd.Function):
         M, BT, NCT = ctx.meta
         _, TT, H, K = w.shape
         V = dl.shape[-1]
-        N = cu.numel() - 1
         _, BVs, BK, BV = _blocks(K, V)
         acc, ACC = _acc(w.dtype)
         preca = _preca(w.dtype)
         dom = dom.to(acc).contiguous()
         dhs, ddl = torch.empty_like(hs), torch.empty_like(dl)
-        opts = launch_options("log_linear.delta_train_dh", num_warps=4, num_stages=1, BV=BVs)
-        BVl = opts.pop("BV")
-        _levels_dh_kernel[(triton.cdiv(V, BVl), M, N * H)](
-            khat, w, qt, decay, dom, ddl, dhs, cu, offsets, TT, NCT,
+        opts = launch_options("log_linear.delta_train_dh", num_warps=4, num_stages=1, BV=BVs, SPAN=triton_log_linear_delta.WALK_SPAN)
+        BVl, segments = opts.pop("BV"), _walk_list(cu, M, BT, opts.pop("SPAN"))
+        _levels_dh_kernel[(triton.cdiv(V, BVl), segments.shape[0] * H)](
+            khat, w, qt, decay, dom, ddl, dhs, cu, offsets, segments, TT, NCT,
             H=H, K=K, V=V, BT=BT, BK=BK, BV=BVl, ACC=ACC, PRECA=preca, **opts,
         )
         dw, dqt, dkhat = (torch.empty(1, TT, H, K, dtype=acc, device=w.device) for _ in range(3))
