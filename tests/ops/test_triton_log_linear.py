@@ -72,16 +72,23 @@ CPU_CASES = [(2, 71, 2, 1, 16, 8, 16), (1, 11, 2, 2, 16, 16, 16), (1, 48, 1, 1, 
              (1, 300, 2, 1, 16, 8, 16)]
 
 
+# GROUPED_LEVELS off / on; on with the backward's reverse level walk in segments of whole blocks of
+# at least 2 chunks (WALK_SPAN)
+LEVEL_PATHS = pytest.mark.parametrize(("grouped", "span"), [(False, 0), (True, 0), (True, 2)],
+                                      ids=["n_m_states", "grouped", "grouped_segments"])
+
+
 @pytest.mark.skipif(ON_CUDA, reason="the interpreter cases (a GPU runs the gpu-marked ones)")
-@pytest.mark.parametrize("grouped", [False, True])
+@LEVEL_PATHS
 @pytest.mark.parametrize("case", CPU_CASES)
-def test_log_linear_mamba2_kernel_matches_naive(case, grouped, monkeypatch) -> None:
+def test_log_linear_mamba2_kernel_matches_naive(case, grouped, span, monkeypatch) -> None:
     """grouped: ``GROUPED_LEVELS``, one level state per chunk forward and backward (groups of 4
-    chunks here, so the walk over groups runs too)."""
+    chunks here, so the walk over groups runs too); span: ``WALK_SPAN``."""
     from longctx.ops.common import triton_log_linear
     from longctx.ops.common.triton_launch import launch_overrides
 
     monkeypatch.setattr(triton_log_linear, "GROUPED_LEVELS", grouped)
+    monkeypatch.setattr(triton_log_linear, "WALK_SPAN", span)
     Bsz, T, H, G, N, P, chunk = case
     with launch_overrides({"log_linear.fwd_z_group": {"GS": 4}}):
         _check(_inputs(Bsz, T, H, G, N, P, seed=T, extra_levels=1), F64, chunk, monkeypatch)
@@ -155,12 +162,14 @@ def test_inference_forward_equals_the_training_forward(dtype, packed, GS, monkey
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("size", [(2, 300, 4, 2, 64, 64, 64), (1, 1000, 2, 1, 128, 64, 64),
                                   (1, 133, 2, 1, 16, 32, 16)])
-@pytest.mark.parametrize("grouped", [False, True])
-def test_log_linear_mamba2_kernel_gpu(dtype, size, grouped, monkeypatch) -> None:
-    """grouped: ``GROUPED_LEVELS`` (one level state per chunk, forward and backward)."""
+@LEVEL_PATHS
+def test_log_linear_mamba2_kernel_gpu(dtype, size, grouped, span, monkeypatch) -> None:
+    """grouped: ``GROUPED_LEVELS`` (one level state per chunk, forward and backward); span:
+    ``WALK_SPAN``."""
     from longctx.ops.common import triton_log_linear
 
     monkeypatch.setattr(triton_log_linear, "GROUPED_LEVELS", grouped)
+    monkeypatch.setattr(triton_log_linear, "WALK_SPAN", span)
     Bsz, T, H, G, N, P, chunk = size
     _check(_inputs(Bsz, T, H, G, N, P, seed=T), dtype, chunk, monkeypatch)
 

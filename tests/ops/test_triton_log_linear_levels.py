@@ -164,12 +164,12 @@ def test_fused_delta_training_matches_naive(base: str, dtype: torch.dtype, size:
     every chunk level by ``triton_log_linear_delta_train``'s walks, forward and backward; the output
     and every gradient (q, k, v, g, beta, lambda_levels) match the float64 matrix form. "deltanet":
     the Gated DeltaNet op with g = 0. segments: the walks in runs of whole blocks of at least 2
-    chunks (``triton_log_linear_delta.WALK_SPAN``), the reverse walk too."""
+    chunks (``triton_log_linear.WALK_SPAN``), the reverse walk too."""
     import longctx.ops.log_linear.triton as ll_triton
-    from longctx.ops.common import triton_log_linear_delta
+    from longctx.ops.common import triton_log_linear
 
     monkeypatch.setattr(ll_triton, "FUSED_DELTA_TRAINING", True)
-    monkeypatch.setattr(triton_log_linear_delta, "WALK_SPAN", span)
+    monkeypatch.setattr(triton_log_linear, "WALK_SPAN", span)
     ran = []
     training = ll_triton._delta_training
     monkeypatch.setattr(ll_triton, "_delta_training", lambda *a: ran.append(1) or training(*a))
@@ -356,10 +356,10 @@ def test_fused_delta_levels_match_naive(dtype: torch.dtype, size: tuple, gate_on
     (``triton_log_linear_delta.LEVELS_GATE_ON_DELTA``); segments: each level's walk in runs of its
     blocks, at least 2 chunks (``WALK_SPAN``; levels 1 / 2 / 3 in runs of 2 / 4 / 8 chunks)."""
     import longctx.ops.log_linear.triton as ll_triton
-    from longctx.ops.common import triton_log_linear_delta
+    from longctx.ops.common import triton_log_linear, triton_log_linear_delta
 
     monkeypatch.setattr(triton_log_linear_delta, "LEVELS_GATE_ON_DELTA", gate_on_delta)
-    monkeypatch.setattr(triton_log_linear_delta, "WALK_SPAN", span)
+    monkeypatch.setattr(triton_log_linear, "WALK_SPAN", span)
 
     ran = []
     fused = ll_triton.delta_log_linear_forward
@@ -387,7 +387,7 @@ def test_walk_segments_cover_every_level_and_chunk_once(span: int) -> None:
     """The level walks' work list: every (sequence, level, chunk) in exactly one segment, each
     segment whole blocks of its level (starting at a multiple of 2^m chunks, at least max(2^m,
     span) long but at a sequence's end), the longest first; span 0: one walk per level and sequence."""
-    from longctx.ops.common.triton_log_linear_delta import walk_segments
+    from longctx.ops.common.triton_log_linear import walk_segments
 
     lens, BT, levels = [1000, 17, 0, 1, 300], 16, 6  # 63, 2, 0, 1 and 19 chunks
     seg = walk_segments(lens, BT, levels, span, torch.device("cpu"))

@@ -60,6 +60,8 @@ WIDE_BV += ("log_linear.delta_levels", "log_linear.delta_train_fwd", "log_linear
 # log-linear's inference level pass: chunks per group (GS; any power of two >= 2 gives the same
 # states to rounding) and its state tile
 TILED["log_linear.fwd_z_group"] = ("GS", "BK", "BV")
+# its backward's reverse level walk: segments of at least SPAN chunks (triton_log_linear.WALK_SPAN)
+TILED["log_linear.bwd_dz_compact"] = ("SPAN",)
 
 
 def launch_options(kernel: str, **defaults: int) -> dict[str, int]:

@@ -52,6 +52,8 @@ Hopper: transposes are their own products, never ``tl.trans`` of a dot result (s
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -74,6 +76,7 @@ from longctx.ops.common.triton_scalar_decay import (
     grad_wanted,
     max_seqlen,
     packed_sequences,
+    uniform_rows,
 )
 
 
@@ -137,6 +140,17 @@ def _level_role(i_t, i_m):
     else it feeds it) and whether the level's state carries into it (i_t mod 2^m != 0; else a block
     of the level starts there and the state is reset)."""
     return (i_t >> i_m) & 1, ((i_t >> (i_m + 1)) << (i_m + 1)) != i_t
+
+
+@triton.jit
+def _walk_segment(segments, i_sh, H: tl.constexpr):
+    """Program i_sh = segment * H + head of a level walk over ``walk_segments``' table: the head, the
+    sequence, the level's index i_m (level c + i_m + 1) and the segment's chunks [t0, t1)."""
+    i_g, i_h = i_sh // H, i_sh % H
+    i_n = tl.load(segments + i_g * 4)
+    i_m = tl.load(segments + i_g * 4 + 1)
+    t0 = tl.load(segments + i_g * 4 + 2)
+    return i_h, i_n, i_m, t0, t0 + tl.load(segments + i_g * 4 + 3)
 
 
 @triton.jit
@@ -345,7 +359,7 @@ def _bwd_dz_kernel(
 
 @triton.jit
 def _bwd_dz_compact_kernel(
-    q, k, v, do, gc, lam, z, gcc, r, cz, cu_seqlens, chunk_offsets, M,
+    q, k, v, do, gc, lam, z, gcc, r, cz, cu_seqlens, chunk_offsets, segments, M,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, L: tl.constexpr, BT: tl.constexpr,
     LOG2C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
 ):
@@ -357,11 +371,15 @@ def _bwd_dz_compact_kernel(
     [chunks, H, M, K/BK, V/BV] (this block's share): at a reader n, c_n = <Z^(m)_n, dZread_n>
     (Z^(m)_n = e^{Gc_n - Gc_b} Z^(m)_b); at a source n, u_n = <U_n, D^(m)_{n+1}>. The carry of chunk
     n is the sum of the c after it in its reader half, or of the u before it in its source half
-    (``_carry_from_scalars``). Grid (K/BK, V/BV, sequences * H * M)."""
-    i_k, i_v, i_m, i_h, bos, T, NT, boh = _level_program(cu_seqlens, chunk_offsets, M, H, BT)
-    b_d = tl.zeros([BK, BV], dtype=ACC)  # D^(m)_{n+1}
-    for i_r in range(NT):
-        i_t = NT - 1 - i_r
+    (``_carry_from_scalars``). One program per segment of whole blocks of its level
+    (``walk_segments``): grid (K/BK, V/BV, segments * H)."""
+    i_k, i_v = tl.program_id(0), tl.program_id(1)
+    i_h, i_n, i_m, t0, t1 = _walk_segment(segments, tl.program_id(2), H)
+    bos, T, NT, boh = _sequence(cu_seqlens, chunk_offsets, i_n, BT)
+    t1 = tl.minimum(t1, NT)
+    b_d = tl.zeros([BK, BV], dtype=ACC)  # D^(m)_{n+1} (0 past a block's end: never read there)
+    for i_r in range(t1 - t0):
+        i_t = t1 - 1 - i_r
         i_c = boh + i_t
         rd, keep = _level_role(i_t, i_m)
         b_g, g_last = _load_g(gc, bos, T, i_t, i_h, H, BT)
@@ -551,6 +569,47 @@ def _chunk_decays(gc: Tensor, cu: Tensor, offsets: Tensor, indices: Tensor, BT: 
     return (before - before[offsets[seq].long()]).contiguous()  # less the earlier sequences'
 
 
+@functools.lru_cache(maxsize=64)  # one host-to-device copy per layout, not per call
+def segments_of(lens: tuple[int, ...], BT: int, levels: int, span: int, device: torch.device) -> Tensor:
+    """``walk_segments``, cached by layout (the walks' launches reuse the device tensor)."""
+    return walk_segments(list(lens), BT, levels, span, device)
+
+
+def walk_segments(lens: list[int], BT: int, levels: int, span: int, device: torch.device) -> Tensor:
+    """The level walks' work list, int32 [segments, 4] of (sequence, level index m - 1, first chunk,
+    chunks): level m's state restarts at every 2^m-th chunk, so its walk splits into independent
+    runs of whole blocks. Each segment is max(2^m, span) chunks (span 0: a level's whole sequence,
+    one walk per level as before), the longest first (they set the critical path: the top level's
+    single block is the whole sequence)."""
+    rows = []
+    for i_n, n in enumerate(lens):
+        NT = -(-n // BT)
+        for i_m in range(levels):  # every level, those past the sequence's too (its outputs: zeros)
+            size = max(NT, 1) if span <= 0 else max(1 << (i_m + 1), span)
+            rows += [(i_n, i_m, t, min(size, NT - t)) for t in range(0, NT, size)]
+    rows.sort(key=lambda r: -r[3])
+    return torch.tensor(rows or [(0, 0, 0, 0)], dtype=torch.int32).to(device)
+
+
+def walk_list(cu: Tensor, M: int, BT: int, span: int) -> Tensor:
+    """The walks' segments (``walk_segments``) of the sequences ``cu``: rows
+    of one length without reading ``cu`` back (the training path's layout), else from its values."""
+    rows = uniform_rows(cu)
+    lens = [rows[1]] * rows[0] if rows is not None else (cu[1:] - cu[:-1]).tolist()
+    return segments_of(tuple(lens), BT, M, span, cu.device)
+
+
+# The level walks' segments (``walk_segments``: whole blocks of a level, at least this many chunks;
+# 0: one walk per level and sequence, the schedule the GPU tests passed and the timings were taken
+# with), for the reverse level walk of this file's backward (``_bwd_dz_compact_kernel``) and
+# log-linear DeltaNet's walks (``triton_log_linear_delta``'s inference walk,
+# ``triton_log_linear_delta_train``'s forward and reverse). Exact in the interpreter either way. At
+# 64k (H = 16, four value blocks) a level walk launch is 640 programs of 1024 chunks each, more
+# than an H100 holds at once; in segments of 64 chunks the levels below the top four are 16 runs
+# each, so no program waits on a chain longer than the top level's. Untimed.
+WALK_SPAN = 0
+
+
 # GROUPED_LEVELS: one level state per chunk, forward and backward. The forward's level pass sums
 # the levels of blocks up to GS chunks inside each group in parallel and the rest over the groups'
 # sums (a walk of T / (GS C) steps); the backward stores R^(m)_b per first reader instead of every
@@ -682,10 +741,11 @@ class _LogLinearScalarDecayFn(torch.autograd.Function):
         if M and compact:  # first readers' states only: R^(m)_b and the carry's scalars, dH gathered
             r = q.new_empty(NC, H, K, V, dtype=acc)
             cz = q.new_empty(NC, H, M, nK, nV, dtype=acc)
-            _bwd_dz_compact_kernel[(nK, nV, N * H * M)](
-                q, k, v, do, gc, lam, z, gcc, r, cz, cu, offsets, M, H=H, K=K, V=V, L=L, BT=BT,
-                LOG2C=LOG2C, BK=BK, BV=BV, ACC=ACC, PREC=prec,
-                **launch_options("log_linear.bwd_dz_compact", num_warps=4, num_stages=2),
+            opts = launch_options("log_linear.bwd_dz_compact", num_warps=4, num_stages=2, SPAN=WALK_SPAN)
+            segments = walk_list(cu, M, BT, opts.pop("SPAN"))
+            _bwd_dz_compact_kernel[(nK, nV, segments.shape[0] * H)](
+                q, k, v, do, gc, lam, z, gcc, r, cz, cu, offsets, segments, M, H=H, K=K, V=V, L=L, BT=BT,
+                LOG2C=LOG2C, BK=BK, BV=BV, ACC=ACC, PREC=prec, **opts,
             )
             dh = q.new_empty(NC, H, K, V, dtype=acc)
             _bwd_dh_gather_kernel[(nK, nV, NC * H)](

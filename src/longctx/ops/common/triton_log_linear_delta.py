@@ -26,14 +26,12 @@ takes this path for exactly those calls and the copies otherwise.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from longctx.ops.common import triton_delta
+from longctx.ops.common import triton_delta, triton_log_linear
 from longctx.ops.common.triton_delta import (
     _blocks,
     _chunk_beta,
@@ -43,7 +41,12 @@ from longctx.ops.common.triton_delta import (
     _wy_fwd_kernel,
 )
 from longctx.ops.common.triton_launch import launch_options
-from longctx.ops.common.triton_log_linear import _lam_col, _level_weights
+from longctx.ops.common.triton_log_linear import (
+    _lam_col,
+    _level_weights,
+    _walk_segment,
+    segments_of,
+)
 from longctx.ops.common.triton_scalar_decay import (
     _acc,
     _chunk_cumsum_kernel,
@@ -71,17 +74,6 @@ def _pieces_dot(x, bos, T, i_t, i_h, b_h1, b_h2, b_h3, b_h4, H: tl.constexpr, K:
     if K > 3 * BK:
         acc += tl.dot(_cols(x, bos, T, i_t, i_h, 3, H, K, BT, BK), b_h4.to(b_x.dtype), input_precision=PREC)
     return acc
-
-
-@triton.jit
-def _walk_segment(segments, i_sh, H: tl.constexpr):
-    """Program i_sh = segment * H + head of a level walk over ``walk_segments``' table: the head, the
-    sequence, the level's index i_m (level c + i_m + 1) and the segment's chunks [t0, t1)."""
-    i_g, i_h = i_sh // H, i_sh % H
-    i_n = tl.load(segments + i_g * 4)
-    i_m = tl.load(segments + i_g * 4 + 1)
-    t0 = tl.load(segments + i_g * 4 + 2)
-    return i_h, i_n, i_m, t0, t0 + tl.load(segments + i_g * 4 + 3)
 
 
 @triton.jit
@@ -171,37 +163,6 @@ def _delta_intra_kernel(
         tl.store(p_qt, b_qt.to(p_qt.dtype.element_ty), boundary_check=(0, 1))
 
 
-@functools.lru_cache(maxsize=64)  # one host-to-device copy per layout, not per call
-def segments_of(lens: tuple[int, ...], BT: int, levels: int, span: int, device: torch.device) -> Tensor:
-    """``walk_segments``, cached by layout (the walks' launches reuse the device tensor)."""
-    return walk_segments(list(lens), BT, levels, span, device)
-
-
-def walk_segments(lens: list[int], BT: int, levels: int, span: int, device: torch.device) -> Tensor:
-    """The level walks' work list, int32 [segments, 4] of (sequence, level index m - 1, first chunk,
-    chunks): level m's state restarts at every 2^m-th chunk, so its walk splits into independent
-    runs of whole blocks. Each segment is max(2^m, span) chunks (span 0: a level's whole sequence,
-    one walk per level as before), the longest first (they set the critical path: the top level's
-    single block is the whole sequence)."""
-    rows = []
-    for i_n, n in enumerate(lens):
-        NT = -(-n // BT)
-        for i_m in range(levels):  # every level, those past the sequence's too (its outputs: zeros)
-            size = max(NT, 1) if span <= 0 else max(1 << (i_m + 1), span)
-            rows += [(i_n, i_m, t, min(size, NT - t)) for t in range(0, NT, size)]
-    rows.sort(key=lambda r: -r[3])
-    return torch.tensor(rows or [(0, 0, 0, 0)], dtype=torch.int32).to(device)
-
-
-# The level walks' segments (``walk_segments``: whole blocks of a level, at least this many chunks;
-# 0: one walk per level and sequence, the schedule the GPU tests passed and the timings were taken
-# with), for this inference walk and the training walks of ``triton_log_linear_delta_train``
-# (forward and reverse). Exact in the interpreter either way. At 64k (H = 16, V / BV = 4) the walks are 640 programs
-# of 1024 chunks each, more than an H100 holds at once; in segments of 64 chunks the levels below
-# the top four are 16 runs each, so programs wait on no chain longer than the top level's. Untimed.
-WALK_SPAN = 0
-
-
 # The level walk's gate on Delta's rows (``triton_scalar_decay.GATE_ON_DELTA`` for this kernel alone):
 # off. Exact in the interpreter, float32 passes on an H100, but bf16 at K = 128, V = 64 gave a
 # relative error of 0.217 there (session 19; the gate on K^T passes): a GPU-side fault of this
@@ -248,7 +209,7 @@ def delta_log_linear_forward(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: T
         return o
     o_levels = torch.empty(levels, TT, H, V, dtype=q.dtype, device=q.device)
     opts = launch_options("log_linear.delta_levels", num_warps=4, num_stages=_pass_stages(q.dtype, K, False), BV=BVs,
-                          SPAN=WALK_SPAN)
+                          SPAN=triton_log_linear.WALK_SPAN)
     BVl, span = opts.pop("BV"), opts.pop("SPAN")
     segments = segments_of(tuple(lens), BT, levels, span, q.device)
     _delta_levels_kernel[(triton.cdiv(V, BVl), segments.shape[0] * H)](

@@ -37,10 +37,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from longctx.ops.common import triton_log_linear_delta
+from longctx.ops.common import triton_log_linear
 from longctx.ops.common.triton_delta import _blocks, _preca
 from longctx.ops.common.triton_launch import launch_options
-from longctx.ops.common.triton_log_linear_delta import _pieces_dot, _walk_segment, segments_of
+from longctx.ops.common.triton_log_linear import _walk_segment, walk_list
+from longctx.ops.common.triton_log_linear_delta import _pieces_dot
 from longctx.ops.common.triton_scalar_decay import (
     _acc,
     _chunk,
@@ -51,7 +52,6 @@ from longctx.ops.common.triton_scalar_decay import (
     _sequence,
     _store_pieces,
     chunk_layout,
-    uniform_rows,
 )
 
 
@@ -232,14 +232,6 @@ def _source_mask(cu: Tensor, TT: int, M: int, BT: int) -> Tensor:
     return ((chunk[None, :] >> m) & 1) == 0
 
 
-def _walk_list(cu: Tensor, M: int, BT: int, span: int) -> Tensor:
-    """The walks' segments (``triton_log_linear_delta.walk_segments``) of the sequences ``cu``: rows
-    of one length without reading ``cu`` back (the training path's layout), else from its values."""
-    rows = uniform_rows(cu)
-    lens = [rows[1]] * rows[0] if rows is not None else (cu[1:] - cu[:-1]).tolist()
-    return segments_of(tuple(lens), BT, M, span, cu.device)
-
-
 class _DeltaLevelsFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, khat, w, u, qt, decay, cu, M, BT):
@@ -251,8 +243,8 @@ class _DeltaLevelsFn(torch.autograd.Function):
         om = torch.empty(M, TT, H, V, dtype=acc, device=w.device)
         dl = torch.empty_like(om)
         hs = torch.empty(M, NCT, H, K, V, dtype=acc, device=w.device)
-        opts = launch_options("log_linear.delta_train_fwd", num_warps=4, num_stages=1, BV=BVs, SPAN=triton_log_linear_delta.WALK_SPAN)
-        BVl, segments = opts.pop("BV"), _walk_list(cu, M, BT, opts.pop("SPAN"))
+        opts = launch_options("log_linear.delta_train_fwd", num_warps=4, num_stages=1, BV=BVs, SPAN=triton_log_linear.WALK_SPAN)
+        BVl, segments = opts.pop("BV"), walk_list(cu, M, BT, opts.pop("SPAN"))
         _levels_fwd_kernel[(triton.cdiv(V, BVl), segments.shape[0] * H)](
             khat, w, u, qt, decay, om, dl, hs, cu, offsets, segments, TT, NCT,
             H=H, K=K, V=V, BT=BT, BK=BK, BV=BVl, ACC=ACC, PREC=_prec(w.dtype), **opts,
@@ -272,8 +264,8 @@ class _DeltaLevelsFn(torch.autograd.Function):
         preca = _preca(w.dtype)
         dom = dom.to(acc).contiguous()
         dhs, ddl = torch.empty_like(hs), torch.empty_like(dl)
-        opts = launch_options("log_linear.delta_train_dh", num_warps=4, num_stages=1, BV=BVs, SPAN=triton_log_linear_delta.WALK_SPAN)
-        BVl, segments = opts.pop("BV"), _walk_list(cu, M, BT, opts.pop("SPAN"))
+        opts = launch_options("log_linear.delta_train_dh", num_warps=4, num_stages=1, BV=BVs, SPAN=triton_log_linear.WALK_SPAN)
+        BVl, segments = opts.pop("BV"), walk_list(cu, M, BT, opts.pop("SPAN"))
         _levels_dh_kernel[(triton.cdiv(V, BVl), segments.shape[0] * H)](
             khat, w, qt, decay, dom, ddl, dhs, cu, offsets, segments, TT, NCT,
             H=H, K=K, V=V, BT=BT, BK=BK, BV=BVl, ACC=ACC, PRECA=preca, **opts,
