@@ -38,7 +38,7 @@ KERNELS = {  # op -> (kernel name, backward?) in launch order
                          ("scalar_decay.fwd_h_group", 0), ("scalar_decay.fwd_lookback", 0),
                          ("scalar_decay.bwd_dh", 1), ("scalar_decay.bwd_dqkv", 1)],
     "log_linear": [("log_linear.fwd_z", 0), ("log_linear.fwd_o", 0),
-                   ("log_linear.bwd_dz", 1), ("log_linear.bwd_dqkv", 1)],
+                   ("log_linear.bwd_dz", 1), ("log_linear.bwd_dz_compact", 1), ("log_linear.bwd_dqkv", 1)],
     "log_linear_gdn": [("log_linear.delta_levels", 0), ("log_linear.delta_train_fwd", 1),
                        ("log_linear.delta_train_dh", 1)],
 }
@@ -71,6 +71,8 @@ LOOKBACK_SETTINGS = [{"num_warps": w, "num_stages": st, "BV": bv, "GS": gs} for 
 # spills (sm_90a, K = V = 128, bf16; 2026-12-08), and their segments (SPAN chunks of whole blocks;
 # 0: one walk per level)
 WALK_SETTINGS = {
+    "log_linear.bwd_dz_compact": [{"num_warps": w, "num_stages": st, "SPAN": sp}
+                                  for (w, st), sp in itertools.product(((4, 2), (8, 2)), (0, 16, 64))],
     "log_linear.delta_levels": [{"num_warps": w, "num_stages": st, "BV": bv, "SPAN": sp}
                                 for (w, st, bv), sp in itertools.product(((4, 3, 32), (8, 2, 64), (8, 1, 128)),
                                                                          (0, 16, 64))],
