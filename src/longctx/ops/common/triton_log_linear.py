@@ -708,12 +708,12 @@ def _carry_from_scalars(cz: Tensor, indices: Tensor, offsets: Tensor) -> Tensor:
     n = torch.arange(NC, device=val.device)
     seq, rel = indices[:, 0].long(), indices[:, 1].long()
     last = offsets.long()[seq + 1] - 1  # the sequence's last chunk
-    carry = torch.zeros(val.shape[:2], dtype=torch.float64, device=val.device)
-    for i_m in range(M):
-        first = n - (rel & ((1 << i_m) - 1))  # the first chunk of n's half of its level-m block
-        end = torch.minimum(first + (1 << i_m) - 1, last)
-        after, before = cs[end + 1, :, i_m] - cs[n + 1, :, i_m], cs[n, :, i_m] - cs[first, :, i_m]
-        carry += torch.where((((rel >> i_m) & 1) == 1)[:, None], after, before)
+    i_m = torch.arange(M, device=val.device)[:, None]  # every level at once: [M, NC] indices
+    first = n - (rel & ((1 << i_m) - 1))  # the first chunk of n's half of its level-m block
+    end = torch.minimum(first + (1 << i_m) - 1, last)
+    after = cs[end + 1, :, i_m] - cs[n + 1, :, i_m]  # [M, NC, H]
+    before = cs[n, :, i_m] - cs[first, :, i_m]
+    carry = torch.where((((rel >> i_m) & 1) == 1)[..., None], after, before).sum(0)
     return carry.to(cz.dtype)
 
 
