@@ -385,32 +385,14 @@ def test_inference_forward_in_groups_of_chunks_matches_recurrence(dtype, gated, 
     run the output pass and the groups' state pass at their widest tiles (BV 128; triton_launch.WIDE_BV)."""
     from longctx.ops.common import triton_scalar_decay
     from longctx.ops.common.triton_launch import launch_overrides
-    from longctx.ops.common.triton_scalar_decay import scalar_decay_chunk
 
     monkeypatch.setattr(triton_scalar_decay, "GATE_ON_DELTA", gated == "delta")
-
     lens = [83, 16, 1, 50] if not ON_CUDA else [1000, 64, 1, 3000, 37]
-    H, K, V, chunk = (2, 80, 20, 16) if not ON_CUDA else (4, 128, 128, 64)  # K 80: two pieces of S
-    T = sum(lens)
-    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
-    gen = torch.Generator().manual_seed(11)
-    q, k, v = _rand(1, T, H, K, gen=gen), _rand(1, T, H, K, gen=gen), _rand(1, T, H, V, gen=gen)
-    q, k = q * K ** -0.5, k * K ** -0.5
-    g = -torch.rand(1, T, H, generator=gen, dtype=torch.float64) * 0.3 if gated else torch.zeros(1, T, H, dtype=torch.float64)
-    S0 = _rand(len(lens), H, K, V, gen=gen)
-    o_ref, S_ref = _packed_reference(q, k, v, g, S0, cu, scale=0.5)
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
-    args = [t.to(DEVICE, dtype) for t in (q, k, v)]
-    g_in = g.to(DEVICE, acc) if gated else None
-
-    def run():
-        return scalar_decay_chunk(*args, g_in, scale=0.5, initial_state=S0.to(DEVICE, acc),
-                                  output_final_state=True, cu_seqlens=cu.to(DEVICE), chunk_size=chunk)
-
+    run, o_ref, S_ref, first = _packed_inference_case(lens, gated, dtype, seed=11)
     wide = {"scalar_decay.fwd_grouped": {"BV": 128, "num_warps": 8},
             "scalar_decay.fwd_h_group": {"BK": 64, "BV": 128}} if groups == 3 else {}
     with launch_overrides(wide):  # (check_grouped_forward's GS adds to them)
-        check_grouped_forward(run, "scalar_decay.fwd_grouped", groups, o_ref, S_ref, args[0], dtype)
+        check_grouped_forward(run, "scalar_decay.fwd_grouped", groups, o_ref, S_ref, first, dtype)
 
 
 @pytest.mark.parametrize(("dtype", "gated", "walk"),
@@ -426,17 +408,28 @@ def test_inference_forward_by_look_back_matches_recurrence(dtype, gated, walk, m
     back). GPU: without walk, the real race of programs and flags."""
     from longctx.ops.common import triton_scalar_decay
     from longctx.ops.common.triton_launch import launch_overrides
-    from longctx.ops.common.triton_scalar_decay import scalar_decay_chunk
 
     monkeypatch.setattr(triton_scalar_decay, "LOOKBACK_FORWARD", True)
     monkeypatch.setattr(triton_scalar_decay, "LOOKBACK_INCLUSIVE", not walk)
     monkeypatch.setattr(triton_scalar_decay, "GATE_ON_DELTA", gated == "delta")
     # 200 tokens: 13 chunks of 16, five groups (a walk of four over the groups' own parts)
     lens = [83, 16, 1, 200] if not ON_CUDA else [1000, 64, 1, 3000, 37, 20000]
-    H, K, V, chunk = (2, 80, 20, 16) if not ON_CUDA else (4, 128, 128, 64)  # K 80: two pieces of S
+    run, o_ref, S_ref, first = _packed_inference_case(lens, gated, dtype, seed=12)
+    with launch_overrides({"scalar_decay.fwd_lookback": {"BV": 128, "num_warps": 8}} if ON_CUDA and not walk else {}):
+        check_grouped_forward(run, "scalar_decay.fwd_lookback", 3, o_ref, S_ref, first, dtype)
+
+
+def _packed_inference_case(lens: list[int], gated, dtype, seed: int):
+    """Packed sequences of ``lens`` with initial states for the scalar-decay inference forward
+    (H, K, V, chunk = 2, 80, 20, 16 in the interpreter, K 80: two pieces of S; 4, 128, 128, 64 on a
+    GPU; a decay when ``gated``): (run, o_ref, S_ref, q), run() the op with its final state, the
+    references from the recurrence."""
+    from longctx.ops.common.triton_scalar_decay import scalar_decay_chunk
+
+    H, K, V, chunk = (2, 80, 20, 16) if not ON_CUDA else (4, 128, 128, 64)
     T = sum(lens)
     cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
-    gen = torch.Generator().manual_seed(12)
+    gen = torch.Generator().manual_seed(seed)
     q, k, v = _rand(1, T, H, K, gen=gen), _rand(1, T, H, K, gen=gen), _rand(1, T, H, V, gen=gen)
     q, k = q * K ** -0.5, k * K ** -0.5
     g = -torch.rand(1, T, H, generator=gen, dtype=torch.float64) * 0.3 if gated else torch.zeros(1, T, H, dtype=torch.float64)
@@ -450,8 +443,7 @@ def test_inference_forward_by_look_back_matches_recurrence(dtype, gated, walk, m
         return scalar_decay_chunk(*args, g_in, scale=0.5, initial_state=S0.to(DEVICE, acc),
                                   output_final_state=True, cu_seqlens=cu.to(DEVICE), chunk_size=chunk)
 
-    with launch_overrides({"scalar_decay.fwd_lookback": {"BV": 128, "num_warps": 8}} if ON_CUDA and not walk else {}):
-        check_grouped_forward(run, "scalar_decay.fwd_lookback", 3, o_ref, S_ref, args[0], dtype)
+    return run, o_ref, S_ref, args[0]
 
 
 def check_grouped_forward(run, kernel: str, groups: int, o_ref, S_ref, first_input, dtype) -> None:
