@@ -437,7 +437,7 @@ def _group_sum(k, v, gc, bos, T, i_s, i_h, i_v, GS, ACC: tl.constexpr, H: tl.con
     e^{G_last,n - G_n})^T V_n (pieces of BP rows, columns of block i_v), and its log decay G_g, the
     sum of its chunks' G_last (0 without a decay): the same steps as ``_group_outputs``' state."""
     b_h1, b_h2, b_h3, b_h4 = _init_pieces(k, 0, i_v, False, ACC, K, V, BP, BV)
-    a = tl.sum(tl.zeros([1], dtype=tl.float32), axis=0)
+    a = tl.sum(tl.zeros([1], dtype=ACC), axis=0)
     for i_t in range(i_s * GS, tl.minimum(i_s * GS + GS, tl.cdiv(T, BT))):
         p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1),
                                 (i_t * BT, i_v * BV), (BT, BV), (1, 0))
@@ -496,7 +496,7 @@ def _look_back(agg, inc, dec, flags, i_g, i_h, i_v, NV, ACC: tl.constexpr, H: tl
     its state at its end (status 2, in inc; a sequence's first group always does, so the walk stays
     inside the sequence): S_{i_g} = sum_p e^{G_{p+1} + ... + G_{i_g - 1}} L_p + e^{...} S_{p*+1}."""
     b1, b2, b3, b4 = _init_pieces(agg, 0, i_v, False, ACC, K, V, BP, BV)
-    d = tl.sum(tl.zeros([1], dtype=tl.float32), axis=0)  # log decay from p's end to i_g's start
+    d = tl.sum(tl.zeros([1], dtype=ACC), axis=0)  # log decay from p's end to i_g's start
     p = i_g
     f = tl.sum(tl.zeros([1], dtype=tl.int32), axis=0)
     while f != 2:
