@@ -37,7 +37,7 @@ KERNELS = {  # op -> (kernel name, backward?) in launch order
     "linear_attention": [("scalar_decay.fwd_h", 0), ("scalar_decay.fwd_o", 0), ("scalar_decay.fwd_grouped", 0),
                          ("scalar_decay.fwd_h_group", 0), ("scalar_decay.fwd_lookback", 0),
                          ("scalar_decay.bwd_dh", 1), ("scalar_decay.bwd_dqkv", 1)],
-    "log_linear": [("log_linear.fwd_z", 0), ("log_linear.fwd_o", 0),
+    "log_linear": [("log_linear.fwd_z", 0), ("log_linear.fwd_z_group", 0), ("log_linear.fwd_o", 0),
                    ("log_linear.bwd_dz", 1), ("log_linear.bwd_dz_compact", 1), ("log_linear.bwd_dqkv", 1)],
     "log_linear_gdn": [("log_linear.delta_levels", 0), ("log_linear.delta_train_fwd", 1),
                        ("log_linear.delta_train_dh", 1)],
