@@ -71,6 +71,11 @@ LOOKBACK_SETTINGS = [{"num_warps": w, "num_stages": st, "BV": bv, "GS": gs} for 
 # spills (sm_90a, K = V = 128, bf16; 2026-12-08), and their segments (SPAN chunks of whole blocks;
 # 0: one walk per level)
 WALK_SETTINGS = {
+    # log-linear's grouped level pass: its [LP, BK, BV] level tile (64 x 64 spills at 4 warps, ptxas)
+    # and chunks per group
+    "log_linear.fwd_z_group": [{"num_warps": w, "num_stages": 1, "BK": bk, "BV": bv, "GS": gs}
+                               for w, (bk, bv), gs in itertools.product((4, 8), ((64, 64), (32, 64), (32, 32)),
+                                                                        (8, 16))],
     "log_linear.bwd_dz_compact": [{"num_warps": w, "num_stages": st, "SPAN": sp}
                                   for (w, st), sp in itertools.product(((4, 2), (8, 2)), (0, 16, 64))],
     "log_linear.delta_levels": [{"num_warps": w, "num_stages": st, "BV": bv, "SPAN": sp}
