@@ -63,19 +63,20 @@ GROUPED_SETTINGS = [{"num_warps": 4, "num_stages": 2, "BV": 64, "GS": gs} for gs
 # the scalar-decay one also at BV = 128 (each group's Q and K read once; ptxas: 8 warps, 72 B spilled)
 WIDE_GROUPED_SETTINGS = GROUPED_SETTINGS + [{"num_warps": 8, "num_stages": st, "BV": 128, "GS": gs}
                                             for st, gs in itertools.product((2, 3), (8, 16))]
-# the one-launch inference forward (triton_scalar_decay.LOOKBACK_FORWARD, swept with the flag on):
-# chunks per group x its value tile x warps x stages (ptxas: 4 warps at BV 64, 2 stages spill 76 B)
-LOOKBACK_SETTINGS = [{"num_warps": w, "num_stages": st, "BV": bv, "GS": gs} for w, st, bv, gs in
-                     itertools.product((4, 8), (1, 2), (64, 128), (8, 16, 32))]
-# log-linear (Gated) DeltaNet's level walks: their value tile at the settings ptxas assembles without
-# spills (sm_90a, K = V = 128, bf16; 2026-12-08), and their segments (SPAN chunks of whole blocks;
-# 0: one walk per level)
-WALK_SETTINGS = {
+# kernels with a sweep of their own
+OWN_SETTINGS = {
+    # the one-launch inference forward (triton_scalar_decay.LOOKBACK_FORWARD, swept with the flag on):
+    # chunks per group x its value tile x warps x stages (ptxas: 4 warps at BV 64, 2 stages spill 76 B)
+    "scalar_decay.fwd_lookback": [{"num_warps": w, "num_stages": st, "BV": bv, "GS": gs} for w, st, bv, gs in
+                                  itertools.product((4, 8), (1, 2), (64, 128), (8, 16, 32))],
     # log-linear's grouped level pass: its [LP, BK, BV] level tile (64 x 64 spills at 4 warps, ptxas)
     # and chunks per group
     "log_linear.fwd_z_group": [{"num_warps": w, "num_stages": 1, "BK": bk, "BV": bv, "GS": gs}
                                for w, (bk, bv), gs in itertools.product((4, 8), ((64, 64), (32, 64), (32, 32)),
                                                                         (8, 16))],
+    # the level walks' segments (SPAN chunks of whole blocks; 0: one walk per level) and log-linear
+    # (Gated) DeltaNet's walks' value tile, at the settings ptxas assembles without spills (sm_90a,
+    # K = V = 128, bf16; 2026-12-08)
     "log_linear.bwd_dz_compact": [{"num_warps": w, "num_stages": st, "SPAN": sp}
                                   for (w, st), sp in itertools.product(((4, 2), (8, 2)), (0, 16, 64))],
     "log_linear.delta_levels": [{"num_warps": w, "num_stages": st, "BV": bv, "SPAN": sp}
@@ -101,10 +102,8 @@ def _sweep(kernel: str, tiled: dict, wide: tuple) -> list[dict]:
     and stages; else warps and stages alone (a kernel whose other TILED setting, e.g. the delta
     rule's F32_DOTS, is not a launch choice)."""
     tiles = set(tiled.get(kernel, ())) & {"BK", "BV"}
-    if kernel == "scalar_decay.fwd_lookback":
-        return LOOKBACK_SETTINGS
-    if kernel in WALK_SETTINGS:
-        return WALK_SETTINGS[kernel]
+    if kernel in OWN_SETTINGS:
+        return OWN_SETTINGS[kernel]
     if kernel.endswith(".fwd_grouped"):
         return WIDE_GROUPED_SETTINGS if kernel in wide else GROUPED_SETTINGS
     if kernel in ("delta.delta_h", "delta.delta_dh"):  # (the backward's F32_DOTS: not a choice)

@@ -47,16 +47,13 @@ TILED["gla.fwd_A_levels"] = ("BK",)
 # the backward's dq / dk by levels of pairs (triton_gla.DQK_BY_LEVELS): its key block, as the scores'
 TILED["gla.bwd_dqk_levels"] = ("BK",)
 # log-linear (Gated) DeltaNet's level walks (inference; training forward and reverse): their value
-# tile. Each program walks every chunk of its level, reading the chunk's W, K and Q̃ (48 KB in bf16
-# at K = 128) whatever its BV: M x V / BV programs read them M x V / BV times (at the default BV 32,
-# 40 times each at 64k), where a wider tile reads them fewer times with fewer programs
-for _walk in ("log_linear.delta_levels", "log_linear.delta_train_fwd", "log_linear.delta_train_dh"):
-    TILED[_walk] = ("BV",)
-# and their segments: at least SPAN chunks of whole blocks each (0: one walk per level;
-# triton_log_linear_delta.walk_segments)
-for _walk in ("log_linear.delta_levels", "log_linear.delta_train_fwd", "log_linear.delta_train_dh"):
-    TILED[_walk] += ("SPAN",)
-WIDE_BV += ("log_linear.delta_levels", "log_linear.delta_train_fwd", "log_linear.delta_train_dh")
+# tile, and their segments, at least SPAN chunks of whole blocks each (0: one walk per level;
+# triton_log_linear.walk_segments). Each program walks its chunks reading each one's W, K and Q̃
+# (48 KB in bf16 at K = 128) whatever its BV: M x V / BV programs read them M x V / BV times (at the
+# default BV 32, 40 times each at 64k), where a wider tile reads them fewer times with fewer programs
+_DELTA_WALKS = ("log_linear.delta_levels", "log_linear.delta_train_fwd", "log_linear.delta_train_dh")
+TILED.update(dict.fromkeys(_DELTA_WALKS, ("BV", "SPAN")))
+WIDE_BV += _DELTA_WALKS
 # log-linear's inference level pass: chunks per group (GS; any power of two >= 2 gives the same
 # states to rounding) and its state tile
 TILED["log_linear.fwd_z_group"] = ("GS", "BK", "BV")

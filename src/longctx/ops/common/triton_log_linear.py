@@ -593,8 +593,8 @@ def walk_segments(lens: list[int], BT: int, levels: int, span: int, device: torc
 
 
 def walk_list(cu: Tensor, M: int, BT: int, span: int) -> Tensor:
-    """The walks' segments (``walk_segments``) of the sequences ``cu``: rows
-    of one length without reading ``cu`` back (the training path's layout), else from its values."""
+    """The walks' segments (``segments_of``) of the sequences ``cu``: rows of one length without
+    reading ``cu`` back (the training path's layout), else from its values."""
     rows = uniform_rows(cu)
     lens = [rows[1]] * rows[0] if rows is not None else (cu[1:] - cu[:-1]).tolist()
     return segments_of(tuple(lens), BT, M, span, cu.device)
